@@ -1,0 +1,67 @@
+"""The `edgekit` command. Each verb lives in its own module; this one wires them and turns errors
+into one line on stderr plus an exit code (2 usage/input, 1 failure), tracebacks only with --debug."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import EdgeKitError
+from . import data, evaluate, train
+
+app = typer.Typer(
+    name="edgekit",
+    help="Compress, export and prove multimodal fusion models on edge hardware.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+app.command("train")(train.train)
+app.command("eval")(evaluate.eval_cmd)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"edgekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors (any position).")] = False,
+) -> None:
+    """EdgeKit: compress, export and prove multimodal fusion models on edge hardware."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="edgekit")  # standalone: typer exits 2 on its own usage errors
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except EdgeKitError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"edgekit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("edgekit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        print(f"edgekit: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""What every verb shares: output (rich for people, one JSON object for machines) and options."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import UsageError
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty output directory.")]
+
+
+def emit(result: dict[str, Any], as_json: bool, render: Callable[[], None]) -> None:
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        render()
+
+
+def check_out_dir(path: Path, overwrite: bool) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output path {path} is a file", "choose a directory path for --out")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UsageError(f"output directory {path} is not empty", "choose a new --out or pass --overwrite")
+
+
+@contextmanager
+def epoch_progress(description: str) -> Iterator[Callable[[int, int, float, float], None]]:
+    """A progress bar on stderr for training loops: loss and validation accuracy per epoch."""
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}  val acc {task.fields[val]:.3f}"), TimeElapsedColumn(),
+        console=err, transient=False,
+    )  # fmt: skip
+    task = bar.add_task(description, total=None, loss=float("nan"), val=float("nan"))
+    with bar:
+        yield lambda epoch, total, loss, val: bar.update(task, completed=epoch, total=total, loss=loss, val=val)
+
+
+def subsets_table(title: str, subsets: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    table.add_column("modalities")
+    table.add_column("accuracy", justify="right")
+    table.add_column("macro-F1", justify="right")
+    for name, s in subsets.items():
+        table.add_row(name, f"{s['accuracy']:.3f}", f"{s['macro_f1']:.3f}")
+    return table

@@ -1,0 +1,26 @@
+"""edgekit eval: accuracy and macro-F1 of a model, overall and per modality subset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import api
+from .common import JsonOpt, emit, out, subsets_table
+
+
+def eval_cmd(
+    model: Annotated[str, typer.Option(help="Model package directory, or pkg.module:factory with --io.")],
+    data: Annotated[str, typer.Option(help="Dataset name, directory, or module:function.")] = "avdigits",
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    weights: Annotated[Path | None, typer.Option(help="Weights file (.safetensors, .pt).")] = None,
+    io: Annotated[Path | None, typer.Option(help="IO spec YAML (needed with a factory).")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(help="Allow a .pt that holds pickled code (runs it).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate on a dataset split; subsets are keyed by modalities joined with '+'."""
+    report = api.evaluate_model(model, data, split, weights, io, trust_checkpoint)
+    result = {"model": model, "data": data, "split": split, **report.as_dict()}
+    emit(result, as_json, lambda: out.print(subsets_table(f"{model} on {data}/{split}", result["subsets"])))

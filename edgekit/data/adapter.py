@@ -1,0 +1,95 @@
+"""Dataset adapters: a (source, transform) pair, in the spirit of nncf.Dataset.
+
+`source` is any sized, indexable collection; `transform(item)` turns one item into
+`(feeds, label)`, where feeds maps IOSpec input names to arrays without the batch dimension.
+Evaluation, training and calibration all read data through this one type."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..io import MODALITY_MASK, IOSpec
+
+Sample = tuple[dict[str, np.ndarray], int]
+
+
+class FeedDataset:
+    def __init__(self, source: Sequence[Any], transform: Callable[[Any], Sample], name: str = "") -> None:
+        self.source = source
+        self.transform = transform
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.transform(self.source[i])
+
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """Stacked feeds and labels, `batch_size` samples at a time (the last batch may be smaller)."""
+        order = list(range(len(self))) if indices is None else list(indices)
+        for start in range(0, len(order), batch_size):
+            samples = [self[i] for i in order[start : start + batch_size]]
+            feeds = {k: np.stack([s[0][k] for s in samples]) for k in samples[0][0]}
+            yield feeds, np.array([s[1] for s in samples], np.int64)
+
+    def labels(self) -> np.ndarray:
+        return np.array([self[i][1] for i in range(len(self))], np.int64)
+
+
+def from_arrays(arrays: Mapping[str, np.ndarray], labels: np.ndarray, name: str = "") -> FeedDataset:
+    """An adapter over in-memory arrays that share their first (sample) dimension."""
+    n = len(labels)
+    bad = [k for k, v in arrays.items() if len(v) != n]
+    if bad:
+        raise UsageError(f"dataset {name or ''} arrays {bad} do not have {n} samples like 'label'")
+    return FeedDataset(range(n), lambda i: ({k: v[i] for k, v in arrays.items()}, int(labels[i])), name)
+
+
+def load_npz_split(directory: Path, split: str) -> FeedDataset:
+    """A dataset directory holds train.npz / val.npz / test.npz: arrays named like the model inputs, plus 'label'."""
+    path = Path(directory) / f"{split}.npz"
+    if not path.is_file():
+        have = sorted(p.name for p in Path(directory).glob("*.npz"))
+        raise UsageError(
+            f"dataset directory {directory} has no {split}.npz" + (f" (it has {', '.join(have)})" if have else " (it is empty)"),
+            "write train.npz, val.npz and test.npz with one array per model input plus 'label'",
+        )
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    if "label" not in arrays:
+        raise UsageError(f"{path} has no 'label' array", "add the integer class labels as 'label'")
+    labels = arrays.pop("label")
+    if len(labels) == 0:
+        raise UsageError(f"{path} holds zero samples", "write at least one sample per split")
+    return from_arrays(arrays, labels, f"{Path(directory).name}/{split}")
+
+
+def dataset_meta(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def with_modalities(io: IOSpec, feeds: Mapping[str, np.ndarray], present: Sequence[str]) -> dict[str, np.ndarray]:
+    """Complete a batch of data feeds for a model, keeping only the `present` modalities.
+
+    Models with a `modality_mask` input get the mask (1 present, 0 missing); for other models the
+    inputs of a missing modality are zero-filled, the closest a mask-less model has to 'absent'."""
+    out = {k: np.asarray(v) for k, v in feeds.items() if k in io.input_names}
+    batch = len(next(iter(out.values())))
+    mods = io.modalities
+    if io.has_modality_mask():
+        mask = io.input(MODALITY_MASK)
+        row = np.array([m in present for m in mods], mask.np_dtype)
+        out[MODALITY_MASK] = np.broadcast_to(row, (batch, len(mods))).copy()
+        return out
+    for t in io.inputs:
+        if t.modality not in present and t.name in out:
+            out[t.name] = np.zeros_like(out[t.name])
+    return out

@@ -1,0 +1,88 @@
+"""Accuracy and macro-F1, overall and per modality subset, for anything that maps feeds to logits.
+
+The predict function is the only thing that changes between torch and the deployed runtimes, so
+the numbers are always those of the thing being evaluated."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import FeedDataset, with_modalities
+from .io import IOSpec
+
+Predict = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Scores:
+    accuracy: float
+    macro_f1: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1}
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    overall: Scores
+    subsets: dict[str, Scores] = field(default_factory=dict)  # "image+audio" -> scores, IOSpec order
+    samples: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **self.overall.as_dict(),
+            "samples": self.samples,
+            "subsets": {k: v.as_dict() for k, v in self.subsets.items()},
+        }
+
+
+def scores(pred: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> Scores:
+    n = n_classes or int(max(pred.max(initial=0), labels.max(initial=0)) + 1)
+    f1s = []
+    for c in range(n):
+        tp = np.sum((pred == c) & (labels == c))
+        denom = np.sum(pred == c) + np.sum(labels == c)
+        if np.sum(labels == c):  # classes absent from the labels do not count
+            f1s.append(2 * tp / denom if denom else 0.0)
+    return Scores(float(np.mean(pred == labels)), float(np.mean(f1s)) if f1s else 0.0)
+
+
+def modality_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """All modalities first, then each alone, then each pair (when that is not already 'all')."""
+    out = [modalities] + [(m,) for m in modalities]
+    if len(modalities) > 2:
+        out += list(combinations(modalities, 2))
+    return out if len(modalities) > 1 else [modalities]
+
+
+def torch_predict(model: nn.Module) -> Predict:
+    model.eval()
+
+    def predict(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}).numpy()
+
+    return predict
+
+
+def evaluate(predict: Predict, io: IOSpec, data: FeedDataset, batch_size: int = 64, per_modality: bool = True) -> EvalReport:
+    mods = io.modalities
+    subsets = modality_subsets(mods) if per_modality else [mods]
+    preds: dict[tuple[str, ...], list[np.ndarray]] = {s: [] for s in subsets}
+    labels = []
+    for feeds, y in data.batches(batch_size):
+        if not labels:
+            io.validate_feeds(with_modalities(io, feeds, mods))
+        labels.append(y)
+        for s in subsets:
+            preds[s].append(np.asarray(predict(with_modalities(io, feeds, s))).argmax(-1))
+    y_all = np.concatenate(labels)
+    n_classes = io.outputs[0].shape[-1] if isinstance(io.outputs[0].shape[-1], int) else None
+    table = {"+".join(s): scores(np.concatenate(p), y_all, n_classes) for s, p in preds.items()}
+    return EvalReport(overall=table["+".join(mods)], subsets=table, samples=len(y_all))

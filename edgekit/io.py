@@ -1,0 +1,235 @@
+"""IO specs for multi-input models: the one description that drives example inputs, feed checks,
+ONNX dynamic axes, TensorRT optimisation profiles, calibration feeds and latency inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .errors import UsageError
+from .fsutil import write_text
+
+DTYPES: dict[str, type[np.generic]] = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "int64": np.int64,
+    "int32": np.int32,
+    "bool": np.bool_,
+}
+MODALITIES = ("image", "text", "audio", "video", "other")
+MODALITY_MASK = "modality_mask"  # optional input: (batch, n_modalities) 1 = present, 0 = missing
+
+
+@dataclass(frozen=True)
+class DimRange:
+    """The range a symbolic dimension may take; `opt` is where runtimes tune and latency is measured."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise UsageError(f"dim range needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    modality: str = "other"
+    # [low, high) for example values: token ids use [0, vocab), masks [1, 2).
+    value_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UsageError(
+                f"tensor '{self.name}' has unknown dtype '{self.dtype}'", f"use one of {', '.join(DTYPES)}"
+            )
+        if self.modality not in MODALITIES:
+            raise UsageError(
+                f"tensor '{self.name}' has unknown modality '{self.modality}'", f"use one of {', '.join(MODALITIES)}"
+            )
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(DTYPES[self.dtype])
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.modality != "other":
+            d["modality"] = self.modality
+        if self.value_range is not None:
+            d["value_range"] = list(self.value_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
+        unknown = set(d) - {"name", "dtype", "shape", "modality", "value_range"}
+        if unknown or "name" not in d or "shape" not in d:
+            raise UsageError(
+                f"tensor spec {dict(d)} is malformed", "each tensor needs name, dtype and shape (modality optional)"
+            )
+        vr = d.get("value_range")
+        return cls(
+            name=str(d["name"]),
+            dtype=str(d.get("dtype", "float32")),
+            shape=tuple(d["shape"]),
+            modality=str(d.get("modality", "other")),
+            value_range=None if vr is None else (float(vr[0]), float(vr[1])),
+        )
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    dims: Mapping[str, DimRange] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for t in (*self.inputs, *self.outputs):
+            for d in t.shape:
+                if isinstance(d, str) and d not in self.dims:
+                    raise UsageError(
+                        f"tensor '{t.name}' uses dim '{d}' with no range", f"add '{d}: {{min, opt, max}}' under dims"
+                    )
+        names = [t.name for t in (*self.inputs, *self.outputs)]
+        if len(set(names)) != len(names):
+            raise UsageError(f"IO spec repeats a tensor name: {names}")
+
+    # -- queries ---------------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Data modalities in input order (each once); 'other' inputs such as the mask are not one."""
+        seen: list[str] = []
+        for t in self.inputs:
+            if t.modality != "other" and t.modality not in seen:
+                seen.append(t.modality)
+        return tuple(seen)
+
+    def input(self, name: str) -> TensorSpec:
+        for t in self.inputs:
+            if t.name == name:
+                return t
+        raise UsageError(f"no input named '{name}'", f"inputs are {', '.join(self.input_names)}")
+
+    def has_modality_mask(self) -> bool:
+        return MODALITY_MASK in self.input_names
+
+    # -- shapes ------------------------------------------------------------------------------------
+    def concrete_shape(self, t: TensorSpec, point: str = "opt", **overrides: int) -> tuple[int, ...]:
+        out = []
+        for d in t.shape:
+            if isinstance(d, int):
+                out.append(d)
+            elif d in overrides:
+                out.append(int(overrides[d]))
+            else:
+                out.append(getattr(self.dims[d], point))
+        return tuple(out)
+
+    def example_inputs(
+        self, batch: int = 1, point: str = "opt", seed: int = 0, **dims: int
+    ) -> dict[str, np.ndarray]:
+        """Inputs of the right names, dtypes and shapes. Random values: for shape checks only."""
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for t in self.inputs:
+            shape = self.concrete_shape(t, point, batch=batch, **dims)
+            if t.name == MODALITY_MASK:
+                feeds[t.name] = np.ones(shape, t.np_dtype)
+            elif t.np_dtype.kind in "iub":
+                lo, hi = t.value_range or (0, 2)
+                feeds[t.name] = rng.integers(int(lo), int(hi), size=shape).astype(t.np_dtype)
+            else:
+                lo, hi = t.value_range or (-1.0, 1.0)
+                feeds[t.name] = rng.uniform(lo, hi, size=shape).astype(t.np_dtype)
+        return feeds
+
+    def example_torch(self, batch: int = 1, **kw: int) -> dict[str, Any]:
+        import torch
+
+        return {k: torch.from_numpy(v) for k, v in self.example_inputs(batch, **kw).items()}
+
+    def validate_feeds(self, feeds: Mapping[str, Any]) -> None:
+        """Raise a UsageError naming the first input that is missing or has the wrong dtype, rank or size."""
+        bound: dict[str, tuple[int, str]] = {}
+        for t in self.inputs:
+            if t.name not in feeds:
+                raise UsageError(f"feed is missing input '{t.name}'", f"the model needs {', '.join(self.input_names)}")
+            arr = feeds[t.name]
+            dtype = str(getattr(arr, "dtype", type(arr).__name__)).removeprefix("torch.")
+            if dtype != t.dtype:
+                raise UsageError(f"input '{t.name}' has dtype {dtype}", f"the spec says {t.dtype}")
+            shape = tuple(arr.shape)
+            if len(shape) != len(t.shape):
+                raise UsageError(f"input '{t.name}' has rank {len(shape)} (shape {shape})", f"the spec says {t.shape}")
+            for size, d in zip(shape, t.shape, strict=True):
+                if isinstance(d, int):
+                    if size != d:
+                        raise UsageError(f"input '{t.name}' has shape {shape}", f"the spec says {t.shape}")
+                    continue
+                r = self.dims[d]
+                if not r.min <= size <= r.max:
+                    raise UsageError(
+                        f"input '{t.name}' has {d}={size}, outside [{r.min}, {r.max}]", "resize it or widen the spec"
+                    )
+                if d in bound and bound[d][0] != size:
+                    raise UsageError(
+                        f"input '{t.name}' has {d}={size} but '{bound[d][1]}' has {d}={bound[d][0]}",
+                        "shared dims must agree",
+                    )
+                bound[d] = (size, t.name)
+        extra = set(feeds) - set(self.input_names)
+        if extra:
+            raise UsageError(f"feed has unknown input(s) {sorted(extra)}", f"the model takes {', '.join(self.input_names)}")
+
+    # -- serialisation --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dims": {k: {"min": v.min, "opt": v.opt, "max": v.max} for k, v in self.dims.items()},
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> IOSpec:
+        if not isinstance(d, Mapping) or "inputs" not in d or "outputs" not in d:
+            raise UsageError("IO spec needs 'inputs' and 'outputs' lists", "see docs/user-guide.md#io-spec")
+        try:
+            dims = {str(k): DimRange(int(v["min"]), int(v["opt"]), int(v["max"])) for k, v in (d.get("dims") or {}).items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageError(f"IO spec dims are malformed ({e})", "write each as name: {min: 1, opt: 8, max: 32}") from e
+        return cls(
+            inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            dims=dims,
+        )
+
+    def save(self, path: Path) -> None:
+        write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: Path) -> IOSpec:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"IO spec file not found: {path}", "pass an existing YAML file with --io")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise UsageError(f"IO spec {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+        return cls.from_dict(data)

@@ -1,0 +1,1 @@
+"""Export targets: each turns a torch model plus its IOSpec into a deployable artifact."""
