@@ -164,18 +164,18 @@ def load_model(
 ) -> LoadedModel:
     """Load a model package directory, or a factory given with --weights and --io; returns it in eval mode."""
     path = Path(model)
+    # Cheap checks (spec files, paths) come before running any factory code.
     if path.is_dir():
         manifest = _read_manifest(path)
-        net = build_model(manifest.factory, manifest.kwargs, path)
-        wfile = weights or (path / manifest.weights if manifest.weights else None)
         spec = IOSpec.load(io) if io else IOSpec.from_dict(manifest.io)
+        wfile = weights or (path / manifest.weights if manifest.weights else None)
+        net = build_model(manifest.factory, manifest.kwargs, path)
         labels = tuple(manifest.labels)
     elif ":" in str(model) and not path.exists():
         if io is None:
             raise UsageError("a factory model needs its IO spec", "pass --io io.yaml")
-        manifest = None
+        manifest, spec, wfile, labels = None, IOSpec.load(io), weights, ()
         net = build_model(str(model), {})
-        wfile, spec, labels = weights, IOSpec.load(io), ()
     else:
         raise UsageError(f"model not found: {model}", "pass a model package directory or pkg.module:factory")
     if wfile is not None:

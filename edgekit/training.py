@@ -25,7 +25,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.05
-    modality_dropout: float = 0.3  # chance each modality is hidden from a training sample (>= 1 kept)
+    modality_dropout: float = 0.5  # chance each modality is hidden from a training sample (>= 1 kept)
     patience: int = 8  # epochs without a better val accuracy before stopping
     seed: int = 0
 

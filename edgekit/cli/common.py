@@ -24,7 +24,7 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an exis
 
 def emit(result: dict[str, Any], as_json: bool, render: Callable[[], None]) -> None:
     if as_json:
-        print(json.dumps(result, sort_keys=True))
+        print(json.dumps(result))
     else:
         render()
 
@@ -45,8 +45,15 @@ def epoch_progress(description: str) -> Iterator[Callable[[int, int, float, floa
         console=err, transient=False,
     )  # fmt: skip
     task = bar.add_task(description, total=None, loss=float("nan"), val=float("nan"))
-    with bar:
-        yield lambda epoch, total, loss, val: bar.update(task, completed=epoch, total=total, loss=loss, val=val)
+
+    def update(epoch: int, total: int, loss: float, val: float) -> None:
+        bar.start()  # only once the first epoch ends, so input errors stay a single line
+        bar.update(task, completed=epoch, total=total, loss=loss, val=val)
+
+    try:
+        yield update
+    finally:
+        bar.stop()
 
 
 def subsets_table(title: str, subsets: dict[str, dict[str, float]]) -> Table:

@@ -32,8 +32,8 @@ _IMAGE_MEAN, _IMAGE_STD = 0.13, 0.31
 class AVDigitsConfig:
     n_samples: int = 2000
     seed: int = 0
-    occlude_fraction: float = 0.6  # share of images with a large block masked out
-    snr_db: tuple[float, float] = (-5.0, 20.0)
+    occlude_fraction: float = 0.5  # share of images with a large block masked out
+    snr_db: tuple[float, float] = (-10.0, 10.0)
     text_max_len: int = 16
     video_frames: int = 0  # > 0 turns each image into a clip (stroke reveal + drift) named "video"
 

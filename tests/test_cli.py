@@ -1,0 +1,118 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.data.avdigits import AVDigitsConfig, io_spec
+from edgekit.loading import save_model_package
+from edgekit.models import build_fusion_model
+
+from .conftest import run_cli
+
+KWARGS = {"arch": "late", "preset": "small", "vocab_size": 41}
+
+
+@pytest.fixture(scope="module")
+def small_package(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pkg") / "small"
+    return save_model_package(build_fusion_model(**KWARGS), io_spec(AVDigitsConfig(), 41), path,
+                              factory="edgekit.models:build_fusion_model", kwargs=KWARGS)  # fmt: skip
+
+
+def test_version_and_help_list_every_verb():
+    r = run_cli("--version")
+    assert r.code == 0 and r.stdout.strip().startswith("edgekit ")
+    r = run_cli("--help")
+    assert r.code == 0
+    for verb in ("data", "train", "eval"):
+        assert f" {verb} " in r.stdout
+
+
+def test_eval_json_is_one_object_with_subsets(small_package, avdigits):
+    r = run_cli("eval", "--model", str(small_package), "--data", "avdigits", "--json")
+    assert r.code == 0, r.stderr
+    result = json.loads(r.stdout)  # exactly one JSON document on stdout
+    assert {"accuracy", "macro_f1", "subsets"} <= set(result)
+    assert list(result["subsets"]) == ["image+text+audio", "image", "text", "audio", "image+text", "image+audio", "text+audio"]
+    assert all({"accuracy", "macro_f1"} <= set(v) for v in result["subsets"].values())
+
+
+def test_data_build_json(avdigits):
+    r = run_cli("data", "build", "avdigits", "--json")
+    assert r.code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["path"] == str(avdigits) and result["splits"]["test"]["samples"] == 300
+
+
+def _write_state(path, model):
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+def bad_cases(tmp_path, pkg):
+    """(argv, expected fragment of the one-line error). Each must exit 2 and write nothing."""
+    full = tmp_path / "full.pt"
+    torch.save(build_fusion_model(**KWARGS), full)
+    wrong = _write_state(tmp_path / "wrong.pt", build_fusion_model("late", "small", vocab_size=7))
+    io_bad = tmp_path / "io.yaml"
+    io_bad.write_text("inputs: [{name: x, dtype: complex64, shape: [2]}]\noutputs: []\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    with np.load(pkg.parent.parent / "data.npz") as z:
+        np.savez(partial / "test.npz", **{k: z[k] for k in z.files if k != "audio"})
+    return [
+        (["eval", "--model", str(tmp_path / "nope")], "model not found"),
+        (["eval", "--model", "no_such_module.sub:build", "--io", str(io_bad)], "unknown dtype 'complex64'"),
+        (["eval", "--model", "no_such_module.sub:build", "--io", str(pkg / "io.yaml")], "does not import"),
+        (["eval", "--model", str(pkg), "--weights", str(full)], "holds pickled objects or code"),
+        (["eval", "--model", str(pkg), "--weights", wrong], "branches.text.tokens.weight: file [7, 64] vs model [41, 64]"),
+        (["eval", "--model", str(pkg), "--weights", str(tmp_path / "missing.pt")], "weights file not found"),
+        (["eval", "--model", str(pkg), "--data", str(empty)], "has no test.npz (it is empty)"),
+        (["eval", "--model", str(pkg), "--data", str(partial)], "feed is missing input 'audio'"),
+        (["train", "--out", str(tmp_path / "out"), "--arch", "nope", "--data", "avdigits"], "unknown fusion 'nope'"),
+    ]
+
+
+def test_bad_inputs_give_one_line_and_exit_2(small_package, avdigits, tmp_path):
+    pkg = tmp_path / "cases" / "pkg"
+    shutil.copytree(small_package, pkg)
+    (pkg / "io.yaml").write_text("inputs: [{name: x, dtype: float32, shape: [3]}]\noutputs: []\n")
+    (tmp_path / "data.npz").write_bytes((avdigits / "test.npz").read_bytes())
+    for argv, fragment in bad_cases(tmp_path / "cases", pkg):
+        before = sorted(str(p) for p in tmp_path.rglob("*"))
+        r = run_cli(*argv)
+        assert r.code == 2, (argv, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], (argv, r.stderr)
+        assert "Traceback" not in r.stderr and r.stdout == ""
+        assert sorted(str(p) for p in tmp_path.rglob("*")) == before, argv  # nothing written
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = run_cli("eval", "--model", str(tmp_path / "nope"), "--debug")
+    assert r.code == 2 and "Traceback" in r.stderr
+
+
+def test_import_stays_light():
+    code = "import sys, edgekit, edgekit.cli; edgekit.cli.main(['--help']); print(sorted({m.split('.')[0] for m in sys.modules} & {'openvino', 'nncf', 'executorch', 'tensorrt'}))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_train_writes_a_package_and_refuses_a_used_out_dir(avdigits, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", "--arch", "early", "--preset", "small", "--epochs", "1", "--out", str(out), "--json")
+    assert r.code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["model"] == str(out) and 0.0 <= result["test"]["accuracy"] <= 1.0
+    assert sorted(p.name for p in out.iterdir()) == ["edgekit-model.yaml", "model.safetensors"]
+    r = run_cli("train", "--arch", "early", "--preset", "small", "--epochs", "1", "--out", str(out))
+    assert r.code == 2 and "is not empty" in r.stderr and "--overwrite" in r.stderr
