@@ -7,10 +7,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .data import BUILTIN, AVDigitsConfig, build_avdigits, dataset_meta, load_split, resolve_data
 from .errors import UsageError
 from .evaluation import EvalReport, evaluate, torch_predict
-from .fsutil import cache_root, content_hash
+from .fsutil import cache_root, check_out_dir, content_hash
 from .io import IOSpec
 from .loading import load_model, save_model_package
 from .models import build_fusion_model, count_params
@@ -20,10 +22,14 @@ ZOO_FACTORY = "edgekit.models:build_fusion_model"
 ZOO_VERSION = 1  # bump when a zoo architecture changes, so cached teachers are retrained
 
 
-def build_data(name: str, config: AVDigitsConfig | None = None, out: Path | None = None) -> dict[str, Any]:
+def build_data(
+    name: str, config: AVDigitsConfig | None = None, out: Path | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     if name not in BUILTIN:
         raise UsageError(f"unknown dataset '{name}'", f"built-in datasets: {', '.join(BUILTIN)}")
     cfg = config or BUILTIN[name]
+    if out is not None and dataset_meta(out).get("key") != cfg.key():
+        check_out_dir(out, overwrite)
     start = time.perf_counter()
     path = build_avdigits(cfg, out)
     meta = dataset_meta(path)
@@ -60,6 +66,7 @@ def train(
     io = data_io(data)
     labels = dataset_meta(resolve_data(data)).get("labels") or [str(i) for i in range(io.outputs[0].shape[-1])]  # type: ignore[arg-type]
     kwargs = zoo_kwargs(arch, preset, io, len(labels))
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed determines
     model = build_fusion_model(**kwargs)
     start = time.perf_counter()
     result = train_classifier(model, io, load_split(data, "train"), load_split(data, "val"), cfg, progress)

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -44,6 +46,14 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_out_dir(path: Path, overwrite: bool) -> None:
+    """Refuse to replace a directory that already holds something, unless told to."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"output path {path} is a file", "choose a directory path for --out")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UsageError(f"output directory {path} is not empty", "choose a new --out or pass --overwrite")
 
 
 def write_text(path: Path, text: str) -> None:

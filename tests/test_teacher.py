@@ -43,9 +43,10 @@ def test_onnx_teacher_matches_torch_on_real_data(reference_teacher, test_split, 
     sess = ort.InferenceSession(str(export_onnx(loaded.model, loaded.io, tmp_path / "t.onnx")))
     report = evaluate(lambda feeds: sess.run(None, dict(feeds))[0], loaded.io, test_split)
     torch_meta = loaded.manifest.meta["test"]
-    assert abs(report.overall.accuracy - torch_meta["accuracy"]) <= 1 / 300
+    one_sample = 1 / len(test_split)  # ONNX may flip at most one borderline prediction
+    assert abs(report.overall.accuracy - torch_meta["accuracy"]) <= one_sample
     for name, s in report.subsets.items():
-        assert abs(s.accuracy - torch_meta["subsets"][name]["accuracy"]) <= 1 / 300, name
+        assert abs(s.accuracy - torch_meta["subsets"][name]["accuracy"]) <= one_sample, name
 
 
 def test_video_audio_model_trains(tmp_path):

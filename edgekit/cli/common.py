@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +12,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import UsageError
 
 out = Console()
 err = Console(stderr=True)
@@ -27,13 +25,6 @@ def emit(result: dict[str, Any], as_json: bool, render: Callable[[], None]) -> N
         print(json.dumps(result))
     else:
         render()
-
-
-def check_out_dir(path: Path, overwrite: bool) -> None:
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"output path {path} is a file", "choose a directory path for --out")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise UsageError(f"output directory {path} is not empty", "choose a new --out or pass --overwrite")
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import typer
 
 from .. import api
 from ..data import BUILTIN
-from .common import JsonOpt, emit, out
+from .common import JsonOpt, OverwriteOpt, emit, out
 
 app = typer.Typer(help="Build benchmark datasets.", no_args_is_help=True)
 
@@ -18,10 +18,11 @@ app = typer.Typer(help="Build benchmark datasets.", no_args_is_help=True)
 @app.command("build")
 def build(
     name: Annotated[str, typer.Argument(help=f"Dataset: {', '.join(BUILTIN)}.")],
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Parent directory (default: the cache).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Dataset directory (default: in the cache).")] = None,
     samples: Annotated[int | None, typer.Option(help="Total samples over train/val/test.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed; the build is deterministic for it.")] = None,
     video_frames: Annotated[int | None, typer.Option(help="Turn each image into a clip of this many frames.")] = None,
+    overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Build a dataset (deterministic, cached by content hash) and print where it is."""
@@ -29,7 +30,7 @@ def build(
     if cfg is not None:
         changes = {"n_samples": samples, "seed": seed, "video_frames": video_frames}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-    result = api.build_data(name, cfg, out_dir)
+    result = api.build_data(name, cfg, out_dir, overwrite)
 
     def render() -> None:
         out.print(f"[bold]{name}[/] at {result['path']} (key {result['key']}, {result['seconds']} s)")

@@ -11,7 +11,8 @@ import typer
 from .. import api
 from ..models import FUSIONS, PRESETS
 from ..training import TrainConfig
-from .common import JsonOpt, OverwriteOpt, check_out_dir, emit, epoch_progress, out, subsets_table
+from ..fsutil import check_out_dir
+from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, out, subsets_table
 
 
 def train(

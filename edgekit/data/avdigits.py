@@ -30,10 +30,10 @@ _IMAGE_MEAN, _IMAGE_STD = 0.13, 0.31
 
 @dataclasses.dataclass(frozen=True)
 class AVDigitsConfig:
-    n_samples: int = 2000
+    n_samples: int = 3000
     seed: int = 0
-    occlude_fraction: float = 0.5  # share of images with a large block masked out
-    snr_db: tuple[float, float] = (-10.0, 10.0)
+    occlude_fraction: float = 0.4  # share of images with a large block masked out
+    snr_db: tuple[float, float] = (-12.0, 8.0)
     text_max_len: int = 16
     video_frames: int = 0  # > 0 turns each image into a clip (stroke reveal + drift) named "video"
 
@@ -199,9 +199,10 @@ def _build(cfg: AVDigitsConfig, out: Path) -> None:
     )
 
 
-def build_avdigits(cfg: AVDigitsConfig = AVDigitsConfig(), root: Path | None = None) -> Path:
-    """Return the directory of a built dataset, building it only if its content hash is not cached."""
-    out = (root or cache_root() / "datasets") / f"avdigits-{cfg.key()}"
+def build_avdigits(cfg: AVDigitsConfig = AVDigitsConfig(), out: Path | None = None) -> Path:
+    """Build into `out` (default: the cache, under the config's content hash) unless a build with the
+    same hash is already there; return the directory."""
+    out = Path(out) if out else cache_root() / "datasets" / f"avdigits-{cfg.key()}"
     meta = out / "meta.json"
     if meta.is_file() and json.loads(meta.read_text()).get("key") == cfg.key():
         return out
