@@ -28,6 +28,8 @@ demo: setup
 	$(EK) eval --model "$$($(PY) scripts/reference_teacher.py)" --data avdigits
 
 test: setup
+	$(VENV)/bin/ruff check edgekit tests scripts
+	$(VENV)/bin/ruff format --check edgekit tests scripts
 	$(PY) -m pytest
 
 clean:

@@ -73,9 +73,9 @@ def train(
     seconds = time.perf_counter() - start
     report = evaluate(torch_predict(model), io, load_split(data, "test"))
     meta = {"data": data, "train": dataclasses.asdict(cfg), "train_seconds": round(seconds, 1),
-            "best_val_accuracy": result.best_val_accuracy, "test": report.as_dict()}  # fmt: skip
+            **dataclasses.asdict(result), "test": report.as_dict()}  # fmt: skip
     save_model_package(model, io, out, factory=ZOO_FACTORY, kwargs=kwargs, labels=labels, meta=meta)
-    return {"model": str(out), "params": count_params(model), **meta, "epochs_run": result.epochs_run}
+    return {"model": str(out), "params": count_params(model), **meta}
 
 
 def evaluate_model(

@@ -71,7 +71,9 @@ def torch_predict(model: nn.Module) -> Predict:
     return predict
 
 
-def evaluate(predict: Predict, io: IOSpec, data: FeedDataset, batch_size: int = 64, per_modality: bool = True) -> EvalReport:
+def evaluate(
+    predict: Predict, io: IOSpec, data: FeedDataset, batch_size: int = 64, per_modality: bool = True
+) -> EvalReport:
     mods = io.modalities
     subsets = modality_subsets(mods) if per_modality else [mods]
     preds: dict[tuple[str, ...], list[np.ndarray]] = {s: [] for s in subsets}

@@ -142,9 +142,7 @@ class IOSpec:
                 out.append(getattr(self.dims[d], point))
         return tuple(out)
 
-    def example_inputs(
-        self, batch: int = 1, point: str = "opt", seed: int = 0, **dims: int
-    ) -> dict[str, np.ndarray]:
+    def example_inputs(self, batch: int = 1, point: str = "opt", seed: int = 0, **dims: int) -> dict[str, np.ndarray]:
         """Inputs of the right names, dtypes and shapes. Random values: for shape checks only."""
         rng = np.random.default_rng(seed)
         feeds = {}
@@ -196,7 +194,9 @@ class IOSpec:
                 bound[d] = (size, t.name)
         extra = set(feeds) - set(self.input_names)
         if extra:
-            raise UsageError(f"feed has unknown input(s) {sorted(extra)}", f"the model takes {', '.join(self.input_names)}")
+            raise UsageError(
+                f"feed has unknown input(s) {sorted(extra)}", f"the model takes {', '.join(self.input_names)}"
+            )
 
     # -- serialisation --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -211,9 +211,13 @@ class IOSpec:
         if not isinstance(d, Mapping) or "inputs" not in d or "outputs" not in d:
             raise UsageError("IO spec needs 'inputs' and 'outputs' lists", "see docs/user-guide.md#io-spec")
         try:
-            dims = {str(k): DimRange(int(v["min"]), int(v["opt"]), int(v["max"])) for k, v in (d.get("dims") or {}).items()}
+            dims = {
+                str(k): DimRange(int(v["min"]), int(v["opt"]), int(v["max"])) for k, v in (d.get("dims") or {}).items()
+            }
         except (KeyError, TypeError, ValueError) as e:
-            raise UsageError(f"IO spec dims are malformed ({e})", "write each as name: {min: 1, opt: 8, max: 32}") from e
+            raise UsageError(
+                f"IO spec dims are malformed ({e})", "write each as name: {min: 1, opt: 8, max: 32}"
+            ) from e
         return cls(
             inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
             outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),

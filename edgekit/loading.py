@@ -198,7 +198,12 @@ def save_model_package(
     from safetensors.torch import save_file
 
     manifest = PackageManifest(
-        factory=factory, kwargs=dict(kwargs or {}), task=task, labels=list(labels), io=io.to_dict(), meta=dict(meta or {})
+        factory=factory,
+        kwargs=dict(kwargs or {}),
+        task=task,
+        labels=list(labels),
+        io=io.to_dict(),
+        meta=dict(meta or {}),
     )
     path = Path(path)
     with atomic_dir(path) as tmp:

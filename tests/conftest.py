@@ -25,7 +25,9 @@ class CliResult:
 def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
     """The real CLI in a subprocess: exit codes, stdout and stderr as a user sees them."""
     env = {**os.environ, "COLUMNS": "120"}
-    p = subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, cwd=cwd, env=env, check=False
+    )
     return CliResult(p.returncode, p.stdout, p.stderr)
 
 

@@ -38,7 +38,15 @@ def test_eval_json_is_one_object_with_subsets(small_package, avdigits):
     assert r.code == 0, r.stderr
     result = json.loads(r.stdout)  # exactly one JSON document on stdout
     assert {"accuracy", "macro_f1", "subsets"} <= set(result)
-    assert list(result["subsets"]) == ["image+text+audio", "image", "text", "audio", "image+text", "image+audio", "text+audio"]
+    assert list(result["subsets"]) == [
+        "image+text+audio",
+        "image",
+        "text",
+        "audio",
+        "image+text",
+        "image+audio",
+        "text+audio",
+    ]
     assert all({"accuracy", "macro_f1"} <= set(v) for v in result["subsets"].values())
 
 
@@ -72,7 +80,10 @@ def bad_cases(tmp_path, pkg):
         (["eval", "--model", "no_such_module.sub:build", "--io", str(io_bad)], "unknown dtype 'complex64'"),
         (["eval", "--model", "no_such_module.sub:build", "--io", str(pkg / "io.yaml")], "does not import"),
         (["eval", "--model", str(pkg), "--weights", str(full)], "holds pickled objects or code"),
-        (["eval", "--model", str(pkg), "--weights", wrong], "branches.text.tokens.weight: file [7, 64] vs model [41, 64]"),
+        (
+            ["eval", "--model", str(pkg), "--weights", wrong],
+            "branches.text.tokens.weight: file [7, 64] vs model [41, 64]",
+        ),
         (["eval", "--model", str(pkg), "--weights", str(tmp_path / "missing.pt")], "weights file not found"),
         (["eval", "--model", str(pkg), "--data", str(empty)], "has no test.npz (it is empty)"),
         (["eval", "--model", str(pkg), "--data", str(partial)], "feed is missing input 'audio'"),
@@ -101,8 +112,11 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_import_stays_light():
-    code = "import sys, edgekit, edgekit.cli; edgekit.cli.main(['--help']); print(sorted({m.split('.')[0] for m in sys.modules} & {'openvino', 'nncf', 'executorch', 'tensorrt'}))"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    code = (
+        "import sys, edgekit.cli; edgekit.cli.main(['--help']); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'openvino', 'nncf', 'executorch', 'tensorrt'}))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
 

@@ -1,11 +1,12 @@
 import json
+import re
 
 import numpy as np
 import pytest
 
 from edgekit.data import AVDigitsConfig, build_avdigits, from_arrays, load_npz_split, with_modalities
-from edgekit.data.avdigits import _occlude
 from edgekit.data.audio import SAMPLE_RATE, Utterance, log_mel, place_and_mix, synthesize
+from edgekit.data.avdigits import _occlude
 from edgekit.data.text import CLS, PAD, UNK, WordTokenizer, hint
 from edgekit.errors import UsageError
 from edgekit.evaluation import scores
@@ -78,7 +79,7 @@ def test_tokenizer_is_deterministic_and_hints_are_partial():
 
 
 def test_adapter_errors_and_modality_subsets(tmp_path, avdigits_io):
-    with pytest.raises(UsageError, match="has no train.npz .it is empty."):
+    with pytest.raises(UsageError, match=re.escape("has no train.npz (it is empty)")):
         load_npz_split(tmp_path, "train")
     ds = from_arrays({"audio": np.ones((4, 1, 40, 98), np.float32)}, np.arange(4))
     feeds, _ = next(ds.batches(4))

@@ -58,7 +58,9 @@ def test_validate_feeds_names_the_input(mutate, message):
 
 def test_unknown_dtype_and_dim_are_usage_errors(tmp_path):
     bad = tmp_path / "io.yaml"
-    bad.write_text("inputs: [{name: x, dtype: float33, shape: [batch, 3]}]\noutputs: []\ndims: {batch: {min: 1, opt: 1, max: 4}}\n")
+    bad.write_text(
+        "inputs: [{name: x, dtype: float33, shape: [batch, 3]}]\noutputs: []\ndims: {batch: {min: 1, opt: 1, max: 4}}\n"
+    )
     with pytest.raises(UsageError, match="tensor 'x' has unknown dtype 'float33'"):
         IOSpec.load(bad)
     with pytest.raises(UsageError, match="uses dim 'seq' with no range"):

@@ -50,7 +50,11 @@ def broken():
 def not_a_module():
     return 42
 """
-USER_IO = "dims: {batch: {min: 1, opt: 1, max: 8}}\ninputs: [{name: x, dtype: float32, shape: [batch, 3]}]\noutputs: [{name: y, dtype: float32, shape: [batch, 4]}]\n"
+USER_IO = """
+dims: {batch: {min: 1, opt: 1, max: 8}}
+inputs: [{name: x, dtype: float32, shape: [batch, 3]}]
+outputs: [{name: y, dtype: float32, shape: [batch, 4]}]
+"""
 
 
 @pytest.fixture
@@ -73,7 +77,7 @@ def test_factory_with_weights_and_io(user_dir, monkeypatch):
 def test_pickled_module_is_refused_unless_trusted(user_dir, monkeypatch):
     monkeypatch.chdir(user_dir)
     torch.save(torch.nn.Linear(3, 4), user_dir / "full.pt")  # a whole pickled module, not a state_dict
-    with pytest.raises(UsageError, match="holds pickled objects or code.*--trust-checkpoint"):
+    with pytest.raises(UsageError, match=r"holds pickled objects or code.*--trust-checkpoint"):
         load_state_dict(user_dir / "full.pt")
     state = load_state_dict(user_dir / "full.pt", trust_checkpoint=True)
     assert set(state) == {"weight", "bias"}

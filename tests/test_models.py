@@ -39,10 +39,15 @@ def test_missing_modality_is_ignored(arch):
         torch.testing.assert_close(a, b)
     with torch.no_grad():  # and a present modality does matter
         full = torch.ones(3, 3)
-        assert not torch.allclose(model(**{**feeds, "modality_mask": full}), model(**{**feeds, "audio": -feeds["audio"], "modality_mask": full}))
+        assert not torch.allclose(
+            model(**{**feeds, "modality_mask": full}),
+            model(**{**feeds, "audio": -feeds["audio"], "modality_mask": full}),
+        )
 
 
-@pytest.mark.parametrize(("arch", "io"), [(a, IO) for a in FUSIONS] + [("gated", VIDEO_IO)], ids=[*FUSIONS, "video+audio"])
+@pytest.mark.parametrize(
+    ("arch", "io"), [(a, IO) for a in FUSIONS] + [("gated", VIDEO_IO)], ids=[*FUSIONS, "video+audio"]
+)
 def test_onnx_export_dynamic_batch_and_seq(arch, io, tmp_path):
     model = small(arch, io)
     path = export_onnx(model, io, tmp_path / "m.onnx")

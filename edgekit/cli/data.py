@@ -21,6 +21,7 @@ def build(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Dataset directory (default: in the cache).")] = None,
     samples: Annotated[int | None, typer.Option(help="Total samples over train/val/test.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed; the build is deterministic for it.")] = None,
+    occlude: Annotated[float | None, typer.Option(help="Share of images with a block masked out (0-1).")] = None,
     video_frames: Annotated[int | None, typer.Option(help="Turn each image into a clip of this many frames.")] = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
@@ -28,7 +29,7 @@ def build(
     """Build a dataset (deterministic, cached by content hash) and print where it is."""
     cfg = BUILTIN.get(name)
     if cfg is not None:
-        changes = {"n_samples": samples, "seed": seed, "video_frames": video_frames}
+        changes = {"n_samples": samples, "seed": seed, "occlude_fraction": occlude, "video_frames": video_frames}
         cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
     result = api.build_data(name, cfg, out_dir, overwrite)
 

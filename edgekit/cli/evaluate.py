@@ -23,4 +23,5 @@ def eval_cmd(
     """Evaluate on a dataset split; subsets are keyed by modalities joined with '+'."""
     report = api.evaluate_model(model, data, split, weights, io, trust_checkpoint)
     result = {"model": model, "data": data, "split": split, **report.as_dict()}
-    emit(result, as_json, lambda: out.print(subsets_table(f"{model} on {data}/{split}", result["subsets"])))
+    title = f"{Path(model).name or model} on {data}/{split} ({report.samples} samples)"
+    emit(result, as_json, lambda: out.print(subsets_table(title, result["subsets"])))

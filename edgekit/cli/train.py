@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 
 from .. import api
+from ..fsutil import check_out_dir
 from ..models import FUSIONS, PRESETS
 from ..training import TrainConfig
-from ..fsutil import check_out_dir
 from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, out, subsets_table
 
 

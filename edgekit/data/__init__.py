@@ -40,7 +40,9 @@ def load_split(spec: str, split: str) -> FeedDataset:
         return load_npz_split(where, split)
     ds = import_object(where)(split)
     if not isinstance(ds, FeedDataset) or len(ds) == 0:
-        raise UsageError(f"'{spec}' returned no samples for split '{split}'", "return a non-empty edgekit.data.FeedDataset")
+        raise UsageError(
+            f"'{spec}' returned no samples for split '{split}'", "return a non-empty edgekit.data.FeedDataset"
+        )
     return ds
 
 

@@ -31,7 +31,9 @@ class FeedDataset:
     def __getitem__(self, i: int) -> Sample:
         return self.transform(self.source[i])
 
-    def batches(self, batch_size: int, indices: Sequence[int] | None = None) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+    def batches(
+        self, batch_size: int, indices: Sequence[int] | None = None
+    ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         """Stacked feeds and labels, `batch_size` samples at a time (the last batch may be smaller)."""
         order = list(range(len(self))) if indices is None else list(indices)
         for start in range(0, len(order), batch_size):
@@ -58,7 +60,8 @@ def load_npz_split(directory: Path, split: str) -> FeedDataset:
     if not path.is_file():
         have = sorted(p.name for p in Path(directory).glob("*.npz"))
         raise UsageError(
-            f"dataset directory {directory} has no {split}.npz" + (f" (it has {', '.join(have)})" if have else " (it is empty)"),
+            f"dataset directory {directory} has no {split}.npz"
+            + (f" (it has {', '.join(have)})" if have else " (it is empty)"),
             "write train.npz, val.npz and test.npz with one array per model input plus 'label'",
         )
     with np.load(path, allow_pickle=False) as z:

@@ -20,7 +20,16 @@ from ..errors import UsageError
 
 SAMPLE_RATE = 16_000
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
+ESPEAK_ACCENTS = (
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
 ESPEAK_VARIANTS = (
     "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3",
     "Andy", "Annie", "Alex", "Denis", "Gene", "Hugo", "Jacky", "Lee", "Mario", "Michael", "Mike", "adam",
@@ -91,7 +100,7 @@ def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
     """Band-limited resampling by zero-padding or truncating the spectrum."""
     if src == dst:
         return x
-    n = int(round(len(x) * dst / src))
+    n = round(len(x) * dst / src)
     spec = np.fft.rfft(x)
     out = np.zeros(n // 2 + 1, np.complex128)
     k = min(len(spec), len(out))

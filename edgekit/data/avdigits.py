@@ -14,6 +14,7 @@ import importlib.util
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
 import numpy as np
 
 from ..errors import UsageError

@@ -47,7 +47,7 @@ class WordTokenizer:
     def encode(self, text: str, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Return (ids, mask), both int64 of length max_len; mask is 1 on real tokens."""
         words = re.findall(r"[a-z0-9]+", text.lower())
-        ids = [CLS] + [self.index.get(w, UNK) for w in words][: max_len - 1]
+        ids = [CLS, *(self.index.get(w, UNK) for w in words)][:max_len]
         out = np.full(max_len, PAD, np.int64)
         out[: len(ids)] = ids
         return out, (out != PAD).astype(np.int64)
