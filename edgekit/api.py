@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .data import BUILTIN, AVDigitsConfig, build_avdigits, dataset_meta, load_split, resolve_data
+from .data.avdigits import SPLITS
 from .errors import UsageError
 from .evaluation import EvalReport, evaluate, torch_predict
 from .fsutil import cache_root, check_out_dir, content_hash
@@ -33,8 +34,9 @@ def build_data(
     start = time.perf_counter()
     path = build_avdigits(cfg, out)
     meta = dataset_meta(path)
+    splits = {s: meta["splits"][s] for s in SPLITS}
     return {"name": name, "path": str(path), "key": meta["key"], "seconds": round(time.perf_counter() - start, 2),
-            "splits": meta["splits"], "config": meta["config"]}  # fmt: skip
+            "splits": splits, "config": meta["config"]}  # fmt: skip
 
 
 def data_io(data: str) -> IOSpec:
