@@ -106,7 +106,10 @@ def load_state_dict(path: Path, trust_checkpoint: bool = False) -> dict[str, tor
         except (SafetensorError, OSError, ValueError) as e:
             raise UsageError(f"{path} is not a valid safetensors file ({e})", "re-save the weights") from e
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+        if trust_checkpoint:  # explicit opt-in (--trust-checkpoint): unpickling may run code from the file
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UsageError(
             f"{path} holds pickled objects or code, not only tensors; refused to unpickle it",
