@@ -24,7 +24,3 @@ class UsageError(EdgeKitError):
     """Bad input: a missing file, a wrong flag, a malformed spec. Exit code 2."""
 
     exit_code = 2
-
-
-def missing_extra(module: str, extra: str) -> UsageError:
-    return UsageError(f"{module} is not installed", f"install it with: pip install 'edgekit[{extra}]'")

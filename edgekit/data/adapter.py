@@ -41,9 +41,6 @@ class FeedDataset:
             feeds = {k: np.stack([s[0][k] for s in samples]) for k in samples[0][0]}
             yield feeds, np.array([s[1] for s in samples], np.int64)
 
-    def labels(self) -> np.ndarray:
-        return np.array([self[i][1] for i in range(len(self))], np.int64)
-
 
 def from_arrays(arrays: Mapping[str, np.ndarray], labels: np.ndarray, name: str = "") -> FeedDataset:
     """An adapter over in-memory arrays that share their first (sample) dimension."""
