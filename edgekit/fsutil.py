@@ -56,6 +56,19 @@ def check_out_dir(path: Path, overwrite: bool) -> None:
         raise UsageError(f"output directory {path} is not empty", "choose a new --out or pass --overwrite")
 
 
+def check_writable(path: Path) -> None:
+    """Fail before any work if `path` (or its nearest existing parent) cannot be written: try it."""
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".edgekit-probe-", dir=probe)
+    except OSError as e:
+        raise UsageError(
+            f"output directory {path} is not writable ({e.strerror}: {probe})", "choose a writable --out"
+        ) from e
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -11,7 +11,8 @@ import typer
 
 from .. import __version__
 from ..errors import EdgeKitError
-from . import data, evaluate, train
+from . import build, data, evaluate, export, profiles, train
+from .common import stdout_for_json
 
 app = typer.Typer(
     name="edgekit",
@@ -23,6 +24,9 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
 app.command("eval")(evaluate.eval_cmd)
+app.command("export")(export.export)
+app.add_typer(profiles.app, name="profiles")
+app.command("build")(build.build)
 
 
 def _version(value: bool) -> None:
@@ -46,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="edgekit")  # standalone: typer exits 2 on its own usage errors
+        with stdout_for_json("--json" in args):
+            app(args=args, prog_name="edgekit")  # standalone: typer exits 2 on its own usage errors
         return 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -19,9 +21,35 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON ob
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty output directory.")]
 
 
+_json_fd: list[int] = []  # the real stdout while library chatter is redirected to stderr
+
+
+@contextmanager
+def stdout_for_json(active: bool) -> Iterator[None]:
+    """With --json, point fd 1 at stderr while the verb runs: runtimes and quantizers print progress
+    (some from C++), and stdout must hold exactly one JSON object."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    _json_fd.append(os.dup(1))
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        fd = _json_fd.pop()
+        os.dup2(fd, 1)
+        os.close(fd)
+
+
 def emit(result: dict[str, Any], as_json: bool, render: Callable[[], None]) -> None:
     if as_json:
-        print(json.dumps(result))
+        text = json.dumps(result) + "\n"
+        if _json_fd:
+            os.write(_json_fd[-1], text.encode())
+        else:
+            print(text, end="")
     else:
         render()
 

@@ -1,17 +1,22 @@
-"""ONNX export through the dynamo exporter at opset 18, with the IOSpec's symbolic dims made dynamic.
+"""ONNX, the hub format: dynamo export at opset 18 with the IOSpec's symbolic dims made dynamic, then
+onnxslim. Every other target starts from this file or is checked against the same source model.
 
 The legacy exporter bakes the traced sequence length into attention reshapes, so it is not used."""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io as _io
+import re
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..fsutil import atomic_path
 from ..io import IOSpec
 
@@ -23,16 +28,54 @@ def dynamic_shapes(io: IOSpec) -> dict[str, dict[int, torch.export.Dim]]:
     return {t.name: {i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in io.inputs}
 
 
-def export_onnx(model: nn.Module, io: IOSpec, path: Path, batch: int = 2) -> Path:
-    """Export `model` (called with keyword inputs named as in `io`) to `path`, written atomically."""
+def trace_inputs(io: IOSpec, batch: int = 2) -> dict[str, torch.Tensor]:
+    """Example inputs away from the range ends: a size of 1 would be specialised as a constant."""
+    return io.example_torch(batch=max(batch, 2), **{d: max(r.opt, 2) for d, r in io.dims.items() if d != "batch"})
+
+
+def export_onnx(model: nn.Module, io: IOSpec, path: Path, batch: int = 2, slim: bool = False) -> Path:
+    """Export `model` (called with keyword inputs named as in `io`) to `path`, written atomically.
+
+    With `slim`, onnxslim folds constants and fuses patterns the dynamo exporter leaves behind."""
     model = model.eval()
-    # Trace away from the range ends: a size of 1 would be specialised as a constant.
-    sample = io.example_torch(batch=max(batch, 2), **{d: max(r.opt, 2) for d, r in io.dims.items() if d != "batch"})
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(_io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (), str(tmp), kwargs=sample, dynamic_shapes=dynamic_shapes(io), dynamo=True,
-            opset_version=OPSET, input_names=io.input_names, output_names=io.output_names, external_data=False,
-        )  # fmt: skip
+        try:
+            torch.onnx.export(
+                model, (), str(tmp), kwargs=trace_inputs(io, batch), dynamic_shapes=dynamic_shapes(io), dynamo=True,
+                opset_version=OPSET, input_names=io.input_names, output_names=io.output_names, external_data=False,
+            )  # fmt: skip
+        except Exception as e:
+            raise export_error(model, e) from e
+        if slim:
+            import onnxslim
+
+            onnx.save(onnxslim.slim(onnx.load(str(tmp))), str(tmp))
     return path
+
+
+def export_error(model: nn.Module, e: Exception) -> UsageError:
+    """Name the module whose forward the exporter could not trace (data-dependent control flow etc.)."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', str(e))
+    for file, line, _ in reversed(frames):
+        for name, mod in model.named_modules():
+            fwd = type(mod).forward
+            try:
+                lines, start = inspect.getsourcelines(fwd)
+                src = inspect.getsourcefile(fwd)
+            except (OSError, TypeError):
+                continue
+            if src and Path(src).resolve() == Path(file).resolve() and start <= int(line) < start + len(lines):
+                where = name or "the model itself"
+                return UsageError(
+                    f"ONNX export cannot trace {type(mod).__name__} ('{where}', {Path(file).name}:{line}): "
+                    f"{_first_line(e)}",
+                    "make its forward independent of tensor values (use torch.where/torch.cond instead of if/loops)",
+                )
+    return UsageError(f"ONNX export failed: {_first_line(e)}", "rerun with --debug for the exporter's trace")
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]

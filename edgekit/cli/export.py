@@ -1,0 +1,71 @@
+"""edgekit export: a model (package or compressed run) -> the artifacts a hardware profile deploys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import api
+from ..quant.calibration import DEFAULT_SAMPLES
+from ..targets.capabilities import FORMATS
+from .common import JsonOpt, OverwriteOpt, emit, err, out
+
+
+def export(
+    model: Annotated[str, typer.Option(help="Model package directory.")],
+    target: Annotated[str, typer.Option(help="Hardware profile name, alias (jetson, x86, android) or .yaml file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the artifacts to.")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)} (default: the profile's).")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8 (default: the profile's).")] = None,
+    data: Annotated[
+        str, typer.Option(help="Dataset for calibration (train), parity and accuracy (test).")
+    ] = "avdigits",
+    calib_samples: Annotated[int, typer.Option(min=1, help="Paired calibration samples for INT8.")] = DEFAULT_SAMPLES,
+    shapes: Annotated[str, typer.Option(help="dynamic (IOSpec ranges) or static (the opt point).")] = "dynamic",
+    threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads for the accuracy runs.")] = None,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export for a target; every artifact gets a manifest and, where it runs here, its test accuracy."""
+    if shapes not in ("dynamic", "static"):
+        raise typer.BadParameter("must be 'dynamic' or 'static'", param_hint="--shapes")
+    result = api.export(
+        model,
+        target,
+        out_dir,
+        fmt,
+        precision,
+        data,
+        calib_samples,
+        shapes,
+        overwrite,
+        threads,  # type: ignore[arg-type]
+        log=lambda m: err.print(f"[dim]{m}[/dim]"),
+    )
+
+    def render() -> None:
+        src = result["source"]
+        table = Table(title=f"{Path(str(model)).name} for {result['profile']} (source accuracy {src['accuracy']:.4f})")
+        for col in ("format", "precision", "runtime", "size MB", "accuracy", "drop (pts)", "path"):
+            table.add_column(col, justify="right" if col in ("size MB", "accuracy", "drop (pts)") else "left")
+        for a in result["artifacts"]:
+            acc = "builds on device" if a["accuracy"] is None else f"{a['accuracy']:.4f}"
+            if a["accuracy"] is None and "reference" in a:
+                acc = f"({a['reference']['accuracy']:.4f} Q/DQ in ORT)"
+            drop = "" if a["accuracy_drop"] is None else f"{a['accuracy_drop']:+.2f}"
+            table.add_row(
+                a["format"], a["precision"], ", ".join(a["runtime"]) or "-", f"{a['size_mb']:.2f}", acc, drop, a["path"]
+            )
+        out.print(table)
+        p = result["parity"]
+        out.print(
+            f"ONNX parity: {p['cases']} cases, max abs error {p['max_abs']:.2e}, "
+            f"min top-1 agreement {p['min_top1_agreement']:.3f}"
+        )
+
+    emit(result, as_json, render)

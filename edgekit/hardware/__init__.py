@@ -1,0 +1,149 @@
+"""Hardware profiles: typed, frozen facts about a deployment device, shipped as YAML files.
+
+A profile says what a device deploys to (format, runtime, precisions), how fast it can be (peak
+throughput per precision, memory bandwidth; used by the latency estimator), the software stack it
+implies, and the budgets an artifact must meet on it."""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import pydantic
+import yaml
+
+from ..errors import UsageError
+
+Precision = Literal["fp32", "fp16", "int8"]
+FormatName = Literal["onnx", "openvino", "tensorrt", "executorch", "ort-mobile"]
+
+# Short names users type -> the shipped profile they resolve to (printed when used).
+ALIASES: dict[str, str] = {
+    "jetson": "jetson-orin-nano-8gb",
+    "jetson-orin-nano": "jetson-orin-nano-8gb",
+    "jetson-orin-nx": "jetson-orin-nx-16gb",
+    "jetson-agx-orin": "jetson-agx-orin-64gb",
+    "x86": "x86-avx512-vnni",
+    "x86-avx512": "x86-avx512-vnni",
+    "android": "android-arm64",
+    "raspberry-pi-5": "arm64-cortex-a76",
+}
+
+
+class _Frozen(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+
+class Budgets(_Frozen):
+    """What an artifact must meet on the device. A missing value is not gated."""
+
+    latency_p95_ms: pydantic.NonNegativeFloat | None = None  # at batch 1
+    max_accuracy_drop: pydantic.NonNegativeFloat | None = None  # points
+    max_size_mb: pydantic.NonNegativeFloat | None = None
+    max_peak_ram_mb: pydantic.NonNegativeFloat | None = None
+
+
+class Accelerator(_Frozen):
+    """A fixed-function engine beside the main compute, e.g. an NVIDIA DLA core."""
+
+    kind: Literal["dla", "npu"]
+    count: pydantic.PositiveInt
+    peak_tops: dict[Precision, pydantic.PositiveFloat]  # dense, per engine
+    precisions: tuple[Precision, ...]
+
+
+class ExportSpec(_Frozen):
+    format: FormatName
+    precision: Precision
+
+
+class HardwareProfile(_Frozen):
+    name: str
+    description: str
+    kind: Literal["gpu", "cpu"]
+    # What `edgekit export --target NAME` produces, first = primary artifact.
+    exports: tuple[ExportSpec, ...] = pydantic.Field(min_length=1)
+    runtime: Literal["onnxruntime", "openvino", "tensorrt", "executorch"]
+    precisions: tuple[Precision, ...] = pydantic.Field(min_length=1)
+    # Dense (not sparse) peak of the main compute, per precision: TFLOP/s for floats, TOP/s for int8.
+    peak_tops: dict[Precision, pydantic.PositiveFloat]
+    memory_bandwidth_gbs: pydantic.PositiveFloat
+    ram_gb: pydantic.PositiveFloat
+    threads: pydantic.PositiveInt
+    # Fixed cost per layer launch or op dispatch, for the roofline estimator.
+    launch_overhead_us: pydantic.NonNegativeFloat
+    cpu_isa: tuple[str, ...] = ()  # CPU flags a host needs for its measurements to count for this profile
+    software: dict[str, str] = {}  # e.g. jetpack, tensorrt, cuda, android_api
+    accelerators: tuple[Accelerator, ...] = ()
+    budgets: Budgets  # required; an empty mapping means nothing is gated
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> HardwareProfile:
+        for e in self.exports:
+            if e.precision not in self.precisions:
+                raise ValueError(f"export {e.format}/{e.precision} uses a precision the profile does not list")
+        missing = [p for p in self.precisions if p not in self.peak_tops]
+        if missing:
+            raise ValueError(f"peak_tops has no figure for precision(s) {missing}")
+        return self
+
+    @property
+    def dla_cores(self) -> int:
+        return sum(a.count for a in self.accelerators if a.kind == "dla")
+
+
+def _shipped() -> dict[str, Path]:
+    root = resources.files(__package__) / "profiles"
+    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml")}
+
+
+def profile_names() -> list[str]:
+    return sorted(_shipped())
+
+
+def parse_profile(path: Path) -> HardwareProfile:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsageError(f"profile {path} cannot be read: {str(e).splitlines()[0]}") from e
+    try:
+        return HardwareProfile.model_validate(data)
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = {"missing": "is missing", "extra_forbidden": "is not a known field"}.get(err["type"], err["msg"])
+        hint = "see docs/hardware-profiles.md for the fields"
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(err["loc"][-1]), _field_names(err["loc"]), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else hint
+        raise UsageError(f"profile {path}: field '{where}' {msg}", hint) from e
+
+
+def _field_names(loc: tuple[int | str, ...]) -> list[str]:
+    model: type[pydantic.BaseModel] = HardwareProfile
+    for part in loc[:-1]:
+        ann = model.model_fields.get(str(part))
+        inner = getattr(ann, "annotation", None)
+        if isinstance(inner, type) and issubclass(inner, pydantic.BaseModel):
+            model = inner
+    return list(model.model_fields)
+
+
+def resolve_profile(target: str) -> tuple[HardwareProfile, str | None]:
+    """A shipped name, an alias, or a YAML path -> (profile, the alias resolution to print, if any)."""
+    shipped = _shipped()
+    if target in shipped:
+        return parse_profile(shipped[target]), None
+    if target in ALIASES:
+        name = ALIASES[target]
+        return parse_profile(shipped[name]), f"target '{target}' resolves to profile '{name}'"
+    path = Path(target)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise UsageError(f"profile file not found: {path}", "pass an existing YAML file or a shipped profile name")
+        return parse_profile(path), None
+    close = difflib.get_close_matches(target, [*shipped, *ALIASES], n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise UsageError(f"unknown target '{target}'", f"{hint}see `edgekit profiles list`, or pass a profile .yaml")

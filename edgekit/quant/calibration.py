@@ -1,0 +1,57 @@
+"""Calibration sets: real, paired multimodal samples drawn from a data adapter, never random tensors.
+
+Every sample keeps all of its modalities together (the image, text and audio of one example), since
+the fusion layers' activation ranges depend on their joint statistics. Samples are checked against
+the IOSpec before any backend sees them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data import FeedDataset, with_modalities
+from ..errors import UsageError
+from ..io import IOSpec
+
+DEFAULT_SAMPLES = 300
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """`feeds` holds one dict per sample (batch dimension 1), complete for the model's inputs."""
+
+    feeds: tuple[dict[str, np.ndarray], ...]
+    source: str
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def describe(self) -> dict[str, object]:
+        return {"samples": len(self.feeds), "source": self.source, "seed": self.seed}
+
+
+def calibration_set(io: IOSpec, data: FeedDataset, n: int = DEFAULT_SAMPLES, seed: int = 0) -> CalibrationSet:
+    """`n` samples drawn without replacement (all of them if the split is smaller), validated."""
+    if n < 1:
+        raise UsageError(f"calibration needs at least one sample, got {n}", "set calibration samples >= 1")
+    if len(data) == 0:
+        raise UsageError(f"calibration set '{data.name}' is empty", "point calibration at a split with samples")
+    order = np.random.default_rng(seed).permutation(len(data))[: min(n, len(data))]
+    feeds = []
+    for i in order:
+        sample, _ = data[int(i)]
+        batched = with_modalities(io, {k: np.asarray(v)[None] for k, v in sample.items()}, io.modalities)
+        try:
+            io.validate_feeds(batched)
+        except UsageError as e:
+            raise UsageError(f"calibration sample {int(i)} of '{data.name}' does not match the IO spec: {e}") from e
+        for name, arr in batched.items():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise UsageError(
+                    f"calibration sample {int(i)} of '{data.name}' has NaN or Inf in input '{name}'",
+                    "clean or drop non-finite samples before calibrating",
+                )
+        feeds.append(batched)
+    return CalibrationSet(tuple(feeds), data.name, seed)

@@ -1,0 +1,40 @@
+"""onnxruntime runner, for .onnx (FP32 and QDQ INT8) and the mobile .ort format."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from ..artifact import Artifact
+from ..errors import UsageError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return so
+
+
+class OrtRunner:
+    def __init__(self, artifact: Artifact, threads: int | None = None, device: str | None = None) -> None:
+        provider = PROVIDERS.get(device or "cpu")
+        if provider is None or provider not in ort.get_available_providers():
+            raise UsageError(
+                f"onnxruntime has no '{device}' provider here", f"available: {ort.get_available_providers()}"
+            )
+        try:
+            self.session = ort.InferenceSession(str(artifact.path), session_options(threads), providers=[provider])
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+            raise UsageError(f"onnxruntime cannot load {artifact.path}: {str(e).splitlines()[0]}") from e
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.name = f"onnxruntime {ort.__version__}"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(self.outputs, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        return dict(zip(self.outputs, values, strict=True))

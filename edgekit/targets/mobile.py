@@ -1,0 +1,40 @@
+"""ONNX Runtime mobile: the .ort flatbuffer format plus the reduced operator config that a minimal
+onnxruntime build for Android or iOS is compiled with. The same .ort runs here in onnxruntime."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..artifact import Artifact, versions
+from .context import ExportContext
+
+
+def build_ort_mobile(ctx: ExportContext, precision: str, out: Path) -> Artifact:
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    src, info = ctx.qdq if precision == "int8" else (ctx.onnx_fp32, {})
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmp:
+        model = Path(tmp) / "model.onnx"
+        shutil.copyfile(src, model)
+        # Fixed optimizations: the saved graph is final, so the mobile runtime needs no optimizer.
+        convert_onnx_models_to_ort(model, Path(tmp) / "out", [OptimizationStyle.Fixed])
+        produced = Path(tmp) / "out"
+        shutil.copyfile(produced / "model.ort", out / "model.ort")
+        shutil.copyfile(produced / "model.required_operators.config", out / "required_operators.config")
+    return Artifact(
+        "ort-mobile",
+        precision,
+        out,
+        "model.ort",
+        ctx.io,
+        ctx.parent,
+        {
+            **ctx.meta,
+            "quantization": info,
+            "operator_config": "required_operators.config",
+            "versions": versions("torch", "onnx", "onnxruntime"),
+        },
+    )

@@ -1,0 +1,31 @@
+"""OpenVINO IR (.xml + .bin) for x86 CPUs: FP32, FP16 (fp16 weights) and INT8 (NNCF), from the hub ONNX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..artifact import Artifact, versions
+from .context import ExportContext
+
+
+def build_openvino(ctx: ExportContext, precision: str, out: Path) -> Artifact:
+    import openvino as ov
+
+    info: dict[str, object] = {}
+    if precision == "int8":
+        from ..quant.openvino_nncf import quantize_openvino
+
+        model, info = quantize_openvino(ctx.onnx_fp32, ctx.calib)
+    else:
+        model = ov.convert_model(str(ctx.onnx_fp32))
+    out.mkdir(parents=True, exist_ok=True)  # inside the export's temporary directory: no partial files survive
+    ov.save_model(model, str(out / "model.xml"), compress_to_fp16=precision == "fp16")
+    return Artifact(
+        "openvino",
+        precision,
+        out,
+        "model.xml",
+        ctx.io,
+        ctx.parent,
+        {**ctx.meta, "quantization": info, "versions": versions("torch", "onnx", "openvino", "nncf")},
+    )

@@ -1,0 +1,109 @@
+"""The parity gate: an exported artifact, run in its own runtime on real samples at several batch sizes
+and symbolic-dim sizes, must match the source torch model before the export counts as done."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data import FeedDataset, with_modalities
+from ..errors import EdgeKitError
+from ..io import IOSpec
+
+Outputs = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = 1e-4
+    rtol: float = 1e-3  # relative to the output's largest magnitude
+    min_top1: float = 0.99
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    batch: int
+    dims: dict[str, int]
+    output: str
+    max_abs: float
+    max_rel: float
+    top1_agreement: float
+    passed: bool
+
+
+def resize(io: IOSpec, feeds: Mapping[str, np.ndarray], dim: str, size: int) -> dict[str, np.ndarray]:
+    """Truncate or zero-pad every input along symbolic dim `dim` (real data at other lengths: padded
+    tokens get mask 0, which is what a shorter or longer padded batch looks like)."""
+    out = dict(feeds)
+    for t in io.inputs:
+        if dim not in t.shape:
+            continue
+        axis = t.shape.index(dim)
+        arr = out[t.name]
+        if arr.shape[axis] >= size:
+            out[t.name] = np.take(arr, range(size), axis=axis)
+        else:
+            pad = [(0, 0)] * arr.ndim
+            pad[axis] = (0, size - arr.shape[axis])
+            out[t.name] = np.pad(arr, pad)
+    return out
+
+
+def parity_points(io: IOSpec) -> list[tuple[int, dict[str, int]]]:
+    """Batch sizes 1, a middle one and the max (capped at 32), each with the other dims at min, opt and max."""
+    b = io.dims.get("batch")
+    batches = sorted({1, 7, min(32, b.max)}) if b else [1]
+    if b:
+        batches = [x for x in batches if b.min <= x <= b.max]
+    others = {d: r for d, r in io.dims.items() if d != "batch"}
+    points = [(batch, {d: r.opt for d, r in others.items()}) for batch in batches]
+    for d, r in others.items():
+        for size in sorted({r.min, r.max} - {r.opt}):
+            points.append((batches[-1], {**{k: v.opt for k, v in others.items()}, d: size}))
+    return points
+
+
+def check_parity(
+    io: IOSpec, reference: Outputs, candidate: Outputs, data: FeedDataset, tol: Tolerance = Tolerance(),
+    points: Sequence[tuple[int, dict[str, int]]] | None = None,
+) -> list[ParityCase]:  # fmt: skip
+    cases = []
+    for batch, dims in points or parity_points(io):
+        feeds, _ = next(data.batches(batch))
+        feeds = with_modalities(io, feeds, io.modalities)
+        for d, size in dims.items():
+            feeds = resize(io, feeds, d, size)
+        ref, got = reference(feeds), candidate(feeds)
+        for name in io.output_names:
+            r, g = np.asarray(ref[name], np.float64), np.asarray(got[name], np.float64)
+            err = float(np.abs(r - g).max())
+            scale = float(np.abs(r).max())
+            agree = float(np.mean(r.argmax(-1) == g.argmax(-1))) if r.ndim >= 2 else 1.0
+            ok = err <= tol.atol + tol.rtol * scale and agree >= tol.min_top1
+            cases.append(ParityCase(batch, dims, name, err, err / max(scale, 1e-12), agree, ok))
+    return cases
+
+
+def require_parity(cases: Sequence[ParityCase], what: str) -> None:
+    bad = [c for c in cases if not c.passed]
+    if bad:
+        worst = max(bad, key=lambda c: c.max_rel)
+        raise EdgeKitError(
+            f"{what} does not match the source model: output '{worst.output}' at batch {worst.batch} "
+            f"{worst.dims} has max abs error {worst.max_abs:.3g} (rel {worst.max_rel:.3g}), "
+            f"top-1 agreement {worst.top1_agreement:.3f}",
+            "rerun with --debug, or report the model to the exporter's maintainers",
+        )
+
+
+def summary(cases: Sequence[ParityCase]) -> dict[str, object]:
+    return {
+        "cases": len(cases),
+        "passed": all(c.passed for c in cases),
+        "max_abs": max(c.max_abs for c in cases),
+        "max_rel": max(c.max_rel for c in cases),
+        "min_top1_agreement": min(c.top1_agreement for c in cases),
+        "points": sorted({f"batch={c.batch} " + " ".join(f"{k}={v}" for k, v in c.dims.items()) for c in cases}),
+    }

@@ -1,0 +1,217 @@
+"""Export: profiles, the capability table, the ONNX parity gate, manifests and the bad-input cases
+(one line, exit 2, nothing written). The heavy contract test over every format is in test_targets.py."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from edgekit.artifact import Artifact, load_artifact
+from edgekit.data import with_modalities
+from edgekit.data.avdigits import AVDigitsConfig, io_spec
+from edgekit.errors import EdgeKitError, UsageError
+from edgekit.evaluation import torch_outputs
+from edgekit.hardware import ALIASES, parse_profile, profile_names, resolve_profile
+from edgekit.io import DimRange, IOSpec, TensorSpec
+from edgekit.loading import save_model_package
+from edgekit.models import build_fusion_model
+from edgekit.runtimes import onnx_runner
+from edgekit.targets.capabilities import check_request
+from edgekit.targets.onnx import export_onnx
+from edgekit.targets.parity import check_parity, parity_points, require_parity
+
+from .conftest import run_cli
+
+SHIPPED = {
+    "jetson-orin-nano-8gb", "jetson-orin-nx-16gb", "jetson-agx-orin-64gb", "jetson-xavier-nx",
+    "x86-avx2", "x86-avx512-vnni", "arm64-cortex-a76", "android-arm64",
+}  # fmt: skip
+KWARGS = {"arch": "attention", "preset": "small", "vocab_size": 41, "max_len": 32}
+
+
+@pytest.fixture(scope="module")
+def io():
+    return io_spec(AVDigitsConfig(), 41)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return build_fusion_model(**KWARGS).eval()
+
+
+@pytest.fixture(scope="module")
+def small_package(tmp_path_factory, small_model, io):
+    path = tmp_path_factory.mktemp("pkg") / "small"
+    return save_model_package(small_model, io, path, factory="edgekit.models:build_fusion_model", kwargs=KWARGS)
+
+
+def _path(name):
+    from edgekit.hardware import _shipped
+
+    return _shipped()[name]
+
+
+# -- hardware profiles ------------------------------------------------------------------------------
+
+
+def test_all_eight_profiles_ship_and_validate():
+    assert SHIPPED <= set(profile_names())
+    for name in SHIPPED:
+        p, _ = resolve_profile(name)
+        assert p.name == name and p.budgets is not None and p.exports
+        assert all(v > 0 for v in p.peak_tops.values()) and p.memory_bandwidth_gbs > 0
+    jetson, _ = resolve_profile("jetson-agx-orin-64gb")
+    assert jetson.software["tensorrt"] and jetson.dla_cores == 2
+    assert resolve_profile("x86-avx512-vnni")[0].peak_tops["int8"] > resolve_profile("x86-avx512-vnni")[0].peak_tops["fp32"]
+
+
+def test_aliases_resolve_and_say_so():
+    for alias, name in ALIASES.items():
+        p, note = resolve_profile(alias)
+        assert p.name == name and alias in note and name in note
+
+
+def test_profiles_cli_list_and_show():
+    r = run_cli("profiles", "list", "--json")
+    assert r.code == 0, r.stderr
+    assert SHIPPED <= {p["name"] for p in json.loads(r.stdout)["profiles"]}
+    r = run_cli("profiles", "show", "jetson", "--json")
+    assert r.code == 0 and json.loads(r.stdout)["name"] == "jetson-orin-nano-8gb"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"drop": "budgets"}, "field 'budgets' is missing"),
+        ({"set": {"peak_top": {"fp32": 1.0}}}, "did you mean 'peak_tops'"),
+        ({"set": {"budgets": {"latency_p95_ms": -1}}}, "budgets.latency_p95_ms"),
+        ({"set": {"exports": [{"format": "onnx", "precision": "fp64"}]}}, "exports.0.precision"),
+    ],
+)
+def test_bad_profile_files_name_the_field(tmp_path, change, message):
+    data = yaml.safe_load(_path("x86-avx2").read_text())
+    data.pop(change.get("drop", "-"), None)
+    data.update(change.get("set", {}))
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UsageError, match=message.replace(".", r"\.")):
+        parse_profile(path)
+    r = run_cli("profiles", "show", str(path))
+    assert r.code == 2 and message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_unknown_target_suggests_the_closest_name():
+    with pytest.raises(UsageError, match="did you mean 'x86-avx2'"):
+        resolve_profile("x86-avx3")
+
+
+# -- the capability table ---------------------------------------------------------------------------
+
+
+def test_capability_table_rejects_before_work():
+    x86, _ = resolve_profile("x86-avx2")
+    with pytest.raises(UsageError, match="no fp16 precision"):
+        check_request("executorch", "fp16", x86)
+    with pytest.raises(UsageError, match="unknown format"):
+        check_request("tflite", "fp32", x86)
+    no_int8 = x86.model_copy(update={"precisions": ("fp32",), "exports": ()})
+    with pytest.raises(UsageError, match="does not support int8"):
+        check_request("onnx", "int8", no_int8)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "jetson-orin-nano-8gb", "--format", "tensorrt", "--precision", "fp64"], "no fp64 precision"),
+        (["--target", "nowhere-9000"], "unknown target 'nowhere-9000'"),
+        (["--target", "x86-avx2", "--format", "executorch", "--precision", "fp16"], "no fp16 precision"),
+    ],
+)
+def test_export_bad_requests_exit_2_and_write_nothing(tmp_path, small_package, args, message):
+    out = tmp_path / "out"
+    r = run_cli("export", "--model", str(small_package), "--out", str(out), *args)
+    assert r.code == 2, r.stderr
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())  # no output directory, no temporary leftovers
+
+
+def test_export_refuses_an_unwritable_out_dir(small_package):
+    r = run_cli("export", "--model", str(small_package), "--target", "x86-avx2", "--out", "/proc/edgekit-out")
+    assert r.code == 2 and "not writable" in r.stderr
+
+
+# -- ONNX export and the parity gate ---------------------------------------------------------------
+
+
+class DataDependent(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # control flow on a tensor's value: the exporter cannot trace both branches
+            return x * 2
+        return x
+
+
+class Wrapper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = DataDependent()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x + 1)
+
+
+def test_data_dependent_forward_names_the_module(tmp_path):
+    io = IOSpec((TensorSpec("x", "float32", ("batch", 4)),), (TensorSpec("y", "float32", ("batch", 4)),),
+                {"batch": DimRange(1, 2, 8)})  # fmt: skip
+    with pytest.raises(UsageError, match=r"DataDependent \('gate'"):
+        export_onnx(Wrapper(), io, tmp_path / "m.onnx")
+    assert not any(tmp_path.iterdir())
+
+
+def test_parity_gate_on_real_samples(tmp_path, small_model, io, test_split):
+    path = export_onnx(small_model, io, tmp_path / "m.onnx", slim=True)
+    ort_run = onnx_runner(path, io).run
+    cases = check_parity(io, torch_outputs(small_model, io), ort_run, test_split)
+    assert len(cases) == len(parity_points(io)) >= 4 and {c.batch for c in cases} >= {1, 32}
+    assert {c.dims["seq"] for c in cases} == {1, 16, 32}
+    assert all(c.passed and c.max_abs < 1e-4 for c in cases)
+    require_parity(cases, "the model")
+
+    def perturbed(feeds):
+        return {k: v + 0.05 * np.sign(v) for k, v in ort_run(feeds).items()}
+
+    bad = check_parity(io, torch_outputs(small_model, io), perturbed, test_split)
+    with pytest.raises(EdgeKitError, match="output 'logits'"):
+        require_parity(bad, "the model")
+
+
+def test_parity_feeds_are_real_data_at_other_lengths(io, test_split):
+    from edgekit.targets.parity import resize
+
+    feeds, _ = next(test_split.batches(4))
+    feeds = with_modalities(io, feeds, io.modalities)
+    longer = resize(io, feeds, "seq", 32)
+    assert longer["text_ids"].shape == (4, 32) and (longer["text_mask"][:, 16:] == 0).all()
+    assert (longer["text_ids"][:, :16] == feeds["text_ids"]).all()
+    assert resize(io, feeds, "seq", 1)["text_mask"].shape == (4, 1)
+
+
+# -- manifests ----------------------------------------------------------------------------------------
+
+
+def test_manifest_hashes_catch_modified_files(tmp_path, small_model, io):
+    d = tmp_path / "onnx-fp32"
+    export_onnx(small_model, io, d / "model.onnx")
+    Artifact("onnx", "fp32", d, "model.onnx", io, "abc", {"profile": "x"}).write_manifest()
+    art = load_artifact(d)
+    assert art.precision == "fp32" and art.io == io
+    with open(d / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(EdgeKitError, match="does not match its manifest hash"):
+        load_artifact(d)
+    with pytest.raises(UsageError, match="no manifest.json"):
+        load_artifact(tmp_path)
