@@ -149,11 +149,15 @@ def plan_exports(
     return plan
 
 
+def max_batch(io: IOSpec, cap: int = 64) -> int:
+    return min(cap, io.dims["batch"].max) if "batch" in io.dims else cap
+
+
 def artifact_accuracy(art: Artifact, test: FeedDataset, threads: int | None = None) -> float | None:
     """Top-1 accuracy of the artifact run in its own runtime; None where that runtime cannot run here."""
     if not FORMATS[art.format].runs_here:
         return None
-    report = evaluate(predict_fn(load_runner(art, threads)), art.io, test, per_modality=False)
+    report = evaluate(predict_fn(load_runner(art, threads)), art.io, test, max_batch(art.io), per_modality=False)
     return report.overall.accuracy
 
 
@@ -179,10 +183,10 @@ def export(
     check_out_dir(out, overwrite)
     check_writable(out)
     loaded = load_model(model)
-    io, test = loaded.io, load_split(data, "test")
+    io, test = (loaded.io.static() if shapes == "static" else loaded.io), load_split(data, "test")
     source_acc = evaluate(torch_predict(loaded.model), io, test, per_modality=False).overall.accuracy
     parent = model_hash(loaded.model)
-    meta = {"source": str(model), "profile": profile.name}
+    meta = {"source": str(model), "profile": profile.name, "shapes": shapes}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as work, atomic_dir(out) as tmp:
         hub = Path(work) / "model.onnx"
@@ -217,7 +221,7 @@ def export(
                 "accuracy_drop": None if acc is None else round(100 * (source_acc - acc), 2),
             }
             if f == "tensorrt" and p == "int8":  # the engine builds on the device; its Q/DQ graph runs here
-                ref = evaluate(predict_fn(onnx_runner(ctx.qdq[0], io)), io, test, per_modality=False)
+                ref = evaluate(predict_fn(onnx_runner(ctx.qdq[0], io)), io, test, max_batch(io), per_modality=False)
                 row["reference"] = {
                     "runtime": "onnxruntime (the bundle's Q/DQ ONNX, CPU)",
                     "accuracy": ref.overall.accuracy,

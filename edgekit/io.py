@@ -198,6 +198,10 @@ class IOSpec:
                 f"feed has unknown input(s) {sorted(extra)}", f"the model takes {', '.join(self.input_names)}"
             )
 
+    def static(self) -> IOSpec:
+        """The same spec with every symbolic dim fixed at its opt size (for static-shape deployments)."""
+        return IOSpec(self.inputs, self.outputs, {d: DimRange(r.opt, r.opt, r.opt) for d, r in self.dims.items()})
+
     # -- serialisation --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -51,17 +51,16 @@ def export(
     def render() -> None:
         src = result["source"]
         table = Table(title=f"{Path(str(model)).name} for {result['profile']} (source accuracy {src['accuracy']:.4f})")
-        for col in ("format", "precision", "runtime", "size MB", "accuracy", "drop (pts)", "path"):
+        for col in ("format", "precision", "runtime", "size MB", "accuracy", "drop (pts)"):
             table.add_column(col, justify="right" if col in ("size MB", "accuracy", "drop (pts)") else "left")
         for a in result["artifacts"]:
             acc = "builds on device" if a["accuracy"] is None else f"{a['accuracy']:.4f}"
             if a["accuracy"] is None and "reference" in a:
                 acc = f"({a['reference']['accuracy']:.4f} Q/DQ in ORT)"
             drop = "" if a["accuracy_drop"] is None else f"{a['accuracy_drop']:+.2f}"
-            table.add_row(
-                a["format"], a["precision"], ", ".join(a["runtime"]) or "-", f"{a['size_mb']:.2f}", acc, drop, a["path"]
-            )
+            table.add_row(a["format"], a["precision"], ", ".join(a["runtime"]) or "-", f"{a['size_mb']:.2f}", acc, drop)
         out.print(table)
+        out.print(f"artifacts in {result['out']} (one directory each, with manifest.json)")
         p = result["parity"]
         out.print(
             f"ONNX parity: {p['cases']} cases, max abs error {p['max_abs']:.2e}, "

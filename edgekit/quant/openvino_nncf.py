@@ -1,7 +1,8 @@
 """INT8 OpenVINO IR through NNCF post-training quantization of the (ONNX-converted) OpenVINO model.
 
 Converting from ONNX rather than from the torch module avoids OpenVINO's failure on the
-TransformerEncoder fast path (shared/STACK.md)."""
+TransformerEncoder fast path (shared/STACK.md). The mixed preset (asymmetric activations) is used:
+on the AV-digits teacher the symmetric performance preset lost 6.0 points, mixed 0.7 (300 samples)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def quantize_openvino(src_onnx: Path, calib: CalibrationSet, exclude: Sequence[s
     scope = nncf.IgnoredScope(names=list(exclude), validate=False) if exclude else None
     quantized = nncf.quantize(
         model, nncf.Dataset(list(calib.feeds)), subset_size=len(calib), ignored_scope=scope,
-        preset=nncf.QuantizationPreset.PERFORMANCE,
+        preset=nncf.QuantizationPreset.MIXED,
     )  # fmt: skip
-    return quantized, {"backend": f"nncf {nncf.__version__}", "scheme": "symmetric int8 (performance preset)",
-                       "excluded": list(exclude), "calibration": calib.describe()}  # fmt: skip
+    scheme = "int8, symmetric weights, asymmetric activations (mixed preset)"
+    return quantized, {"backend": f"nncf {nncf.__version__}", "scheme": scheme, "excluded": list(exclude),
+                       "calibration": calib.describe()}  # fmt: skip

@@ -3,6 +3,9 @@ onnxruntime build for Android or iOS is compiled with. The same .ort runs here i
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,13 +17,15 @@ from .context import ExportContext
 def build_ort_mobile(ctx: ExportContext, precision: str, out: Path) -> Artifact:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
     src, info = ctx.qdq if precision == "int8" else (ctx.onnx_fp32, {})
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmp:
         model = Path(tmp) / "model.onnx"
         shutil.copyfile(src, model)
         # Fixed optimizations: the saved graph is final, so the mobile runtime needs no optimizer.
-        convert_onnx_models_to_ort(model, Path(tmp) / "out", [OptimizationStyle.Fixed])
+        with contextlib.redirect_stdout(io.StringIO()):  # the converter prints progress lines
+            convert_onnx_models_to_ort(model, Path(tmp) / "out", [OptimizationStyle.Fixed])
         produced = Path(tmp) / "out"
         shutil.copyfile(produced / "model.ort", out / "model.ort")
         shutil.copyfile(produced / "model.required_operators.config", out / "required_operators.config")

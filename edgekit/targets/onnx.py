@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io as _io
+import logging
 import re
 import warnings
 from pathlib import Path
@@ -24,26 +25,30 @@ OPSET = 18
 
 
 def dynamic_shapes(io: IOSpec) -> dict[str, dict[int, torch.export.Dim]]:
-    dims = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in io.dims.items()}
-    return {t.name: {i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in io.inputs}
+    """torch.export dims for every symbolic dim whose range is not a single size (those are static)."""
+    dims = {name: torch.export.Dim(name, min=r.min, max=r.max) for name, r in io.dims.items() if r.min < r.max}
+    return {t.name: {i: dims[d] for i, d in enumerate(t.shape) if d in dims} for t in io.inputs}
 
 
-def trace_inputs(io: IOSpec, batch: int = 2) -> dict[str, torch.Tensor]:
-    """Example inputs away from the range ends: a size of 1 would be specialised as a constant."""
-    return io.example_torch(batch=max(batch, 2), **{d: max(r.opt, 2) for d, r in io.dims.items() if d != "batch"})
+def trace_inputs(io: IOSpec) -> dict[str, torch.Tensor]:
+    """Example inputs away from the range ends of dynamic dims: a size of 1 would be specialised as a constant."""
+    sizes = {d: (max(r.opt, 2) if r.min < r.max else r.opt) for d, r in io.dims.items()}
+    return io.example_torch(**sizes)
 
 
-def export_onnx(model: nn.Module, io: IOSpec, path: Path, batch: int = 2, slim: bool = False) -> Path:
+def export_onnx(model: nn.Module, io: IOSpec, path: Path, slim: bool = False) -> Path:
     """Export `model` (called with keyword inputs named as in `io`) to `path`, written atomically.
 
     With `slim`, onnxslim folds constants and fuses patterns the dynamo exporter leaves behind."""
     model = model.eval()
     path = Path(path)
+    # The exporter logs a warning per torchvision op it cannot register; torchvision is not used here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with atomic_path(path) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(_io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
-                model, (), str(tmp), kwargs=trace_inputs(io, batch), dynamic_shapes=dynamic_shapes(io), dynamo=True,
+                model, (), str(tmp), kwargs=trace_inputs(io), dynamic_shapes=dynamic_shapes(io), dynamo=True,
                 opset_version=OPSET, input_names=io.input_names, output_names=io.output_names, external_data=False,
             )  # fmt: skip
         except Exception as e:
