@@ -25,7 +25,11 @@ system-deps:
 
 demo: setup
 	$(EK) data build avdigits
-	$(EK) eval --model "$$($(PY) scripts/reference_teacher.py)" --data avdigits
+	@T="$$($(PY) scripts/reference_teacher.py)" && set -x && \
+	$(EK) eval --model "$$T" --data avdigits && \
+	$(EK) export --model "$$T" --target x86-avx512-vnni --out runs/demo/x86 --overwrite && \
+	$(EK) export --model "$$T" --target jetson --out runs/demo/jetson --overwrite && \
+	$(EK) export --model "$$T" --target android-arm64 --out runs/demo/android --overwrite
 
 test: setup
 	$(VENV)/bin/ruff check edgekit tests scripts

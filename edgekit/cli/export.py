@@ -16,7 +16,9 @@ from .common import JsonOpt, OverwriteOpt, emit, err, out
 
 def export(
     model: Annotated[str, typer.Option(help="Model package directory.")],
-    target: Annotated[str, typer.Option(help="Hardware profile name, alias (jetson, x86, android) or .yaml file.")],
+    target: Annotated[
+        str, typer.Option("--target", "--profile", help="Hardware profile name, alias (jetson, x86, android) or .yaml.")
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the artifacts to.")],
     fmt: Annotated[
         str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)} (default: the profile's).")

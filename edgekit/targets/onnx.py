@@ -60,6 +60,24 @@ def export_onnx(model: nn.Module, io: IOSpec, path: Path, slim: bool = False) ->
     return path
 
 
+def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Down-convert for runtimes whose parser stops below opset 18 (TensorRT 8.5 reads up to 17).
+
+    onnx's converter moves ReduceMean's axes back into an attribute but leaves opset 18's
+    `noop_with_empty_axes` behind, which opset 17 does not define; it is dropped (its default, 0, is
+    what opset 17 does anyway). ReduceSum has taken axes as an input since opset 13 and keeps it."""
+    from onnx import version_converter
+
+    converted = version_converter.convert_version(model, opset)
+    for node in converted.graph.node:
+        if node.op_type.startswith("Reduce") and node.op_type != "ReduceSum":
+            kept = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    onnx.checker.check_model(converted, full_check=True)
+    return converted
+
+
 def export_error(model: nn.Module, e: Exception) -> UsageError:
     """Name the module whose forward the exporter could not trace (data-dependent control flow etc.)."""
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)', str(e))
