@@ -34,6 +34,9 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory next to `path`; it replaces `path` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like any new directory
     try:
         yield tmp
         if path.exists():

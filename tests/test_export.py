@@ -217,3 +217,20 @@ def test_manifest_hashes_catch_modified_files(tmp_path, small_model, io):
         load_artifact(d)
     with pytest.raises(UsageError, match=r"no manifest\.json"):
         load_artifact(tmp_path)
+
+
+def test_lowering_for_tensorrt_8_5_keeps_the_numbers(tmp_path, small_model, io, test_split):
+    import onnx
+
+    from edgekit.targets.onnx import lower_onnx
+    from edgekit.targets.tensorrt_ops import check_onnx
+
+    src = export_onnx(small_model, io, tmp_path / "m.onnx", slim=True)
+    assert not check_onnx(onnx.load(str(src)), "8.5", dla=False).parses
+    changes = lower_onnx(src, tmp_path / "m17.onnx", 17, keep_layernorm=False)
+    lowered = onnx.load(str(tmp_path / "m17.onnx"))
+    assert changes == ["opset 18 -> 17", "LayerNormalization decomposed"]
+    assert lowered.opset_import[0].version == 17 and all(n.op_type != "LayerNormalization" for n in lowered.graph.node)
+    assert check_onnx(lowered, "8.5", dla=False).parses
+    cases = check_parity(io, onnx_runner(src, io).run, onnx_runner(tmp_path / "m17.onnx", io).run, test_split)
+    assert all(c.passed and c.max_abs < 1e-5 for c in cases)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..artifact import Artifact, versions
 from .context import ExportContext
 from .mobile import build_ort_mobile
+from .onnx import OPSET, lower_onnx
 from .openvino import build_openvino
 
 Builder = Callable[[ExportContext, str, Path], Artifact]
@@ -32,10 +33,18 @@ def build_onnx(ctx: ExportContext, precision: str, out: Path) -> Artifact:
 
 def build_tensorrt(ctx: ExportContext, precision: str, out: Path) -> Artifact:
     from .tensorrt import write_bundle
+    from .tensorrt_ops import table_for
 
     # TensorRT takes INT8 as explicit Q/DQ; FP16 is a builder flag over the FP32 graph.
     src, info = ctx.qdq if precision == "int8" else (ctx.onnx_fp32, {})
-    return write_bundle(src, ctx.io, ctx.profile, precision, out, ctx.parent, {**ctx.meta, "quantization": info})
+    table = table_for(ctx.profile.software.get("tensorrt", ""))
+    adapted: list[str] = []
+    if table.max_opset < OPSET:  # an older parser (Xavier's TensorRT 8.5): lower the graph to what it reads
+        lowered = ctx.work / f"model.{precision}.opset{table.max_opset}.onnx"
+        adapted = lower_onnx(src, lowered, table.max_opset, keep_layernorm="LayerNormalization" in table.ops)
+        src = lowered
+    meta = {**ctx.meta, "quantization": info, "adapted": adapted}
+    return write_bundle(src, ctx.io, ctx.profile, precision, out, ctx.parent, meta)
 
 
 def build_executorch(ctx: ExportContext, precision: str, out: Path) -> Artifact:

@@ -13,6 +13,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -76,6 +77,52 @@ def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             node.attribute.extend(kept)
     onnx.checker.check_model(converted, full_check=True)
     return converted
+
+
+def decompose_layernorm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite LayerNormalization (opset 17) as ReduceMean/Sub/Mul/Add/Sqrt/Div for parsers that lack it
+    (TensorRT < 8.6). Needs axis < 0 and a graph at opset <= 17 (ReduceMean with an axes attribute)."""
+    from onnx import helper, numpy_helper
+
+    nodes: list[onnx.NodeProto] = []
+    for n in model.graph.node:
+        if n.op_type != "LayerNormalization":
+            nodes.append(n)
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        axis, eps = int(a.get("axis", -1)), float(a.get("epsilon", 1e-5))
+        if axis >= 0 or len([o for o in n.output if o]) > 1:
+            raise UsageError(f"cannot rewrite LayerNormalization '{n.name}' (axis {axis}, {len(n.output)} outputs)")
+        axes, p = list(range(axis, 0)), f"{n.name}/ln"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(eps, np.float32), f"{p}/eps"))
+        nodes += [
+            helper.make_node("ReduceMean", [n.input[0]], [f"{p}/mean"], axes=axes, keepdims=1),
+            helper.make_node("Sub", [n.input[0], f"{p}/mean"], [f"{p}/d"]),
+            helper.make_node("Mul", [f"{p}/d", f"{p}/d"], [f"{p}/d2"]),
+            helper.make_node("ReduceMean", [f"{p}/d2"], [f"{p}/var"], axes=axes, keepdims=1),
+            helper.make_node("Add", [f"{p}/var", f"{p}/eps"], [f"{p}/vareps"]),
+            helper.make_node("Sqrt", [f"{p}/vareps"], [f"{p}/std"]),
+            helper.make_node("Div", [f"{p}/d", f"{p}/std"], [f"{p}/norm"]),
+        ]
+        scaled = n.output[0] if len(n.input) < 3 or not n.input[2] else f"{p}/scaled"
+        nodes.append(helper.make_node("Mul", [f"{p}/norm", n.input[1]], [scaled]))
+        if scaled != n.output[0]:
+            nodes.append(helper.make_node("Add", [scaled, n.input[2]], [n.output[0]]))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def lower_onnx(src: Path, dst: Path, opset: int, keep_layernorm: bool) -> list[str]:
+    """Write `src` lowered to `opset` (and without LayerNormalization unless kept) to `dst`; say what changed."""
+    model = to_opset(onnx.load(str(src)), opset)
+    changes = [f"opset {OPSET} -> {opset}"]
+    if not keep_layernorm:
+        model = decompose_layernorm(model)
+        changes.append("LayerNormalization decomposed")
+    onnx.save(model, str(dst))
+    return changes
 
 
 def export_error(model: nn.Module, e: Exception) -> UsageError:
