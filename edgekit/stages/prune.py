@@ -1,0 +1,395 @@
+"""Structured pruning of fusion models: whole attention heads (heads.py), then channels with torch-pruning's
+dependency graph, with a ratio per branch and for the fusion, or one global ratio with global ranking.
+
+Order: heads first, then channels. Head removal turns each attention layer into a PrunedAttention whose
+projections are plain Linears; torch-pruning then never sees nn.MultiheadAttention (its 1.6.1 handler shrinks
+head_dim and ties the projections to the residual stream), and those projections go into ignored_layers, which
+keeps every group that touches them, the text branch's residual stream included, at full width. What is left to
+prune is what is safe to prune: conv channels, the transformer's FFN hidden width and the fusion MLPs.
+
+Never pruned: class scores (the classifier, late fusion's per-modality heads), per-modality outputs (gates,
+attention scores), stem input channels and embedding rows (no pruning group reaches them), and the
+modality_mask width (an input)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import EdgeKitError, UsageError
+from ..io import IOSpec
+from ..loading import save_model_package
+from ..models import FUSIONS, FusionModel, build_fusion_model
+from ..models.branches import AudioBranch, ImageBranch, TextBranch, VideoBranch
+from ..models.fusions import AttentionFusion, GatedFusion, LateFusion
+from .heads import PrunedAttention, prune_heads
+
+FACTORY = "edgekit.stages.prune:load_pruned_architecture"
+FUSION = "fusion"
+# torch-pruning importance criteria by name: (importance factory, p of the norm that ranks heads).
+IMPORTANCES: dict[str, tuple[Callable[[], Any], float]] = {
+    "l1": (lambda: _tp().importance.GroupMagnitudeImportance(p=1), 1.0),
+    "l2": (lambda: _tp().importance.GroupMagnitudeImportance(p=2), 2.0),
+}
+
+
+def _tp() -> Any:
+    if importlib.util.find_spec("torch_pruning") is None:
+        raise UsageError(
+            "channel pruning needs torch-pruning, which is not installed", "pip install torch-pruning==1.6.1"
+        )
+    import torch_pruning
+
+    return torch_pruning
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """`ratios`: share of channels to remove per part (a modality branch or "fusion"; parts not named keep their
+    width), ranked within each layer. `global_ratio`: instead, one share for the whole model, ranked across all
+    layers. `head_ratio`: share of attention heads removed per layer. `round_to`: remaining widths are multiples
+    of it (never below one multiple)."""
+
+    ratios: Mapping[str, float] = field(default_factory=dict)
+    global_ratio: float | None = None
+    head_ratio: float = 0.0
+    round_to: int = 8
+    importance: str = "l2"
+
+
+@dataclass(frozen=True)
+class PartReport:
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    model: FusionModel
+    parts: dict[str, PartReport]  # each modality, "fusion", "classifier" and "total"; MACs per sample
+    heads: dict[str, tuple[int, int]]  # attention layer -> (heads before, heads after)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "parts": {k: v.as_dict() for k, v in self.parts.items()},
+            "heads": {k: list(v) for k, v in self.heads.items()},
+        }
+
+
+def _check_ratio(what: str, r: float) -> None:
+    if not 0.0 <= r < 1.0:
+        raise UsageError(
+            f"pruning ratio {r} for '{what}' is outside [0, 1)", "use 0 (keep all) up to, not including, 1"
+        )
+
+
+def check_config(model: FusionModel, config: PruneConfig) -> None:
+    parts = (*model.modalities, FUSION)
+    unknown = sorted(set(config.ratios) - set(parts))
+    if unknown:
+        raise UsageError(f"no part named {', '.join(unknown)} to prune", f"the model's parts are {', '.join(parts)}")
+    if config.ratios and config.global_ratio is not None:
+        raise UsageError("both per-part ratios and a global ratio given", "use one of them")
+    for part, r in config.ratios.items():
+        _check_ratio(part, r)
+    if config.global_ratio is not None:
+        _check_ratio("global", config.global_ratio)
+    _check_ratio("heads", config.head_ratio)
+    if config.round_to < 1:
+        raise UsageError(f"round_to={config.round_to} is not a positive channel count", "use 1 (no rounding) or 8, 16")
+    if config.importance not in IMPORTANCES:
+        raise UsageError(f"unknown importance '{config.importance}'", f"use one of {', '.join(IMPORTANCES)}")
+
+
+def prune(model: FusionModel, io: IOSpec, config: PruneConfig) -> PruneResult:
+    """A pruned copy of `model` (which is left as it is) and what pruning saved per part."""
+    if not isinstance(model, FusionModel):
+        raise UsageError(f"pruning needs an EdgeKit FusionModel, got {type(model).__name__}")
+    check_config(model, config)
+    pruned = copy.deepcopy(model).eval()
+    before = measure(pruned, io)
+    make_importance, p = IMPORTANCES[config.importance]
+    heads = prune_heads(pruned, config.head_ratio, p)
+    ratios = {pruned.branches[m] if m in pruned.modalities else pruned.fusion: r for m, r in config.ratios.items()}
+    if any(r > 0 for r in ratios.values()) or config.global_ratio:
+        _prune_channels(pruned, io, ratios, config.global_ratio, config.round_to, make_importance())
+    try:
+        after = measure(pruned, io)
+    except RuntimeError as e:
+        raise EdgeKitError(f"the pruned model no longer runs: {str(e).splitlines()[0]}") from e
+    parts = {k: PartReport(before[k][0], after[k][0], before[k][1], after[k][1]) for k in before}
+    return PruneResult(pruned, parts, heads)
+
+
+def _protected(model: FusionModel) -> list[nn.Module | nn.Parameter]:
+    """Layers whose output widths carry meaning: class scores, one value per modality, attention.
+
+    torch-pruning couples a per-modality score or gate with the projections it scales (a broadcast product looks
+    element-wise to it), so in attention and gated fusion the shared projection width stays whole as well."""
+    keep: list[nn.Module | nn.Parameter] = [model.classifier]
+    f = model.fusion
+    if isinstance(f, LateFusion):
+        keep += [*(head[-1] for head in f.heads), f.weight_logits]
+    elif isinstance(f, AttentionFusion):
+        keep.append(f.score[-1])
+    elif isinstance(f, GatedFusion):
+        keep.append(f.gate)
+    keep += [m for m in model.modules() if isinstance(m, nn.MultiheadAttention | PrunedAttention)]
+    return keep
+
+
+def _pruner_class() -> type:
+    tp = _tp()
+
+    class Pruner(tp.pruner.MetaPruner):  # type: ignore[misc]
+        # 1.6.1 floors the remaining width to a multiple of round_to, which empties a layer when fewer than
+        # round_to channels would remain; keep at least one multiple, and leave layers already that narrow.
+        def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+            if current_channels <= round_to:
+                return 0
+            keep = max(round_to, (current_channels - n_pruned) // round_to * round_to)
+            return current_channels - keep
+
+    return Pruner
+
+
+def _prune_channels(
+    model: FusionModel,
+    io: IOSpec,
+    ratios: Mapping[nn.Module, float],
+    global_ratio: float | None,
+    round_to: int,
+    importance: Any,
+) -> None:
+    own = [p for m in model.modules() if type(m).__module__.startswith("edgekit.") for p in m.parameters(recurse=False)]
+    pruner = _pruner_class()(
+        model,
+        io.example_torch(batch=2),
+        importance=importance,
+        global_pruning=global_ratio is not None,
+        pruning_ratio=global_ratio or 0.0,
+        pruning_ratio_dict=dict(ratios) or None,
+        ignored_layers=_protected(model),
+        round_to=round_to,
+        # Parameters held by EdgeKit modules themselves (a fusion bias, late fusion's modality weights), named
+        # so that torch-pruning does not guess (and warn); the ones with a fixed meaning are in _protected.
+        unwrapped_parameters=[(p, p.dim() - 1) for p in own],
+    )
+    pruner.ignored_layers += _cross_part_layers(model, pruner)
+    with torch.no_grad():
+        pruner.step()
+
+
+def _cross_part_layers(model: FusionModel, pruner: Any) -> list[nn.Module]:
+    """Layers of groups whose output channels span several parts. torch-pruning 1.6.1 drops a concat's offsets
+    when one of its inputs has no autograd history (early fusion concatenates the modality mask) and then couples
+    every concat input channel by channel: image channel 3 with text channel 3. Such a group is not a real
+    dependency, and pruning it would cut unrelated channels or break shapes, so it is left whole."""
+    part = {m: _part(n) for n, m in model.named_modules() if n}
+    out: list[nn.Module] = []
+    for group in pruner.DG.get_all_groups(
+        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+    ):
+        outs = [d.target.module for d, _ in group if pruner.DG.is_out_channel_pruning_fn(d.handler)]
+        if len({part[m] for m in outs if m in part}) > 1:
+            out += [m for m in outs if m in part]
+    return out
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+# A forward-hook MAC counter rather than tp.utils.count_ops_and_params: tp's attention hook charges the q/k/v
+# projections as embed_dim**2 whatever the number of heads, so removed heads would not show, and it adds
+# element-wise FLOPs (BN, activations) to the matmul MACs that dominate edge inference. Here MACs come from the
+# weights' actual shapes: Conv and Linear layers, plus the attention products (QK^T and AV).
+
+
+def _layer_macs(m: nn.Module, args: tuple[Any, ...], out: Any) -> int:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+    if isinstance(m, nn.Linear):
+        return out.numel() * m.in_features
+    x = args[0] if m.batch_first else args[0].transpose(0, 1)
+    b, n = x.shape[0], x.shape[1]
+    products = 2 * b * m.num_heads * n * n * m.head_dim  # QK^T and AV, self-attention over n tokens
+    if isinstance(m, PrunedAttention):  # its projections are Linears, counted as such
+        return products
+    return products + 4 * b * n * m.embed_dim * m.embed_dim  # q, k, v and out projections
+
+
+_COUNTED = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, PrunedAttention)
+
+
+def _part(name: str) -> str:
+    head, _, rest = name.partition(".")
+    return rest.partition(".")[0] if head == "branches" else head
+
+
+def measure(model: FusionModel, io: IOSpec) -> dict[str, tuple[int, int]]:
+    """(params, MACs per sample at the IOSpec's opt shapes) for each modality branch, the fusion, the classifier
+    and in total."""
+    parts = [*model.modalities, FUSION, "classifier"]
+    params = dict.fromkeys(parts, 0)
+    for name, p in model.named_parameters():
+        params[_part(name)] += p.numel()
+    macs = dict.fromkeys(parts, 0)
+
+    def hook(name: str) -> Callable[..., None]:
+        def count(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            macs[_part(name)] += _layer_macs(m, args, out[0] if isinstance(out, tuple) else out)
+
+        return count
+
+    # nn.MultiheadAttention uses its out_proj's weights directly, so that Linear's hook never fires.
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, _COUNTED)]
+    # The fused transformer kernel bypasses the submodules, and their hooks with them.
+    fast, training = torch.backends.mha.get_fastpath_enabled(), model.training
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            model.eval()(**io.example_torch(batch=1))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+        model.train(training)
+        for h in handles:
+            h.remove()
+    report = {k: (params[k], macs[k]) for k in parts}
+    report["total"] = (sum(params.values()), sum(macs.values()))
+    return report
+
+
+# -- saving -----------------------------------------------------------------------------------------------
+# A model package rebuilds its model from a factory and kwargs, then loads weights strictly (no pickled modules).
+# The kwargs of a pruned model: zoo kwargs that give the same module tree, the heads of each head-pruned attention
+# layer, and the width attributes and tensor shapes of every layer that differs from that tree.
+
+# The attributes torch-pruning changes when it resizes a layer; nothing else may be set from a manifest.
+WIDTH_ATTRS = (
+    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features", "normalized_shape",
+    "embedding_dim",
+)  # fmt: skip
+
+
+def _zoo_kwargs(model: FusionModel) -> dict[str, Any]:
+    arch = next((k for k, cls in FUSIONS.items() if type(getattr(model, "fusion", None)) is cls), None)
+    if not isinstance(model, FusionModel) or arch is None:
+        raise UsageError(f"cannot describe a {type(model).__name__} for a package", "save_pruned takes zoo models")
+    n_classes = model.classifier.out_features if isinstance(model.classifier, nn.Linear) else model.fusion.out_dim
+    kwargs: dict[str, Any] = {"arch": arch, "preset": "small", "modalities": list(model.modalities)}
+    overrides: dict[str, Any] = {"hidden": model.fusion.out_dim}
+    for m, branch in model.branches.items():
+        if isinstance(branch, ImageBranch | VideoBranch):
+            features = branch.features if isinstance(branch, ImageBranch) else branch.frames.features
+            overrides[m] = {"width": features[0][0].out_channels, "depth": len(features) - 1}
+            kwargs["in_channels"] = features[0][0].in_channels
+        elif isinstance(branch, AudioBranch):
+            overrides[m] = {"width": branch.features[0][0].out_channels, "depth": len(branch.features) // 2}
+        elif isinstance(branch, TextBranch):
+            full = [a.num_heads for a in branch.modules() if isinstance(a, nn.MultiheadAttention)]
+            width = branch.tokens.embedding_dim
+            overrides[m] = {"width": width, "depth": len(branch.encoder.layers), "heads": full[0] if full else 1}
+            kwargs.update(vocab_size=branch.tokens.num_embeddings, max_len=branch.positions.num_embeddings)
+        else:
+            raise UsageError(
+                f"branch '{m}' is a {type(branch).__name__}, not a zoo branch", "save_pruned takes zoo models"
+            )
+    return {**kwargs, "n_classes": n_classes, "overrides": overrides}
+
+
+def _layer_spec(m: nn.Module) -> dict[str, Any]:
+    attrs = {
+        a: list(v) if isinstance(v, tuple) else v
+        for a in WIDTH_ATTRS
+        if isinstance(v := getattr(m, a, None), int | tuple)
+    }
+    shapes = {n: list(t.shape) for n, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]}
+    return {"attrs": attrs, "shapes": shapes} if shapes else {}
+
+
+def architecture(model: FusionModel) -> dict[str, Any]:
+    """The kwargs of load_pruned_architecture that rebuild `model`'s modules with its shapes (not its weights)."""
+    zoo = _zoo_kwargs(model)
+    heads = {
+        n: {"num_heads": a.num_heads, "head_dim": a.head_dim}
+        for n, a in model.named_modules()
+        if isinstance(a, PrunedAttention)
+    }
+    base = dict(_with_heads(build_fusion_model(**zoo), heads).named_modules())
+    layers = {
+        n: spec
+        for n, m in model.named_modules()
+        if (spec := _layer_spec(m)) and (n not in base or spec != _layer_spec(base[n]))
+    }
+    return {"zoo": zoo, "heads": heads, "layers": layers}
+
+
+def _with_heads(model: FusionModel, heads: Mapping[str, Mapping[str, int]]) -> FusionModel:
+    for name, h in heads.items():
+        attn = model.get_submodule(name)
+        if not isinstance(attn, nn.MultiheadAttention):
+            raise UsageError(f"'{name}' is not an attention layer of the zoo model", "the package kwargs are damaged")
+        bias = attn.in_proj_bias is not None
+        new = PrunedAttention(
+            attn.embed_dim, int(h["num_heads"]), int(h["head_dim"]), bias, attn.dropout, attn.batch_first
+        )
+        model.set_submodule(name, new)
+    return model
+
+
+def _resize(m: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
+    bad = sorted(set(spec.get("attrs", {})) - set(WIDTH_ATTRS))
+    if bad:
+        raise UsageError(
+            f"layer '{name}' sets {', '.join(bad)}, which are not widths", "the package kwargs are damaged"
+        )
+    for attr, v in spec.get("attrs", {}).items():
+        setattr(m, attr, tuple(v) if isinstance(v, list) else int(v))
+    for tname, shape in spec.get("shapes", {}).items():
+        old = getattr(m, tname, None)
+        if not isinstance(old, torch.Tensor):
+            raise UsageError(f"layer '{name}' has no tensor '{tname}'", "the package kwargs are damaged")
+        new = torch.zeros([int(s) for s in shape], dtype=old.dtype)
+        setattr(m, tname, nn.Parameter(new, old.requires_grad) if isinstance(old, nn.Parameter) else new)
+
+
+def load_pruned_architecture(
+    zoo: Mapping[str, Any], heads: Mapping[str, Mapping[str, int]], layers: Mapping[str, Mapping[str, Any]]
+) -> FusionModel:
+    """The package factory of pruned models: the zoo model, its attention layers cut to the recorded heads and its
+    layers resized to the recorded widths; the package's weights are loaded afterwards."""
+    model = _with_heads(build_fusion_model(**zoo), heads)
+    for name, spec in layers.items():
+        try:
+            m = model.get_submodule(name)
+        except AttributeError as e:
+            raise UsageError(f"the zoo model has no layer '{name}'", "the package kwargs are damaged") from e
+        _resize(m, name, spec)
+    return model
+
+
+def save_pruned(
+    model: FusionModel,
+    io: IOSpec,
+    path: Path,
+    labels: list[str] | tuple[str, ...] = (),
+    meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `model` (as pruned by prune()) as a model package that edgekit.loading.load_model rebuilds."""
+    kwargs = architecture(model)
+    rebuilt = load_pruned_architecture(**kwargs).state_dict()
+    wrong = [k for k, v in model.state_dict().items() if k not in rebuilt or rebuilt[k].shape != v.shape]
+    if wrong or len(rebuilt) != len(model.state_dict()):
+        raise EdgeKitError(f"the pruned architecture does not rebuild: {', '.join(wrong[:3]) or 'extra tensors'}")
+    return save_model_package(model, io, path, factory=FACTORY, kwargs=kwargs, labels=labels, meta=meta)
