@@ -176,6 +176,16 @@ def test_data_dependent_forward_names_the_module(tmp_path):
 
 def test_parity_gate_on_real_samples(tmp_path, small_model, io, test_split):
     path = export_onnx(small_model, io, tmp_path / "m.onnx", slim=True)
+    import onnx
+
+    from edgekit.targets.onnx import module_scope
+
+    # onnxslim drops metadata; the module scopes are put back so INT8 can be governed per branch
+    compute = [n for n in onnx.load(str(path)).graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+    branches = {
+        (module_scope(n) or "?").split(".")[1] for n in compute if (module_scope(n) or "").startswith("branches")
+    }
+    assert all(module_scope(n) for n in compute) and branches == {"image", "text", "audio"}
     ort_run = onnx_runner(path, io).run
     cases = check_parity(io, torch_outputs(small_model, io), ort_run, test_split)
     assert len(cases) == len(parity_points(io)) >= 4 and {c.batch for c in cases} >= {1, 32}

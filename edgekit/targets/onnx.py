@@ -57,8 +57,30 @@ def export_onnx(model: nn.Module, io: IOSpec, path: Path, slim: bool = False) ->
         if slim:
             import onnxslim
 
-            onnx.save(onnxslim.slim(onnx.load(str(tmp))), str(tmp))
+            raw = onnx.load(str(tmp))
+            onnx.save(keep_scopes(raw, onnxslim.slim(raw)), str(tmp))
     return path
+
+
+def keep_scopes(raw: onnx.ModelProto, slimmed: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy each node's module scope (the exporter's `namespace` metadata, e.g. ".../branches.audio: ...")
+    from the raw export onto the slimmed graph by node name: onnxslim drops metadata, and per-branch
+    quantization needs to know which branch a Conv or MatMul belongs to."""
+    scopes = {n.name: p.value for n in raw.graph.node for p in n.metadata_props if p.key == "namespace"}
+    for node in slimmed.graph.node:
+        if node.name in scopes and not any(p.key == "namespace" for p in node.metadata_props):
+            node.metadata_props.add(key="namespace", value=scopes[node.name])
+    return slimmed
+
+
+def module_scope(node: onnx.NodeProto) -> str | None:
+    """The innermost module path of a node ("branches.text.encoder.layers.0.linear1"), if recorded."""
+    ns = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
+    # "": Root/branches.text: TextBranch/branches.text.encoder: ...: the last segment is the aten op itself.
+    paths = [
+        seg.split(": ")[0] for seg in ns.split("/")[1:] if ": " in seg and not seg.split(": ")[1].startswith("aten.")
+    ]
+    return paths[-1] if paths else None
 
 
 def to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
