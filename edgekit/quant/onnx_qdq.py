@@ -29,8 +29,11 @@ def _in_dir(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
-def quantize_qdq(src: Path, dst: Path, calib: CalibrationSet, exclude: Sequence[str] = ()) -> dict[str, object]:
-    """Write a QDQ INT8 copy of `src` to `dst`; nodes named in `exclude` stay in float."""
+def quantize_qdq(
+    src: Path, dst: Path, calib: CalibrationSet, exclude: Sequence[str] = (), op_types: Sequence[str] = OP_TYPES
+) -> dict[str, object]:
+    """Write a QDQ INT8 copy of `src` to `dst`; nodes named in `exclude` stay in float. Empty `op_types`
+    quantizes every op onnxruntime can."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -47,8 +50,9 @@ def quantize_qdq(src: Path, dst: Path, calib: CalibrationSet, exclude: Sequence[
         quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
         quantize_static(
             str(prepped), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(OP_TYPES),
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types) or None,
             nodes_to_exclude=list(exclude), extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )  # fmt: skip
     return {"backend": "onnxruntime.quantization", "scheme": "QDQ symmetric int8, per-channel weights",
-            "op_types": list(OP_TYPES), "excluded": list(exclude), "calibration": calib.describe()}  # fmt: skip
+            "op_types": list(op_types) or "all", "excluded": list(exclude),
+            "calibration": calib.describe()}  # fmt: skip

@@ -13,17 +13,17 @@ from typing import Any
 from .calibration import CalibrationSet
 
 
-def quantize_openvino(src_onnx: Path, calib: CalibrationSet, exclude: Sequence[str] = ()) -> tuple[Any, dict]:
-    """An INT8 `openvino.Model` of `src_onnx`; nodes named in `exclude` (OpenVINO names) stay in float."""
+def quantize_openvino(src_onnx: Path, calib: CalibrationSet, patterns: Sequence[str] = ()) -> tuple[Any, dict]:
+    """An INT8 `openvino.Model` of `src_onnx`; ops whose OpenVINO names match `patterns` stay in float."""
     import nncf
     import openvino as ov
 
     model = ov.convert_model(str(src_onnx))
-    scope = nncf.IgnoredScope(names=list(exclude), validate=False) if exclude else None
+    scope = nncf.IgnoredScope(patterns=list(patterns), validate=False) if patterns else None
     quantized = nncf.quantize(
         model, nncf.Dataset(list(calib.feeds)), subset_size=len(calib), ignored_scope=scope,
         preset=nncf.QuantizationPreset.MIXED,
     )  # fmt: skip
     scheme = "int8, symmetric weights, asymmetric activations (mixed preset)"
-    return quantized, {"backend": f"nncf {nncf.__version__}", "scheme": scheme, "excluded": list(exclude),
+    return quantized, {"backend": f"nncf {nncf.__version__}", "scheme": scheme, "excluded": list(patterns),
                        "calibration": calib.describe()}  # fmt: skip

@@ -1,0 +1,194 @@
+"""Accuracy-aware INT8, governed per modality branch: the capability no peer offers for fusion models.
+
+1. Quantize everything; if the drop on the val split fits the budget, stop.
+2. Sensitivity per branch: quantize one branch at a time (the rest stays float) and measure the drop.
+3. Keep the most sensitive branches in float, one at a time, until the drop fits.
+4. Inside the last branch that had to stay float, rank its layers by their activations' quantization
+   SQNR (onnxruntime's QDQ debugger) and keep only the worst 1, 2, 4, ... layers in float instead of the
+   whole branch, if that fits too.
+Every accuracy is the quantized artifact's, run in its own runtime. When nothing fits, the run fails with
+the sensitivity table, which says what would be needed."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnx
+
+from ..errors import EdgeKitError
+from ..targets.onnx import module_scope
+from .calibration import CalibrationSet
+
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+Predict = Callable[[Mapping[str, np.ndarray]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A quantizable ONNX node and the part of the fusion model it belongs to."""
+
+    node: str
+    branch: str  # image / text / audio / video, or "fusion" for the fusion module and the head
+    scope: str
+
+
+def quant_units(model: onnx.ModelProto, op_types: tuple[str, ...] = QUANTIZED_OPS) -> list[Unit]:
+    """The nodes a backend quantizes (`op_types`; empty = every node), each labelled with its branch."""
+    units = []
+    for n in model.graph.node:
+        if not op_types or n.op_type in op_types:
+            scope = module_scope(n) or ""
+            parts = scope.split(".")
+            branch = parts[1] if parts[0] == "branches" and len(parts) > 1 else "fusion"
+            units.append(Unit(n.name, branch, scope))
+    return units
+
+
+class Backend(Protocol):
+    name: str
+
+    def build(self, exclude: frozenset[str], dst: Path) -> Predict:
+        """Quantize with the named ONNX nodes kept in float, write the artifact under `dst`, return its predictor."""
+        ...
+
+
+@dataclass
+class Trial:
+    float_parts: tuple[str, ...]  # branches ("audio") or layers ("audio: branches.audio.features.0.1") in float
+    accuracy: float
+    drop: float  # points vs the float baseline
+
+
+@dataclass
+class SensitivityReport:
+    backend: str
+    baseline: float
+    max_drop: float
+    branch_drop: dict[str, float] = field(default_factory=dict)  # drop when only that branch is quantized
+    layer_sqnr: list[tuple[str, str, float]] = field(default_factory=list)  # (node, scope, dB), worst first
+    trials: list[Trial] = field(default_factory=list)
+    float_nodes: tuple[str, ...] = ()
+    fits: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "backend": self.backend, "baseline": self.baseline, "max_drop": self.max_drop, "fits": self.fits,
+            "branch_drop": self.branch_drop, "float_nodes": list(self.float_nodes),
+            "top_layers": [{"node": n, "scope": s, "sqnr_db": round(q, 2)} for n, s, q in self.layer_sqnr[:10]],
+            "trials": [vars(t) for t in self.trials],
+        }  # fmt: skip
+
+    def table(self) -> str:
+        rows = [f"{'branch quantized alone':<28}{'drop (pts)':>12}"]
+        rows += [f"{b:<28}{d:>12.2f}" for b, d in sorted(self.branch_drop.items(), key=lambda x: -x[1])]
+        rows += ["", f"{'kept in float':<60}{'drop (pts)':>12}"]
+        rows += [f"{', '.join(t.float_parts) or '(nothing)':<60.60}{t.drop:>12.2f}" for t in self.trials]
+        return "\n".join(rows)
+
+
+def layer_sqnr(float_path: Path, qdq_path: Path, calib: CalibrationSet, n: int = 64) -> dict[str, float]:
+    """SQNR (dB) of each quantized node's input activation in the QDQ model against the float model:
+    low means information is lost there (onnxruntime's QDQ debugger)."""
+    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )  # fmt: skip
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib.feeds[:n])
+
+        def get_next(self) -> dict | None:
+            return next(self.it, None)
+
+    acts = {}
+    with tempfile.TemporaryDirectory(prefix="edgekit-sqnr-") as tmp:
+        for name, path in (("float", float_path), ("qdq", qdq_path)):
+            augmented = Path(tmp) / f"{name}.onnx"
+            modify_model_output_intermediate_tensors(str(path), str(augmented))
+            acts[name] = collect_activations(str(augmented), Reader())
+    # Masked attention logits hold -inf, where the SQNR is undefined (NaN): such tensors are not ranked.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        errors = compute_activation_error(create_activation_matching(acts["qdq"], acts["float"]))
+    sqnr = {
+        node.name: float(errors[node.input[0]]["xmodel_err"])
+        for node in onnx.load(str(float_path)).graph.node
+        if node.input and node.input[0] in errors
+    }
+    return {k: v for k, v in sqnr.items() if np.isfinite(v)}
+
+
+def accuracy_aware(
+    backend: Backend,
+    units: list[Unit],
+    accuracy: Callable[[Predict], float],
+    baseline: float,
+    max_drop: float,
+    work: Path,
+    rank_layers: Callable[[], dict[str, float]] | None = None,
+) -> SensitivityReport:
+    """Find the smallest float exclusion (branches, then layers) whose INT8 drop on val fits `max_drop` points."""
+    report = SensitivityReport(backend.name, baseline, max_drop)
+    branches = list(dict.fromkeys(u.branch for u in units))
+    nodes_of = {b: frozenset(u.node for u in units if u.branch == b) for b in branches}
+    count = iter(range(1_000_000))
+
+    def trial(parts: tuple[str, ...], exclude: frozenset[str], record: bool = True) -> float:
+        acc = accuracy(backend.build(exclude, work / f"trial-{next(count)}"))
+        drop = round(100 * (baseline - acc), 2)
+        if record:
+            report.trials.append(Trial(parts, acc, drop))
+        return drop
+
+    if trial((), frozenset()) <= max_drop:
+        report.fits = True
+        return report
+    everything = frozenset(u.node for u in units)
+    for b in branches:  # sensitivity: only branch b quantized
+        report.branch_drop[b] = trial((), everything - nodes_of[b], record=False)
+    kept: list[str] = []
+    for b in sorted(branches, key=lambda x: -report.branch_drop[x])[:-1]:  # all in float is not INT8
+        kept.append(b)
+        exclude = frozenset().union(*(nodes_of[k] for k in kept))
+        if trial(tuple(kept), exclude) <= max_drop:
+            report.fits = True
+            report.float_nodes = tuple(sorted(exclude))
+            break
+    if not report.fits:
+        raise BudgetError(report)
+    if rank_layers is not None:  # refine: the last branch kept in float needs only its worst layers in float
+        last, rest = kept[-1], frozenset().union(*(nodes_of[k] for k in kept[:-1]))
+        sqnr = rank_layers()
+        scope = {u.node: u.scope for u in units}
+        ranked = sorted(nodes_of[last], key=lambda n: sqnr.get(n, float("inf")))
+        report.layer_sqnr = [(n, scope[n], sqnr[n]) for n in ranked if n in sqnr]
+        k = 1
+        while k < len(ranked):
+            parts = (*kept[:-1], *(f"{last}: {scope[n] or n}" for n in ranked[:k]))
+            if trial(parts, rest | frozenset(ranked[:k])) <= max_drop:
+                report.float_nodes = tuple(sorted(rest | frozenset(ranked[:k])))
+                break
+            k *= 2
+    return report
+
+
+class BudgetError(EdgeKitError):
+    """The accuracy budget cannot be met even with every branch but one in float (exit 1)."""
+
+    def __init__(self, report: SensitivityReport) -> None:
+        worst = max(report.branch_drop, key=lambda b: report.branch_drop[b])
+        super().__init__(
+            f"INT8 on {report.backend} cannot meet max_drop {report.max_drop} points: best trial lost "
+            f"{min(t.drop for t in report.trials):.2f}; most sensitive branch '{worst}' "
+            f"({report.branch_drop[worst]:.2f} points alone)",
+            "raise max_drop, keep the model in FP16/FP32 for this target, or recover accuracy with distillation",
+        )
+        self.report = report

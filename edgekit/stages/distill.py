@@ -1,0 +1,237 @@
+"""Knowledge distillation: a frozen teacher trains a student (a zoo preset, or any nn.Module such as a pruned
+teacher recovering its accuracy) from the labels, its softened logits and, optionally, its fused features.
+
+Every epoch ends with an atomic checkpoint, so an interrupted run called again with the same checkpoint
+directory and config resumes after its last completed epoch and ends with the same weights as an
+uninterrupted one."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..data import FeedDataset, with_modalities
+from ..errors import UsageError
+from ..evaluation import evaluate, torch_predict
+from ..fsutil import atomic_path
+from ..io import MODALITY_MASK, IOSpec
+from ..training import ProgressFn, _modality_mask
+
+CHECKPOINT = "distill-checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    temperature: float = 4.0  # softens both logit sets so the teacher's ranking of the wrong classes shows
+    alpha: float = 0.7  # weight of the distillation term; 1 - alpha weighs cross-entropy on the labels
+    feature_weight: float = 0.0  # weight of the MSE between fused representations; 0 turns it off
+    label_smoothing: float = 0.05
+    modality_dropout: float = 0.5  # as in TrainConfig, and the teacher sees the same masked inputs
+    patience: int = 8  # epochs without a better val accuracy before stopping
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UsageError(f"epochs={self.epochs} and batch_size={self.batch_size} must both be at least 1")
+        if self.temperature <= 0:
+            raise UsageError(f"temperature={self.temperature} must be positive", "the usual range is 1 to 8")
+        if not 0 <= self.alpha <= 1:
+            raise UsageError(f"alpha={self.alpha} is outside [0, 1]")
+        if self.feature_weight < 0:
+            raise UsageError(f"feature_weight={self.feature_weight} is negative", "use 0 to turn the feature loss off")
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int  # the last completed epoch, counting those run before a resume
+    resumed_from: int  # the epoch the checkpoint held when this call started; 0 for a fresh run
+
+
+def _has_features(model: nn.Module) -> bool:
+    return hasattr(model, "forward_features") and isinstance(getattr(model, "classifier", None), nn.Module)
+
+
+def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor], features: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits, and the fused representation when the feature loss needs it (else the logits stand in)."""
+    if not features:
+        logits = model(**inputs)
+        return logits, logits
+    fused = model.forward_features(**inputs)
+    return model.classifier(fused), fused
+
+
+def _probe(teacher: nn.Module, student: nn.Module, io: IOSpec, data: FeedDataset, features: bool) -> tuple[int, int]:
+    """One forward of both models on real samples, before any training: the class counts must agree.
+    Returns the (student, teacher) widths of what `_outputs` gives as features."""
+    feeds, _ = next(data.batches(2))
+    inputs = {k: torch.from_numpy(v) for k, v in with_modalities(io, feeds, io.modalities).items()}
+    student.eval()  # a train-mode probe would move BatchNorm statistics
+    with torch.no_grad():
+        t_logits, t_feats = _outputs(teacher, inputs, features)
+        s_logits, s_feats = _outputs(student, inputs, features)
+    if t_logits.shape[-1] != s_logits.shape[-1]:
+        raise UsageError(
+            f"the teacher predicts {t_logits.shape[-1]} classes but the student {s_logits.shape[-1]}",
+            f"build the student with n_classes={t_logits.shape[-1]}",
+        )
+    return s_feats.shape[-1], t_feats.shape[-1]
+
+
+def _kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
+    """(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T); T^2 keeps the soft-target
+    gradients on the scale of the hard ones whatever T is (Hinton et al., 2015)."""
+    ce = F.cross_entropy(s_logits, labels, label_smoothing=cfg.label_smoothing)
+    t = cfg.temperature
+    kl = F.kl_div(
+        F.log_softmax(s_logits / t, -1), F.log_softmax(t_logits / t, -1), reduction="batchmean", log_target=True
+    )
+    return (1 - cfg.alpha) * ce + cfg.alpha * t * t * kl
+
+
+def _fingerprint(cfg: DistillConfig, train: FeedDataset) -> dict[str, object]:
+    return {**dataclasses.asdict(cfg), "train_samples": len(train)}
+
+
+def _load_checkpoint(path: Path, fingerprint: dict[str, object]) -> dict[str, Any]:
+    """Tensors and plain data only (weights_only=True): a checkpoint never runs code when it is read."""
+    try:
+        saved = torch.load(path, weights_only=True)
+        old = json.loads(saved["config"])
+    except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(
+            f"{path} is not a distillation checkpoint, or is damaged; it was not loaded",
+            "remove it or choose another checkpoint directory",
+        ) from e
+    changed = sorted(k for k in old.keys() | fingerprint.keys() if old.get(k) != fingerprint.get(k))
+    if changed:
+        raise UsageError(
+            f"checkpoint {path} was written with a different config ({', '.join(changed)} differ)",
+            "pass the same config to resume, or a new checkpoint directory to start over",
+        )
+    return saved
+
+
+def _save_checkpoint(path: Path, stateful: dict[str, Any], **extra: object) -> None:
+    """Atomic: a crash while writing leaves the previous epoch's checkpoint whole."""
+    with atomic_path(path) as tmp:
+        torch.save({key: obj.state_dict() for key, obj in stateful.items()} | extra, tmp)
+
+
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    io: IOSpec,
+    train: FeedDataset,
+    val: FeedDataset,
+    cfg: DistillConfig = DistillConfig(),
+    checkpoint_dir: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> DistillResult:
+    """Train `student` in place from `teacher` (put in eval mode, never updated); the student ends holding
+    the weights of its best validation epoch, in eval mode. With `checkpoint_dir`, resume from it if it
+    holds a checkpoint of the same config, and write one there after every epoch."""
+    if teacher is student:
+        raise UsageError("the teacher and the student are the same module", "distill into copy.deepcopy(teacher)")
+    if not len(train) or not len(val):
+        raise UsageError("distillation needs non-empty train and val splits")
+    features = cfg.feature_weight > 0
+    for role, model in (("teacher", teacher), ("student", student)):
+        if features and not _has_features(model):
+            raise UsageError(
+                f"the {role} ({type(model).__name__}) has no forward_features() and classifier for the feature loss",
+                "set feature_weight=0",
+            )
+    teacher.eval()
+    s_width, t_width = _probe(teacher, student, io, train, features)
+
+    torch.manual_seed(cfg.seed)  # dropout, and the projection's initial weights
+    gen = torch.Generator().manual_seed(cfg.seed)  # sample order and modality masks
+    # Maps student features onto the teacher's width; trained with the student, never part of it.
+    proj: nn.Module = nn.Linear(s_width, t_width) if s_width != t_width else nn.Identity()
+    params = [*student.parameters(), *proj.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * -(-len(train) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.15)
+    stateful = {"student": student, "projection": proj, "optimizer": opt, "scheduler": sched}
+    use_mask = io.has_modality_mask() and cfg.modality_dropout > 0
+    n_mod = len(io.modalities)
+
+    best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(student.state_dict())
+    epoch, stopped = 0, False
+    fingerprint = _fingerprint(cfg, train)
+    path = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
+    if path and path.is_file():
+        saved = _load_checkpoint(path, fingerprint)
+        try:
+            for key, obj in stateful.items():
+                obj.load_state_dict(saved[key])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UsageError(
+                f"checkpoint {path} does not fit this student: {e}", "use a new checkpoint directory"
+            ) from e
+        torch.set_rng_state(saved["rng"])
+        gen.set_state(saved["gen"])
+        epoch, stopped = saved["epoch"], saved["stopped"]
+        best_acc, best_epoch, best_state = saved["best_accuracy"], saved["best_epoch"], saved["best_student"]
+    resumed_from = epoch
+
+    while not stopped and epoch < cfg.epochs:
+        epoch += 1
+        student.train()
+        proj.train()
+        total, count = 0.0, 0
+        for feeds, y in train.batches(cfg.batch_size, torch.randperm(len(train), generator=gen).tolist()):
+            inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k in io.input_names}
+            if use_mask:  # one mask for both models: the teacher shows how to cope with what is missing
+                inputs[MODALITY_MASK] = _modality_mask(len(y), n_mod, cfg.modality_dropout, gen)
+            with torch.no_grad():
+                t_logits, t_feats = _outputs(teacher, inputs, features)
+            s_logits, s_feats = _outputs(student, inputs, features)
+            loss = _kd_loss(s_logits, t_logits, torch.from_numpy(y), cfg)
+            if features:
+                loss = loss + cfg.feature_weight * F.mse_loss(proj(s_feats), t_feats)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 2.0)
+            opt.step()
+            sched.step()
+            total, count = total + loss.item() * len(y), count + len(y)
+        val_acc = evaluate(torch_predict(student), io, val, per_modality=False).overall.accuracy
+        improved = val_acc > best_acc
+        if improved:
+            best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(student.state_dict())
+        stopped = not improved and epoch - best_epoch >= cfg.patience
+        if path:  # before progress is reported, so a run stopped from the callback keeps this epoch
+            _save_checkpoint(
+                path,
+                stateful,
+                config=json.dumps(fingerprint, sort_keys=True),
+                epoch=epoch,
+                stopped=stopped,
+                best_accuracy=best_acc,
+                best_epoch=best_epoch,
+                best_student=best_state,
+                rng=torch.get_rng_state(),
+                gen=gen.get_state(),
+            )
+        if progress:
+            progress(epoch, cfg.epochs, total / count, val_acc)
+
+    student.load_state_dict(best_state)
+    student.eval()
+    return DistillResult(best_val_accuracy=best_acc, best_epoch=best_epoch, epochs_run=epoch, resumed_from=resumed_from)
