@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import EdgeKitError
-from . import build, data, evaluate, export, profiles, train
+from . import build, data, evaluate, export, profiles, recipe, train
 from .common import stdout_for_json
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.command("eval")(evaluate.eval_cmd)
 app.command("export")(export.export)
 app.add_typer(profiles.app, name="profiles")
 app.command("build")(build.build)
+app.add_typer(recipe.app, name="recipe")
 
 
 def _version(value: bool) -> None:

@@ -15,6 +15,7 @@ import pydantic
 import yaml
 
 from ..errors import UsageError
+from ..schema_errors import dotted, first_error
 
 Precision = Literal["fp32", "fp16", "int8"]
 FormatName = Literal["onnx", "openvino", "tensorrt", "executorch", "ort-mobile"]
@@ -111,24 +112,11 @@ def parse_profile(path: Path) -> HardwareProfile:
     try:
         return HardwareProfile.model_validate(data)
     except pydantic.ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        msg = {"missing": "is missing", "extra_forbidden": "is not a known field"}.get(err["type"], err["msg"])
-        hint = "see docs/hardware-profiles.md for the fields"
-        if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(err["loc"][-1]), _field_names(err["loc"]), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else hint
-        raise UsageError(f"profile {path}: field '{where}' {msg}", hint) from e
-
-
-def _field_names(loc: tuple[int | str, ...]) -> list[str]:
-    model: type[pydantic.BaseModel] = HardwareProfile
-    for part in loc[:-1]:
-        ann = model.model_fields.get(str(part))
-        inner = getattr(ann, "annotation", None)
-        if isinstance(inner, type) and issubclass(inner, pydantic.BaseModel):
-            model = inner
-    return list(model.model_fields)
+        err = first_error(e, HardwareProfile)
+        raise UsageError(
+            f"profile {path}: field '{dotted(err.loc) or '(top level)'}' {err.problem}",
+            err.hint or "see docs/hardware-profiles.md for the fields",
+        ) from e
 
 
 def resolve_profile(target: str) -> tuple[HardwareProfile, str | None]:

@@ -1,0 +1,399 @@
+"""Recipes: one YAML file says everything a compression run does (the model, the data splits, the stages in
+order, the targets and the budgets). The CLI only generates recipes; a run is a function of its recipe.
+
+Every model is frozen and rejects unknown fields, so a typo fails before any work starts, in one line naming the
+field, the stage and the closest valid name. Field docstrings are the JSON Schema's descriptions, and
+docs/recipe-reference.md is generated from that schema (scripts/gen_recipe_docs.py), so the two cannot drift."""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import yaml
+
+from .errors import UsageError
+from .hardware import ALIASES, profile_names
+from .quant.calibration import DEFAULT_SAMPLES
+from .schema_errors import Loc, did_you_mean, dotted, first_error
+from .stages.distill import DistillConfig
+from .stages.prune import PruneConfig
+
+Part = Literal["image", "text", "audio", "video", "fusion"]
+Ratio = Annotated[float, pydantic.Field(ge=0.0, lt=1.0)]
+Share = Annotated[float, pydantic.Field(ge=0.0, le=1.0)]
+DEFAULT_PRUNING_RATIO = 0.3  # named in PruneStage.pruning_ratio's docstring
+# The stages' defaults are the library's, so a recipe and a direct API call do the same thing.
+_PRUNE = PruneConfig()
+_DISTILL = DistillConfig()
+
+
+class _Frozen(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class PruneStage(_Frozen):
+    """Structured pruning (edgekit/stages/prune.py): whole attention heads first, then channels."""
+
+    kind: Literal["prune"] = "prune"
+    """Selects this stage."""
+    pruning_ratio: Ratio | None = None
+    """Share of channels removed model-wide, ranked across all layers. When neither this nor `branch_ratios` is
+    given: 0.3."""
+    branch_ratios: dict[Part, Ratio] = {}
+    """Share of channels removed per part instead (a modality branch or `fusion`), ranked within each layer; parts
+    not named keep their width. Excludes `pruning_ratio`."""
+    head_ratio: Ratio = _PRUNE.head_ratio
+    """Share of attention heads removed from every attention layer."""
+    round_to: pydantic.PositiveInt = _PRUNE.round_to
+    """Remaining widths are multiples of this (never below one multiple), which int8 kernels run fastest on."""
+    importance: Literal["l2", "l1"] = "l2"
+    """Norm of a channel group's weights that ranks it (and the heads)."""
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _default_ratio(cls, data: Any) -> Any:
+        # A bare `kind: prune` (or `prune` in a --stages list) should prune something.
+        if isinstance(data, dict) and "pruning_ratio" not in data and "branch_ratios" not in data:
+            return {**data, "pruning_ratio": DEFAULT_PRUNING_RATIO}
+        return data
+
+    @pydantic.field_validator("branch_ratios")
+    @classmethod
+    def _part_order(cls, ratios: dict[str, float]) -> dict[str, float]:
+        # One key order whatever the input's, so that a dumped recipe is the same text.
+        return {p: ratios[p] for p in typing.get_args(Part) if p in ratios}
+
+    @pydantic.model_validator(mode="after")
+    def _one_kind_of_ratio(self) -> PruneStage:
+        if self.pruning_ratio is not None and self.branch_ratios:
+            raise ValueError("pruning_ratio and branch_ratios exclude each other; give one of them")
+        return self
+
+    def to_config(self) -> PruneConfig:
+        return PruneConfig(
+            ratios=dict(self.branch_ratios),
+            global_ratio=self.pruning_ratio,
+            head_ratio=self.head_ratio,
+            round_to=self.round_to,
+            importance=self.importance,
+        )
+
+
+class DistillStage(_Frozen):
+    """Knowledge distillation (edgekit/stages/distill.py): the frozen teacher (the recipe's `model`) trains a
+    student from the labels, its softened logits and optionally its fused features; the student keeps the weights
+    of its best `data.val` epoch."""
+
+    kind: Literal["distill"] = "distill"
+    """Selects this stage."""
+    student: Literal["pruned", "small", "teacher"] = "pruned"
+    """`pruned`: the model the stages before this one produced (a copy of the teacher when none did), recovering
+    the accuracy they cost. A zoo preset name (`small`, `teacher`): a new model of that size, trained from
+    scratch."""
+    epochs: pydantic.PositiveInt = _DISTILL.epochs
+    """Most epochs to train; early stopping may end sooner."""
+    batch_size: pydantic.PositiveInt = _DISTILL.batch_size
+    """Training batch size."""
+    lr: pydantic.PositiveFloat = _DISTILL.lr
+    """Peak learning rate."""
+    weight_decay: pydantic.NonNegativeFloat = _DISTILL.weight_decay
+    """Weight decay."""
+    temperature: pydantic.PositiveFloat = _DISTILL.temperature
+    """Softens both logit sets so that the teacher's ranking of the wrong classes shows; usually 1 to 8."""
+    alpha: Share = _DISTILL.alpha
+    """Weight of the distillation loss; 1 - alpha weighs cross-entropy on the labels."""
+    feature_weight: pydantic.NonNegativeFloat = _DISTILL.feature_weight
+    """Weight of the MSE between teacher and student fused features; 0 turns it off."""
+    label_smoothing: Ratio = _DISTILL.label_smoothing
+    """Label smoothing of the cross-entropy term."""
+    modality_dropout: Share = _DISTILL.modality_dropout
+    """Chance that each modality is hidden from a training sample (one is always kept); both models see the same
+    masked inputs."""
+    patience: pydantic.PositiveInt = _DISTILL.patience
+    """Epochs without a better `data.val` accuracy before training stops."""
+    seed: int | None = None
+    """Seed of the shuffling and the modality dropout; null: the recipe's `seed`."""
+
+    def to_config(self, recipe_seed: int) -> DistillConfig:
+        fields = self.model_dump(exclude={"kind", "student", "seed"})
+        return DistillConfig(**fields, seed=recipe_seed if self.seed is None else self.seed)
+
+
+class QuantizeStage(_Frozen):
+    """Post-training INT8 quantization with real, paired calibration samples (edgekit/quant/); it always comes
+    last, since pruning and distillation need the float model."""
+
+    kind: Literal["quantize"] = "quantize"
+    """Selects this stage."""
+    backend: Literal["auto", "openvino", "onnx", "executorch"] = "auto"
+    """`openvino` (NNCF), `onnx` (Q/DQ, also what TensorRT builds INT8 engines from) or `executorch` (PT2E);
+    `auto`: the one each target profile deploys to."""
+    samples: pydantic.PositiveInt = DEFAULT_SAMPLES
+    """Calibration samples drawn from the `data.calibration` split."""
+    accuracy_aware: bool = True
+    """Measure the quantized model in its runtime on `data.val`, and keep the layers that cost most accuracy in
+    float until the drop is within `max_drop`."""
+    max_drop: pydantic.NonNegativeFloat | None = None
+    """Largest accuracy drop allowed, in points; null: the recipe's `budgets.max_drop`."""
+
+
+AnyStage = PruneStage | DistillStage | QuantizeStage
+Stage = Annotated[AnyStage, pydantic.Field(discriminator="kind")]
+STAGE_TYPES: dict[str, type[AnyStage]] = {
+    "prune": PruneStage,
+    "distill": DistillStage,
+    "quantize": QuantizeStage,
+}
+
+
+def _known_target(name: str) -> str:
+    shipped = profile_names()
+    if Path(name).suffix in (".yaml", ".yml") or name in shipped or name in ALIASES:
+        return name
+    hint = did_you_mean(name, [*shipped, *ALIASES])
+    raise ValueError(f"unknown target '{name}'{f', {hint}' if hint else ''} (`edgekit profiles list` shows them)")
+
+
+Target = Annotated[str, pydantic.AfterValidator(_known_target)]
+
+
+class DataSpec(_Frozen):
+    """The data adapter, and the split each step uses."""
+
+    name: str = "avdigits"
+    """A built-in dataset (`avdigits`) or a dataset directory."""
+    train: str = "train"
+    """Split that distillation trains on."""
+    calibration: str = "train"
+    """Split that quantization calibrates on."""
+    val: str = "val"
+    """Split that drives accuracy-aware decisions and early stopping."""
+    test: str = "test"
+    """Split that reports and the budget verdict measure; no decision is made on it."""
+
+
+class Budgets(_Frozen):
+    """What the result must meet on every target; null: the target profile's own budget."""
+
+    max_drop: pydantic.NonNegativeFloat | None = None
+    """Largest accuracy drop from the teacher, in points, measured on `data.test` with the deployed artifact."""
+    latency_p95_ms: pydantic.PositiveFloat | None = None
+    """95th-percentile latency at batch 1, in milliseconds."""
+    size_mb: pydantic.PositiveFloat | None = None
+    """Largest artifact size, in MB."""
+
+
+class Recipe(_Frozen):
+    """A compression run: the model, the data, the stages in order, the targets and the budgets."""
+
+    model: str = "reference-teacher"
+    """`reference-teacher` (the built-in AV-digits teacher, trained and cached on first use) or a model package
+    directory."""
+    data: DataSpec = DataSpec()
+    """The dataset and its splits."""
+    stages: tuple[Stage, ...] = (PruneStage(), DistillStage(), QuantizeStage())
+    """Stages in the order they run. Prune then distill is the usual order (distillation recovers what pruning
+    cost); a quantize stage comes last."""
+    targets: tuple[Target, ...] = pydantic.Field(("x86-avx512-vnni",), min_length=1)
+    """Hardware profiles to export for and check against: shipped names, aliases or profile .yaml paths."""
+    budgets: Budgets = Budgets()
+    """Gates on the result."""
+    seed: int = 0
+    """Seed of every random choice: calibration sampling, and distillation unless its stage sets one."""
+    out: str | None = None
+    """Run directory; null: the command's default."""
+
+    @pydantic.field_validator("stages")
+    @classmethod
+    def _quantize_last(cls, stages: tuple[AnyStage, ...]) -> tuple[AnyStage, ...]:
+        for i, stage in enumerate(stages[:-1]):
+            if stage.kind == "quantize":
+                raise ValueError(f"stage {i + 1} (quantize) must be the last stage: later stages need a float model")
+        return stages
+
+
+def _where(loc: Loc) -> str:
+    """`stage 2 (prune): field 'x'` rather than `stages.1.prune.x`: stages counted from 1, as people count."""
+    if len(loc) >= 2 and loc[0] == "stages" and isinstance(loc[1], int):
+        stage = f"stage {loc[1] + 1}" + (f" ({loc[2]})" if len(loc) > 2 else "")
+        return f"{stage}: field '{dotted(loc[3:])}'" if len(loc) > 3 else stage
+    return f"field '{dotted(loc)}'" if loc else "the recipe"
+
+
+def _validate(data: Any, source: str) -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except pydantic.ValidationError as e:
+        err = first_error(e, Recipe)
+        raise UsageError(f"{source}: {_where(err.loc)} {err.problem}", err.hint) from e
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark is not None:
+        return f"{e.problem} at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}"
+    return str(e).splitlines()[0]
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; any problem is one UsageError naming the field."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"recipe {path} cannot be read: {e}") from e
+    except yaml.YAMLError as e:
+        raise UsageError(f"recipe {path} is not valid YAML: {_yaml_problem(e)}") from e
+    return _validate(data, f"recipe {path}")
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """YAML with every default filled in, fields in declaration order: exactly what a run will do."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def _names(value: str | Sequence[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    return [s.strip() for s in items if s.strip()]
+
+
+def _stages_from_kinds(current: Sequence[AnyStage], kinds: list[str]) -> list[AnyStage]:
+    """Stages of `kinds` in that order. The n-th stage of a kind keeps the n-th such stage's settings in
+    `current`, so choosing or reordering stages by flag does not lose the recipe's settings; others get
+    defaults."""
+    unknown = [k for k in kinds if k not in STAGE_TYPES]
+    if unknown:
+        hint = did_you_mean(unknown[0], STAGE_TYPES)
+        raise UsageError(
+            f"unknown stage kind '{unknown[0]}' in the stage list",
+            f"{hint + ' ' if hint else ''}use a comma list of {', '.join(STAGE_TYPES)}",
+        )
+    pool = {k: [s for s in current if s.kind == k] for k in STAGE_TYPES}
+    return [pool[k].pop(0) if pool[k] else STAGE_TYPES[k]() for k in kinds]
+
+
+def recipe_from_flags(
+    base: Recipe | None = None,
+    *,
+    model: str | None = None,
+    data: str | None = None,
+    stages: str | Sequence[str] | None = None,
+    targets: str | Sequence[str] | None = None,
+    max_drop: float | None = None,
+    out: str | Path | None = None,
+    seed: int | None = None,
+) -> Recipe:
+    """`base` (the default recipe if None) with the flags that were given (not None) overriding its fields:
+    `data` sets data.name, `stages` is a list of kinds (or one comma list, e.g. "prune,distill,quantize"),
+    `targets` a list of profiles (or a comma list), `max_drop` sets budgets.max_drop."""
+    recipe = base if base is not None else Recipe()
+    fields = recipe.model_dump()
+    if model is not None:
+        fields["model"] = model
+    if data is not None:
+        fields["data"]["name"] = data
+    if stages is not None:
+        fields["stages"] = _stages_from_kinds(recipe.stages, _names(stages))
+    if targets is not None:
+        fields["targets"] = _names(targets)
+    if max_drop is not None:
+        fields["budgets"]["max_drop"] = max_drop
+    if out is not None:
+        fields["out"] = str(out)
+    if seed is not None:
+        fields["seed"] = seed
+    return _validate(fields, "recipe with flags")
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe file, for editors (yaml-language-server) and other tools."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Recipe.model_json_schema()}
+
+
+# -- docs/recipe-reference.md, generated from the schema --------------------------------------------------------
+
+_BOUNDS = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
+
+
+def _ref(p: dict[str, Any]) -> str:
+    return str(p["$ref"]).rsplit("/", 1)[-1]
+
+
+def _tags(items: dict[str, Any]) -> list[tuple[str, str]]:
+    """(tag, model name) of a discriminated union, in declaration order."""
+    by_ref = {ref: tag for tag, ref in items["discriminator"]["mapping"].items()}
+    return [(by_ref[m["$ref"]], _ref(m)) for m in items["oneOf"]]
+
+
+def _type(p: dict[str, Any]) -> str:
+    if "$ref" in p:
+        return "mapping"
+    if "const" in p:
+        return f"`{p['const']}`"
+    if "enum" in p:
+        return " or ".join(f"`{v}`" for v in p["enum"])
+    if "anyOf" in p:
+        return " or ".join(_type(x) for x in p["anyOf"])
+    if p["type"] == "array" and "discriminator" in p["items"]:
+        kinds = " or ".join(f"`{tag}`" for tag, _ in _tags(p["items"]))
+        return f"list of stages ({p['items']['discriminator']['propertyName']}: {kinds})"
+    if p["type"] == "array":
+        return f"list of {_type(p['items'])}" + (f", at least {p['minItems']}" if "minItems" in p else "")
+    if p["type"] == "object":
+        keys = _type(p["propertyNames"]) if "propertyNames" in p else "string"
+        return f"mapping of {keys} to {_type(p['additionalProperties'])}"
+    bounds = ", ".join(f"{sign} {p[key]:g}" for key, sign in _BOUNDS if key in p)
+    return p["type"] + (f" ({bounds})" if bounds else "")
+
+
+def _default(p: dict[str, Any]) -> str:
+    if "$ref" in p:
+        return "see below"
+    if "discriminator" in p.get("items", {}):
+        return " → ".join(f"`{v['kind']}`" for v in p["default"])
+    return f"`{json.dumps(p['default'])}`"
+
+
+def _section(title: str, schema: dict[str, Any]) -> list[str]:
+    lines = [f"## {title}", "", " ".join(schema["description"].split()), "", "| field | type | default | meaning |"]
+    lines.append("|---|---|---|---|")
+    for name, p in schema["properties"].items():
+        cells = [
+            f"`{name}`",
+            _type(p),
+            _default(p) if "default" in p else "required",
+            " ".join(p["description"].split()),
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return [*lines, ""]
+
+
+def reference_markdown() -> str:
+    """docs/recipe-reference.md: every field of a recipe, its type, default and meaning, from the schema."""
+    schema = recipe_schema()
+    defs = schema["$defs"]
+    lines = [
+        "<!-- Generated by scripts/gen_recipe_docs.py from the field docstrings in edgekit/recipe.py; edit those. -->",
+        "# Recipe reference",
+        "",
+        "A recipe is a YAML file that says everything a compression run does; command-line flags only override "
+        "its fields. `edgekit recipe check FILE` validates one and prints it with every default filled in; "
+        "`edgekit recipe schema` prints its JSON Schema (for an editor's YAML support). Unknown fields are "
+        "errors, named with the closest valid name. The shipped recipes are in `recipes/`.",
+        "",
+        *_section("The recipe (top level)", schema),
+    ]
+    for name, p in schema["properties"].items():
+        if "$ref" in p:
+            lines += _section(f"`{name}`", defs[_ref(p)])
+        elif "discriminator" in p.get("items", {}):
+            key = p["items"]["discriminator"]["propertyName"]
+            lines += [
+                line for tag, model in _tags(p["items"]) for line in _section(f"`{name}`: `{key}: {tag}`", defs[model])
+            ]
+    lines += ["## Every default", "", "```yaml", dump_recipe(Recipe()).rstrip(), "```", ""]
+    return "\n".join(lines)

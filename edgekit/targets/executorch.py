@@ -1,0 +1,143 @@
+"""ExecuTorch .pte for phones: torch.export with the IOSpec's dynamic dims, INT8 through PT2E with the
+XNNPACK quantizer, then every op XNNPACK supports lowered to its delegate.
+
+What stays outside the delegate runs on ExecuTorch's portable kernels, which are far slower, so the manifest
+records how many nodes were delegated and which ops were not. Lowering can also narrow a dynamic dim: torch's
+fake convolution guards the batch below 16 while it picks a CPU conv backend, and the program's memory is then
+planned for at most 15 samples. The manifest records the planned bounds; the runner splits larger batches."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..artifact import Artifact, versions
+from ..errors import EdgeKitError, UsageError
+from ..fsutil import atomic_dir
+from ..io import IOSpec
+from ..quant.calibration import CalibrationSet
+from ..runtimes import require
+from .onnx import dynamic_shapes, trace_inputs
+
+PTE = "model.pte"
+DELEGATE = "XnnpackBackend"
+
+
+def export_pte(
+    model: nn.Module,
+    io: IOSpec,
+    out_dir: Path,
+    precision: str,
+    calib: CalibrationSet | None,
+    parent: str,
+    meta: dict[str, Any],
+) -> Artifact:
+    """Write `out_dir` (model.pte + manifest.json) atomically and return its artifact."""
+    require("executorch", "executorch", "exporting an ExecuTorch .pte")
+    if precision not in ("fp32", "int8"):
+        raise UsageError(f"ExecuTorch export has no {precision} precision", "use fp32 or int8")
+    if precision == "int8" and calib is None:
+        raise UsageError("INT8 ExecuTorch export needs a calibration set", "pass calib=calibration_set(...)")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    model = model.eval()
+    sample, shapes = trace_inputs(io), dynamic_shapes(io)
+    quantization: dict[str, Any] = {}
+    if precision == "int8" and calib is not None:
+        model, quantization = _quantize(model, io, sample, shapes, calib)
+    exported = torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes)
+    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    final = program.exported_program()
+    order = _input_order(exported)
+    meta = {
+        **meta,
+        "delegate": DELEGATE,
+        "delegation": _delegation(final.graph_module),
+        "dynamic_dims": _dynamic_bounds(io, final, order),
+        "input_order": order,
+        "quantization": quantization,
+        "versions": versions("torch", "executorch", "torchao"),
+    }
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / PTE).write_bytes(program.buffer)
+        Artifact("executorch", precision, tmp, PTE, io, parent, meta).write_manifest()
+    return Artifact("executorch", precision, out_dir, PTE, io, parent, meta)
+
+
+def _quantize(
+    model: nn.Module, io: IOSpec, sample: dict[str, torch.Tensor], shapes: dict, calib: CalibrationSet
+) -> tuple[nn.Module, dict[str, Any]]:
+    """PT2E static INT8: symmetric per-channel weights, per-tensor activations observed on every sample."""
+    require("torchao", "executorch", "INT8 ExecuTorch export")
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes).module(), quantizer)
+    with torch.no_grad():
+        for feeds in calib.feeds:
+            prepared(**{name: torch.from_numpy(feeds[name]) for name in io.input_names})
+    info = {
+        "backend": "torchao pt2e + XNNPACKQuantizer",
+        "scheme": "static int8: symmetric per-channel weights, per-tensor activations (histogram observer)",
+        "calibration": calib.describe(),
+    }
+    return convert_pt2e(prepared), info
+
+
+def _input_order(program: torch.export.ExportedProgram) -> list[str]:
+    """Input names in the order the program takes them: torch.export flattens the keyword inputs."""
+    spec = program.call_spec.in_spec
+    _, kwargs = torch.utils._pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
+    return sorted(kwargs, key=kwargs.__getitem__)
+
+
+def _dynamic_bounds(io: IOSpec, program: torch.export.ExportedProgram, order: list[str]) -> dict[str, list[int]]:
+    """[min, max] of each dim the .pte leaves dynamic. The max is the size its memory is planned for, which
+    lowering can set below the IOSpec's; the min is the IOSpec's, as sizes below the 2 that export traces
+    with run correctly (the runtime checks only the planned capacity)."""
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    bounds: dict[str, list[int]] = {}
+    for name, placeholder in zip(order, program.graph_signature.user_inputs, strict=True):
+        node = nodes[placeholder]
+        for d, size, planned in zip(io.input(name).shape, node.meta["val"].shape, node.meta["spec"].shape, strict=True):
+            if isinstance(d, str) and isinstance(size, torch.SymInt):
+                upper = min(planned, bounds[d][1]) if d in bounds else planned
+                bounds[d] = [io.dims[d].min, upper]
+    for d, (_, upper) in bounds.items():
+        if d != "batch" and upper < io.dims[d].max:  # the runner can split batches, not other dims
+            raise EdgeKitError(
+                f"ExecuTorch lowering narrowed dim '{d}' to at most {upper} (the IO spec says {io.dims[d].max})",
+                f"lower the spec's {d} max to {upper} or export with static shapes",
+            )
+    return bounds
+
+
+def _delegation(gm: torch.fx.GraphModule) -> dict[str, Any]:
+    """Nodes inside XNNPACK subgraphs versus the kernels left to the portable runtime (by op) in the final
+    program. Memory views, allocations and symbolic-size arithmetic are bookkeeping, not kernels."""
+    delegated, subgraphs, portable = 0, 0, Counter[str]()
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.name.startswith("lowered_module"):
+            subgraphs += 1
+            sub = getattr(gm, node.target).original_module.graph
+            delegated += sum(n.op == "call_function" for n in sub.nodes)
+        elif node.op == "call_function" and hasattr(node.target, "_schema"):
+            name = str(getattr(node.target, "__name__", node.target))
+            if not name.startswith(("sym_", "executorch_prim.")):
+                portable[name] += 1
+    return {
+        "subgraphs": subgraphs,
+        "delegated_nodes": delegated,
+        "portable_nodes": sum(portable.values()),
+        "portable_ops": dict(sorted(portable.items())),
+    }

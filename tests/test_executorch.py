@@ -1,0 +1,119 @@
+"""ExecuTorch .pte export (XNNPACK, FP32 and INT8) run in ExecuTorch's own runtime on real AV-digits samples.
+
+The small model is trained briefly first: untrained, it predicts one class for nearly every sample, and
+top-1 agreement between it and its export would then prove nothing."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("executorch.exir", reason="needs the executorch extra")
+
+from edgekit.artifact import MANIFEST, load_artifact, sha256_file
+from edgekit.data import FeedDataset, load_split, with_modalities
+from edgekit.errors import EdgeKitError, UsageError
+from edgekit.evaluation import torch_predict
+from edgekit.models import build_fusion_model
+from edgekit.quant.calibration import calibration_set
+from edgekit.runtimes import load_runner
+from edgekit.targets.executorch import export_pte
+from edgekit.targets.parity import resize
+from edgekit.training import TrainConfig, train_classifier
+
+pytestmark = pytest.mark.executorch
+INT8_MEDIAN_ERROR = 0.05  # per-sample max logit error, median over samples (measured 0.012)
+
+
+@pytest.fixture(scope="module")
+def model(avdigits_io):
+    torch.manual_seed(0)
+    m = build_fusion_model("attention", "small", ["image", "text", "audio"], vocab_size=41, max_len=32)
+    train, val = load_split("avdigits", "train"), load_split("avdigits", "val")
+    train, val = FeedDataset(range(768), train.__getitem__), FeedDataset(range(100), val.__getitem__)
+    train_classifier(m, avdigits_io, train, val, TrainConfig(epochs=3, lr=5e-3, modality_dropout=0.0))
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def fp32(model, avdigits_io, tmp_path_factory):
+    return export_pte(model, avdigits_io, tmp_path_factory.mktemp("et") / "fp32", "fp32", None, "parent", {"k": 1})
+
+
+@pytest.fixture(scope="module")
+def int8(model, avdigits_io, tmp_path_factory):
+    calib = calibration_set(avdigits_io, load_split("avdigits", "train"), n=32)
+    return export_pte(model, avdigits_io, tmp_path_factory.mktemp("et") / "int8", "int8", calib, "parent", {})
+
+
+@pytest.fixture(scope="module")
+def test_feeds(test_split, avdigits_io):
+    feeds, _ = next(test_split.batches(len(test_split)))
+    return with_modalities(avdigits_io, feeds, avdigits_io.modalities)
+
+
+def logits(artifact, feeds):
+    return load_runner(load_artifact(artifact.directory), threads=2).run(feeds)["logits"]
+
+
+def test_fp32_matches_torch_on_real_samples(fp32, model, test_feeds):
+    want = torch_predict(model)(test_feeds)
+    assert len(np.unique(want.argmax(-1))) >= 4, "the reference predicts too few classes for agreement to mean much"
+    got = logits(fp32, test_feeds)  # the whole test split in one call: larger than one program call takes
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) == 1.0
+
+
+def test_int8_agrees_with_torch_and_is_smaller(int8, fp32, model, test_feeds):
+    want = torch_predict(model)(test_feeds)
+    got = logits(int8, test_feeds)
+    # Measured 0.958: the briefly trained model's top-2 margins are small (median 0.05, logits up to 2.4).
+    assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.93
+    assert np.median(np.abs(got - want).max(-1)) < INT8_MEDIAN_ERROR
+    assert int8.path.stat().st_size < 0.5 * fp32.path.stat().st_size
+
+
+def test_manifest_records_hashes_delegation_and_dims(fp32, int8, avdigits_io):
+    for art in (fp32, int8):
+        m = json.loads((art.directory / MANIFEST).read_text())
+        assert (m["artifact_format"], m["file"], m["parent"]) == ("executorch", "model.pte", "parent")
+        assert m["sha256"] == m["files"]["model.pte"] == sha256_file(art.path)
+        meta = m["meta"]
+        assert meta["delegate"] == "XnnpackBackend" and meta["versions"]["executorch"] == "1.5.1"
+        d = meta["delegation"]
+        assert d["subgraphs"] >= 1 and d["delegated_nodes"] > 2 * d["portable_nodes"] > 0
+        assert d["portable_nodes"] == sum(d["portable_ops"].values())
+        # Convolutions, linears, matmuls and softmax all run in XNNPACK.
+        assert not any(op.startswith(("convolution", "addmm", "mm", "bmm", "_softmax")) for op in d["portable_ops"])
+        assert meta["input_order"] == avdigits_io.input_names
+        batch, seq = meta["dynamic_dims"]["batch"], meta["dynamic_dims"]["seq"]
+        assert batch[0] == 1 and 2 <= batch[1] <= 64 and seq == [1, 32]
+    assert fp32.meta["k"] == 1 and fp32.precision == "fp32" and fp32.meta["quantization"] == {}
+    assert int8.meta["quantization"]["calibration"]["samples"] == 32
+
+
+def test_manifest_hash_catches_a_modified_pte(fp32, tmp_path):
+    copy = shutil.copytree(fp32.directory, tmp_path / "copy")
+    data = bytearray((copy / "model.pte").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.pte").write_bytes(data)
+    with pytest.raises(EdgeKitError, match="does not match its manifest hash"):
+        load_artifact(copy)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 16, 64])
+@pytest.mark.parametrize("seq", [1, 16, 32])
+def test_batches_and_lengths_other_than_the_traced_ones(fp32, int8, model, test_feeds, avdigits_io, batch, seq):
+    feeds = resize(avdigits_io, {k: v[:batch].copy() for k, v in test_feeds.items()}, "seq", seq)
+    feeds["modality_mask"][::2, 1] = 0  # text missing in every other sample: the mask path runs too
+    want = torch_predict(model)(feeds)
+    np.testing.assert_allclose(logits(fp32, feeds), want, atol=1e-4, rtol=0)
+    assert np.median(np.abs(logits(int8, feeds) - want).max(-1)) < INT8_MEDIAN_ERROR
+
+
+def test_runner_rejects_other_devices(fp32):
+    with pytest.raises(UsageError, match="CPU"):
+        load_runner(fp32, device="cuda")

@@ -1,0 +1,76 @@
+"""The contract every target keeps: export the reference teacher, load the artifact in its own runtime
+from its manifest, and match the source model on real AV-digits test samples."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from edgekit import api
+from edgekit.artifact import load_artifact
+from edgekit.data import with_modalities
+from edgekit.evaluation import torch_predict
+from edgekit.hardware import _shipped
+from edgekit.loading import load_model
+from edgekit.runtimes import load_runner
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+HERE = [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"),
+        ("ort-mobile", "fp32"), ("ort-mobile", "int8")]  # fmt: skip
+if importlib.util.find_spec("executorch"):
+    HERE += [("executorch", "fp32"), ("executorch", "int8")]
+# Largest accuracy drop (points) a format may show on the test split and still pass the contract.
+MAX_DROP = {"fp32": 0.25, "fp16": 0.5, "int8": 1.5}
+
+
+@pytest.fixture(scope="module")
+def everything_here(reference_teacher, tmp_path_factory):
+    """One export of the teacher to every format and precision that runs on this host."""
+    tmp = tmp_path_factory.mktemp("contract")
+    profile = yaml.safe_load(_shipped()["x86-avx512-vnni"].read_text())
+    profile.update(name="everything-here", exports=[{"format": f, "precision": p} for f, p in HERE])
+    (tmp / "profile.yaml").write_text(yaml.safe_dump(profile))
+    return api.export(reference_teacher, str(tmp / "profile.yaml"), tmp / "out")
+
+
+@pytest.mark.parametrize(("fmt", "precision"), HERE, ids=[f"{f}-{p}" for f, p in HERE])
+def test_artifact_matches_its_source_in_its_own_runtime(everything_here, reference_teacher, test_split, fmt, precision):
+    row = next(a for a in everything_here["artifacts"] if (a["format"], a["precision"]) == (fmt, precision))
+    assert row["accuracy"] is not None and row["accuracy_drop"] <= MAX_DROP[precision], row
+    art = load_artifact(row["path"].rsplit("/", 1)[0])  # hashes verified against the manifest
+    assert (art.format, art.precision) == (fmt, precision) and art.meta["parity"]["passed"]
+    runner = load_runner(art, threads=2)
+    teacher = load_model(reference_teacher)
+    feeds, _ = next(test_split.batches(64))
+    feeds = with_modalities(art.io, feeds, art.io.modalities)
+    got = next(iter(runner.run(feeds).values()))
+    want = torch_predict(teacher.model)(feeds)
+    assert got.shape == want.shape
+    agreement = np.mean(got.argmax(-1) == want.argmax(-1))
+    assert agreement >= (0.99 if precision == "fp32" else 0.95)
+    if precision == "fp32":
+        assert np.abs(got - want).max() < 1e-3
+
+
+def test_export_json_and_jetson_bundle_via_cli(reference_teacher, tmp_path):
+    r = run_cli("export", "--model", str(reference_teacher), "--target", "jetson", "--out", str(tmp_path / "j"),
+                "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert "resolves to profile 'jetson-orin-nano-8gb'" in r.stderr
+    result = json.loads(r.stdout)
+    rows = {(a["format"], a["precision"]): a for a in result["artifacts"]}
+    assert {("onnx", "fp32"), ("tensorrt", "int8"), ("tensorrt", "fp16")} <= set(rows)
+    for a in result["artifacts"]:
+        assert {"format", "precision", "path", "sha256", "accuracy", "accuracy_drop"} <= set(a)
+    trt = rows[("tensorrt", "int8")]
+    assert trt["accuracy"] is None and trt["reference"]["accuracy"] >= result["source"]["accuracy"] - 0.015
+    bundle = tmp_path / "j" / "tensorrt-int8"
+    for name in ("model.onnx", "build_engine.py", "build_engine.sh", "manifest.json"):
+        assert (bundle / name).is_file(), name
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["meta"]["profile"] == "jetson-orin-nano-8gb" and manifest["sha256"] == trt["sha256"]
