@@ -37,7 +37,7 @@ class TrainResult:
     epochs_run: int
 
 
-def _modality_mask(batch: int, n_mod: int, p: float, gen: torch.Generator) -> torch.Tensor:
+def modality_dropout_mask(batch: int, n_mod: int, p: float, gen: torch.Generator) -> torch.Tensor:
     keep = (torch.rand(batch, n_mod, generator=gen) >= p).float()
     none_kept = keep.sum(1) == 0
     forced = torch.randint(0, n_mod, (batch,), generator=gen)
@@ -72,7 +72,7 @@ def train_classifier(
         for feeds, y in train.batches(cfg.batch_size, order_rng.permutation(len(train))):
             inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k in io.input_names}
             if use_mask:
-                inputs[MODALITY_MASK] = _modality_mask(len(y), n_mod, cfg.modality_dropout, gen)
+                inputs[MODALITY_MASK] = modality_dropout_mask(len(y), n_mod, cfg.modality_dropout, gen)
             loss = loss_fn(model(**inputs), torch.from_numpy(y))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -52,3 +52,14 @@ def reference_teacher() -> Path:
     from edgekit import api
 
     return api.reference_teacher()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small models on a shared 2-core machine: a second intra-op thread mostly waits for other processes."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,13 +24,7 @@ TINY = {"image": {"width": 8}, "text": {"width": 32, "depth": 1, "heads": 2}, "a
 FAST = DistillConfig(epochs=4, batch_size=32, lr=1e-2, modality_dropout=0.25)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models on a shared 2-core machine: a second intra-op thread mostly waits for other processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _slice(split: str, n: int) -> FeedDataset:

@@ -26,13 +26,7 @@ TEACHER_LIKE = {"image": {"depth": 3}, "text": {"depth": 1}, "audio": {"depth": 
 ALL_HALF = PruneConfig(ratios={"image": 0.5, "text": 0.5, "audio": 0.5, "fusion": 0.5}, head_ratio=0.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread only waits for the other process."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(arch: str = "attention", preset: str = "small", io=IO) -> nn.Module:

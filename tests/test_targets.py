@@ -33,7 +33,8 @@ def everything_here(reference_teacher, tmp_path_factory):
     """One export of the teacher to every format and precision that runs on this host."""
     tmp = tmp_path_factory.mktemp("contract")
     profile = yaml.safe_load(_shipped()["x86-avx512-vnni"].read_text())
-    profile.update(name="everything-here", exports=[{"format": f, "precision": p} for f, p in HERE])
+    profile.update(name="everything-here", exports=[{"format": f, "precision": p} for f, p in HERE],
+                   precisions=["fp32", "fp16", "int8"], peak_tops={**profile["peak_tops"], "fp16": 0.1664})  # fmt: skip
     (tmp / "profile.yaml").write_text(yaml.safe_dump(profile))
     return api.export(reference_teacher, str(tmp / "profile.yaml"), tmp / "out")
 
@@ -74,3 +75,19 @@ def test_export_json_and_jetson_bundle_via_cli(reference_teacher, tmp_path):
         assert (bundle / name).is_file(), name
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["meta"]["profile"] == "jetson-orin-nano-8gb" and manifest["sha256"] == trt["sha256"]
+
+
+def test_a_pruned_student_exports_for_x86(reference_teacher, tmp_path):
+    """A compressed student (the teacher with half its attention heads and text FFN removed) is a package
+    like any other: export measures it in OpenVINO and onnxruntime."""
+    from edgekit.stages.prune import PruneConfig, prune, save_pruned
+
+    teacher = load_model(reference_teacher)
+    result = prune(teacher.model, teacher.io, PruneConfig(ratios={"text": 0.5}, head_ratio=0.5))
+    assert result.parts["total"].params_after < result.parts["total"].params_before
+    student = save_pruned(result.model, teacher.io, tmp_path / "student", labels=teacher.labels)
+    r = run_cli("export", "--model", str(student), "--target", "x86-avx512-vnni", "--out", str(tmp_path / "x86"),
+                "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    rows = {(a["format"], a["precision"]): a for a in json.loads(r.stdout)["artifacts"]}
+    assert rows[("openvino", "int8")]["accuracy"] >= 0.9 and rows[("onnx", "int8")]["accuracy_drop"] <= 1.5

@@ -24,7 +24,7 @@ from ..errors import UsageError
 from ..evaluation import evaluate, torch_predict
 from ..fsutil import atomic_path
 from ..io import MODALITY_MASK, IOSpec
-from ..training import ProgressFn, _modality_mask
+from ..training import ProgressFn, modality_dropout_mask
 
 CHECKPOINT = "distill-checkpoint.pt"
 
@@ -198,7 +198,7 @@ def distill(
         for feeds, y in train.batches(cfg.batch_size, torch.randperm(len(train), generator=gen).tolist()):
             inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k in io.input_names}
             if use_mask:  # one mask for both models: the teacher shows how to cope with what is missing
-                inputs[MODALITY_MASK] = _modality_mask(len(y), n_mod, cfg.modality_dropout, gen)
+                inputs[MODALITY_MASK] = modality_dropout_mask(len(y), n_mod, cfg.modality_dropout, gen)
             with torch.no_grad():
                 t_logits, t_feats = _outputs(teacher, inputs, features)
             s_logits, s_feats = _outputs(student, inputs, features)
