@@ -8,6 +8,7 @@ planned for at most 15 samples. The manifest records the planned bounds; the run
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -48,10 +49,12 @@ def export_pte(
     model = model.eval()
     sample, shapes = trace_inputs(io), dynamic_shapes(io)
     quantization: dict[str, Any] = {}
-    if precision == "int8" and calib is not None:
-        model, quantization = _quantize(model, io, sample, shapes, calib)
-    exported = torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes)
-    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    with warnings.catch_warnings():  # torch's pytree deprecations, raised inside export and lowering
+        warnings.simplefilter("ignore", FutureWarning)
+        if precision == "int8" and calib is not None:
+            model, quantization = _quantize(model, io, sample, shapes, calib)
+        exported = torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes)
+        program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     final = program.exported_program()
     order = _input_order(exported)
     meta = {
@@ -61,7 +64,7 @@ def export_pte(
         "dynamic_dims": _dynamic_bounds(io, final, order),
         "input_order": order,
         "quantization": quantization,
-        "versions": versions("torch", "executorch", "torchao"),
+        "versions": versions("torch", "onnx", "executorch", "torchao"),
     }
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
