@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import EdgeKitError
-from . import build, data, evaluate, export, profiles, recipe, train
+from . import build, compress, data, evaluate, export, profiles, recipe, train
 from .common import stdout_for_json
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
 app.command("eval")(evaluate.eval_cmd)
+app.command("compress")(compress.compress)
 app.command("export")(export.export)
 app.add_typer(profiles.app, name="profiles")
 app.command("build")(build.build)

@@ -1,0 +1,60 @@
+"""edgekit compress: build a recipe from a file and/or flags, then run it into a run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..compress import compress as run_compress
+from ..errors import EdgeKitError
+from ..recipe import dump_recipe, load_recipe, recipe_from_flags
+from .common import JsonOpt, OverwriteOpt, emit, err, out
+
+
+def compress(
+    recipe_file: Annotated[
+        Path | None, typer.Option("--recipe", help="Recipe YAML; flags override its fields.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model package directory (default: the reference teacher).")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset name or directory.")] = None,
+    stages: Annotated[str | None, typer.Option(help="Comma list of stage kinds, e.g. prune,distill,quantize.")] = None,
+    target: Annotated[str | None, typer.Option(help="Hardware profile(s), comma separated.")] = None,
+    max_drop: Annotated[float | None, typer.Option(min=0.0, help="Accuracy budget in points.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/compress).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random choice.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compress a model: the recipe's stages in order; a rerun of the same recipe resumes."""
+    base = load_recipe(recipe_file) if recipe_file else None
+    recipe = recipe_from_flags(base, model=model, data=data, stages=stages, targets=target, max_drop=max_drop,
+                               out=out_dir, seed=seed)  # fmt: skip
+    if dry_run:
+        print(dump_recipe(recipe), end="")
+        return
+    run_dir = Path(recipe.out or "runs/compress")
+    report = run_compress(recipe, run_dir, overwrite, log=lambda m: err.print(m, markup=False, highlight=False))
+
+    def render() -> None:
+        table = Table(title=f"compress -> {run_dir}")
+        for col in ("stage", "params", "MACs", "accuracy", "drop (pts)", "seconds", "cached"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        b = report["baseline"]
+        table.add_row("baseline", f"{b['params']:,}", f"{b['macs'] or 0:,}", f"{b['accuracy']:.4f}", "", "", "")
+        for s in report["stages"]:
+            cells = (f"{s['params']:,}", f"{s['macs'] or 0:,}", f"{s['accuracy']:.4f}", f"{s['accuracy_drop']:+.2f}")
+            table.add_row(s["name"], *cells, f"{s['seconds']:.1f}", "yes" if s["cached"] else "")
+        out.print(table)
+        v = report["verdict"]
+        gate = f" (drop {v['accuracy_drop']:.2f}, budget {v['max_drop']})" if v["gated"] else " (nothing gated)"
+        out.print(f"verdict: {v['status']}{gate}")
+
+    emit(report, as_json, render)
+    if report["verdict"]["status"] == "fail":
+        v = report["verdict"]
+        raise EdgeKitError(f"budget missed: accuracy drop {v['accuracy_drop']:.2f} > max_drop {v['max_drop']}",
+                           f"see {run_dir / 'report.json'}")  # fmt: skip

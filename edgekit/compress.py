@@ -1,0 +1,248 @@
+"""`edgekit compress`: run a recipe's stages in order into a run directory.
+
+Every stage's output lands in `stages/NN-kind-KEY/`, written atomically, where KEY hashes everything that
+determines it (the previous stage's key, this stage's settings, the data, the seed). A rerun with the same
+recipe finds those directories and skips the stages; distillation also resumes mid-stage from its per-epoch
+checkpoint. `report.json` is written last: a run directory without it is not complete."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+from torch import nn
+
+from .artifact import Artifact, model_hash, sha256_file, versions
+from .data import load_split
+from .errors import UsageError
+from .evaluation import evaluate, torch_predict
+from .fsutil import atomic_dir, check_writable, content_hash, write_json, write_text
+from .hardware import resolve_profile
+from .io import IOSpec
+from .loading import load_model, save_model_package
+from .models import build_fusion_model, count_params
+from .quant.accuracy_aware import BudgetError, accuracy_aware, layer_sqnr, quant_units
+from .quant.backends import OnnxQDQBackend, OpenVINOBackend
+from .quant.calibration import calibration_set
+from .quant.onnx_qdq import quantize_qdq
+from .recipe import DistillStage, PruneStage, QuantizeStage, Recipe, dump_recipe
+from .runtimes import load_runner, onnx_runner, predict_fn
+from .stages.distill import distill
+from .stages.prune import measure, prune, save_pruned
+from .targets.onnx import export_onnx
+
+REPORT = "report.json"
+PRUNED_FACTORY = "edgekit.stages.prune:load_pruned_architecture"
+# The primary export format of a profile -> the INT8 backend that produces it.
+BACKEND_OF_FORMAT = {"openvino": "openvino", "onnx": "onnx", "tensorrt": "onnx", "ort-mobile": "onnx",
+                     "executorch": "executorch"}  # fmt: skip
+Log = Callable[[str], None]
+
+
+@dataclass
+class Current:
+    """The model as the stages hand it on, and how to save it again."""
+
+    model: nn.Module
+    io: IOSpec
+    labels: tuple[str, ...]
+    factory: str
+    kwargs: dict[str, Any]
+    pruned: bool = False
+
+    def save(self, path: Path, meta: dict[str, Any]) -> None:
+        if self.pruned:
+            save_pruned(self.model, self.io, path, labels=self.labels, meta=meta)  # type: ignore[arg-type]
+        else:
+            save_model_package(self.model, self.io, path, factory=self.factory, kwargs=self.kwargs,
+                               labels=self.labels, meta=meta)  # fmt: skip
+
+
+def prepare_run_dir(out: Path, recipe_text: str, overwrite: bool) -> None:
+    """A new directory, or the same recipe's earlier run (resumed); another recipe's run only with --overwrite."""
+    check_writable(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output path {out} is a file", "choose a directory for --out")
+    previous = out / "recipe.yaml"
+    if out.is_dir() and any(out.iterdir()):
+        same = previous.is_file() and previous.read_text() == recipe_text
+        if not same and not overwrite:
+            raise UsageError(f"{out} holds a different run", "choose a new --out, or pass --overwrite to replace it")
+        if not same:
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT).unlink(missing_ok=True)  # the run is incomplete until the new report is written
+    write_text(previous, recipe_text)
+
+
+def run_log(path: Path, echo: Log) -> Log:
+    """Echo each message and append it, time-stamped, to the run's log (a log is appended to, not replaced)."""
+
+    def log(message: str) -> None:
+        echo(message)
+        with open(path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+    return log
+
+
+def test_accuracy(predict: Callable, io: IOSpec, data: str, split: str) -> float:
+    return evaluate(predict, io, load_split(data, split), per_modality=False).overall.accuracy
+
+
+def model_stats(model: nn.Module, io: IOSpec) -> dict[str, int | None]:
+    try:
+        return {"params": count_params(model), "macs": measure(model, io)["total"][1]}  # type: ignore[arg-type]
+    except (AttributeError, KeyError, TypeError):  # not a zoo FusionModel: MACs per part are unknown
+        return {"params": count_params(model), "macs": None}
+
+
+def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lambda _: None) -> dict[str, Any]:
+    from . import api  # the reference teacher lives there; imported here to keep the layering one way
+
+    text = dump_recipe(recipe)
+    profiles = [resolve_profile(t)[0] for t in recipe.targets]
+    prepare_run_dir(out, text, overwrite)
+    log = run_log(out / "compress.log", log)
+    source = api.reference_teacher() if recipe.model == "reference-teacher" else Path(recipe.model)
+    loaded = load_model(source)
+    if loaded.manifest is None:
+        raise UsageError(f"{source} is not a model package", "pass a model package directory as the recipe's model")
+    teacher, io, data = loaded.model, loaded.io, recipe.data
+    key = content_hash({"model": model_hash(teacher), "data": data.model_dump(), "seed": recipe.seed})
+    base_acc = test_accuracy(torch_predict(teacher), io, data.name, data.test)
+    report: dict[str, Any] = {
+        "recipe": recipe.model_dump(mode="json"), "model": str(source),
+        "baseline": {"accuracy": base_acc, **model_stats(teacher, io)}, "stages": [], "artifacts": [],
+        "versions": versions("torch", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "torch-pruning"),
+    }  # fmt: skip
+    current = Current(copy.deepcopy(teacher), io, loaded.labels, loaded.manifest.factory, dict(loaded.manifest.kwargs))
+    for i, stage in enumerate(recipe.stages, 1):
+        key = content_hash({"previous": key, "stage": stage.model_dump(mode="json")})
+        where = out / "stages" / f"{i:02d}-{stage.kind}-{key}"
+        cached = (where / "stage.json").is_file()
+        log(f"stage {i} ({stage.kind}): {'cached, reusing ' + str(where) if cached else 'running'}")
+        if isinstance(stage, QuantizeStage):
+            row = quantize_stage(stage, recipe, current, profiles[0].exports[0].format, where, cached, log)
+            report["artifacts"].append(row["artifact"])
+        else:
+            if not cached:
+                run_model_stage(stage, recipe, teacher, current, where, out / "checkpoints" / key)
+            row = json.loads((where / "stage.json").read_text())
+            reloaded = load_model(where)
+            factory = reloaded.manifest.factory if reloaded.manifest else ""
+            current.model, current.pruned = reloaded.model, factory == PRUNED_FACTORY
+            if reloaded.manifest and not current.pruned:
+                current.factory, current.kwargs = factory, dict(reloaded.manifest.kwargs)
+        row.update(cached=cached, accuracy_drop=round(100 * (base_acc - row["accuracy"]), 2))
+        report["stages"].append(row)
+    report["verdict"] = verdict(report, recipe, profiles)
+    write_json(out / REPORT, report)
+    return report
+
+
+def run_model_stage(stage: PruneStage | DistillStage, recipe: Recipe, teacher: nn.Module, current: Current,
+                    where: Path, checkpoints: Path) -> None:  # fmt: skip
+    data, io, start = recipe.data, current.io, time.perf_counter()
+    if isinstance(stage, PruneStage):
+        result = prune(current.model, io, stage.to_config())  # type: ignore[arg-type]
+        current.model, current.pruned = result.model, True
+        extra: dict[str, Any] = {"parts": result.as_dict()}
+    else:
+        if stage.student != "pruned":
+            kwargs = {**current.kwargs, "preset": stage.student}
+            current.model, current.pruned, current.kwargs = build_fusion_model(**kwargs), False, kwargs
+        result = distill(teacher, current.model, io, load_split(data.name, data.train), load_split(data.name, data.val),
+                         stage.to_config(recipe.seed), checkpoint_dir=checkpoints)  # fmt: skip
+        extra = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+                 "resumed_from": result.resumed_from}  # fmt: skip
+    acc = test_accuracy(torch_predict(current.model), io, data.name, data.test)
+    row = {"name": stage.kind, "path": str(where), "accuracy": acc, **model_stats(current.model, io), **extra}
+    current.save(where, {"stage": stage.kind})  # atomic; stage.json, written last, marks the stage complete
+    write_json(where / "stage.json", {**row, "seconds": round(time.perf_counter() - start, 1)})
+    shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, primary_format: str, where: Path,
+                   cached: bool, log: Log) -> dict[str, Any]:  # fmt: skip
+    if cached:
+        return json.loads((where / "stage.json").read_text())
+    data, io, start = recipe.data, current.io, time.perf_counter()
+    backend = BACKEND_OF_FORMAT[primary_format] if stage.backend == "auto" else stage.backend
+    max_drop = stage.max_drop if stage.max_drop is not None else (recipe.budgets.max_drop or 1.0)
+    calib = calibration_set(io, load_split(data.name, data.calibration), stage.samples, recipe.seed)
+    parent = model_hash(current.model)
+    with atomic_dir(where) as tmp:
+        work = tmp / "work"
+        work.mkdir()
+        hub = export_onnx(current.model, io, work / "model.onnx", slim=True)
+        meta: dict[str, Any] = {"calibration": calib.describe(), "max_drop": max_drop}
+        art_dir = tmp / f"{backend}-int8"
+        if backend == "executorch":  # the loop drives onnx and openvino; ExecuTorch is quantized whole
+            from .targets.executorch import export_pte
+
+            art = export_pte(current.model, io, art_dir, "int8", calib, parent, {"note": "not accuracy-aware"})
+        else:
+            impl = (OnnxQDQBackend if backend == "onnx" else OpenVINOBackend)(hub, io, calib)
+            float_nodes: tuple[str, ...] = ()
+            if stage.accuracy_aware:
+                val = load_split(data.name, data.val)
+
+                def accuracy(predict: Callable) -> float:
+                    return evaluate(predict, io, val, per_modality=False).overall.accuracy
+
+                def rank() -> dict[str, float]:
+                    quantize_qdq(hub, work / "full-int8.onnx", calib)
+                    return layer_sqnr(hub, work / "full-int8.onnx", calib)
+
+                baseline = accuracy(predict_fn(onnx_runner(hub, io)))
+                try:
+                    sens = accuracy_aware(impl, quant_units(onnx.load(str(hub))), accuracy, baseline, max_drop,
+                                          work, rank)  # fmt: skip
+                except BudgetError as e:
+                    write_json(where.parent.parent / "sensitivity.json", e.report.as_dict())
+                    log(e.report.table())
+                    raise
+                log(sens.table())
+                float_nodes = sens.float_nodes
+                write_json(tmp / "sensitivity.json", sens.as_dict())
+                meta["sensitivity"] = "sensitivity.json"
+            impl.build(frozenset(float_nodes), art_dir)
+            meta["float_nodes"] = list(float_nodes)
+            meta["versions"] = versions("torch", "onnx", "onnxruntime", "openvino", "nncf")
+            art = Artifact(
+                backend, "int8", art_dir, "model.onnx" if backend == "onnx" else "model.xml", io, parent, meta
+            )
+            art.write_manifest()
+        shutil.rmtree(work)
+        acc = test_accuracy(predict_fn(load_runner(art)), io, data.name, data.test)
+        final = where / art_dir.name / art.file
+        seconds = round(time.perf_counter() - start, 1)
+        row = {"name": "quantize", "backend": backend, "path": str(final), "accuracy": acc, "seconds": seconds,
+               **model_stats(current.model, io),
+               "artifact": {"format": backend, "precision": "int8", "path": str(final), "accuracy": acc,
+                            "size_mb": round(art.size_mb(), 3), "sha256": sha256_file(art.path)}}  # fmt: skip
+        write_json(tmp / "stage.json", row)
+    return row
+
+
+def verdict(report: dict[str, Any], recipe: Recipe, profiles: list) -> dict[str, Any]:
+    """Pass when the final model's test accuracy drop from the teacher fits the budget (recipe, else profile)."""
+    final = report["stages"][-1] if report["stages"] else None
+    limit = recipe.budgets.max_drop
+    if limit is None:
+        limit = profiles[0].budgets.max_accuracy_drop
+    if final is None or limit is None:
+        return {"status": "pass", "gated": [], "note": "nothing was gated"}
+    drop = final["accuracy_drop"]
+    if final.get("artifact"):
+        final["artifact"]["accuracy_drop"] = drop
+    ok = drop <= limit
+    return {"status": "pass" if ok else "fail", "gated": ["max_drop"], "accuracy_drop": drop, "max_drop": limit}

@@ -1,0 +1,81 @@
+"""edgekit compress on the reference teacher: the run directory, report.json, resume, and refusals."""
+
+import json
+
+import pytest
+import yaml
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+SHORT = {  # the x86 recipe's shape, shortened: light pruning, one epoch of recovery, ONNX QDQ
+    "stages": [
+        {"kind": "prune", "branch_ratios": {"text": 0.5}, "head_ratio": 0.5},
+        {"kind": "distill", "student": "pruned", "epochs": 1},
+        {"kind": "quantize", "backend": "onnx", "samples": 64},
+    ],
+    "targets": ["x86-avx512-vnni"],
+    "budgets": {"max_drop": 2.0},
+}
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compress")
+    (tmp / "r.yaml").write_text(yaml.safe_dump(SHORT))
+    r = run_cli("compress", "--recipe", str(tmp / "r.yaml"), "--out", str(tmp / "run"), "--json")
+    return tmp, r
+
+
+def test_report_has_baseline_stages_artifacts_and_verdict(short_run):
+    tmp, r = short_run
+    assert r.code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report == json.loads((tmp / "run" / "report.json").read_text())
+    base = report["baseline"]
+    assert base["accuracy"] > 0.9 and base["params"] > 4_000_000 and base["macs"] > 0
+    names = [s["name"] for s in report["stages"]]
+    assert names == ["prune", "distill", "quantize"]
+    for s in report["stages"]:
+        assert {"name", "seconds", "params", "macs", "accuracy", "accuracy_drop"} <= set(s)
+    prune = report["stages"][0]
+    assert prune["params"] < base["params"] and prune["macs"] < base["macs"]
+    art = report["artifacts"][0]
+    assert {"format", "path", "precision", "accuracy", "accuracy_drop", "size_mb", "sha256"} <= set(art)
+    assert art["format"] == "onnx" and art["precision"] == "int8"
+    assert report["verdict"]["status"] == "pass" and report["verdict"]["accuracy_drop"] <= 2.0
+    assert (tmp / "run" / "recipe.yaml").is_file() and (tmp / "run" / "compress.log").is_file()
+
+
+def test_rerun_resumes_from_the_cache(short_run):
+    tmp, first = short_run
+    r = run_cli("compress", "--recipe", str(tmp / "r.yaml"), "--out", str(tmp / "run"), "--json")
+    assert r.code == 0, r.stderr
+    again, before = json.loads(r.stdout), json.loads(first.stdout)
+    assert all(s["cached"] for s in again["stages"])
+    assert [s["accuracy"] for s in again["stages"]] == [s["accuracy"] for s in before["stages"]]
+    assert again["artifacts"][0]["sha256"] == before["artifacts"][0]["sha256"]
+
+
+def test_a_different_recipe_is_refused_unless_overwrite(short_run):
+    tmp, _ = short_run
+    r = run_cli("compress", "--recipe", str(tmp / "r.yaml"), "--seed", "1", "--out", str(tmp / "run"))
+    assert r.code == 2 and "holds a different run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_dry_run_prints_the_resolved_recipe(tmp_path):
+    r = run_cli("compress", "--recipe", "recipes/ptq-only.yaml", "--model", "my_pkg/", "--out", str(tmp_path / "x"),
+                "--dry-run")  # fmt: skip
+    assert r.code == 0, r.stderr
+    recipe = yaml.safe_load(r.stdout)
+    assert recipe["model"] == "my_pkg/" and recipe["stages"][0]["kind"] == "quantize"
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_stage_kind_and_bad_ratio_exit_2(tmp_path):
+    r = run_cli("compress", "--stages", "prune,squash", "--out", str(tmp_path / "x"))
+    assert r.code == 2 and "squash" in r.stderr
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"stages": [{"kind": "prune", "pruning_ratio": 1.5}]}))
+    r = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "x"))
+    assert r.code == 2 and "pruning_ratio" in r.stderr and not (tmp_path / "x").exists()
