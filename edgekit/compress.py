@@ -37,6 +37,7 @@ from .runtimes import load_runner, onnx_runner, predict_fn
 from .stages.distill import distill
 from .stages.prune import measure, prune, save_pruned
 from .targets.onnx import export_onnx
+from .training import ProgressFn
 
 REPORT = "report.json"
 PRUNED_FACTORY = "edgekit.stages.prune:load_pruned_architecture"
@@ -104,7 +105,9 @@ def model_stats(model: nn.Module, io: IOSpec) -> dict[str, int | None]:
         return {"params": count_params(model), "macs": None}
 
 
-def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lambda _: None) -> dict[str, Any]:
+def compress(
+    recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lambda _: None, progress: ProgressFn | None = None
+) -> dict[str, Any]:
     from . import api  # the reference teacher lives there; imported here to keep the layering one way
 
     text = dump_recipe(recipe)
@@ -134,7 +137,7 @@ def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lamb
             report["artifacts"].append(row["artifact"])
         else:
             if not cached:
-                run_model_stage(stage, recipe, teacher, current, where, out / "checkpoints" / key)
+                run_model_stage(stage, recipe, teacher, current, where, out / "checkpoints" / key, progress)
             row = json.loads((where / "stage.json").read_text())
             reloaded = load_model(where)
             factory = reloaded.manifest.factory if reloaded.manifest else ""
@@ -149,7 +152,7 @@ def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lamb
 
 
 def run_model_stage(stage: PruneStage | DistillStage, recipe: Recipe, teacher: nn.Module, current: Current,
-                    where: Path, checkpoints: Path) -> None:  # fmt: skip
+                    where: Path, checkpoints: Path, progress: ProgressFn | None) -> None:  # fmt: skip
     data, io, start = recipe.data, current.io, time.perf_counter()
     if isinstance(stage, PruneStage):
         result = prune(current.model, io, stage.to_config())  # type: ignore[arg-type]
@@ -160,7 +163,7 @@ def run_model_stage(stage: PruneStage | DistillStage, recipe: Recipe, teacher: n
             kwargs = {**current.kwargs, "preset": stage.student}
             current.model, current.pruned, current.kwargs = build_fusion_model(**kwargs), False, kwargs
         result = distill(teacher, current.model, io, load_split(data.name, data.train), load_split(data.name, data.val),
-                         stage.to_config(recipe.seed), checkpoint_dir=checkpoints)  # fmt: skip
+                         stage.to_config(recipe.seed), checkpoint_dir=checkpoints, progress=progress)  # fmt: skip
         extra = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                  "resumed_from": result.resumed_from}  # fmt: skip
     acc = test_accuracy(torch_predict(current.model), io, data.name, data.test)

@@ -11,7 +11,7 @@ from rich.table import Table
 from ..compress import compress as run_compress
 from ..errors import EdgeKitError
 from ..recipe import dump_recipe, load_recipe, recipe_from_flags
-from .common import JsonOpt, OverwriteOpt, emit, err, out
+from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, err, out
 
 
 def compress(
@@ -37,7 +37,10 @@ def compress(
         print(dump_recipe(recipe), end="")
         return
     run_dir = Path(recipe.out or "runs/compress")
-    report = run_compress(recipe, run_dir, overwrite, log=lambda m: err.print(m, markup=False, highlight=False))
+    with epoch_progress("distill") as progress:
+        report = run_compress(
+            recipe, run_dir, overwrite, lambda m: err.print(m, markup=False, highlight=False), progress
+        )
 
     def render() -> None:
         table = Table(title=f"compress -> {run_dir}")
