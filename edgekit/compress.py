@@ -19,7 +19,7 @@ from typing import Any
 import onnx
 from torch import nn
 
-from .artifact import Artifact, model_hash, sha256_file, versions
+from .artifact import Artifact, load_artifact, model_hash, sha256_file, versions
 from .data import load_split
 from .errors import UsageError
 from .evaluation import evaluate, torch_predict
@@ -29,7 +29,7 @@ from .io import IOSpec
 from .loading import load_model, save_model_package
 from .models import build_fusion_model, count_params
 from .quant.accuracy_aware import BudgetError, accuracy_aware, layer_sqnr, quant_units
-from .quant.backends import OnnxQDQBackend, OpenVINOBackend
+from .quant.backends import ExecuTorchBackend, OnnxQDQBackend, OpenVINOBackend
 from .quant.calibration import calibration_set
 from .quant.onnx_qdq import quantize_qdq
 from .recipe import DistillStage, PruneStage, QuantizeStage, Recipe, dump_recipe
@@ -188,42 +188,44 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, prima
         hub = export_onnx(current.model, io, work / "model.onnx", slim=True)
         meta: dict[str, Any] = {"calibration": calib.describe(), "max_drop": max_drop}
         art_dir = tmp / f"{backend}-int8"
-        if backend == "executorch":  # the loop drives onnx and openvino; ExecuTorch is quantized whole
-            from .targets.executorch import export_pte
-
-            art = export_pte(current.model, io, art_dir, "int8", calib, parent, {"note": "not accuracy-aware"})
+        if backend == "executorch":
+            scopes = {u.node: u.scope for u in quant_units(onnx.load(str(hub)))}
+            impl: Any = ExecuTorchBackend(current.model, io, calib, scopes)
         else:
             impl = (OnnxQDQBackend if backend == "onnx" else OpenVINOBackend)(hub, io, calib)
-            float_nodes: tuple[str, ...] = ()
-            if stage.accuracy_aware:
-                val = load_split(data.name, data.val)
+        float_nodes: tuple[str, ...] = ()
+        if stage.accuracy_aware:
+            val = load_split(data.name, data.val)
 
-                def accuracy(predict: Callable) -> float:
-                    return evaluate(predict, io, val, per_modality=False).overall.accuracy
+            def accuracy(predict: Callable) -> float:
+                return evaluate(predict, io, val, per_modality=False).overall.accuracy
 
-                def rank() -> dict[str, float]:
-                    quantize_qdq(hub, work / "full-int8.onnx", calib)
-                    return layer_sqnr(hub, work / "full-int8.onnx", calib)
+            def rank() -> dict[str, float]:
+                quantize_qdq(hub, work / "full-int8.onnx", calib)
+                return layer_sqnr(hub, work / "full-int8.onnx", calib)
 
-                baseline = accuracy(predict_fn(onnx_runner(hub, io)))
-                try:
-                    sens = accuracy_aware(impl, quant_units(onnx.load(str(hub))), accuracy, baseline, max_drop,
-                                          work, rank)  # fmt: skip
-                except BudgetError as e:
-                    write_json(where.parent.parent / "sensitivity.json", e.report.as_dict())
-                    log(e.report.table())
-                    raise
-                log(sens.table())
-                float_nodes = sens.float_nodes
-                write_json(tmp / "sensitivity.json", sens.as_dict())
-                meta["sensitivity"] = "sensitivity.json"
-            impl.build(frozenset(float_nodes), art_dir)
-            meta["float_nodes"] = list(float_nodes)
+            baseline = accuracy(predict_fn(onnx_runner(hub, io)))
+            try:
+                sens = accuracy_aware(impl, quant_units(onnx.load(str(hub))), accuracy, baseline, max_drop,
+                                      work, rank)  # fmt: skip
+            except BudgetError as e:
+                write_json(where.parent.parent / "sensitivity.json", e.report.as_dict())
+                log(e.report.table())
+                raise
+            log(sens.table())
+            float_nodes = sens.float_nodes
+            write_json(tmp / "sensitivity.json", sens.as_dict())
+            meta["sensitivity"] = "sensitivity.json"
+        impl.build(frozenset(float_nodes), art_dir)
+        meta["float_nodes"] = list(float_nodes)
+        if backend == "executorch":  # export_pte wrote the manifest; add what the stage knows
+            art = load_artifact(art_dir)
+            art = Artifact(art.format, art.precision, art_dir, art.file, io, parent, {**art.meta, **meta})
+        else:
             meta["versions"] = versions("torch", "onnx", "onnxruntime", "openvino", "nncf")
-            art = Artifact(
-                backend, "int8", art_dir, "model.onnx" if backend == "onnx" else "model.xml", io, parent, meta
-            )
-            art.write_manifest()
+            art = Artifact(backend, "int8", art_dir, "model.onnx" if backend == "onnx" else "model.xml", io, parent,
+                           meta)  # fmt: skip
+        art.write_manifest()
         shutil.rmtree(work)
         acc = test_accuracy(predict_fn(load_runner(art)), io, data.name, data.test)
         final = where / art_dir.name / art.file

@@ -4,8 +4,11 @@ kept in float, write the artifact, and return a predictor that runs it in its ow
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from torch import nn
 
 from ..artifact import Artifact
 from ..io import IOSpec
@@ -51,3 +54,27 @@ class OpenVINOBackend:
         dst.mkdir(parents=True, exist_ok=True)
         ov.save_model(model, str(dst / "model.xml"), compress_to_fp16=False)
         return predict_fn(load_runner(Artifact("openvino", "int8", dst, "model.xml", self.io, "")))
+
+
+@dataclass(frozen=True)
+class ExecuTorchBackend:
+    """PT2E with the XNNPACK quantizer on the torch model, lowered to a .pte and run in ExecuTorch. The loop's
+    ONNX node exclusions map to module paths through the scopes the hub ONNX records."""
+
+    model: nn.Module
+    io: IOSpec
+    calib: CalibrationSet
+    scopes: Mapping[str, str]  # ONNX node -> module path
+    name: str = "executorch"
+
+    def build(self, exclude: frozenset[str], dst: Path) -> Predict:
+        from ..targets.executorch import export_pte
+
+        modules = sorted({self.module_of(self.scopes[n]) for n in exclude if self.scopes.get(n)})
+        art = export_pte(self.model, self.io, dst, "int8", self.calib, "", {}, float_modules=modules)
+        return predict_fn(load_runner(art))
+
+    def module_of(self, scope: str) -> str:
+        """A Conv fused with its BatchNorm is scoped to the BatchNorm in the ONNX graph; float the pair."""
+        is_bn = isinstance(self.model.get_submodule(scope), nn.modules.batchnorm._BatchNorm)
+        return scope.rpartition(".")[0] if is_bn else scope

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,10 @@ def export_pte(
     calib: CalibrationSet | None,
     parent: str,
     meta: dict[str, Any],
+    float_modules: Sequence[str] = (),
 ) -> Artifact:
-    """Write `out_dir` (model.pte + manifest.json) atomically and return its artifact."""
+    """Write `out_dir` (model.pte + manifest.json) atomically and return its artifact. INT8 leaves the ops inside
+    `float_modules` (module paths, e.g. "branches.text") in float: the accuracy-aware loop's exclusions."""
     require("executorch", "executorch", "exporting an ExecuTorch .pte")
     if precision not in ("fp32", "int8"):
         raise UsageError(f"ExecuTorch export has no {precision} precision", "use fp32 or int8")
@@ -52,7 +55,7 @@ def export_pte(
     with warnings.catch_warnings():  # torch's pytree deprecations, raised inside export and lowering
         warnings.simplefilter("ignore", FutureWarning)
         if precision == "int8" and calib is not None:
-            model, quantization = _quantize(model, io, sample, shapes, calib)
+            model, quantization = _quantize(model, io, sample, shapes, calib, tuple(float_modules))
         exported = torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes)
         program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     final = program.exported_program()
@@ -74,7 +77,12 @@ def export_pte(
 
 
 def _quantize(
-    model: nn.Module, io: IOSpec, sample: dict[str, torch.Tensor], shapes: dict, calib: CalibrationSet
+    model: nn.Module,
+    io: IOSpec,
+    sample: dict[str, torch.Tensor],
+    shapes: dict,
+    calib: CalibrationSet,
+    float_modules: tuple[str, ...],
 ) -> tuple[nn.Module, dict[str, Any]]:
     """PT2E static INT8: symmetric per-channel weights, per-tensor activations observed on every sample."""
     require("torchao", "executorch", "INT8 ExecuTorch export")
@@ -85,6 +93,8 @@ def _quantize(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    if float_modules:  # set_module_name(name, None) is refused in 1.5.1; a node filter does the same
+        quantizer.set_filter_function(lambda node: not _inside(node, float_modules))
     prepared = prepare_pt2e(torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes).module(), quantizer)
     with torch.no_grad():
         for feeds in calib.feeds:
@@ -93,8 +103,15 @@ def _quantize(
         "backend": "torchao pt2e + XNNPACKQuantizer",
         "scheme": "static int8: symmetric per-channel weights, per-tensor activations (histogram observer)",
         "calibration": calib.describe(),
+        "float_modules": list(float_modules),
     }
     return convert_pt2e(prepared), info
+
+
+def _inside(node: torch.fx.Node, modules: tuple[str, ...]) -> bool:
+    """Whether an exported graph node was traced inside one of `modules` (by its nn_module_stack paths)."""
+    paths = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+    return any(p == m or p.startswith(m + ".") for p in paths for m in modules)
 
 
 def _input_order(program: torch.export.ExportedProgram) -> list[str]:
