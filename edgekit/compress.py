@@ -94,7 +94,7 @@ def run_log(path: Path, echo: Log) -> Log:
     return log
 
 
-def test_accuracy(predict: Callable, io: IOSpec, data: str, split: str) -> float:
+def split_accuracy(predict: Callable, io: IOSpec, data: str, split: str) -> float:
     return evaluate(predict, io, load_split(data, split), per_modality=False).overall.accuracy
 
 
@@ -120,7 +120,7 @@ def compress(
         raise UsageError(f"{source} is not a model package", "pass a model package directory as the recipe's model")
     teacher, io, data = loaded.model, loaded.io, recipe.data
     key = content_hash({"model": model_hash(teacher), "data": data.model_dump(), "seed": recipe.seed})
-    base_acc = test_accuracy(torch_predict(teacher), io, data.name, data.test)
+    base_acc = split_accuracy(torch_predict(teacher), io, data.name, data.test)
     report: dict[str, Any] = {
         "recipe": recipe.model_dump(mode="json"), "model": str(source),
         "baseline": {"accuracy": base_acc, **model_stats(teacher, io)}, "stages": [], "artifacts": [],
@@ -166,7 +166,7 @@ def run_model_stage(stage: PruneStage | DistillStage, recipe: Recipe, teacher: n
                          stage.to_config(recipe.seed), checkpoint_dir=checkpoints, progress=progress)  # fmt: skip
         extra = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                  "resumed_from": result.resumed_from}  # fmt: skip
-    acc = test_accuracy(torch_predict(current.model), io, data.name, data.test)
+    acc = split_accuracy(torch_predict(current.model), io, data.name, data.test)
     row = {"name": stage.kind, "path": str(where), "accuracy": acc, **model_stats(current.model, io), **extra}
     current.save(where, {"stage": stage.kind})  # atomic; stage.json, written last, marks the stage complete
     write_json(where / "stage.json", {**row, "seconds": round(time.perf_counter() - start, 1)})
@@ -227,7 +227,7 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, prima
                            meta)  # fmt: skip
         art.write_manifest()
         shutil.rmtree(work)
-        acc = test_accuracy(predict_fn(load_runner(art)), io, data.name, data.test)
+        acc = split_accuracy(predict_fn(load_runner(art)), io, data.name, data.test)
         final = where / art_dir.name / art.file
         seconds = round(time.perf_counter() - start, 1)
         row = {"name": "quantize", "backend": backend, "path": str(final), "accuracy": acc, "seconds": seconds,

@@ -23,6 +23,7 @@ import onnx
 from ..errors import EdgeKitError
 from ..targets.onnx import module_scope
 from .calibration import CalibrationSet
+from .onnx_qdq import ort_reader
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 Predict = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -94,7 +95,6 @@ class SensitivityReport:
 def layer_sqnr(float_path: Path, qdq_path: Path, calib: CalibrationSet, n: int = 64) -> dict[str, float]:
     """SQNR (dB) of each quantized node's input activation in the QDQ model against the float model:
     low means information is lost there (onnxruntime's QDQ debugger)."""
-    from onnxruntime.quantization import CalibrationDataReader
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_activation_error,
@@ -102,19 +102,12 @@ def layer_sqnr(float_path: Path, qdq_path: Path, calib: CalibrationSet, n: int =
         modify_model_output_intermediate_tensors,
     )  # fmt: skip
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(calib.feeds[:n])
-
-        def get_next(self) -> dict | None:
-            return next(self.it, None)
-
     acts = {}
     with tempfile.TemporaryDirectory(prefix="edgekit-sqnr-") as tmp:
         for name, path in (("float", float_path), ("qdq", qdq_path)):
             augmented = Path(tmp) / f"{name}.onnx"
             modify_model_output_intermediate_tensors(str(path), str(augmented))
-            acts[name] = collect_activations(str(augmented), Reader())
+            acts[name] = collect_activations(str(augmented), ort_reader(calib, n))
     # Masked attention logits hold -inf, where the SQNR is undefined (NaN): such tensors are not ranked.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         errors = compute_activation_error(create_activation_matching(acts["qdq"], acts["float"]))

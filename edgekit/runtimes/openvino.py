@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-import openvino as ov
 
 from ..artifact import Artifact
 
@@ -16,16 +15,17 @@ from ..artifact import Artifact
 HINTS = {"fp32": "f32", "int8": "f32", "fp16": "f16"}
 
 
-def compile_model(artifact: Artifact, threads: int | None, device: str | None) -> ov.CompiledModel:
-    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": HINTS[artifact.precision], "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    return ov.Core().compile_model(str(artifact.path), (device or "cpu").upper(), config)
-
-
 class OpenVINORunner:
     def __init__(self, artifact: Artifact, threads: int | None = None, device: str | None = None) -> None:
-        self.compiled = compile_model(artifact, threads, device)
+        import openvino as ov  # optional extra: imported only when an OpenVINO artifact runs
+
+        config: dict[str, object] = {
+            "INFERENCE_PRECISION_HINT": HINTS[artifact.precision],
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = ov.Core().compile_model(str(artifact.path), (device or "cpu").upper(), config)
         self.request = self.compiled.create_infer_request()
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
         self.name = f"openvino {ov.get_version().split('-')[0]}"

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import tensorrt as trt
 
 from ..artifact import Artifact
 from ..errors import EdgeKitError, UsageError
@@ -44,12 +43,16 @@ class _Named:
     """TensorRT >= 8.5: tensors by name, execute_async_v3."""
 
     def __init__(self, engine: Any, context: Any) -> None:
+        import tensorrt as trt  # optional: only on the device, so imported where used
+
         self.engine, self.context = engine, context
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
 
     def dtype(self, name: str) -> np.dtype:
+        import tensorrt as trt
+
         return np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
 
     def limits(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -78,6 +81,8 @@ class _Bindings:
         self.outputs = [n for n in self.names if n not in self.inputs]
 
     def dtype(self, name: str) -> np.dtype:
+        import tensorrt as trt
+
         return np.dtype(trt.nptype(self.engine.get_binding_dtype(self.names.index(name))))
 
     def limits(self, name: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -100,6 +105,8 @@ class TensorRTRunner:
     `device` picks the DLA core of a DLA engine ("dla:1"); by default the core it was built for."""
 
     def __init__(self, artifact: Artifact, threads: int | None = None, device: str | None = None) -> None:
+        import tensorrt as trt
+
         del threads  # the engine runs on the GPU or DLA; host threads do not apply
         path = artifact.directory / ENGINE
         if not path.is_file():
