@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EK := $(VENV)/bin/edgekit
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: demo test setup system-deps clean
+.PHONY: demo test bench setup system-deps clean
 
 $(STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: EdgeKit needs Python >= 3.11; set PYTHON=python3.11")'
@@ -35,6 +35,11 @@ test: setup
 	$(VENV)/bin/ruff check edgekit tests scripts
 	$(VENV)/bin/ruff format --check edgekit tests scripts
 	$(PY) -m pytest
+
+# Side-by-side benchmark (not part of `make test`): writes docs/benchmarks.md and docs/benchmarks.json.
+# Compress runs are kept in runs/bench and resume on a rerun with the same recipes.
+bench: setup
+	$(PY) scripts/bench.py
 
 clean:
 	rm -rf $(VENV) runs

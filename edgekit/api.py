@@ -207,8 +207,10 @@ def export(
         )
         for f, p in [("onnx", "fp32"), *[x for x in plan if x != ("onnx", "fp32")]]:
             log(f"building {f}/{p}")
+            start = time.perf_counter()
             art = BUILDERS[f](ctx, p, tmp / f"{f}-{p}")
             art.write_manifest()
+            seconds = time.perf_counter() - start
             acc = artifact_accuracy(art, test, threads)
             row = {
                 "format": f,
@@ -219,6 +221,7 @@ def export(
                 "runtime": FORMATS[f].runs_here,
                 "accuracy": acc,
                 "accuracy_drop": None if acc is None else round(100 * (source_acc - acc), 2),
+                "seconds": round(seconds, 1),  # to build it (calibration included), not to measure it
             }
             if f == "tensorrt" and p == "int8":  # the engine builds on the device; its Q/DQ graph runs here
                 ref = evaluate(predict_fn(onnx_runner(ctx.qdq[0], io)), io, test, max_batch(io), per_modality=False)

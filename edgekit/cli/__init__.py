@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import EdgeKitError
-from . import build, compress, data, evaluate, export, profiles, recipe, train
+from . import build, compress, data, evaluate, export, profile, profiles, recipe, train
 from .common import stdout_for_json
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command("train")(train.train)
 app.command("eval")(evaluate.eval_cmd)
 app.command("compress")(compress.compress)
 app.command("export")(export.export)
+app.command("profile")(profile.profile)
 app.add_typer(profiles.app, name="profiles")
 app.command("build")(build.build)
 app.add_typer(recipe.app, name="recipe")

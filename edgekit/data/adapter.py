@@ -31,6 +31,10 @@ class FeedDataset:
     def __getitem__(self, i: int) -> Sample:
         return self.transform(self.source[i])
 
+    def head(self, n: int) -> FeedDataset:
+        """The first `n` samples (a smaller run of the same split, e.g. for smoke tests)."""
+        return FeedDataset(self.source[:n], self.transform, self.name)
+
     def batches(
         self, batch_size: int, indices: Sequence[int] | None = None
     ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:

@@ -1,0 +1,105 @@
+"""Per-operator time breakdown from each runtime's own profiler: onnxruntime's session profiling and
+OpenVINO's performance counters. Profiling costs time itself, so it runs on a separate session after
+the latency measurement, never during it. ExecuTorch's profiler needs a runtime built with ETDump, and
+TensorRT's layer timing needs the device; for those formats the breakdown is reported as unavailable."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifact import Artifact
+
+OpEvent = tuple[str, str, float]  # (node name, op type, microseconds)
+WARMUP = 2  # profiled runs left out: first-run allocations and kernel selection
+
+
+def summarize(events: Iterable[OpEvent], runs: int, runtime: str, top: int = 10) -> dict[str, Any]:
+    """Mean time per inference by op type and for the slowest nodes, in ms, largest first."""
+    by_node: dict[tuple[str, str], float] = defaultdict(float)
+    for node, op, us in events:
+        by_node[(node, op)] += us
+    by_type: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for (_, op), us in by_node.items():
+        by_type[op][0] += us
+        by_type[op][1] += 1
+    total = sum(t for t, _ in by_type.values()) or 1.0
+    return {
+        "runtime": runtime,
+        "runs": runs,
+        "total_ms": round(total / runs / 1e3, 4),
+        "by_op_type": [
+            {"op": op, "ms": round(t / runs / 1e3, 4), "share": round(t / total, 4), "nodes": int(n)}
+            for op, (t, n) in sorted(by_type.items(), key=lambda kv: -kv[1][0])
+        ],
+        "top_nodes": [
+            {"node": node, "op": op, "ms": round(us / runs / 1e3, 4)}
+            for (node, op), us in sorted(by_node.items(), key=lambda kv: -kv[1])[:top]
+        ],
+    }
+
+
+def ort_ops(art: Artifact, feeds: Mapping[str, np.ndarray], runs: int, threads: int | None) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from ..runtimes.ort import session_options
+
+    so = session_options(threads)
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="edgekit-ortprof-") as tmp:
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(art.path), so, providers=["CPUExecutionProvider"])
+        for _ in range(WARMUP + runs):
+            session.run(None, dict(feeds))
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    # Each inference is one "model_run" span; kernels of the warm-up runs end before the first kept span.
+    spans = sorted(e["ts"] for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
+    start = spans[WARMUP]
+    events = (
+        (e["name"].removesuffix("_kernel_time"), e["args"].get("op_name", "?"), float(e["dur"]))
+        for e in trace
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start
+    )
+    return summarize(events, runs, f"onnxruntime {ort.__version__}")
+
+
+def openvino_ops(art: Artifact, feeds: Mapping[str, np.ndarray], runs: int, threads: int | None) -> dict[str, Any]:
+    import openvino as ov
+
+    from ..runtimes.openvino import HINTS
+
+    config: dict[str, object] = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": HINTS[art.precision]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = ov.Core().compile_model(str(art.path), "CPU", config).create_infer_request()
+    events: list[OpEvent] = []
+    for i in range(WARMUP + runs):
+        request.infer(dict(feeds))
+        if i >= WARMUP:  # the counters hold the last inference only
+            events += [
+                (p.node_name, f"{p.node_type} ({p.exec_type})", p.real_time.total_seconds() * 1e6)
+                for p in request.profiling_info
+                if p.status == p.Status.EXECUTED
+            ]
+    return summarize(events, runs, f"openvino {ov.get_version().split('-')[0]}")
+
+
+OP_PROFILERS: dict[str, Callable[[Artifact, Mapping[str, np.ndarray], int, int | None], dict[str, Any]]] = {
+    "onnx": ort_ops,
+    "ort-mobile": ort_ops,
+    "openvino": openvino_ops,
+}
+
+
+def op_breakdown(
+    art: Artifact, feeds: Mapping[str, np.ndarray], runs: int = 20, threads: int | None = None
+) -> dict[str, Any] | None:
+    """The breakdown for one input, or None where the runtime offers none here."""
+    profiler = OP_PROFILERS.get(art.format)
+    return profiler(art, feeds, runs, threads) if profiler else None

@@ -1,0 +1,562 @@
+"""Side-by-side benchmark: the torch-eager teacher, its FP32 runtimes, the tools a user would pick instead
+of EdgeKit (with their documented defaults), and EdgeKit's artifacts, measured in one run on one machine.
+
+Every row is run in its own runtime with the same threads, on the same real test samples. Latency is
+timed in alternating blocks (A B A B ...), twice over, so the document can show how much a repeat moves
+the headline ratios. Writes docs/benchmarks.md (tables, targets, diagnosis) and docs/benchmarks.json.
+
+    python scripts/bench.py            # the AV-digits reference teacher, recipes/avdigits-x86.yaml
+    python scripts/bench.py --help     # your own model package, recipes, sample counts
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import api
+from edgekit.artifact import Artifact, load_artifact
+from edgekit.compress import compress
+from edgekit.data import FeedDataset, load_split, with_modalities
+from edgekit.errors import EdgeKitError
+from edgekit.evaluation import evaluate
+from edgekit.fsutil import write_json, write_text
+from edgekit.io import IOSpec
+from edgekit.loading import load_model
+from edgekit.profiling.host import host_info
+from edgekit.profiling.ops import op_breakdown
+from edgekit.profiling.timing import interleaved
+from edgekit.quant.calibration import calibration_set
+from edgekit.quant.onnx_qdq import ort_reader
+from edgekit.recipe import load_recipe
+from edgekit.runtimes import Runner, load_runner, predict_fn
+from edgekit.runtimes.torch import TorchRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCHES = (1, 16)
+
+
+@dataclass
+class Row:
+    name: str
+    group: str  # baseline | runtime | peer | edgekit
+    runtime: str
+    precision: str
+    runner: Runner
+    size_mb: float
+    produce_s: float | None  # seconds to produce the artifact from the FP32 model
+    note: str = ""
+    artifact: Artifact | None = None  # for the op breakdown of the row the targets single out
+    accuracy: float | None = None
+    latency: dict[int, list[np.ndarray]] = field(default_factory=dict)  # batch -> one array per repeat
+
+
+class OVDefaultRunner:
+    """OpenVINO as a user compiles it without EdgeKit: `compile_model(model, "CPU")`, threads pinned only.
+    The plugin then picks its own inference precision (bf16 on CPUs with AVX-512 BF16 or AMX)."""
+
+    def __init__(self, model: Any, threads: int) -> None:
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads})
+        self.request = self.compiled.create_infer_request()
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.name = f"openvino {ov.get_version().split('-')[0]}"
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self.request.infer(dict(feeds))
+        return {o.get_any_name(): np.array(result[o]) for o in self.compiled.outputs}
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def onnx_file_runner(path: Path, io: IOSpec, threads: int) -> Runner:
+    return load_runner(Artifact("onnx", "int8", path.parent, path.name, io, ""), threads)
+
+
+def mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()) / 1e6
+
+
+# -- rows --------------------------------------------------------------------------------------------
+
+
+def artifact_row(name: str, art: Artifact, produce_s: float | None, threads: int, note: str = "") -> Row:
+    runner = load_runner(art, threads)
+    return Row(name, "edgekit", runtime_of(art), art.precision, runner, art.size_mb(), produce_s, note, art)
+
+
+def export_rows(args: argparse.Namespace, teacher: Path, work: Path) -> list[Row]:
+    """The FP32 runtimes and EdgeKit's PTQ-only artifacts, each from `edgekit export` of the teacher."""
+    built: dict[tuple[str, str], tuple[Artifact, float]] = {}
+    for target, fmt, precision in (("x86", "onnx", "int8"), ("x86", "openvino", "fp32"),
+                                   ("x86", "openvino", "int8"), ("android", "executorch", "int8")):  # fmt: skip
+        r = api.export(teacher, target, work / f"export-{fmt}-{precision}", fmt, precision, args.data,
+                       args.calib_samples, overwrite=True, threads=args.threads)  # fmt: skip
+        for a in r["artifacts"]:
+            built.setdefault((a["format"], a["precision"]), (load_artifact(Path(a["path"]).parent), a["seconds"]))
+    t = args.threads
+    ov_fp32, ov_s = built["openvino", "fp32"]
+    ov_default = OVDefaultRunner(str(ov_fp32.path), t)
+    rows = [
+        artifact_row("onnxruntime FP32", *built["onnx", "fp32"], t),
+        artifact_row("OpenVINO FP32 (f32 hint)", ov_fp32, ov_s, t),
+        Row("OpenVINO default precision", "runtime", "openvino", ov_default.precision, ov_default, ov_fp32.size_mb(),
+            ov_s, "the FP32 IR compiled with the plugin's default inference precision"),
+        artifact_row("EdgeKit PTQ ONNX Q/DQ INT8", *built["onnx", "int8"], t),
+        artifact_row("EdgeKit PTQ OpenVINO INT8", *built["openvino", "int8"], t),
+        artifact_row("EdgeKit PTQ ExecuTorch XNNPACK INT8", *built["executorch", "int8"], t,
+                     "the Android artifact, run by ExecuTorch's runtime and XNNPACK on this x86 CPU"),
+    ]  # fmt: skip
+    for row in rows[:2]:
+        row.group = "runtime"
+    return rows
+
+
+def peer_rows(args: argparse.Namespace, io: IOSpec, fp32_onnx: Path, work: Path) -> list[Row]:
+    """What a user would do without EdgeKit, each library with its documented defaults, from the same FP32
+    ONNX file and the same calibration samples."""
+    import nncf
+    import openvino as ov
+    from onnxruntime.quantization import quantize_dynamic, quantize_static
+
+    work.mkdir(parents=True, exist_ok=True)
+    calib = calibration_set(io, load_split(args.data, "train"), args.calib_samples)
+    t, rows = args.threads, []
+    dynamic = work / "ort-dynamic.onnx"
+    _, s = timed(lambda: quantize_dynamic(fp32_onnx, dynamic))
+    rows.append(
+        Row(
+            "onnxruntime quantize_dynamic",
+            "peer",
+            "onnxruntime",
+            "int8",
+            onnx_file_runner(dynamic, io, t),
+            mb(dynamic),
+            s,
+        )
+    )
+    static = work / "ort-static.onnx"
+    _, s = timed(lambda: quantize_static(fp32_onnx, static, ort_reader(calib)))
+    rows.append(
+        Row(
+            "onnxruntime quantize_static (Q/DQ)",
+            "peer",
+            "onnxruntime",
+            "int8",
+            onnx_file_runner(static, io, t),
+            mb(static),
+            s,
+        )
+    )
+    model = ov.convert_model(str(fp32_onnx))
+    dataset = nncf.Dataset(list(calib.feeds))
+    quantized, s = timed(lambda: nncf.quantize(model, dataset, subset_size=len(calib)))
+    ov.save_model(quantized, work / "nncf-default" / "model.xml")
+    runner = OVDefaultRunner(quantized, t)
+    rows.append(
+        Row(
+            "OpenVINO + nncf.quantize",
+            "peer",
+            "openvino",
+            "int8",
+            runner,
+            mb(work / "nncf-default"),
+            s,
+            f"compiled with defaults ({runner.precision} for the ops left in float)",
+        )
+    )
+
+    val = load_split(args.data, "val")
+    val = val.head(args.val_samples) if args.val_samples else val
+    batches = [(with_modalities(io, f, io.modalities), y) for f, y in val.batches(64)]
+
+    def validate(compiled: Any, items: Any) -> float:
+        request, hits, n = compiled.create_infer_request(), 0, 0
+        for feeds, labels in items:
+            logits = next(iter(request.infer(feeds).values()))
+            hits, n = hits + int((np.asarray(logits).argmax(-1) == labels).sum()), n + len(labels)
+        return hits / n
+
+    quantized, s = timed(
+        lambda: nncf.quantize_with_accuracy_control(
+            model, dataset, nncf.Dataset(batches), validate, max_drop=0.01, subset_size=len(calib)
+        )
+    )
+    ov.save_model(quantized, work / "nncf-ac" / "model.xml")
+    runner = OVDefaultRunner(quantized, t)
+    rows.append(
+        Row(
+            "OpenVINO + nncf.quantize_with_accuracy_control",
+            "peer",
+            "openvino",
+            "int8",
+            runner,
+            mb(work / "nncf-ac"),
+            s,
+            "max_drop 0.01 (1 point) on the val split",
+        )
+    )
+    return rows
+
+
+def compress_rows(args: argparse.Namespace, teacher: Path, work: Path) -> tuple[list[Row], dict[str, Any]]:
+    """EdgeKit's compress runs (resumed from `work` when the recipe is unchanged) and their artifacts. The
+    full recipe's student is also exported to ONNX (FP32 and Q/DQ INT8) for onnxruntime, whose smaller
+    per-op overhead wins at batch 1 where OpenVINO wins at batch 16."""
+    rows, reports, t = [], {}, args.threads
+    for key, path in (("ptq", args.ptq_recipe), ("full", args.recipe)):
+        recipe = load_recipe(path).model_copy(update={"model": str(teacher), "out": None})
+        try:
+            reports[key] = compress(recipe, work / f"compress-{key}")
+        except EdgeKitError as e:
+            reports[key] = {"error": str(e), "recipe": str(path)}
+            print(f"bench: compress {path} failed: {e}", file=sys.stderr)
+    if "artifacts" in reports["ptq"]:
+        r = reports["ptq"]
+        art = load_artifact(Path(r["artifacts"][0]["path"]).parent)
+        rows.append(
+            artifact_row("EdgeKit accuracy-aware PTQ", art, stage_seconds(r["stages"]), t, args.ptq_recipe.name)
+        )
+    if "artifacts" in reports["full"]:
+        r = reports["full"]
+        float_stages = [s for s in r["stages"] if s["name"] != "quantize"]
+        student_s = stage_seconds(float_stages)
+        exported = api.export(Path(float_stages[-1]["path"]), "x86", work / "student-onnx", "onnx", "int8", args.data,
+                              args.calib_samples, overwrite=True, threads=t)  # fmt: skip
+        onnx = {a["precision"]: (load_artifact(Path(a["path"]).parent), a["seconds"]) for a in exported["artifacts"]}
+        how = "+".join(s["name"] for s in float_stages) + f" stages of {args.recipe.name}"
+        art = load_artifact(Path(r["artifacts"][0]["path"]).parent)
+        (fp32, fp32_s), (int8, int8_s) = onnx["fp32"], onnx["int8"]
+        rows += [
+            artifact_row("EdgeKit distill + prune (FP32)", fp32, student_s + fp32_s, t, f"the {how}, onnxruntime FP32"),
+            artifact_row(f"EdgeKit distill + prune + INT8 (recipe, {runtime_of(art)})", art,
+                         stage_seconds(r["stages"]), t, f"the whole {args.recipe.name} recipe"),
+            artifact_row("EdgeKit distill + prune + INT8 (export, onnxruntime)", int8, student_s + int8_s, t,
+                         f"the {how}, then `edgekit export --format onnx --precision int8` (Q/DQ PTQ)"),
+        ]  # fmt: skip
+    return rows, reports
+
+
+def stage_seconds(stages: list[dict[str, Any]]) -> float:
+    return sum(s["seconds"] for s in stages)
+
+
+def runtime_of(art: Artifact) -> str:
+    return {"onnx": "onnxruntime", "ort-mobile": "onnxruntime"}.get(art.format, art.format)
+
+
+# -- measurement -------------------------------------------------------------------------------------
+
+
+def measure_accuracy(rows: list[Row], io: IOSpec, test: FeedDataset) -> None:
+    for row in rows:
+        report = evaluate(predict_fn(row.runner), io, test, batch_size=16, per_modality=False)
+        row.accuracy = report.overall.accuracy
+        print(f"bench: {row.name}: accuracy {row.accuracy:.4f}", file=sys.stderr)
+
+
+def measure_latency(rows: list[Row], io: IOSpec, test: FeedDataset, rounds: int, block: float, repeats: int) -> None:
+    """Real test samples as input; every repeat is a full interleaved pass over all rows."""
+    for batch in BATCHES:
+        feeds = with_modalities(io, next(iter(test.batches(batch)))[0], io.modalities)
+        calls = {row.name: (lambda r=row, f=feeds: r.runner.run(f)) for row in rows}
+        for rep in range(repeats):
+            times = interleaved(calls, rounds, block)
+            for row in rows:
+                row.latency.setdefault(batch, []).append(times[row.name])
+            print(f"bench: batch {batch}, repeat {rep + 1}/{repeats} timed", file=sys.stderr)
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def p50(row: Row, batch: int, repeat: int | None = None) -> float:
+    runs = row.latency[batch] if repeat is None else [row.latency[batch][repeat]]
+    return float(np.median(np.concatenate(runs))) * 1e3
+
+
+def p95(row: Row, batch: int) -> float:
+    return float(np.percentile(np.concatenate(row.latency[batch]), 95)) * 1e3
+
+
+def row_dict(row: Row, base: Row) -> dict[str, Any]:
+    drop = None if row.accuracy is None or base.accuracy is None else round(100 * (base.accuracy - row.accuracy), 2)
+    return {
+        "name": row.name,
+        "group": row.group,
+        "runtime": row.runtime,
+        "precision": row.precision,
+        "runtime_version": row.runner.name,
+        "accuracy": row.accuracy,
+        "accuracy_drop": drop,
+        "p50_ms_b1": round(p50(row, 1), 4),
+        "p95_ms_b1": round(p95(row, 1), 4),
+        "p50_ms_b16": round(p50(row, 16), 4),
+        "p95_ms_b16": round(p95(row, 16), 4),
+        "ratio_vs_eager_b1": round(p50(base, 1) / p50(row, 1), 3),
+        "ratio_vs_eager_b16": round(p50(base, 16) / p50(row, 16), 3),
+        "throughput_b16": round(16e3 / p50(row, 16), 1),
+        "size_mb": round(row.size_mb, 3),
+        "size_ratio": round(base.size_mb / row.size_mb, 2),
+        "produce_s": None if row.produce_s is None else round(row.produce_s, 1),
+        "runs_b1": int(sum(len(x) for x in row.latency[1])),
+        "note": row.note,
+    }
+
+
+def headline(rows: list[Row], repeat: int | None) -> dict[str, float]:
+    """The ratios the targets are judged on, for one repeat (or both pooled)."""
+    by = {r.name: r for r in rows}
+    base = by["torch eager FP32 (teacher)"]
+    out = {f"{r.name} vs eager b1": p50(base, 1, repeat) / p50(r, 1, repeat) for r in rows if r is not base}
+    for fp32, int8 in (
+        ("onnxruntime FP32", "EdgeKit PTQ ONNX Q/DQ INT8"),
+        ("OpenVINO FP32 (f32 hint)", "EdgeKit PTQ OpenVINO INT8"),
+    ):
+        if fp32 in by and int8 in by:
+            out[f"{int8} vs {fp32} b16"] = p50(by[fp32], 16, repeat) / p50(by[int8], 16, repeat)
+    return out
+
+
+def targets(rows: list[dict[str, Any]], reports: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, what was measured, met) for every target issues 3 and 6 set."""
+    by = {r["name"]: r for r in rows}
+    ek = [r for r in rows if r["group"] == "edgekit" and r["accuracy_drop"] is not None]
+    out: list[tuple[str, str, bool | None]] = []
+    fit = [r for r in ek if r["accuracy_drop"] <= 1.0 and r["runtime"] != "executorch"]
+    if fit:
+        best = max(fit, key=lambda r: r["ratio_vs_eager_b1"])
+        out.append(
+            (
+                "best x86 artifact: >= 10x lower p50 than torch eager at batch 1, drop <= 1.0",
+                f"{best['name']}: {best['ratio_vs_eager_b1']:.2f}x, drop {best['accuracy_drop']:+.2f}",
+                best["ratio_vs_eager_b1"] >= 10,
+            )
+        )
+    for fp32, int8 in (
+        ("onnxruntime FP32", "EdgeKit PTQ ONNX Q/DQ INT8"),
+        ("OpenVINO FP32 (f32 hint)", "EdgeKit PTQ OpenVINO INT8"),
+    ):
+        if fp32 in by and int8 in by:
+            ratio = by[fp32]["p50_ms_b16"] / by[int8]["p50_ms_b16"]
+            drop = by[int8]["accuracy_drop"]
+            out.append(
+                (
+                    f"{int8}: >= 2.0x over {fp32} at batch 16, drop <= 0.5",
+                    f"{ratio:.2f}x, drop {drop:+.2f}",
+                    ratio >= 2.0 and drop <= 0.5,
+                )
+            )
+    full_rows = [r for r in ek if r["name"].startswith("EdgeKit distill + prune + INT8")]
+    if full_rows:
+        full = min(full_rows, key=lambda r: r["p50_ms_b1"])
+        for peer in (r for r in rows if r["group"] == "peer"):
+            speed = peer["p50_ms_b1"] / full["p50_ms_b1"]
+            ok = (speed >= 1.3 and full["accuracy_drop"] <= peer["accuracy_drop"]) or (
+                speed >= 1.0 and full["accuracy_drop"] < peer["accuracy_drop"]
+            )
+            out.append(
+                (
+                    f"vs {peer['name']}: >= 1.3x faster (b1) at equal or lower drop",
+                    f"{speed:.2f}x; drop {full['accuracy_drop']:+.2f} vs {peer['accuracy_drop']:+.2f}",
+                    ok,
+                )
+            )
+        out.append(
+            (
+                "prune + INT8: >= 8x smaller than the FP32 teacher",
+                f"{full['size_ratio']:.1f}x ({full['size_mb']:.2f} MB)",
+                full["size_ratio"] >= 8,
+            )
+        )
+    f = reports.get("full", {})
+    if "stages" in f:
+        base_macs = f["baseline"]["macs"]
+        student = [s for s in f["stages"] if s["name"] != "quantize"][-1]
+        out.append(
+            (
+                "distill + prune: >= 3x fewer MACs, drop <= 1.0",
+                f"{base_macs / student['macs']:.2f}x fewer MACs, drop {student['accuracy_drop']:+.2f}",
+                base_macs / student["macs"] >= 3 and student["accuracy_drop"] <= 1.0,
+            )
+        )
+        seconds = sum(s["seconds"] for s in f["stages"])
+        out.append(("full recipe: compress <= 10 min on 2 cores", f"{seconds / 60:.1f} min", seconds <= 600))
+    p = reports.get("ptq", {})
+    if "stages" in p:
+        seconds = sum(s["seconds"] for s in p["stages"])
+        out.append(("PTQ-only: compress <= 60 s", f"{seconds:.0f} s (stages)", seconds <= 60))
+    elif p:
+        out.append(("PTQ-only accuracy-aware compress", f"failed: {p['error']}", False))
+    return out
+
+
+def fmt(x: float | None, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    host, rows = result["host"], result["rows"]
+    lines = [
+        f"Measured {result['date']} on **{host['cpu']}** ({host['usable_cores']} usable cores, {host['arch']}; "
+        f"ISA {', '.join(host['isa'])}), {host['os']}. Every row ran in its own runtime with "
+        f"{result['settings']['threads']} threads on the same real test samples "
+        f"({result['settings']['test_samples']} for accuracy). Latency: medians of interleaved blocks "
+        f"(A B A B ...), {result['settings']['repeats']} repeats of {result['settings']['rounds']} rounds each.",
+        "",
+        "| | artifact | runtime | precision | accuracy | drop (pts) | p50 b1 ms | p95 b1 ms | vs eager b1 "
+        "| p50 b16 ms | vs eager b16 | samples/s b16 | size MB | size ratio | produce s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(rows, 1):
+        lines.append(
+            f"| {i} | {r['name']} | {r['runtime_version']} | {r['precision']} | {fmt(r['accuracy'], '.4f')} "
+            f"| {fmt(r['accuracy_drop'], '+.2f')} | {r['p50_ms_b1']:.3f} | {r['p95_ms_b1']:.3f} "
+            f"| {r['ratio_vs_eager_b1']:.2f}x | {r['p50_ms_b16']:.3f} | {r['ratio_vs_eager_b16']:.2f}x "
+            f"| {r['throughput_b16']:.0f} | {r['size_mb']:.2f} | {r['size_ratio']:.1f}x "
+            f"| {fmt(r['produce_s'], '.1f')} |"
+        )
+    notes = [f"- **{r['name']}**: {r['note']}" for r in rows if r["note"]]
+    lines += ["", *notes, "", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for name, measured, met in result["targets"]:
+        lines.append(f"| {name} | {measured} | {'yes' if met else 'no'} |")
+    s = result["stability"]
+    lines += [
+        "",
+        "### Repeatability",
+        "",
+        f"The latency measurement ran {len(s['repeats'])} times in this run; the largest change of a headline "
+        f"ratio between repeats was **{100 * s['max_relative_change']:.1f}%** (the rule is < 10%).",
+        "",
+        "| ratio | " + " | ".join(f"repeat {i + 1}" for i in range(len(s["repeats"]))) + " |",
+        "|---|" + "---|" * len(s["repeats"]),
+    ]
+    for k in s["repeats"][0]:
+        lines.append(f"| {k} | " + " | ".join(f"{rep[k]:.2f}x" for rep in s["repeats"]) + " |")
+    if result.get("ops_b1"):
+        ops = result["ops_b1"]
+        lines += [
+            "",
+            f"### Where the time goes: {ops['row']}, batch 1 ({ops['runtime']} profiler)",
+            "",
+            f"Profiled total {ops['total_ms']:.3f} ms per inference (profiling adds overhead per op).",
+            "",
+            "| op type | nodes | ms | share |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {o['op']} | {o['nodes']} | {o['ms']:.3f} | {100 * o['share']:.1f}% |" for o in ops["by_op_type"][:8]
+        ]
+    lines += ["", "### Versions", "", ", ".join(f"{k} {v}" for k, v in host["versions"].items())]
+    return "\n".join(lines)
+
+
+BEGIN, END = "<!-- bench:begin (written by scripts/bench.py) -->", "<!-- bench:end -->"
+
+
+def update_doc(path: Path, generated: str) -> None:
+    """Replace the generated block of the document, keeping the hand-written text around it."""
+    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, sep, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not (sep and sep2):
+        raise SystemExit(f"bench: {path} has no {BEGIN} ... {END} block; restore it or delete the file")
+    write_text(path, f"{head}{BEGIN}\n{generated}\n{END}{tail}")
+
+
+def stability(rows: list[Row], repeats: int) -> dict[str, Any]:
+    reps = [{k: round(v, 3) for k, v in headline(rows, i).items()} for i in range(repeats)]
+    change = max((abs(a[k] - b[k]) / min(a[k], b[k]) for a in reps for b in reps for k in a), default=0.0)
+    return {"repeats": reps, "max_relative_change": round(change, 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="model package (default: the AV-digits reference teacher)")
+    p.add_argument("--data", default="avdigits", help="dataset name or directory")
+    p.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "avdigits-x86.yaml", help="the full recipe")
+    p.add_argument("--ptq-recipe", type=Path, default=ROOT / "recipes" / "ptq-only.yaml", help="accuracy-aware PTQ")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench", help="artifacts; compress runs resume here")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="writes OUT.md and OUT.json")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--calib-samples", type=int, default=300)
+    p.add_argument("--test-samples", type=int, default=0, help="0: the whole test split")
+    p.add_argument("--val-samples", type=int, default=0, help="for nncf's accuracy control; 0: the whole split")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved blocks per row and repeat")
+    p.add_argument("--block", type=float, default=0.25, help="seconds per block")
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args(argv)
+
+    start = time.perf_counter()
+    teacher = args.model or api.reference_teacher()
+    loaded = load_model(teacher)
+    io = loaded.io
+    test = load_split(args.data, "test")
+    test = test.head(args.test_samples) if args.test_samples else test
+    size = mb(teacher / "model.safetensors")
+    rows = [
+        Row(
+            "torch eager FP32 (teacher)",
+            "baseline",
+            "torch",
+            "fp32",
+            TorchRunner(loaded.model, io, args.threads),
+            size,
+            None,
+            "the model package's safetensors size",
+        )
+    ]
+    rows += export_rows(args, teacher, args.work)
+    rows += peer_rows(args, io, load_artifact(args.work / "export-onnx-int8" / "onnx-fp32").path, args.work / "peers")
+    ek_rows, reports = compress_rows(args, teacher, args.work)
+    rows += ek_rows
+    measure_accuracy(rows, io, test)
+    measure_latency(rows, io, test, args.rounds, args.block, args.repeats)
+    base = rows[0]
+    table = [row_dict(r, base) for r in rows]
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "host": host_info(),
+        "settings": {
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "block_s": args.block,
+            "repeats": args.repeats,
+            "test_samples": len(test),
+            "calib_samples": args.calib_samples,
+            "model": str(teacher),
+            "recipe": str(args.recipe),
+            "ptq_recipe": str(args.ptq_recipe),
+        },
+        "rows": table,
+        "targets": targets(table, reports),
+        "stability": stability(rows, args.repeats),
+        "compress": {k: {x: v.get(x) for x in ("baseline", "stages", "verdict", "error")} for k, v in reports.items()},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    full = [r for r in rows if r.name.startswith("EdgeKit distill + prune + INT8") and r.artifact]
+    for row in sorted(full, key=lambda r: p50(r, 1))[
+        :1
+    ]:  # where the time of EdgeKit's best artifact goes, for the diagnosis of a missed target
+        feeds = with_modalities(io, next(iter(test.batches(1)))[0], io.modalities)
+        result["ops_b1"] = {"row": row.name, **(op_breakdown(row.artifact, feeds, runs=50, threads=args.threads) or {})}
+    write_json(args.out.with_suffix(".json"), result)
+    update_doc(args.out.with_suffix(".md"), markdown(result))
+    print(f"bench: wrote {args.out.with_suffix('.md')} and .json in {result['seconds']:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
