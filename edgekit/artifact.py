@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgeKitError, UsageError
+from .errors import UsageError
 from .fsutil import write_json
 from .io import IOSpec
 
@@ -121,9 +121,9 @@ def load_artifact(directory: Path, verify: bool = True) -> Artifact:
         for name, digest in recorded.items():
             f = directory / name
             if not f.is_file():
-                raise EdgeKitError(f"artifact file {f} is missing", "re-export the artifact")
+                raise UsageError(f"artifact file {f} is missing", "re-export the artifact")
             if sha256_file(f) != digest:
-                raise EdgeKitError(
+                raise UsageError(
                     f"artifact file {f} does not match its manifest hash (corrupt or modified)",
                     "re-export the artifact",
                 )

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages the AV-digits benchmark needs: the espeak-ng and flite speech synthesisers.
+# Debian packages EdgeKit's demo and tests need: the espeak-ng and flite speech synthesisers (AV-digits),
+# OpenSSH's server (the remote-profiling tests start a real sshd on 127.0.0.1) and Chromium (the HTML
+# report test renders the page headless and takes a screenshot).
 set -euo pipefail
 missing=()
-for prog in espeak-ng flite; do command -v "$prog" >/dev/null || missing+=("$prog"); done
+need() { [ -x "$1" ] || command -v "$1" >/dev/null || missing+=("$2"); }
+need espeak-ng espeak-ng
+need flite flite
+need /usr/sbin/sshd openssh-server
+need chromium chromium
 [ ${#missing[@]} -eq 0 ] && exit 0
 if command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ]; then
     echo "installing Debian packages: ${missing[*]}" >&2

@@ -7,17 +7,27 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, emit, out
+from .common import JsonOpt, RemoteEdgekitOpt, RemoteOpt, RemoteTimeoutOpt, SshConfigOpt, emit, out
 
 
 def build(
     bundle: Annotated[Path, typer.Argument(help="A tensorrt bundle directory written by `edgekit export`.")],
     dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core (GPU fallback allowed).")] = None,
+    remote: RemoteOpt = None,
+    ssh_config: SshConfigOpt = None,
+    remote_edgekit: RemoteEdgekitOpt = "edgekit",
+    remote_timeout: RemoteTimeoutOpt = 1800.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the bundle's build_engine.py here; needs TensorRT and a GPU (build on the Jetson itself)."""
-    from ..targets.tensorrt import build_engine
+    """Run the bundle's build_engine.py here; needs TensorRT and a GPU (build on the Jetson itself).
+    With --remote, build on the device over ssh and bring the engine back into the bundle."""
+    if remote:
+        from ..profiling.remote import Remote, build_remote
 
-    engine = build_engine(bundle, dla_core=dla_core)
-    result = {"bundle": str(bundle), "engine": str(engine)}
-    emit(result, as_json, lambda: out.print(f"engine written to {engine}"))
+        device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, timeout=remote_timeout)
+        result = build_remote(bundle, device, dla_core)
+    else:
+        from ..targets.tensorrt import build_engine
+
+        result = {"bundle": str(bundle), "engine": str(build_engine(bundle, dla_core=dla_core))}
+    emit(result, as_json, lambda: out.print(f"engine written to {result['engine']}"))

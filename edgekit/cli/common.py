@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +20,16 @@ err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty output directory.")]
+
+
+RemoteOpt = Annotated[str | None, typer.Option("--remote", help="Run it on this device over ssh: user@host[:port].")]
+SshConfigOpt = Annotated[Path | None, typer.Option("--ssh-config", help="ssh_config file (default: your own).")]
+RemoteEdgekitOpt = Annotated[
+    str, typer.Option("--remote-edgekit", help="The edgekit command on the device, e.g. ~/venv/bin/edgekit.")
+]
+RemoteTimeoutOpt = Annotated[
+    float, typer.Option("--remote-timeout", min=1, help="Seconds the remote command may take.")
+]
 
 
 _json_fd: list[int] = []  # the real stdout while library chatter is redirected to stderr

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import JsonOpt, emit, out
+from .common import JsonOpt, RemoteEdgekitOpt, RemoteOpt, RemoteTimeoutOpt, SshConfigOpt, emit, out
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -38,20 +38,23 @@ def profile(
     threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads (default: the runtime's).")] = None,
     shape: Annotated[list[str] | None, typer.Option(help="A symbolic dim's size, e.g. seq=16; repeatable.")] = None,
     ops: Annotated[bool, typer.Option(help="Per-operator breakdown where the runtime offers one.")] = True,
-    remote: Annotated[
-        str | None, typer.Option(help="Profile on user@host[:port] over ssh (EdgeKit installed there).")
-    ] = None,
+    remote: RemoteOpt = None,
+    ssh_config: SshConfigOpt = None,
+    remote_edgekit: RemoteEdgekitOpt = "edgekit",
+    remote_timeout: RemoteTimeoutOpt = 600.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure an artifact where it will run: load and first-inference time, latency percentiles,
-    throughput, peak RSS and the slowest operators."""
+    throughput, peak RSS and the slowest operators. With --remote, on the device over ssh (EdgeKit
+    installed there); the artifact is copied to a temporary directory and removed afterwards."""
     from ..profiling.local import Settings
 
     settings = Settings(parse_ints(batch, "--batch"), warmup, runs, duration, threads, parse_shapes(shape or []), ops)
     if remote:
-        from ..profiling.remote import profile_remote
+        from ..profiling.remote import Remote, profile_remote
 
-        result = profile_remote(artifact, remote, settings)
+        device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, timeout=remote_timeout)
+        result = profile_remote(artifact, device, settings)
     else:
         from ..profiling.local import profile as profile_local
 

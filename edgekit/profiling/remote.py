@@ -1,0 +1,143 @@
+"""Profiling and engine builds on a device over ssh: copy the artifact into a temporary directory there,
+run EdgeKit on the device, bring the JSON (and any built file) back, and remove the temporary files.
+
+It runs the system's OpenSSH client with the user's own keys, agent and config, in batch mode: it never
+asks for, takes or stores a password. Every step has a timeout, and each failure is one line that says
+which step failed and why."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import subprocess
+import tarfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgeKitError, UsageError
+from ..fsutil import atomic_path
+from .local import Settings
+
+MISSING = 97  # exit status of the probe when EdgeKit is not installed on the device
+SPEC = re.compile(r"^(?:(?P<user>[^@\s:]+)@)?(?P<host>[^@\s:]+)(?::(?P<port>\d+))?$")
+
+
+@dataclass(frozen=True)
+class Remote:
+    host: str
+    user: str | None = None
+    port: int | None = None
+    config: Path | None = None  # an ssh_config file (ssh -F); None: the user's own
+    edgekit: str = "edgekit"  # the EdgeKit command on the device, e.g. a venv's bin/edgekit
+    connect_timeout: int = 10
+    timeout: float = 600.0  # for the whole remote command
+
+    @classmethod
+    def parse(cls, spec: str, **kw: Any) -> Remote:
+        m = SPEC.match(spec.strip())
+        port = int(m["port"]) if m and m["port"] else None
+        if not m or (port is not None and not 0 < port < 65536):
+            raise UsageError(f"'{spec}' is not a remote of the form user@host[:port]", "e.g. --remote nvidia@orin:22")
+        return cls(m["host"], m["user"], port, **kw)
+
+    @property
+    def name(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{self.host}{':' + str(self.port) if self.port else ''}"
+
+    def ssh(self, command: str) -> list[str]:
+        args = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}"]
+        args += ["-F", str(self.config)] if self.config else []
+        args += ["-p", str(self.port)] if self.port else []
+        return [*args, f"{self.user}@{self.host}" if self.user else self.host, command]
+
+    def run(self, command: str, step: str, stdin: bytes | None = None, timeout: float | None = None) -> bytes:
+        """Run `command` on the device; stdout, or a one-line error naming the step."""
+        try:
+            p = subprocess.run(self.ssh(command), input=stdin, capture_output=True, timeout=timeout or self.timeout,
+                               check=False)  # fmt: skip
+        except FileNotFoundError as e:
+            raise UsageError("the ssh client is not installed", "install OpenSSH (Debian: openssh-client)") from e
+        except subprocess.TimeoutExpired as e:
+            raise EdgeKitError(f"{step} on {self.name} timed out after {e.timeout:.0f} s",
+                               "check the device, or raise --remote-timeout") from e  # fmt: skip
+        err = p.stderr.decode(errors="replace").strip().splitlines()
+        if p.returncode == 255:  # ssh's own failure: resolve, connect, host key or authentication
+            raise EdgeKitError(f"cannot reach {self.name} over ssh: {err[-1] if err else 'ssh failed'}",
+                               "check the host, port, your ssh keys and known_hosts (ssh -v)")  # fmt: skip
+        if p.returncode == MISSING:
+            raise EdgeKitError(f"EdgeKit is not installed on {self.name} ('{self.edgekit}' not found)",
+                               "pip install edgekit on the device, or point --remote-edgekit at it")  # fmt: skip
+        if p.returncode != 0:
+            raise EdgeKitError(f"{step} on {self.name} failed: {err[-1] if err else f'exit {p.returncode}'}")
+        return p.stdout
+
+
+def tar_bytes(path: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(path, arcname=path.name)
+    return buf.getvalue()
+
+
+@contextmanager
+def remote_workdir(remote: Remote) -> Iterator[str]:
+    """A temporary directory on the device (after checking EdgeKit is there), removed afterwards."""
+    exe = shlex.quote(remote.edgekit)
+    probe = f"command -v {exe} >/dev/null 2>&1 || exit {MISSING}; mktemp -d /tmp/edgekit-remote.XXXXXXXX"
+    tmp = remote.run(probe, "preparing a temporary directory", timeout=remote.connect_timeout + 30).decode().strip()
+    try:
+        yield tmp
+    finally:
+        try:
+            remote.run(f"rm -rf {shlex.quote(tmp)}", "removing the temporary directory", timeout=60)
+        except EdgeKitError:
+            pass  # the result (or the first error) matters more; /tmp on the device is cleaned on reboot
+
+
+def push(remote: Remote, local: Path, tmp: str) -> str:
+    """Copy a directory into `tmp` on the device (a tar stream over ssh); its path there."""
+    remote.run(f"tar -C {shlex.quote(tmp)} -xf -", f"copying {local.name}", stdin=tar_bytes(local))
+    return f"{tmp}/{local.name}"
+
+
+def edgekit_json(remote: Remote, args: Sequence[str], step: str) -> dict[str, Any]:
+    out = remote.run(" ".join(shlex.quote(a) for a in [remote.edgekit, *args, "--json"]), step)
+    try:
+        return json.loads(out.decode())
+    except json.JSONDecodeError as e:
+        raise EdgeKitError(f"{step} on {remote.name} printed no JSON result", "run it there by hand to see why") from e
+
+
+def profile_remote(artifact: Path, remote: Remote, settings: Settings) -> dict[str, Any]:
+    if not artifact.is_dir():
+        raise UsageError(f"{artifact} is not an artifact directory", "pass a directory `edgekit export` wrote")
+    args = ["profile", "--batch", ",".join(map(str, settings.batches)), "--warmup", str(settings.warmup)]
+    args += ["--runs", str(settings.runs)] if settings.runs else ["--duration", str(settings.duration)]
+    args += ["--threads", str(settings.threads)] if settings.threads else []
+    args += [f"--shape={k}={v}" for k, v in (settings.dims or {}).items()]
+    args += [] if settings.ops else ["--no-ops"]
+    with remote_workdir(remote) as tmp:
+        there = push(remote, artifact, tmp)
+        result = edgekit_json(remote, [*args[:1], there, *args[1:]], "edgekit profile")
+    result["artifact"]["path"] = str(artifact)
+    result["remote"] = {"device": remote.name, "path": there}
+    return result
+
+
+def build_remote(bundle: Path, remote: Remote, dla_core: int | None = None) -> dict[str, Any]:
+    """Build a TensorRT engine from a bundle on the device, and bring the engine back into the bundle."""
+    if not bundle.is_dir():
+        raise UsageError(f"{bundle} is not a bundle directory", "pass the tensorrt directory `edgekit export` wrote")
+    with remote_workdir(remote) as tmp:
+        there = push(remote, bundle, tmp)
+        args = ["build", there, *(["--dla-core", str(dla_core)] if dla_core is not None else [])]
+        result = edgekit_json(remote, args, "edgekit build")
+        engine = bundle / Path(result["engine"]).name
+        with atomic_path(engine) as part:
+            part.write_bytes(remote.run(f"cat {shlex.quote(result['engine'])}", "fetching the engine"))
+    return {"bundle": str(bundle), "engine": str(engine), "remote": {"device": remote.name, "path": there}}
