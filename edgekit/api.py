@@ -18,6 +18,7 @@ from .errors import UsageError
 from .evaluation import EvalReport, evaluate, torch_outputs, torch_predict
 from .fsutil import atomic_dir, cache_root, check_out_dir, check_writable, content_hash, write_json
 from .hardware import HardwareProfile, resolve_profile
+from .hardware.estimator import graph_costs
 from .io import IOSpec
 from .loading import load_model, save_model_package
 from .models import build_fusion_model, count_params
@@ -195,6 +196,7 @@ def export(
         cases = check_parity(io, torch_outputs(loaded.model, io), onnx_runner(hub, io).run, test)
         require_parity(cases, "the exported ONNX")
         meta["parity"] = parity_summary(cases)
+        meta["costs"] = graph_costs(hub, io)  # per-kernel MACs and elements: the roofline estimate of any format
         ctx = ExportContext(
             loaded.model,
             io,

@@ -25,6 +25,7 @@ from .errors import UsageError
 from .evaluation import evaluate, torch_predict
 from .fsutil import atomic_dir, check_writable, content_hash, write_json, write_text
 from .hardware import resolve_profile
+from .hardware.estimator import graph_costs
 from .io import IOSpec
 from .loading import load_model, save_model_package
 from .models import build_fusion_model, count_params
@@ -38,6 +39,7 @@ from .stages.distill import distill
 from .stages.prune import measure, prune, save_pruned
 from .targets.onnx import export_onnx
 from .training import ProgressFn
+from .validate import Options, validate
 
 REPORT = "report.json"
 PRUNED_FACTORY = "edgekit.stages.prune:load_pruned_architecture"
@@ -147,6 +149,12 @@ def compress(
         row.update(cached=cached, accuracy_drop=round(100 * (base_acc - row["accuracy"]), 2))
         report["stages"].append(row)
     report["verdict"] = verdict(report, recipe, profiles)
+    if report["artifacts"]:  # the artifact, proven against the first target the way `edgekit validate` does
+        arts = [Path(a["path"]).parent for a in report["artifacts"]]
+        b = recipe.budgets
+        limits = {"max_accuracy_drop": b.max_drop, "latency_p95_ms": b.latency_p95_ms, "max_size_mb": b.size_mb}
+        log(f"validating against {profiles[0].name}")
+        report["validation"] = [validate(arts, profiles[0].name, source, budgets=limits, options=Options(data.name))]
     write_json(out / REPORT, report)
     return report
 
@@ -218,6 +226,7 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, prima
             meta["sensitivity"] = "sensitivity.json"
         impl.build(frozenset(float_nodes), art_dir)
         meta["float_nodes"] = list(float_nodes)
+        meta["costs"] = graph_costs(hub, io)
         if backend == "executorch":  # export_pte wrote the manifest; add what the stage knows
             art = load_artifact(art_dir)
             art = Artifact(art.format, art.precision, art_dir, art.file, io, parent, {**art.meta, **meta})

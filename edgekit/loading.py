@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import pickle
 import sys
 from collections.abc import Callable, Mapping
@@ -159,6 +160,21 @@ def _read_manifest(directory: Path) -> PackageManifest:
         raise UsageError(f"{path} is malformed: {' '.join(first[:3])}") from e
 
 
+def run_model(path: Path) -> Path:
+    """A compress run directory stands for the last model its stages produced (the float student)."""
+    report = path / "report.json"
+    if not report.is_file() or (path / MANIFEST).is_file():
+        return path
+    try:
+        stages = [Path(s["path"]) for s in json.loads(report.read_text())["stages"] if "path" in s]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UsageError(f"{report} is malformed ({type(e).__name__})", "rerun edgekit compress") from e
+    packages = [p for p in stages if (p / MANIFEST).is_file()]
+    if not packages:
+        raise UsageError(f"compress run {path} has no model stage", "export its artifacts directly, or the teacher")
+    return packages[-1]
+
+
 def load_model(
     model: str | Path,
     weights: Path | None = None,
@@ -166,7 +182,7 @@ def load_model(
     trust_checkpoint: bool = False,
 ) -> LoadedModel:
     """Load a model package directory, or a factory given with --weights and --io; returns it in eval mode."""
-    path = Path(model)
+    path = run_model(Path(model))
     # Cheap checks (spec files, paths) come before running any factory code.
     if path.is_dir():
         manifest = _read_manifest(path)

@@ -359,28 +359,14 @@ def targets(rows: list[dict[str, Any]], reports: dict[str, Any]) -> list[tuple[s
                     ratio >= 2.0 and drop <= 0.5,
                 )
             )
+    x86 = [r for r in ek if r["runtime"] != "executorch"]  # the phone artifact is not an x86 deployment
+    for peer in (r for r in rows if r["group"] == "peer"):
+        out.append(versus(peer, x86))
     full_rows = [r for r in ek if r["name"].startswith("EdgeKit distill + prune + INT8")]
     if full_rows:
-        full = min(full_rows, key=lambda r: r["p50_ms_b1"])
-        for peer in (r for r in rows if r["group"] == "peer"):
-            speed = peer["p50_ms_b1"] / full["p50_ms_b1"]
-            ok = (speed >= 1.3 and full["accuracy_drop"] <= peer["accuracy_drop"]) or (
-                speed >= 1.0 and full["accuracy_drop"] < peer["accuracy_drop"]
-            )
-            out.append(
-                (
-                    f"vs {peer['name']}: >= 1.3x faster (b1) at equal or lower drop",
-                    f"{speed:.2f}x; drop {full['accuracy_drop']:+.2f} vs {peer['accuracy_drop']:+.2f}",
-                    ok,
-                )
-            )
-        out.append(
-            (
-                "prune + INT8: >= 8x smaller than the FP32 teacher",
-                f"{full['size_ratio']:.1f}x ({full['size_mb']:.2f} MB)",
-                full["size_ratio"] >= 8,
-            )
-        )
+        full = min(full_rows, key=lambda r: r["size_mb"])
+        size = f"{full['size_ratio']:.1f}x ({full['name']}, {full['size_mb']:.2f} MB)"
+        out.append(("prune + INT8: >= 8x smaller than the FP32 teacher", size, full["size_ratio"] >= 8))
     f = reports.get("full", {})
     if "stages" in f:
         base_macs = f["baseline"]["macs"]
@@ -401,6 +387,33 @@ def targets(rows: list[dict[str, Any]], reports: dict[str, Any]) -> list[tuple[s
     elif p:
         out.append(("PTQ-only accuracy-aware compress", f"failed: {p['error']}", False))
     return out
+
+
+def versus(peer: dict[str, Any], ours: list[dict[str, Any]]) -> tuple[str, str, bool]:
+    """EdgeKit's best answer to a peer: its fastest artifact at an equal or lower drop must be >= 1.3x faster
+    at batch 1, or else one at least as fast must be more accurate."""
+    target = f"vs {peer['name']}: >= 1.3x faster (b1) at equal or lower drop, or more accurate at equal speed"
+    drop = peer["accuracy_drop"]
+    as_good = [r for r in ours if r["accuracy_drop"] <= drop]
+    if as_good:
+        best = min(as_good, key=lambda r: r["p50_ms_b1"])
+        speed = peer["p50_ms_b1"] / best["p50_ms_b1"]
+        if speed >= 1.3:
+            return (
+                target,
+                f"{best['name']}: {speed:.2f}x faster, drop {best['accuracy_drop']:+.2f} vs {drop:+.2f}",
+                True,
+            )
+    as_fast = [r for r in ours if r["p50_ms_b1"] <= peer["p50_ms_b1"] and r["accuracy_drop"] < drop]
+    if as_fast:
+        best = min(as_fast, key=lambda r: r["accuracy_drop"])
+        speed = peer["p50_ms_b1"] / best["p50_ms_b1"]
+        return target, f"{best['name']}: drop {best['accuracy_drop']:+.2f} vs {drop:+.2f}, {speed:.2f}x faster", True
+    fast = min(ours, key=lambda r: r["p50_ms_b1"])
+    least = min(r["accuracy_drop"] for r in ours)
+    return target, (f"no EdgeKit artifact is as accurate (best drop {least:+.2f} vs {drop:+.2f}); the fastest, "
+                    f"{fast['name']}, is {peer['p50_ms_b1'] / fast['p50_ms_b1']:.2f}x faster at drop "
+                    f"{fast['accuracy_drop']:+.2f}"), False  # fmt: skip
 
 
 def fmt(x: float | None, spec: str) -> str:
@@ -463,17 +476,16 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-BEGIN, END = "<!-- bench:begin (written by scripts/bench.py) -->", "<!-- bench:end -->"
-
-
-def update_doc(path: Path, generated: str) -> None:
-    """Replace the generated block of the document, keeping the hand-written text around it."""
-    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    head, sep, rest = text.partition(BEGIN)
-    _, sep2, tail = rest.partition(END)
+def update_doc(path: Path, generated: str, tag: str = "bench") -> None:
+    """Replace the document's generated block named `tag` (appending it when absent), keeping the
+    hand-written text around it."""
+    begin, end = f"<!-- {tag}:begin (generated, do not edit) -->", f"<!-- {tag}:end -->"
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    head, sep, rest = text.partition(begin)
+    _, sep2, tail = rest.partition(end)
     if not (sep and sep2):
-        raise SystemExit(f"bench: {path} has no {BEGIN} ... {END} block; restore it or delete the file")
-    write_text(path, f"{head}{BEGIN}\n{generated}\n{END}{tail}")
+        head, tail = text.rstrip("\n") + "\n\n", "\n"
+    write_text(path, f"{head}{begin}\n{generated}\n{end}{tail}")
 
 
 def stability(rows: list[Row], repeats: int) -> dict[str, Any]:

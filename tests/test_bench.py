@@ -45,7 +45,7 @@ def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigi
     (tmp_path / "ptq.yaml").write_text(yaml.safe_dump(PTQ))
     doc = tmp_path / "out" / "bench.md"
     doc.parent.mkdir()
-    doc.write_text("# Mine\n\nkept above\n\n<!-- bench:begin (written by scripts/bench.py) -->\nold\n"
+    doc.write_text("# Mine\n\nkept above\n\n<!-- bench:begin (generated, do not edit) -->\nold\n"
                    "<!-- bench:end -->\n\nkept below\n")  # fmt: skip
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", str(tmp_path / "pkg"),
            "--recipe", str(tmp_path / "full.yaml"), "--ptq-recipe", str(tmp_path / "ptq.yaml"),

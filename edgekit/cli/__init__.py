@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import EdgeKitError
-from . import build, compress, data, evaluate, export, profile, profiles, recipe, train
+from . import build, compress, data, evaluate, export, profile, profiles, recipe, report, train, validate
 from .common import stdout_for_json
 
 app = typer.Typer(
@@ -27,6 +27,8 @@ app.command("eval")(evaluate.eval_cmd)
 app.command("compress")(compress.compress)
 app.command("export")(export.export)
 app.command("profile")(profile.profile)
+app.command("validate")(validate.validate)
+app.command("report")(report.report)
 app.add_typer(profiles.app, name="profiles")
 app.command("build")(build.build)
 app.add_typer(recipe.app, name="recipe")

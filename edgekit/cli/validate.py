@@ -1,0 +1,97 @@
+"""edgekit validate: artifacts against a hardware profile's budgets, one row each, exit 1 if any fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .common import JsonOpt, emit, err, out
+
+STATUS = {"pass": "✅ pass", "fail": "❎ fail", "error": "❌ error"}
+
+
+def validate(
+    artifacts: Annotated[list[Path], typer.Argument(help="Artifact directories written by `edgekit export`.")],
+    profile: Annotated[str, typer.Option("--profile", "--target", help="Hardware profile name, alias or .yaml.")],
+    baseline: Annotated[
+        Path | None,
+        typer.Option(help="FP32 model package the drop is measured against (default: the one exported from)."),
+    ] = None,
+    measurements: Annotated[
+        list[Path] | None, typer.Option(help="`edgekit profile --json` output from the device; repeatable.")
+    ] = None,
+    data: Annotated[str, typer.Option(help="Dataset whose test split measures accuracy.")] = "avdigits",
+    max_drop: Annotated[float | None, typer.Option(min=0, help="Override the profile's accuracy budget.")] = None,
+    latency_p95_ms: Annotated[float | None, typer.Option(min=0, help="Override the p95 latency budget.")] = None,
+    max_size_mb: Annotated[float | None, typer.Option(min=0, help="Override the size budget.")] = None,
+    max_peak_ram_mb: Annotated[float | None, typer.Option(min=0, help="Override the peak RAM budget.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads (default: the profile's).")] = None,
+    estimate: Annotated[bool, typer.Option(help="Estimate latency even where it could be measured here.")] = False,
+    report: Annotated[
+        Path | None, typer.Option(help="A compress run directory: record this validation in its report.json.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Prove artifacts against a profile: accuracy in their own runtime, latency (measured or estimated),
+    size and peak RAM, each checked against a budget."""
+    from ..validate import Options, attach
+    from ..validate import validate as run
+
+    budgets = {"max_accuracy_drop": max_drop, "latency_p95_ms": latency_p95_ms, "max_size_mb": max_size_mb,
+               "max_peak_ram_mb": max_peak_ram_mb}  # fmt: skip
+    options = Options(data=data, threads=threads, estimate_only=estimate)
+    log = lambda m: err.print(f"[dim]{m}[/dim]")  # noqa: E731
+    result = run(artifacts, profile, baseline, measurements or [], budgets, options, log)
+    if report is not None:
+        attach(result, report)
+    emit(result, as_json, lambda: render(result))
+    if result["verdict"] != "pass":
+        raise typer.Exit(1)
+
+
+def cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render(r: dict[str, Any]) -> None:
+    out.print(validation_table(r))
+    if not r["gated"]:
+        out.print(f"profile {r['profile']} sets no budgets: the numbers are reported, nothing was gated")
+    for row in r["rows"]:
+        if row["status"] == "error":
+            out.print(f"❌ {row['artifact']}: {row['error']}")
+        for c in row.get("checks", []):
+            if c["ok"] is False:
+                out.print(f"❎ {Path(row['artifact']).name}: {c['budget']} {c['value']:.3f} > {c['limit']}")
+        if row.get("unchecked"):
+            out.print(f"⚠ {Path(row['artifact']).name}: not checked here, no value: {', '.join(row['unchecked'])}")
+    out.print(f"verdict: {r['verdict']}")
+
+
+def validation_table(r: dict[str, Any]) -> Table:
+    base = r["baseline"]
+    title = f"validation against {r['profile']}" + (f" (baseline accuracy {base['accuracy']:.4f})" if base else "")
+    table = Table(title=title)
+    for col in (
+        "artifact",
+        "format",
+        "precision",
+        "status",
+        "size MB",
+        "accuracy",
+        "drop",
+        "p50 ms",
+        "p95 ms",
+        "latency",
+    ):
+        table.add_column(col, justify="right" if col in ("size MB", "accuracy", "drop", "p50 ms", "p95 ms") else "left")
+    for row in r["rows"]:
+        table.add_row(
+            Path(row["artifact"]).name, row.get("format", "?"), row.get("precision", "?"), STATUS[row["status"]],
+            cell(row.get("size_mb"), ".2f"), cell(row.get("accuracy"), ".4f"), cell(row.get("accuracy_drop"), "+.2f"),
+            cell(row.get("p50_ms"), ".3f"), cell(row.get("p95_ms"), ".3f"), row.get("latency_source") or "-",
+        )  # fmt: skip
+    return table

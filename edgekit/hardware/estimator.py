@@ -1,0 +1,116 @@
+"""Roofline latency estimates for devices that are not at hand, always labelled `estimated`.
+
+Each kernel of the model (a convolution, matmul, normalization, pooling or softmax; elementwise and layout
+ops are assumed fused into their neighbours, as every edge runtime does) costs the larger of its compute
+time (2 x MACs at the profile's peak for the precision) and its memory time (activations, weights and
+outputs at the precision's width over the profile's bandwidth). Their sum is the roofline *floor*, the
+time no runtime can beat; the estimate adds the profile's launch overhead per kernel.
+
+Per-kernel MACs and bytes come from the ONNX graph at the IOSpec's opt point, with every tensor's shape
+taken from one onnxruntime run (exact, even where ONNX shape inference cannot resolve a dynamic Reshape).
+They are recorded in each artifact's manifest at export, so an OpenVINO IR or a .pte file gets an
+estimate too."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..io import IOSpec
+from . import HardwareProfile
+
+MATMULS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"}
+CONVS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
+# Kernels with no MACs worth counting that still read and write their tensors once.
+MEMORY_KERNELS = {
+    "Softmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+    "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Resize",
+    "Gather", "TopK", "CumSum",
+}  # fmt: skip
+BYTES = {"int8": 1, "fp16": 2, "fp32": 4}
+
+Cost = tuple[str, str, int, int]  # (node, op type, MACs, tensor elements read + written)
+
+
+def _shapes(model: Any, io: IOSpec, feeds: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in the graph, from one onnxruntime run with all of them as outputs."""
+    import onnx
+    import onnxruntime as ort
+
+    graph = model.graph
+    known = {o.name for o in graph.output}
+    wanted = [t for n in graph.node for t in n.output if t and t not in known]
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, types[t], None) for t in wanted if t in types)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node's output
+    so.intra_op_num_threads = 1
+    session = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    shapes = {n: tuple(np.shape(v)) for n, v in zip(names, session.run(names, dict(feeds)), strict=True)}
+    shapes.update({i.name: tuple(int(d) for d in i.dims) for i in graph.initializer})
+    shapes.update({k: v.shape for k, v in feeds.items()})
+    return shapes
+
+
+def graph_costs(onnx_path: Path, io: IOSpec, batch: int = 1) -> list[Cost]:
+    """Per-kernel MACs and tensor elements of an ONNX model at the opt point of its IOSpec."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    feeds = io.example_inputs(batch) if "batch" in io.dims else io.example_inputs()
+    shapes = _shapes(model, io, feeds)
+    costs: list[Cost] = []
+    for node in model.graph.node:
+        op = node.op_type
+        if op not in MATMULS | CONVS | MEMORY_KERNELS:
+            continue
+        ins = [shapes.get(t, ()) for t in node.input if t]
+        out = shapes.get(node.output[0], ())
+        elements = sum(math.prod(s) for s in ins) + math.prod(out)
+        macs = 0
+        if op in CONVS:
+            weight = ins[3] if op == "QLinearConv" else ins[1]  # [C_out, C_in / groups, k...]
+            macs = math.prod(out) * math.prod(weight[1:])
+        elif op in MATMULS:
+            a = ins[0]
+            transposed = op == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute)
+            k = a[-2] if transposed else a[-1]
+            macs = math.prod(out) * k
+        costs.append((node.name, op, int(macs), int(elements)))
+    return costs
+
+
+def estimate(costs: Sequence[Sequence[Any]], profile: HardwareProfile, precision: str, top: int = 5) -> dict[str, Any]:
+    """The roofline floor and the estimate (floor + launch overheads) in ms, with the costliest kernels."""
+    peak = profile.peak_tops.get(precision) or profile.peak_tops.get("fp16") or profile.peak_tops["fp32"]
+    width = BYTES.get(precision, 4)
+    rows = []
+    for node, op, macs, elements in costs:
+        compute = 2 * macs / (peak * 1e12)
+        memory = elements * width / (profile.memory_bandwidth_gbs * 1e9)
+        rows.append((node, op, max(compute, memory), compute >= memory))
+    floor = sum(r[2] for r in rows)
+    overhead = len(rows) * profile.launch_overhead_us * 1e-6
+    return {
+        "source": "estimated",
+        "method": "roofline",
+        "profile": profile.name,
+        "precision": precision,
+        "floor_ms": round(floor * 1e3, 4),
+        "estimate_ms": round((floor + overhead) * 1e3, 4),
+        "kernels": len(rows),
+        "compute_bound_kernels": sum(r[3] for r in rows),
+        "macs": int(sum(c[2] for c in costs)),
+        "bytes": int(sum(c[3] for c in costs) * width),
+        "top": [
+            {"node": n, "op": op, "ms": round(t * 1e3, 4), "bound": "compute" if cb else "memory"}
+            for n, op, t, cb in sorted(rows, key=lambda r: -r[2])[:top]
+        ],
+    }

@@ -1,0 +1,188 @@
+"""Validation of artifacts against a hardware profile: accuracy in the artifact's own runtime on the test
+split, latency (measured here when this host satisfies the profile, taken from an `edgekit profile` JSON
+run on the device, or else estimated and labelled so), size and peak RAM, each gated by a budget.
+
+Latency is measured in a child `edgekit profile` process, one per artifact, so that its peak RAM is the
+artifact's own and not that of the artifacts validated before it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifact import Artifact, load_artifact, sha256_file
+from .data import load_split
+from .errors import EdgeKitError, UsageError
+from .evaluation import evaluate, torch_predict
+from .fsutil import write_json
+from .hardware import Budgets, HardwareProfile, resolve_profile
+from .hardware.estimator import estimate, graph_costs
+from .profiling.host import host_info
+from .runtimes import load_runner, predict_fn
+from .targets.capabilities import FORMATS
+
+Log = Callable[[str], None]
+
+
+def host_matches(profile: HardwareProfile, host: dict[str, Any]) -> bool:
+    """Whether a measurement here stands for the profile's device: a CPU profile whose ISA this host has."""
+    return profile.kind == "cpu" and bool(profile.cpu_isa) and set(profile.cpu_isa) <= set(host["isa"])
+
+
+def read_measurements(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """`edgekit profile --json` results by the sha256 of the artifact file they measured."""
+    found = {}
+    for path in paths:
+        try:
+            m = json.loads(Path(path).read_text())
+            found[m["artifact"]["sha256"]] = {**m, "file": str(path)}
+            _ = m["results"][0]["latency_ms"]["p50"]
+        except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+            raise UsageError(f"{path} is not the JSON of `edgekit profile --json` ({type(e).__name__}: {e})") from e
+    return found
+
+
+def measure_here(art: Artifact, threads: int, duration: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "edgekit", "profile", str(art.directory), "--batch", "1", "--threads", str(threads),
+           "--duration", str(duration), "--json"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        raise EdgeKitError((p.stderr.strip().splitlines() or [f"edgekit profile exited {p.returncode}"])[-1])
+    return json.loads(p.stdout)
+
+
+def latency(art: Artifact, profile: HardwareProfile, measured: dict[str, Any] | None) -> dict[str, Any]:
+    """p50/p95 at batch 1 and model RAM from a measurement, else the roofline estimate."""
+    if measured:
+        r = next(x for x in measured["results"] if x["batch"] == measured["results"][0]["batch"])
+        return {"p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"], "latency_source": "measured",
+                "batch": r["batch"], "peak_ram_mb": round(r["peak_rss_mb"] - measured["rss_before_load_mb"], 1),
+                "measured_on": measured["host"]["cpu"], "measurements": measured.get("file", "here"),
+                "ops": measured.get("ops")}  # fmt: skip
+    costs = art.meta.get("costs") or (graph_costs(art.path, art.io) if art.path.suffix == ".onnx" else None)
+    if not costs:
+        return {"p50_ms": None, "p95_ms": None, "latency_source": None, "peak_ram_mb": None}
+    est = estimate(costs, profile, art.precision)
+    return {"p50_ms": est["estimate_ms"], "p95_ms": est["estimate_ms"], "latency_source": "estimated", "batch": 1,
+            "floor_ms": est["floor_ms"], "peak_ram_mb": None, "estimate": est}  # fmt: skip
+
+
+def checks(row: dict[str, Any], budgets: Budgets) -> list[dict[str, Any]]:
+    """One check per budget that is set. A value that cannot be had here (accuracy without a baseline or a
+    runtime, latency without costs, RAM without a measurement) leaves its check open (`ok` None): reported,
+    never passed silently."""
+    pairs = [("max_accuracy_drop", "accuracy_drop"), ("latency_p95_ms", "p95_ms"), ("max_size_mb", "size_mb"),
+             ("max_peak_ram_mb", "peak_ram_mb")]  # fmt: skip
+    out = []
+    for budget, key in pairs:
+        limit = getattr(budgets, budget)
+        if limit is not None:
+            value = row.get(key)
+            out.append(
+                {"budget": budget, "limit": limit, "value": value, "ok": None if value is None else value <= limit}
+            )
+    return out
+
+
+def recorded_source(artifacts: Sequence[Path]) -> Path | None:
+    """The model package every artifact was exported from, when their manifests agree and it still exists."""
+    try:
+        sources = {load_artifact(Path(a), verify=False).meta.get("source") for a in artifacts}
+    except EdgeKitError:
+        return None
+    source = sources.pop() if len(sources) == 1 else None
+    return Path(source) if source and (Path(source) / "edgekit-model.yaml").is_file() else None
+
+
+@dataclass(frozen=True)
+class Options:
+    data: str = "avdigits"
+    split: str = "test"
+    threads: int | None = None  # default: the profile's
+    duration: float = 2.0  # seconds of timed calls per measured artifact
+    estimate_only: bool = False
+
+
+def validate(
+    artifacts: Sequence[Path],
+    target: str,
+    baseline: Path | None = None,
+    measurements: Sequence[Path] = (),
+    budgets: dict[str, float | None] | None = None,
+    options: Options = Options(),
+    log: Log = lambda _: None,
+) -> dict[str, Any]:
+    if not artifacts:
+        raise UsageError("no artifacts to validate", "pass one or more artifact directories")
+    profile, resolution = resolve_profile(target)
+    limits = profile.budgets.model_copy(update={k: v for k, v in (budgets or {}).items() if v is not None})
+    measured = read_measurements(measurements)
+    host = host_info()
+    here = host_matches(profile, host) and not options.estimate_only
+    test = load_split(options.data, options.split)
+    base_acc = None
+    baseline = baseline or recorded_source(artifacts)
+    if baseline is not None:
+        from .loading import load_model
+
+        loaded = load_model(baseline)
+        base_acc = evaluate(torch_predict(loaded.model), loaded.io, test, per_modality=False).overall.accuracy
+    rows, used = [], set()
+    for path in artifacts:
+        row: dict[str, Any] = {"artifact": str(path)}
+        try:
+            art = load_artifact(Path(path))
+            sha = sha256_file(art.path)
+            row.update(format=art.format, precision=art.precision, size_mb=round(art.size_mb(), 3), sha256=sha)
+            row["accuracy"] = None
+            if FORMATS[art.format].runs_here:
+                log(f"{path}: accuracy on {options.data}/{options.split}")
+                runner = load_runner(art, options.threads or profile.threads)
+                row["accuracy"] = evaluate(predict_fn(runner), art.io, test, per_modality=False).overall.accuracy
+            drop = None if row["accuracy"] is None or base_acc is None else 100 * (base_acc - row["accuracy"])
+            row["accuracy_drop"] = None if drop is None else round(drop, 2)
+            m = measured.get(sha)
+            used.add(sha) if m else None
+            if m is None and here and FORMATS[art.format].runs_here:
+                log(f"{path}: measuring latency here ({host['cpu']})")
+                m = measure_here(art, options.threads or profile.threads, options.duration)
+            row.update(latency(art, profile, m))
+            row["checks"] = checks(row, limits)
+            row["status"] = "fail" if any(c["ok"] is False for c in row["checks"]) else "pass"
+            row["unchecked"] = [c["budget"] for c in row["checks"] if c["ok"] is None]
+        except EdgeKitError as e:
+            row.update(status="error", error=str(e))
+        rows.append(row)
+    stray = set(measured) - used
+    if stray:
+        files = ", ".join(measured[s]["file"] for s in stray)
+        raise UsageError(f"measurements {files} are of another artifact (sha256 {sorted(stray)[0][:12]}...)",
+                         "pass the JSON of `edgekit profile` run on these artifacts")  # fmt: skip
+    gated = any(v is not None for v in limits.model_dump().values())
+    return {
+        "profile": profile.name,
+        "resolution": resolution,
+        "baseline": {"model": str(baseline), "accuracy": base_acc} if baseline else None,
+        "budgets": limits.model_dump(),
+        "gated": gated,
+        "host": host,
+        "latency_here": here,
+        "rows": rows,
+        "verdict": "pass" if all(r["status"] == "pass" for r in rows) else "fail",
+    }
+
+
+def attach(result: dict[str, Any], run_dir: Path) -> Path:
+    """Record a validation in a compress run's report.json (replacing an earlier one for the same profile)."""
+    path = Path(run_dir) / "report.json"
+    if not path.is_file():
+        raise UsageError(f"{run_dir} has no report.json", "pass a run directory `edgekit compress` wrote")
+    report = json.loads(path.read_text())
+    report["validation"] = [v for v in report.get("validation", []) if v["profile"] != result["profile"]] + [result]
+    write_json(path, report)
+    return path
