@@ -23,9 +23,9 @@ h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #d6dae3;padding:.25em .6em;text-align:right}
 th{background:#f2f4f8}td:first-child,th:first-child{text-align:left}code,pre{background:#f5f6f8;font-size:12px}
 pre{padding:.8em;overflow:auto}.pass{color:#14772d}.fail{color:#b3261e}.lineage li{margin:.2em 0}
-.estimated{font-style:italic;color:#6a4c00}figure{margin:1em 0}
+.estimated{font-style:italic;color:#6a4c00}.error{color:#b3261e;font-weight:bold}figure{margin:1em 0}
 """
-STATUS = {"pass": "✅ pass", "fail": "❎ fail", "error": "❌ error"}
+STATUS = {"pass": "pass", "fail": "fail: a budget", "error": "error: no artifact or run"}
 
 
 def esc(value: Any) -> str:

@@ -89,6 +89,21 @@ def checks(row: dict[str, Any], budgets: Budgets) -> list[dict[str, Any]]:
     return out
 
 
+def check_measurements(measured: dict[str, dict[str, Any]], artifacts: Sequence[Path]) -> None:
+    """Before any work: every measurements file must be of one of the artifacts (by the hash of its file)."""
+    shas = set()
+    for path in artifacts:
+        try:
+            shas.add(sha256_file(load_artifact(Path(path), verify=False).path))
+        except (EdgeKitError, OSError):
+            pass  # reported on the artifact's own row
+    stray = set(measured) - shas
+    if stray:
+        files = ", ".join(measured[s]["file"] for s in stray)
+        raise UsageError(f"measurements {files} are of another artifact (sha256 {sorted(stray)[0][:12]}...)",
+                         "pass the JSON of `edgekit profile` run on these artifacts")  # fmt: skip
+
+
 def recorded_source(artifacts: Sequence[Path]) -> Path | None:
     """The model package every artifact was exported from, when their manifests agree and it still exists."""
     try:
@@ -132,11 +147,16 @@ def validate(
 
         loaded = load_model(baseline)
         base_acc = evaluate(torch_predict(loaded.model), loaded.io, test, per_modality=False).overall.accuracy
-    rows, used = [], set()
+    check_measurements(measured, artifacts)
+    rows = []
     for path in artifacts:
         row: dict[str, Any] = {"artifact": str(path)}
         try:
             art = load_artifact(Path(path))
+            deployed = {e.format for e in profile.exports}
+            if art.format not in deployed:
+                raise UsageError(f"{profile.name} deploys {', '.join(sorted(deployed))}, not {art.format}",
+                                 f"export for it: edgekit export --target {profile.name}")  # fmt: skip
             sha = sha256_file(art.path)
             row.update(format=art.format, precision=art.precision, size_mb=round(art.size_mb(), 3), sha256=sha)
             row["accuracy"] = None
@@ -147,7 +167,6 @@ def validate(
             drop = None if row["accuracy"] is None or base_acc is None else 100 * (base_acc - row["accuracy"])
             row["accuracy_drop"] = None if drop is None else round(drop, 2)
             m = measured.get(sha)
-            used.add(sha) if m else None
             if m is None and here and FORMATS[art.format].runs_here:
                 log(f"{path}: measuring latency here ({host['cpu']})")
                 m = measure_here(art, options.threads or profile.threads, options.duration)
@@ -158,11 +177,6 @@ def validate(
         except EdgeKitError as e:
             row.update(status="error", error=str(e))
         rows.append(row)
-    stray = set(measured) - used
-    if stray:
-        files = ", ".join(measured[s]["file"] for s in stray)
-        raise UsageError(f"measurements {files} are of another artifact (sha256 {sorted(stray)[0][:12]}...)",
-                         "pass the JSON of `edgekit profile` run on these artifacts")  # fmt: skip
     gated = any(v is not None for v in limits.model_dump().values())
     return {
         "profile": profile.name,

@@ -35,18 +35,28 @@ class Settings:
             raise UsageError(f"batch sizes {list(self.batches)} must all be at least 1", "e.g. --batch 1,4,16")
 
 
-def rss_mb() -> float:
-    """Current resident set size (Linux /proc; elsewhere the peak so far)."""
+def proc_status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status in MB (Linux), or None."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return peak_rss_mb()
+    return None
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc; elsewhere the peak so far)."""
+    return proc_status_mb("VmRSS") or peak_rss_mb()
 
 
 def peak_rss_mb() -> float:
+    """Peak resident set size of this process image. Linux's VmHWM is reset by exec, unlike getrusage's
+    ru_maxrss, which carries over the parent's peak into a child started by a large process."""
+    hwm = proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
 

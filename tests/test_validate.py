@@ -1,0 +1,195 @@
+"""edgekit validate and edgekit report on a real compress run of the reference teacher: accuracy in the
+artifact's runtime, measured and estimated latency, budgets and exit codes, measurements from another
+artifact, and report.html rendered in headless Chromium."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edgekit.data.avdigits import AVDigitsConfig, io_spec
+from edgekit.hardware import resolve_profile
+from edgekit.hardware.estimator import estimate, graph_costs
+
+from .conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+PROFILES = ROOT / "edgekit" / "hardware" / "profiles"
+
+RECIPE = {
+    "stages": [
+        {"kind": "prune", "branch_ratios": {"text": 0.5}, "head_ratio": 0.5},
+        {"kind": "distill", "student": "pruned", "epochs": 1},
+        {"kind": "quantize", "backend": "onnx", "samples": 64, "accuracy_aware": False},
+    ],
+    "targets": ["x86-avx512-vnni"],
+    "budgets": {"max_drop": 3.0},
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, reference_teacher):
+    tmp = tmp_path_factory.mktemp("validate")
+    (tmp / "r.yaml").write_text(yaml.safe_dump(RECIPE))
+    r = run_cli("compress", "--recipe", str(tmp / "r.yaml"), "--out", str(tmp / "run"), "--json")
+    assert r.code == 0, r.stderr
+    report = json.loads(r.stdout)
+    return tmp / "run", Path(report["artifacts"][0]["path"]).parent, report
+
+
+# -- the estimator ----------------------------------------------------------------------------------------
+
+
+def test_costs_count_the_teachers_macs_exactly(reference_teacher, tmp_path):
+    from edgekit.loading import load_model
+    from edgekit.stages.prune import measure
+    from edgekit.targets.onnx import export_onnx
+
+    loaded = load_model(reference_teacher)
+    path = export_onnx(loaded.model, loaded.io, tmp_path / "t.onnx")
+    costs = graph_costs(path, loaded.io)
+    assert sum(c[2] for c in costs) == measure(loaded.model, loaded.io)["total"][1]  # torch-side MAC count
+    assert {c[1] for c in costs} >= {"Conv", "MatMul", "Softmax"}
+
+
+def test_estimate_is_labelled_and_bounded_by_its_floor(reference_teacher, tmp_path):
+    costs = [("a", "Conv", 10_000_000, 100_000), ("b", "Softmax", 0, 2_000_000)]
+    jetson, _ = resolve_profile("jetson-orin-nano-8gb")
+    e = estimate(costs, jetson, "int8")
+    assert e["source"] == "estimated" and e["kernels"] == 2
+    assert e["estimate_ms"] == pytest.approx(e["floor_ms"] + 2 * jetson.launch_overhead_us / 1e3, abs=1e-4)
+    assert estimate(costs, jetson, "fp32")["floor_ms"] > e["floor_ms"]  # wider bytes, slower peak
+
+
+# -- validate ---------------------------------------------------------------------------------------------
+
+
+def test_compress_validates_its_artifact_measured_here(run):
+    _, _, report = run
+    v = report["validation"][0]
+    assert v["profile"] == "x86-avx512-vnni" and v["latency_here"] and v["gated"]
+    row = v["rows"][0]
+    assert row["status"] == "pass" and row["latency_source"] == "measured" and 0 < row["p50_ms"] <= row["p95_ms"]
+    assert row["peak_ram_mb"] > 0 and row["ops"]["by_op_type"] and not row["unchecked"]
+    assert row["accuracy_drop"] == report["artifacts"][0]["accuracy_drop"]
+
+
+def test_validate_json_rows_and_exit_codes(run, reference_teacher):
+    _, art, _ = run
+    r = run_cli("validate", str(art), "--profile", "x86", "--baseline", str(reference_teacher), "--json")
+    assert r.code == 0, r.stderr
+    out = json.loads(r.stdout)
+    row = out["rows"][0]
+    assert {"artifact", "status", "accuracy", "accuracy_drop", "p50_ms", "p95_ms", "latency_source"} <= set(row)
+    assert out["verdict"] == "pass" and row["latency_source"] == "measured"
+    r = run_cli("validate", str(art), "--profile", "x86", "--baseline", str(reference_teacher), "--max-size-mb", "0.1")
+    assert r.code == 1 and "max_size_mb" in r.stdout and "fail" in r.stdout
+
+
+def test_jetson_latency_is_estimated_and_labelled(run, reference_teacher, tmp_path):
+    _, art, _ = run
+    jetson = tmp_path / "jetson.yaml"  # the Orin Nano profile, deploying the Q/DQ ONNX this run made
+    spec = yaml.safe_load((PROFILES / "jetson-orin-nano-8gb.yaml").read_text())
+    jetson.write_text(yaml.safe_dump({**spec, "exports": [{"format": "onnx", "precision": "int8"}]}))
+    r = run_cli("validate", str(art), "--profile", str(jetson), "--baseline", str(reference_teacher), "--json")
+    row = json.loads(r.stdout)["rows"][0]
+    assert row["latency_source"] == "estimated" and row["estimate"]["source"] == "estimated"
+    assert 0 < row["floor_ms"] < row["p50_ms"] and row["peak_ram_mb"] is None
+    assert row["unchecked"] == ["max_peak_ram_mb"] and r.code == 0
+    r = run_cli("validate", str(art), "--profile", str(jetson), "--baseline", str(reference_teacher))
+    assert "estimated" in r.stdout and "not checked here" in r.stdout
+
+
+def test_measurements_from_the_device_supersede_the_estimate(run, reference_teacher, tmp_path):
+    _, art, _ = run
+    m = run_cli("profile", str(art), "--runs", "5", "--json")
+    (tmp_path / "m.json").write_text(m.stdout)
+    r = run_cli("validate", str(art), "--profile", "x86", "--baseline", str(reference_teacher), "--estimate",
+                "--measurements", str(tmp_path / "m.json"), "--json")  # fmt: skip
+    row = json.loads(r.stdout)["rows"][0]
+    assert row["latency_source"] == "measured" and row["measurements"] == str(tmp_path / "m.json")
+    other = json.loads(m.stdout)
+    other["artifact"]["sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    r = run_cli("validate", str(art), "--profile", "x86", "--measurements", str(tmp_path / "other.json"))
+    assert r.code == 2 and "are of another artifact" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_profile_without_budgets_gates_nothing(run, reference_teacher, tmp_path):
+    _, art, _ = run
+    spec = yaml.safe_load((PROFILES / "x86-avx512-vnni.yaml").read_text())
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({**spec, "name": "no-budgets", "budgets": {}}))
+    r = run_cli("validate", str(art), "--profile", str(tmp_path / "p.yaml"), "--baseline", str(reference_teacher))
+    assert r.code == 0 and "nothing was gated" in r.stdout
+
+
+def test_wrong_format_and_broken_artifacts_are_errors(run, tmp_path):
+    _, art, _ = run
+    r = run_cli("validate", str(art), "--profile", "android-arm64", "--json")
+    row = json.loads(r.stdout)["rows"][0]
+    assert r.code == 1 and row["status"] == "error" and "deploys executorch, ort-mobile, not onnx" in row["error"]
+    broken = tmp_path / "broken"
+    shutil.copytree(art, broken)
+    (broken / "model.onnx").write_bytes(b"not onnx")
+    r = run_cli("validate", str(broken), "--profile", "x86", "--json")
+    assert r.code == 1 and "does not match its manifest hash" in json.loads(r.stdout)["rows"][0]["error"]
+
+
+# -- report.html ------------------------------------------------------------------------------------------
+
+
+def test_report_html_is_self_contained_and_renders_in_chromium(run, reference_teacher, tmp_path):
+    run_dir, art, _ = run
+    r = run_cli(
+        "validate", str(art), "--profile", "x86", "--baseline", str(reference_teacher), "--report", str(run_dir)
+    )
+    assert r.code == 0, r.stderr
+    r = run_cli("report", str(run_dir))
+    assert r.code == 0, r.stderr
+    page = run_dir / "report.html"
+    text = page.read_text()
+    assert "<svg" in text and "Per-branch sensitivity" in text and "Lineage" in text and "x86-avx512-vnni" in text
+    # No request of any kind: only in-document references (#id) and XML namespace names.
+    assert not re.findall(r"""(?:src|href)=["'](?!#)|url\((?!#)|@import""", text)
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: `make setup` installs it (scripts/system-deps.sh)")
+        pytest.skip("chromium is not installed (Debian: chromium)")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True)
+    dom = dom.stdout
+    assert "<table" in dom and "<svg" in dom and "Accuracy vs latency" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.shape == (1600, 1200) and pixels.std() > 10  # rendered content, not a blank page
+
+
+def test_report_needs_a_run_directory(tmp_path):
+    r = run_cli("report", str(tmp_path))
+    assert r.code == 2 and "has no report.json" in r.stderr
+
+
+@pytest.mark.openvino
+def test_export_records_costs_for_every_format(tmp_path, avdigits):
+    from edgekit import api
+    from edgekit.loading import save_model_package
+    from edgekit.models import build_fusion_model
+
+    kwargs = {"arch": "late", "preset": "small", "vocab_size": 41, "max_len": 32}
+    save_model_package(build_fusion_model(**kwargs).eval(), io_spec(AVDigitsConfig(), 41), tmp_path / "pkg",
+                       factory="edgekit.models:build_fusion_model", kwargs=kwargs)  # fmt: skip
+    result = api.export(tmp_path / "pkg", "x86", tmp_path / "x86", "openvino", "fp32")
+    for a in result["artifacts"]:
+        costs = json.loads((Path(a["path"]).parent / "manifest.json").read_text())["meta"]["costs"]
+        assert costs and all(len(c) == 4 for c in costs)
