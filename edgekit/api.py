@@ -20,7 +20,7 @@ from .fsutil import atomic_dir, cache_root, check_out_dir, check_writable, conte
 from .hardware import HardwareProfile, resolve_profile
 from .hardware.estimator import graph_costs
 from .io import IOSpec
-from .loading import load_model, save_model_package
+from .loading import load_model, run_model, save_model_package
 from .models import build_fusion_model, count_params
 from .quant.calibration import DEFAULT_SAMPLES, calibration_set
 from .runtimes import load_runner, onnx_runner, predict_fn
@@ -31,6 +31,8 @@ from .targets.onnx import export_onnx
 from .targets.parity import check_parity, require_parity
 from .targets.parity import summary as parity_summary
 from .training import ProgressFn, TrainConfig, train_classifier
+from .validate import Options as ValidateOptions
+from .validate import validate
 
 ZOO_FACTORY = "edgekit.models:build_fusion_model"
 ZOO_VERSION = 1  # bump when a zoo architecture changes, so cached teachers are retrained
@@ -174,9 +176,11 @@ def export(
     overwrite: bool = False,
     threads: int | None = None,
     log: Callable[[str], None] = lambda _: None,
+    validate_artifacts: bool = False,
 ) -> dict[str, Any]:
     """Export a model for a hardware profile: the parity-checked ONNX hub file, then every requested
-    artifact, each with a manifest and (where its runtime runs here) its test-split accuracy."""
+    artifact, each with a manifest and (where its runtime runs here) its test-split accuracy; with
+    `validate_artifacts`, the profile's artifacts are then validated against its budgets."""
     profile, resolution = resolve_profile(target)
     if resolution:
         log(resolution)
@@ -242,4 +246,11 @@ def export(
             "artifacts": rows,
         }
         write_json(tmp / "export.json", result)
+    if validate_artifacts:  # the profile's own artifacts, proven the way `edgekit validate` does
+        deployed = {(e.format, e.precision) for e in profile.exports}
+        arts = [Path(r["path"]).parent for r in rows if (r["format"], r["precision"]) in deployed]
+        log(f"validating {len(arts)} artifact(s) against {profile.name}")
+        baseline = run_model(Path(model))
+        result["validation"] = validate(arts, profile.name, baseline, options=ValidateOptions(data, threads=threads))
+        write_json(out / "export.json", result)
     return result

@@ -28,6 +28,8 @@ from edgekit.data import FeedDataset, load_split, with_modalities
 from edgekit.errors import EdgeKitError
 from edgekit.evaluation import evaluate
 from edgekit.fsutil import write_json, write_text
+from edgekit.hardware import resolve_profile
+from edgekit.hardware.estimator import estimate, graph_costs
 from edgekit.io import IOSpec
 from edgekit.loading import load_model
 from edgekit.profiling.host import host_info
@@ -54,6 +56,8 @@ class Row:
     produce_s: float | None  # seconds to produce the artifact from the FP32 model
     note: str = ""
     artifact: Artifact | None = None  # for the op breakdown of the row the targets single out
+    model: str = "teacher"  # the network it runs (teacher or the compressed student), for its roofline floor
+    floor_ms: float | None = None  # roofline floor at batch 1 on the --profile device
     accuracy: float | None = None
     latency: dict[int, list[np.ndarray]] = field(default_factory=dict)  # batch -> one array per repeat
 
@@ -246,6 +250,8 @@ def compress_rows(args: argparse.Namespace, teacher: Path, work: Path) -> tuple[
             artifact_row("EdgeKit distill + prune + INT8 (export, onnxruntime)", int8, student_s + int8_s, t,
                          f"the {how}, then `edgekit export --format onnx --precision int8` (Q/DQ PTQ)"),
         ]  # fmt: skip
+        for row in rows[-3:]:
+            row.model = "student"
     return rows, reports
 
 
@@ -258,6 +264,50 @@ def runtime_of(art: Artifact) -> str:
 
 
 # -- measurement -------------------------------------------------------------------------------------
+
+
+def fidelity(rows: list[Row], io: IOSpec, threads: int, seconds: float) -> dict[str, Any] | None:
+    """EdgeKit's p50 vs OpenVINO's own benchmark_app (latency hint, same threads, same precision) on the
+    OpenVINO artifacts, each measured the same way right after the other."""
+    import re
+    import shutil
+    import subprocess
+
+    from edgekit.profiling.local import Settings, profile
+    from edgekit.runtimes.openvino import HINTS
+
+    tool = shutil.which("benchmark_app") or str(Path(sys.executable).with_name("benchmark_app"))
+    if not Path(tool).exists():
+        return None
+    shape = ",".join(f"{t.name}{list(io.concrete_shape(t, batch=1))}".replace(" ", "") for t in io.inputs)
+    out = []
+    for row in (r for r in rows if r.artifact is not None and r.artifact.format == "openvino"):
+        art = row.artifact
+        cmd = [tool, "-m", str(art.path), "-d", "CPU", "-hint", "latency", "-nthreads", str(threads),
+               "-t", str(seconds), "-data_shape", shape, "-infer_precision", HINTS[art.precision]]  # fmt: skip
+        log = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+        median = re.search(r"Median:\s+([\d.]+) ms", log)
+        ours = profile(art.directory, Settings(threads=threads, duration=seconds, ops=False))["results"][0]
+        if median:
+            theirs = float(median.group(1))
+            ratio = ours["latency_ms"]["p50"] / theirs
+            out.append({"row": row.name, "benchmark_app_p50_ms": theirs, "edgekit_p50_ms": ours["latency_ms"]["p50"],
+                        "ratio": round(ratio, 3)})  # fmt: skip
+    return {"tool": "benchmark_app", "rows": out}
+
+
+def floors(rows: list[Row], args: argparse.Namespace, io: IOSpec) -> None:
+    """Each row's roofline floor on the profile's device, from the per-kernel costs of the network it runs."""
+    profile = resolve_profile(args.profile)[0]
+    onnx = {
+        "teacher": args.work / "export-onnx-int8" / "onnx-fp32",
+        "student": args.work / "student-onnx" / "onnx-fp32",
+    }
+    costs = {m: graph_costs(load_artifact(d).path, io) for m, d in onnx.items() if (d / "manifest.json").is_file()}
+    for row in rows:
+        if row.model in costs:
+            precision = row.precision if row.precision in ("fp32", "fp16", "int8") else "fp32"
+            row.floor_ms = estimate(costs[row.model], profile, precision)["floor_ms"]
 
 
 def measure_accuracy(rows: list[Row], io: IOSpec, test: FeedDataset) -> None:
@@ -312,6 +362,8 @@ def row_dict(row: Row, base: Row) -> dict[str, Any]:
         "size_ratio": round(base.size_mb / row.size_mb, 2),
         "produce_s": None if row.produce_s is None else round(row.produce_s, 1),
         "runs_b1": int(sum(len(x) for x in row.latency[1])),
+        "floor_ms_b1": row.floor_ms,
+        "vs_floor_b1": None if row.floor_ms is None else round(p50(row, 1) / row.floor_ms, 2),
         "note": row.note,
     }
 
@@ -430,8 +482,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"(A B A B ...), {result['settings']['repeats']} repeats of {result['settings']['rounds']} rounds each.",
         "",
         "| | artifact | runtime | precision | accuracy | drop (pts) | p50 b1 ms | p95 b1 ms | vs eager b1 "
-        "| p50 b16 ms | vs eager b16 | samples/s b16 | size MB | size ratio | produce s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| p50 b16 ms | vs eager b16 | samples/s b16 | size MB | size ratio | produce s | ÷ floor b1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows, 1):
         lines.append(
@@ -439,7 +491,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {fmt(r['accuracy_drop'], '+.2f')} | {r['p50_ms_b1']:.3f} | {r['p95_ms_b1']:.3f} "
             f"| {r['ratio_vs_eager_b1']:.2f}x | {r['p50_ms_b16']:.3f} | {r['ratio_vs_eager_b16']:.2f}x "
             f"| {r['throughput_b16']:.0f} | {r['size_mb']:.2f} | {r['size_ratio']:.1f}x "
-            f"| {fmt(r['produce_s'], '.1f')} |"
+            f"| {fmt(r['produce_s'], '.1f')} | {fmt(r['vs_floor_b1'], '.1f')} |"
         )
     notes = [f"- **{r['name']}**: {r['note']}" for r in rows if r["note"]]
     lines += ["", *notes, "", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
@@ -472,6 +524,14 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"| {o['op']} | {o['nodes']} | {o['ms']:.3f} | {100 * o['share']:.1f}% |" for o in ops["by_op_type"][:8]
         ]
+    if result.get("fidelity"):
+        lines += ["", "### Fidelity: EdgeKit's timer vs OpenVINO's benchmark_app", "",
+                  f"Same artifact, same threads and precision, {result['settings']['fidelity_s']} s each, "
+                  "one after the other.", "",
+                  "| artifact | benchmark_app p50 ms | edgekit profile p50 ms | ratio |",
+                  "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {f['row']} | {f['benchmark_app_p50_ms']:.3f} | {f['edgekit_p50_ms']:.3f} | {f['ratio']:.2f}x |"
+                  for f in result["fidelity"]["rows"]]  # fmt: skip
     lines += ["", "### Versions", "", ", ".join(f"{k} {v}" for k, v in host["versions"].items())]
     return "\n".join(lines)
 
@@ -503,12 +563,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench", help="artifacts; compress runs resume here")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="writes OUT.md and OUT.json")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile", default="x86-avx512-vnni", help="the profile of this machine, for roofline floors")
     p.add_argument("--calib-samples", type=int, default=300)
     p.add_argument("--test-samples", type=int, default=0, help="0: the whole test split")
     p.add_argument("--val-samples", type=int, default=0, help="for nncf's accuracy control; 0: the whole split")
     p.add_argument("--rounds", type=int, default=6, help="interleaved blocks per row and repeat")
     p.add_argument("--block", type=float, default=0.25, help="seconds per block")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--fidelity-seconds", type=int, default=10, help="per tool and artifact, vs benchmark_app")
     args = p.parse_args(argv)
 
     start = time.perf_counter()
@@ -534,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += peer_rows(args, io, load_artifact(args.work / "export-onnx-int8" / "onnx-fp32").path, args.work / "peers")
     ek_rows, reports = compress_rows(args, teacher, args.work)
     rows += ek_rows
+    floors(rows, args, io)
     measure_accuracy(rows, io, test)
     measure_latency(rows, io, test, args.rounds, args.block, args.repeats)
     base = rows[0]
@@ -546,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "block_s": args.block,
             "repeats": args.repeats,
+            "fidelity_s": args.fidelity_seconds,
             "test_samples": len(test),
             "calib_samples": args.calib_samples,
             "model": str(teacher),
@@ -558,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         "compress": {k: {x: v.get(x) for x in ("baseline", "stages", "verdict", "error")} for k, v in reports.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }
+    result["fidelity"] = fidelity(rows, io, args.threads, args.fidelity_seconds)
     full = [r for r in rows if r.name.startswith("EdgeKit distill + prune + INT8") and r.artifact]
     for row in sorted(full, key=lambda r: p50(r, 1))[
         :1

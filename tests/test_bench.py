@@ -50,7 +50,8 @@ def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigi
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", str(tmp_path / "pkg"),
            "--recipe", str(tmp_path / "full.yaml"), "--ptq-recipe", str(tmp_path / "ptq.yaml"),
            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out" / "bench"), "--calib-samples", "16",
-           "--test-samples", "32", "--val-samples", "32", "--rounds", "1", "--block", "0.02"]  # fmt: skip
+           "--test-samples", "32", "--val-samples", "32", "--rounds", "1", "--block", "0.02",
+           "--fidelity-seconds", "1"]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
 
@@ -66,6 +67,8 @@ def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigi
     assert result["host"]["versions"]["openvino"] and result["host"]["isa"]
     assert len(result["stability"]["repeats"]) == 2 and result["targets"]
     assert result["ops_b1"]["by_op_type"]
+    fidelity = result["fidelity"]["rows"]
+    assert fidelity and all(f["benchmark_app_p50_ms"] > 0 and f["edgekit_p50_ms"] > 0 for f in fidelity)
 
     text = doc.read_text()
     assert text.startswith("# Mine\n\nkept above") and text.rstrip().endswith("kept below") and "old" not in text

@@ -19,8 +19,9 @@ def build(
     remote_timeout: RemoteTimeoutOpt = 1800.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the bundle's build_engine.py here; needs TensorRT and a GPU (build on the Jetson itself).
-    With --remote, build on the device over ssh and bring the engine back into the bundle."""
+    """Build a bundle's TensorRT engine on the Jetson, here or with --remote over ssh.
+
+    Needs TensorRT and a GPU where it runs; --remote brings the engine back into the bundle."""
     if remote:
         from ..profiling.remote import Remote, build_remote
 

@@ -12,6 +12,7 @@ from .. import api
 from ..quant.calibration import DEFAULT_SAMPLES
 from ..targets.capabilities import FORMATS
 from .common import JsonOpt, OverwriteOpt, emit, err, out
+from .validate import render as render_validation
 
 
 def export(
@@ -30,6 +31,9 @@ def export(
     calib_samples: Annotated[int, typer.Option(min=1, help="Paired calibration samples for INT8.")] = DEFAULT_SAMPLES,
     shapes: Annotated[str, typer.Option(help="dynamic (IOSpec ranges) or static (the opt point).")] = "dynamic",
     threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads for the accuracy runs.")] = None,
+    validate: Annotated[
+        bool, typer.Option(help="Validate the profile's artifacts against its budgets at the end.")
+    ] = True,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -48,6 +52,7 @@ def export(
         overwrite,
         threads,  # type: ignore[arg-type]
         log=lambda m: err.print(f"[dim]{m}[/dim]"),
+        validate_artifacts=validate,
     )
 
     def render() -> None:
@@ -68,5 +73,9 @@ def export(
             f"ONNX parity: {p['cases']} cases, max abs error {p['max_abs']:.2e}, "
             f"min top-1 agreement {p['min_top1_agreement']:.3f}"
         )
+        if "validation" in result:
+            render_validation(result["validation"])
 
     emit(result, as_json, render)
+    if result.get("validation", {}).get("verdict") == "fail":
+        raise typer.Exit(1)

@@ -44,9 +44,10 @@ def profile(
     remote_timeout: RemoteTimeoutOpt = 600.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Measure an artifact where it will run: load and first-inference time, latency percentiles,
-    throughput, peak RSS and the slowest operators. With --remote, on the device over ssh (EdgeKit
-    installed there); the artifact is copied to a temporary directory and removed afterwards."""
+    """Latency percentiles, throughput, peak RSS and slowest ops of an artifact, here or over ssh.
+
+    With --remote, EdgeKit must be installed on the device; the artifact is copied to a temporary directory
+    there and removed afterwards."""
     from ..profiling.local import Settings
 
     settings = Settings(parse_ints(batch, "--batch"), warmup, runs, duration, threads, parse_shapes(shape or []), ops)

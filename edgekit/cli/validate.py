@@ -35,8 +35,9 @@ def validate(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Prove artifacts against a profile: accuracy in their own runtime, latency (measured or estimated),
-    size and peak RAM, each checked against a budget."""
+    """Prove artifacts against a profile's budgets: accuracy, latency (measured or estimated), size, RAM.
+
+    Exit code 1 when any artifact fails a budget or cannot be run."""
     from ..validate import Options, attach
     from ..validate import validate as run
 
