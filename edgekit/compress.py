@@ -155,6 +155,12 @@ def compress(
         limits = {"max_accuracy_drop": b.max_drop, "latency_p95_ms": b.latency_p95_ms, "max_size_mb": b.size_mb}
         log(f"validating against {profiles[0].name}")
         report["validation"] = [validate(arts, profiles[0].name, source, budgets=limits, options=Options(data.name))]
+        rows = report["validation"][0]["rows"]
+        failed = [f"{Path(r['artifact']).name}: {c['budget']} {c['value']} > {c['limit']}"
+                  for r in rows for c in r.get("checks", []) if c["ok"] is False]  # fmt: skip
+        failed += [f"{Path(r['artifact']).name}: {r['error']}" for r in rows if "error" in r]
+        if failed:
+            report["verdict"].update(status="fail", failed=failed)
     write_json(out / REPORT, report)
     return report
 

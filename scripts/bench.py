@@ -138,49 +138,13 @@ def peer_rows(args: argparse.Namespace, io: IOSpec, fp32_onnx: Path, work: Path)
     work.mkdir(parents=True, exist_ok=True)
     calib = calibration_set(io, load_split(args.data, "train"), args.calib_samples)
     t, rows = args.threads, []
-    dynamic = work / "ort-dynamic.onnx"
-    _, s = timed(lambda: quantize_dynamic(fp32_onnx, dynamic))
-    rows.append(
-        Row(
-            "onnxruntime quantize_dynamic",
-            "peer",
-            "onnxruntime",
-            "int8",
-            onnx_file_runner(dynamic, io, t),
-            mb(dynamic),
-            s,
-        )
-    )
-    static = work / "ort-static.onnx"
-    _, s = timed(lambda: quantize_static(fp32_onnx, static, ort_reader(calib)))
-    rows.append(
-        Row(
-            "onnxruntime quantize_static (Q/DQ)",
-            "peer",
-            "onnxruntime",
-            "int8",
-            onnx_file_runner(static, io, t),
-            mb(static),
-            s,
-        )
-    )
-    model = ov.convert_model(str(fp32_onnx))
-    dataset = nncf.Dataset(list(calib.feeds))
-    quantized, s = timed(lambda: nncf.quantize(model, dataset, subset_size=len(calib)))
-    ov.save_model(quantized, work / "nncf-default" / "model.xml")
-    runner = OVDefaultRunner(quantized, t)
-    rows.append(
-        Row(
-            "OpenVINO + nncf.quantize",
-            "peer",
-            "openvino",
-            "int8",
-            runner,
-            mb(work / "nncf-default"),
-            s,
-            f"compiled with defaults ({runner.precision} for the ops left in float)",
-        )
-    )
+    for name, path, quantize in (
+        ("onnxruntime quantize_dynamic", work / "ort-dynamic.onnx", lambda dst: quantize_dynamic(fp32_onnx, dst)),
+        ("onnxruntime quantize_static (Q/DQ)", work / "ort-static.onnx",
+         lambda dst: quantize_static(fp32_onnx, dst, ort_reader(calib))),
+    ):  # fmt: skip
+        _, s = timed(lambda q=quantize, p=path: q(p))
+        rows.append(Row(name, "peer", "onnxruntime", "int8", onnx_file_runner(path, io, t), mb(path), s))
 
     val = load_split(args.data, "val")
     val = val.head(args.val_samples) if args.val_samples else val
@@ -193,25 +157,19 @@ def peer_rows(args: argparse.Namespace, io: IOSpec, fp32_onnx: Path, work: Path)
             hits, n = hits + int((np.asarray(logits).argmax(-1) == labels).sum()), n + len(labels)
         return hits / n
 
-    quantized, s = timed(
-        lambda: nncf.quantize_with_accuracy_control(
-            model, dataset, nncf.Dataset(batches), validate, max_drop=0.01, subset_size=len(calib)
-        )
-    )
-    ov.save_model(quantized, work / "nncf-ac" / "model.xml")
-    runner = OVDefaultRunner(quantized, t)
-    rows.append(
-        Row(
-            "OpenVINO + nncf.quantize_with_accuracy_control",
-            "peer",
-            "openvino",
-            "int8",
-            runner,
-            mb(work / "nncf-ac"),
-            s,
-            "max_drop 0.01 (1 point) on the val split",
-        )
-    )
+    model, dataset = ov.convert_model(str(fp32_onnx)), nncf.Dataset(list(calib.feeds))
+    for name, key, quantize, note in (
+        ("OpenVINO + nncf.quantize", "nncf-default", lambda: nncf.quantize(model, dataset, subset_size=len(calib)),
+         "compiled with defaults ({} for the ops left in float)"),
+        ("OpenVINO + nncf.quantize_with_accuracy_control", "nncf-ac",
+         lambda: nncf.quantize_with_accuracy_control(model, dataset, nncf.Dataset(batches), validate, max_drop=0.01,
+                                                     subset_size=len(calib)),
+         "max_drop 0.01 (1 point) on the val split; compiled with defaults ({} for the ops left in float)"),
+    ):  # fmt: skip
+        quantized, s = timed(quantize)
+        ov.save_model(quantized, work / key / "model.xml")
+        runner = OVDefaultRunner(quantized, t)
+        rows.append(Row(name, "peer", "openvino", "int8", runner, mb(work / key), s, note.format(runner.precision)))
     return rows
 
 

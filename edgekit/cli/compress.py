@@ -12,6 +12,7 @@ from ..compress import compress as run_compress
 from ..errors import EdgeKitError
 from ..recipe import dump_recipe, load_recipe, recipe_from_flags
 from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, err, out
+from .validate import render as render_validation
 
 
 def compress(
@@ -55,9 +56,11 @@ def compress(
         v = report["verdict"]
         gate = f" (drop {v['accuracy_drop']:.2f}, budget {v['max_drop']})" if v["gated"] else " (nothing gated)"
         out.print(f"verdict: {v['status']}{gate}")
+        for validation in report.get("validation", []):
+            render_validation(validation)
 
     emit(report, as_json, render)
     if report["verdict"]["status"] == "fail":
         v = report["verdict"]
-        raise EdgeKitError(f"budget missed: accuracy drop {v['accuracy_drop']:.2f} > max_drop {v['max_drop']}",
-                           f"see {run_dir / 'report.json'}")  # fmt: skip
+        missed = v.get("failed") or [f"accuracy drop {v['accuracy_drop']:.2f} > max_drop {v['max_drop']}"]
+        raise EdgeKitError(f"budget missed: {'; '.join(missed)}", f"see {run_dir / 'report.json'}")
