@@ -241,13 +241,15 @@ def fidelity(rows: list[Row], io: IOSpec, threads: int, seconds: float) -> dict[
     out = []
     for row in (r for r in rows if r.artifact is not None and r.artifact.format == "openvino"):
         art = row.artifact
-        cmd = [tool, "-m", str(art.path), "-d", "CPU", "-hint", "latency", "-nthreads", str(threads),
-               "-t", str(seconds), "-data_shape", shape, "-infer_precision", HINTS[art.precision]]  # fmt: skip
+        # Latency mode: one stream and the synchronous API (benchmark_app sets threads only with -hint none).
+        cmd = [tool, "-m", str(art.path), "-d", "CPU", "-hint", "none", "-nstreams", "1", "-api", "sync",
+               "-nthreads", str(threads), "-t", str(seconds), "-data_shape", shape,
+               "-infer_precision", HINTS[art.precision]]  # fmt: skip
         log = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
-        median = re.search(r"Median:\s+([\d.]+) ms", log)
+        median = re.search(r"Median:\s+([\d.]+) (ms|us)", log)
         ours = profile(art.directory, Settings(threads=threads, duration=seconds, ops=False))["results"][0]
         if median:
-            theirs = float(median.group(1))
+            theirs = float(median.group(1)) / (1000 if median.group(2) == "us" else 1)
             ratio = ours["latency_ms"]["p50"] / theirs
             out.append({"row": row.name, "benchmark_app_p50_ms": theirs, "edgekit_p50_ms": ours["latency_ms"]["p50"],
                         "ratio": round(ratio, 3)})  # fmt: skip

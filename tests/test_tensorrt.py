@@ -435,3 +435,16 @@ def test_dla_engine_runs_its_static_shape(fusion_onnx, io, tmp_path):
     assert runner.run(io.example_inputs(batch=1))["logits"].shape == (1, 10)
     with pytest.raises(UsageError, match="opt shape only"):
         runner.run(io.example_inputs(batch=2))
+
+
+@pytest.mark.tensorrt
+@on_device
+def test_profile_reports_tensorrt_layer_times(fusion_onnx, io, tmp_path):
+    from edgekit.profiling.local import Settings, profile
+
+    write_bundle(fusion_onnx, io, ORIN_NANO, "fp16", tmp_path / "fp16", "p", {})
+    build_engine(tmp_path / "fp16")
+    result = profile(tmp_path / "fp16", Settings(batches=(1, 4), runs=20))
+    assert [r["batch"] for r in result["results"]] == [1, 4] and result["runtime"].startswith("tensorrt")
+    ops = result["ops"]
+    assert ops["runs"] == 20 and ops["top_nodes"] and 0 < ops["total_ms"]

@@ -1,7 +1,8 @@
 """Per-operator time breakdown from each runtime's own profiler: onnxruntime's session profiling and
 OpenVINO's performance counters. Profiling costs time itself, so it runs on a separate session after
-the latency measurement, never during it. ExecuTorch's profiler needs a runtime built with ETDump, and
-TensorRT's layer timing needs the device; for those formats the breakdown is reported as unavailable."""
+the latency measurement, never during it. TensorRT's layer timing runs where the engine does (on the
+Jetson). ExecuTorch's profiler needs a runtime built with ETDump, which the Python package is not, so its
+breakdown is reported as unavailable."""
 
 from __future__ import annotations
 
@@ -90,10 +91,42 @@ def openvino_ops(art: Artifact, feeds: Mapping[str, np.ndarray], runs: int, thre
     return summarize(events, runs, f"openvino {ov.get_version().split('-')[0]}")
 
 
+def tensorrt_ops(art: Artifact, feeds: Mapping[str, np.ndarray], runs: int, threads: int | None) -> dict[str, Any]:
+    """TensorRT's per-layer times (IProfiler), on the device that built the engine. Layer types come from the
+    engine inspector where the engine was built with detailed profiling verbosity; otherwise each fused layer
+    is its own entry."""
+    import tensorrt as trt
+
+    from ..runtimes.tensorrt import TensorRTRunner
+
+    runner = TensorRTRunner(art)
+    events: list[OpEvent] = []
+    kinds: dict[str, str] = {}
+    try:
+        info = json.loads(
+            runner.engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+        )
+        kinds = {la["Name"]: la.get("LayerType", "layer") for la in info.get("Layers", []) if isinstance(la, dict)}
+    except (AttributeError, json.JSONDecodeError, TypeError):
+        pass  # an older TensorRT without the inspector
+
+    class Timer(trt.IProfiler):  # type: ignore[misc]
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            events.append((layer_name, kinds.get(layer_name, "layer"), ms * 1e3))
+
+    for _ in range(WARMUP):
+        runner.run(feeds)
+    runner.context.profiler = Timer()
+    for _ in range(runs):
+        runner.run(feeds)
+    return summarize(events, runs, runner.name)
+
+
 OP_PROFILERS: dict[str, Callable[[Artifact, Mapping[str, np.ndarray], int, int | None], dict[str, Any]]] = {
     "onnx": ort_ops,
     "ort-mobile": ort_ops,
     "openvino": openvino_ops,
+    "tensorrt": tensorrt_ops,
 }
 
 
