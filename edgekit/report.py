@@ -42,25 +42,28 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "") -
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def svg(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: inline SVG needs neither
-
-
-def pareto_svg(validations: list[dict[str, Any]], baseline: float | None) -> str:
-    """Accuracy vs p50 latency for every validated artifact; the frontier joins the points not beaten on both."""
+def pyplot() -> Any:
+    """matplotlib without a display, drawing text as paths so the SVG needs no font."""
     import matplotlib
 
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "path"
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    return plt
+
+
+def svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    pyplot().close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: inline SVG needs neither
+
+
+def pareto_svg(validations: list[dict[str, Any]], baseline: float | None) -> str:
+    """Accuracy vs p50 latency for every validated artifact; the frontier joins the points not beaten on both."""
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.2))
     points = []
     for v in validations:
         for row in v["rows"]:
@@ -89,14 +92,8 @@ def pareto_svg(validations: list[dict[str, Any]], baseline: float | None) -> str
 
 
 def ops_svg(name: str, ops: dict[str, Any]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["svg.fonttype"] = "path"
-    import matplotlib.pyplot as plt
-
     top = ops["by_op_type"][:8][::-1]
-    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(top) + 1))
+    fig, ax = pyplot().subplots(figsize=(7.5, 0.35 * len(top) + 1))
     ax.barh([o["op"] for o in top], [o["ms"] for o in top], color="#4f6bd8")
     ax.set_xlabel(f"ms per inference ({ops['runtime']} profiler)")
     ax.set_title(name, fontsize=10)

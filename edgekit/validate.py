@@ -40,8 +40,8 @@ def read_measurements(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
     for path in paths:
         try:
             m = json.loads(Path(path).read_text())
-            found[m["artifact"]["sha256"]] = {**m, "file": str(path)}
             _ = m["results"][0]["latency_ms"]["p50"]
+            found[m["artifact"]["sha256"]] = {**m, "file": str(path)}
         except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
             raise UsageError(f"{path} is not the JSON of `edgekit profile --json` ({type(e).__name__}: {e})") from e
     return found
@@ -59,7 +59,7 @@ def measure_here(art: Artifact, threads: int, duration: float) -> dict[str, Any]
 def latency(art: Artifact, profile: HardwareProfile, measured: dict[str, Any] | None) -> dict[str, Any]:
     """p50/p95 at batch 1 and model RAM from a measurement, else the roofline estimate."""
     if measured:
-        r = next(x for x in measured["results"] if x["batch"] == measured["results"][0]["batch"])
+        r = next((x for x in measured["results"] if x["batch"] == 1), measured["results"][0])  # budgets are at batch 1
         return {"p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"], "latency_source": "measured",
                 "batch": r["batch"], "peak_ram_mb": round(r["peak_rss_mb"] - measured["rss_before_load_mb"], 1),
                 "measured_on": measured["host"]["cpu"], "measurements": measured.get("file", "here"),
