@@ -96,6 +96,17 @@ def run_log(path: Path, echo: Log) -> Log:
     return log
 
 
+def check_data(recipe: Recipe, io: IOSpec) -> None:
+    """Fail on bad data (a missing or empty split, unusable calibration samples) before any run directory or
+    stage exists, not minutes into the run."""
+    data = recipe.data
+    for split in {data.train, data.val, data.test, data.calibration}:
+        load_split(data.name, split)
+    for stage in recipe.stages:
+        if isinstance(stage, QuantizeStage):
+            calibration_set(io, load_split(data.name, data.calibration), stage.samples, recipe.seed)
+
+
 def split_accuracy(predict: Callable, io: IOSpec, data: str, split: str) -> float:
     return evaluate(predict, io, load_split(data, split), per_modality=False).overall.accuracy
 
@@ -114,13 +125,14 @@ def compress(
 
     text = dump_recipe(recipe)
     profiles = [resolve_profile(t)[0] for t in recipe.targets]
-    prepare_run_dir(out, text, overwrite)
-    log = run_log(out / "compress.log", log)
     source = api.reference_teacher() if recipe.model == "reference-teacher" else Path(recipe.model)
     loaded = load_model(source)
     if loaded.manifest is None:
         raise UsageError(f"{source} is not a model package", "pass a model package directory as the recipe's model")
     teacher, io, data = loaded.model, loaded.io, recipe.data
+    check_data(recipe, io)
+    prepare_run_dir(out, text, overwrite)
+    log = run_log(out / "compress.log", log)
     key = content_hash({"model": model_hash(teacher), "data": data.model_dump(), "seed": recipe.seed})
     base_acc = split_accuracy(torch_predict(teacher), io, data.name, data.test)
     report: dict[str, Any] = {

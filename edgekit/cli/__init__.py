@@ -3,11 +3,13 @@ into one line on stderr plus an exit code (2 usage/input, 1 failure), tracebacks
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from typing import Annotated
 
 import typer
+from typer._click.exceptions import UsageError as ClickUsageError  # typer 0.29 vendors click
 
 from .. import __version__
 from ..errors import EdgeKitError
@@ -50,14 +52,25 @@ def _root(
     """EdgeKit: compress, export and prove multimodal fusion models on edge hardware."""
 
 
+# A write that failed for lack of room or permission: the disk filled, a quota, a size limit, a read-only mount.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
         with stdout_for_json("--json" in args):
-            app(args=args, prog_name="edgekit")  # standalone: typer exits 2 on its own usage errors
-        return 0
+            code = app(args=args, prog_name="edgekit", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except ClickUsageError as e:  # an unknown option, a missing one, a value out of range: one line, not a panel
+        verb = e.ctx.command_path if e.ctx else "edgekit"
+        print(f"edgekit: error: {e.format_message()} (see '{verb} --help')", file=sys.stderr)
+        return 2
+    except typer.Abort:
+        print("edgekit: interrupted", file=sys.stderr)
+        return 130
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except EdgeKitError as e:
@@ -65,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"edgekit: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if e.errno not in _DISK_ERRORS:
+            raise
+        if debug:
+            traceback.print_exc()
+        where = e.filename2 or e.filename or "the output"  # a rename's target is the file being written
+        print(f"edgekit: error: cannot write {where}: {e.strerror} (free space or choose another --out; "
+              "nothing half-written was kept)", file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt:
         print("edgekit: interrupted", file=sys.stderr)
         return 130

@@ -39,9 +39,10 @@ def calibration_set(io: IOSpec, data: FeedDataset, n: int = DEFAULT_SAMPLES, see
     if len(data) == 0:
         raise UsageError(f"calibration set '{data.name}' is empty", "point calibration at a split with samples")
     order = np.random.default_rng(seed).permutation(len(data))[: min(n, len(data))]
-    feeds = []
+    feeds, labels = [], set()
     for i in order:
-        sample, _ = data[int(i)]
+        sample, label = data[int(i)]
+        labels.add(label)
         batched = with_modalities(io, {k: np.asarray(v)[None] for k, v in sample.items()}, io.modalities)
         try:
             io.validate_feeds(batched)
@@ -54,4 +55,9 @@ def calibration_set(io: IOSpec, data: FeedDataset, n: int = DEFAULT_SAMPLES, see
                     "clean or drop non-finite samples before calibrating",
                 )
         feeds.append(batched)
+    if len(labels) == 1 and len(feeds) > 1:  # one class's activation ranges would clip the others'
+        raise UsageError(
+            f"calibration set '{data.name}' holds only class {labels.pop()} ({len(feeds)} samples)",
+            "calibrate on samples that cover every class the model predicts",
+        )
     return CalibrationSet(tuple(feeds), data.name, seed)

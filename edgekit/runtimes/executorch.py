@@ -29,7 +29,10 @@ class ExecuTorchRunner:
         try:
             self.method = Runtime.get().load_program(artifact.path).load_method("forward")
         except RuntimeError as e:
-            raise UsageError(f"ExecuTorch cannot load {artifact.path}: {str(e).splitlines()[0]}") from e
+            raise UsageError(
+                f"ExecuTorch cannot load {artifact.path}: {str(e).splitlines()[0]}",
+                "re-export the artifact, or rerun with the executorch it was exported for",
+            ) from e
         io = artifact.io
         self.order: list[str] = list(artifact.meta.get("input_order", io.input_names))
         self.outputs = io.output_names

@@ -31,7 +31,10 @@ class OrtRunner:
         try:
             self.session = ort.InferenceSession(str(artifact.path), session_options(threads), providers=[provider])
         except Exception as e:  # onnxruntime raises its own exception types for corrupt files
-            raise UsageError(f"onnxruntime cannot load {artifact.path}: {str(e).splitlines()[0]}") from e
+            raise UsageError(
+                f"onnxruntime cannot load {artifact.path}: {str(e).splitlines()[0]}",
+                "re-export the artifact, or rerun with the onnxruntime it was exported for",
+            ) from e
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.name = f"onnxruntime {ort.__version__}"
 

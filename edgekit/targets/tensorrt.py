@@ -146,8 +146,8 @@ def _require_parses(report: OpReport, onnx_path: Path) -> None:
     for (op, why), nodes in groups.items():
         shown = ", ".join(nodes[:SHOWN_NODES]) + (", ..." if len(nodes) > SHOWN_NODES else "")
         problems.append(f"{op} ({shown}; {len(nodes)} node(s)): {why}")
-    if problems := problems + list(report.model_issues):
-        raise EdgeKitError(
+    if problems := problems + list(report.model_issues):  # the model, as given, cannot go to this target
+        raise UsageError(
             f"TensorRT {report.requested} cannot parse {onnx_path.name}: {'; '.join(problems)}",
             "change those ops in the model, or target a device with a newer TensorRT",
         )
