@@ -3,6 +3,7 @@ ONNX dynamic axes, TensorRT optimisation profiles, calibration feeds and latency
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 
 from .errors import UsageError
 from .fsutil import write_text
+from .schema_errors import load_yaml, show
 
 DTYPES: dict[str, type[np.generic]] = {
     "float32": np.float32,
@@ -22,6 +24,7 @@ DTYPES: dict[str, type[np.generic]] = {
     "bool": np.bool_,
 }
 MODALITIES = ("image", "text", "audio", "video", "other")
+INT64 = 2**63  # sizes past int64 fit no runtime (ONNX stores dims as int64)
 MODALITY_MASK = "modality_mask"  # optional input: (batch, n_modalities) 1 = present, 0 = missing
 
 
@@ -34,8 +37,9 @@ class DimRange:
     max: int
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min <= self.opt <= self.max:
-            raise UsageError(f"dim range needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+        if not 1 <= self.min <= self.opt <= self.max < INT64:
+            sizes = "/".join(show(x) for x in (self.min, self.opt, self.max))  # show(): str() fails past 4300 digits
+            raise UsageError(f"dim range needs 1 <= min <= opt <= max < 2**63, got {sizes}")
 
 
 @dataclass(frozen=True)
@@ -71,19 +75,50 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
-        unknown = set(d) - {"name", "dtype", "shape", "modality", "value_range"}
-        if unknown or "name" not in d or "shape" not in d:
+        fields = {"name", "dtype", "shape", "modality", "value_range"}
+        if not isinstance(d, Mapping) or set(d) - fields or "name" not in d or "shape" not in d:
+            hint = "each tensor needs name, dtype and shape (modality optional)"
+            raise UsageError(f"tensor spec {show(d, 200)} is malformed", hint)
+        # Names are printed in messages (one line each) and compared as strings; sizes are counted, not coerced.
+        name, shape = d["name"], d["shape"]
+        if not isinstance(name, str) or not name.isprintable():
+            raise UsageError(f"tensor spec has name {show(name)}", "give each tensor a one-line string name")
+        if not isinstance(shape, list | tuple) or not all(_is_dim(x) for x in shape):
             raise UsageError(
-                f"tensor spec {dict(d)} is malformed", "each tensor needs name, dtype and shape (modality optional)"
+                f"tensor '{name}' has shape {show(shape)}", "write it as a list of sizes (>= 0) and dim names"
             )
-        vr = d.get("value_range")
         return cls(
-            name=str(d["name"]),
-            dtype=str(d.get("dtype", "float32")),
-            shape=tuple(d["shape"]),
-            modality=str(d.get("modality", "other")),
-            value_range=None if vr is None else (float(vr[0]), float(vr[1])),
+            name=name,
+            dtype=_word(d.get("dtype", "float32")),
+            shape=tuple(shape),
+            modality=_word(d.get("modality", "other")),
+            value_range=_value_range(name, d.get("value_range")),
         )
+
+
+def _word(value: Any) -> str:
+    """A dtype or modality as given, or its repr where it is not a one-line string (which then matches none)."""
+    return value if isinstance(value, str) and value.isprintable() else show(value)
+
+
+def _is_dim(x: Any) -> bool:
+    if isinstance(x, str):
+        return x.isprintable()
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < INT64
+
+
+def _value_range(name: str, vr: Any) -> tuple[float, float] | None:
+    """[low, high) as two finite floats: example inputs are drawn from it, and a text input's high is its vocab."""
+    if vr is None:
+        return None
+    numbers = isinstance(vr, list | tuple) and len(vr) == 2 and all(type(v) in (int, float) for v in vr)
+    try:
+        low, high = (float(vr[0]), float(vr[1])) if numbers else (math.nan, math.nan)
+    except OverflowError:  # an int past float's range
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise UsageError(f"tensor '{name}' has value_range {show(vr)}", "write it as [low, high] with low < high")
+    return low, high
 
 
 @dataclass(frozen=True)
@@ -170,7 +205,11 @@ class IOSpec:
             if t.name not in feeds:
                 raise UsageError(f"feed is missing input '{t.name}'", f"the model needs {', '.join(self.input_names)}")
             arr = feeds[t.name]
-            dtype = str(getattr(arr, "dtype", type(arr).__name__)).removeprefix("torch.")
+            if not hasattr(arr, "dtype") or not hasattr(arr, "shape"):  # a Python True has no shape, yet is "bool"
+                raise UsageError(
+                    f"input '{t.name}' is a {type(arr).__name__}, not an array", f"the spec says {t.dtype}"
+                )
+            dtype = str(arr.dtype).removeprefix("torch.")
             if dtype != t.dtype:
                 raise UsageError(f"input '{t.name}' has dtype {dtype}", f"the spec says {t.dtype}")
             shape = tuple(arr.shape)
@@ -212,19 +251,20 @@ class IOSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> IOSpec:
-        if not isinstance(d, Mapping) or "inputs" not in d or "outputs" not in d:
+        inputs, outputs = (d.get("inputs"), d.get("outputs")) if isinstance(d, Mapping) else (None, None)
+        if not isinstance(inputs, list | tuple) or not isinstance(outputs, list | tuple):
             raise UsageError("IO spec needs 'inputs' and 'outputs' lists", "see docs/user-guide.md#io-spec")
         try:
             dims = {
                 str(k): DimRange(int(v["min"]), int(v["opt"]), int(v["max"])) for k, v in (d.get("dims") or {}).items()
             }
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:  # not a mapping; int(inf)
             raise UsageError(
                 f"IO spec dims are malformed ({e})", "write each as name: {min: 1, opt: 8, max: 32}"
             ) from e
         return cls(
-            inputs=tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
-            outputs=tuple(TensorSpec.from_dict(t) for t in d["outputs"]),
+            inputs=tuple(TensorSpec.from_dict(t) for t in inputs),
+            outputs=tuple(TensorSpec.from_dict(t) for t in outputs),
             dims=dims,
         )
 
@@ -237,7 +277,9 @@ class IOSpec:
         if not path.is_file():
             raise UsageError(f"IO spec file not found: {path}", "pass an existing YAML file with --io")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"IO spec {path} cannot be read: {e}") from e
         except yaml.YAMLError as e:
             raise UsageError(f"IO spec {path} is not valid YAML: {str(e).splitlines()[0]}") from e
         return cls.from_dict(data)

@@ -19,7 +19,7 @@ import yaml
 from .errors import UsageError
 from .hardware import ALIASES, profile_names
 from .quant.calibration import DEFAULT_SAMPLES
-from .schema_errors import Loc, did_you_mean, dotted, first_error
+from .schema_errors import Loc, did_you_mean, dotted, first_error, load_yaml, show
 from .stages.distill import DistillConfig
 from .stages.prune import PruneConfig
 
@@ -156,7 +156,7 @@ def _known_target(name: str) -> str:
     if Path(name).suffix in (".yaml", ".yml") or name in shipped or name in ALIASES:
         return name
     hint = did_you_mean(name, [*shipped, *ALIASES])
-    raise ValueError(f"unknown target '{name}'{f', {hint}' if hint else ''} (`edgekit profiles list` shows them)")
+    raise ValueError(f"unknown target {show(name)}{f', {hint}' if hint else ''} (`edgekit profiles list` shows them)")
 
 
 Target = Annotated[str, pydantic.AfterValidator(_known_target)]
@@ -243,7 +243,7 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; any problem is one UsageError naming the field."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"recipe {path} cannot be read: {e}") from e
     except yaml.YAMLError as e:

@@ -7,6 +7,7 @@ implies, and the budgets an artifact must meet on it."""
 from __future__ import annotations
 
 import difflib
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,7 @@ import pydantic
 import yaml
 
 from ..errors import UsageError
-from ..schema_errors import dotted, first_error
+from ..schema_errors import dotted, first_error, load_yaml, one_line, show
 
 Precision = Literal["fp32", "fp16", "int8"]
 FormatName = Literal["onnx", "openvino", "tensorrt", "executorch", "ort-mobile"]
@@ -106,8 +107,8 @@ def profile_names() -> list[str]:
 
 def parse_profile(path: Path) -> HardwareProfile:
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
+        data = load_yaml(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise UsageError(f"profile {path} cannot be read: {str(e).splitlines()[0]}") from e
     try:
         return HardwareProfile.model_validate(data)
@@ -129,9 +130,11 @@ def resolve_profile(target: str) -> tuple[HardwareProfile, str | None]:
         return parse_profile(shipped[name]), f"target '{target}' resolves to profile '{name}'"
     path = Path(target)
     if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise UsageError(f"profile file not found: {path}", "pass an existing YAML file or a shipped profile name")
+        if not os.path.isfile(path):  # unlike Path.is_file, False (not OSError) for a name too long or unreadable
+            raise UsageError(
+                f"profile file not found: {one_line(str(path))}", "pass an existing YAML file or a shipped profile name"
+            )
         return parse_profile(path), None
     close = difflib.get_close_matches(target, [*shipped, *ALIASES], n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
-    raise UsageError(f"unknown target '{target}'", f"{hint}see `edgekit profiles list`, or pass a profile .yaml")
+    raise UsageError(f"unknown target {show(target)}", f"{hint}see `edgekit profiles list`, or pass a profile .yaml")
