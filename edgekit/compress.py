@@ -29,6 +29,7 @@ from .hardware.estimator import graph_costs
 from .io import IOSpec
 from .loading import load_model, save_model_package
 from .models import build_fusion_model, count_params
+from .provenance import data_hashes, provenance, tree_hashes
 from .quant.accuracy_aware import BudgetError, accuracy_aware, layer_sqnr, quant_units
 from .quant.backends import ExecuTorchBackend, OnnxQDQBackend, OpenVINOBackend
 from .quant.calibration import calibration_set
@@ -82,6 +83,8 @@ def prepare_run_dir(out: Path, recipe_text: str, overwrite: bool) -> None:
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT).unlink(missing_ok=True)  # the run is incomplete until the new report is written
+    for stale in [*out.rglob(".*.tmp"), *out.rglob(".*.old")]:  # what a killed run was writing (nested too)
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     write_text(previous, recipe_text)
 
 
@@ -133,13 +136,18 @@ def compress(
     check_data(recipe, io)
     prepare_run_dir(out, text, overwrite)
     log = run_log(out / "compress.log", log)
-    key = content_hash({"model": model_hash(teacher), "data": data.model_dump(), "seed": recipe.seed})
+    teacher_sha = model_hash(teacher)
+    key = content_hash({"model": teacher_sha, "data": data.model_dump(), "seed": recipe.seed})
+    splits = {data.train, data.val, data.test, data.calibration}
     base_acc = split_accuracy(torch_predict(teacher), io, data.name, data.test)
     report: dict[str, Any] = {
         "recipe": recipe.model_dump(mode="json"), "model": str(source),
         "baseline": {"accuracy": base_acc, **model_stats(teacher, io)}, "stages": [], "artifacts": [],
         "versions": versions("torch", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "torch-pruning"),
+        "provenance": provenance(recipe.seed, teacher_sha, data_hashes(data.name, splits)),
     }  # fmt: skip
+    outputs: dict[str, str] = {}
+    report["provenance"]["outputs"] = outputs
     current = Current(copy.deepcopy(teacher), io, loaded.labels, loaded.manifest.factory, dict(loaded.manifest.kwargs))
     for i, stage in enumerate(recipe.stages, 1):
         key = content_hash({"previous": key, "stage": stage.model_dump(mode="json")})
@@ -160,6 +168,7 @@ def compress(
                 current.factory, current.kwargs = factory, dict(reloaded.manifest.kwargs)
         row.update(cached=cached, accuracy_drop=round(100 * (base_acc - row["accuracy"]), 2))
         report["stages"].append(row)
+        outputs.update({f"stages/{where.name}/{k}": v for k, v in tree_hashes(where).items()})
     report["verdict"] = verdict(report, recipe, profiles)
     if report["artifacts"]:  # the artifact, proven against the first target the way `edgekit validate` does
         arts = [Path(a["path"]).parent for a in report["artifacts"]]
@@ -211,6 +220,7 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, prima
     with atomic_dir(where) as tmp:
         work = tmp / "work"
         work.mkdir()
+        log("exporting ONNX")
         hub = export_onnx(current.model, io, work / "model.onnx", slim=True)
         meta: dict[str, Any] = {"calibration": calib.describe(), "max_drop": max_drop}
         art_dir = tmp / f"{backend}-int8"
@@ -242,6 +252,7 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, prima
             float_nodes = sens.float_nodes
             write_json(tmp / "sensitivity.json", sens.as_dict())
             meta["sensitivity"] = "sensitivity.json"
+        log(f"quantizing ({backend}, {len(calib)} calibration samples, {len(float_nodes)} node(s) kept in float)")
         impl.build(frozenset(float_nodes), art_dir)
         meta["float_nodes"] = list(float_nodes)
         meta["costs"] = graph_costs(hub, io)

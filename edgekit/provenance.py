@@ -1,0 +1,50 @@
+"""What a run directory records so that a result can be traced and reproduced: EdgeKit's version and git commit,
+library versions, the host, the seed, and sha256 of every input and output."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .artifact import sha256_file
+from .data import resolve_data
+from .profiling.host import host_info
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def git_commit() -> str | None:
+    """The commit EdgeKit runs from, when it runs from a git checkout (an installed wheel has none)."""
+    try:
+        p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True,
+                           timeout=10, check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if p.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PACKAGE_DIR,
+                           capture_output=True, text=True, timeout=10, check=False).stdout.strip()  # fmt: skip
+    return p.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def data_hashes(spec: str, splits: set[str]) -> dict[str, str]:
+    """sha256 of each split file a run reads; a `module:function` dataset has no files to hash."""
+    where = resolve_data(spec)
+    if not isinstance(where, Path):
+        return {}
+    files = {split: where / f"{split}.npz" for split in sorted(splits)}
+    return {split: sha256_file(f) for split, f in files.items() if f.is_file()}
+
+
+def tree_hashes(root: Path, skip: frozenset[str] = frozenset({"stage.json"})) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path (`skip`: files that hold timings, not results)."""
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip]
+    return {str(p.relative_to(root)): sha256_file(p) for p in files}
+
+
+def provenance(seed: int, model_sha: str, data: dict[str, str]) -> dict[str, Any]:
+    host = host_info()
+    return {"edgekit": __version__, "git_commit": git_commit(), "seed": seed, "versions": host.pop("versions"),
+            "host": host, "inputs": {"model_sha256": model_sha, "data_sha256": data}}  # fmt: skip
