@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import __version__
 from .artifact import sha256_file
 from .data import resolve_data
@@ -46,5 +48,7 @@ def tree_hashes(root: Path, skip: frozenset[str] = frozenset({"stage.json"})) ->
 
 def provenance(seed: int, model_sha: str, data: dict[str, str]) -> dict[str, Any]:
     host = host_info()
-    return {"edgekit": __version__, "git_commit": git_commit(), "seed": seed, "versions": host.pop("versions"),
-            "host": host, "inputs": {"model_sha256": model_sha, "data_sha256": data}}  # fmt: skip
+    # Training is bit-reproducible only at the same thread count (float sums change order), so it is recorded.
+    return {"edgekit": __version__, "git_commit": git_commit(), "seed": seed, "torch_threads": torch.get_num_threads(),
+            "versions": host.pop("versions"), "host": host,
+            "inputs": {"model_sha256": model_sha, "data_sha256": data}}  # fmt: skip

@@ -110,7 +110,12 @@ def test_killed_in_every_stage_resumes_to_identical_files(recipe, uninterrupted,
 
 def test_the_run_records_its_provenance(uninterrupted):
     prov = uninterrupted["provenance"]
-    assert prov["seed"] == 0 and prov["edgekit"] and {"torch", "onnx", "onnxruntime"} <= set(prov["versions"])
+    assert (
+        prov["seed"] == 0
+        and prov["torch_threads"] >= 1
+        and prov["edgekit"]
+        and {"torch", "onnx", "onnxruntime"} <= set(prov["versions"])
+    )
     assert prov["host"]["cpu"] and prov["host"]["cores"] >= 1
     assert len(prov["inputs"]["model_sha256"]) == 64 and set(prov["inputs"]["data_sha256"]) == {"train", "val", "test"}
     assert any(k.endswith("onnx-int8/model.onnx") for k in prov["outputs"])
