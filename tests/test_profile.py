@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from edgekit import api
+from edgekit.artifact import load_artifact
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.errors import UsageError
 from edgekit.loading import save_model_package
@@ -23,6 +24,7 @@ from edgekit.models import build_fusion_model
 from edgekit.profiling.host import cpu_facts
 from edgekit.profiling.ops import summarize
 from edgekit.profiling.timing import LatencyStats, interleaved, time_calls
+from edgekit.runtimes import bound_call, load_runner
 
 from .conftest import run_cli
 
@@ -108,6 +110,20 @@ def test_openvino_breakdown_comes_from_its_performance_counters(exported):
     out = json.loads(r.stdout)
     assert out["runtime"].startswith("openvino") and out["ops"]["runtime"].startswith("openvino")
     assert any("Convolution" in o["op"] for o in out["ops"]["by_op_type"])
+
+
+@pytest.mark.parametrize("name", ["onnx-fp32", "openvino-fp32"])
+def test_the_timed_call_computes_what_run_computes(exported, name):
+    """Profiling times a call with the inputs bound once; it must be the same inference as `run`."""
+    art = load_artifact(exported / "x86" / name)
+    runner = load_runner(art, threads=1)
+    first, second = (art.io.example_inputs(2, seed=s) for s in (1, 2))
+    call = bound_call(runner, first)
+    runner.run(second)  # another call in between must not disturb the bound inputs
+    result = call()
+    got = result.copy_outputs_to_cpu()[0] if name.startswith("onnx") else np.array(result[0])
+    np.testing.assert_allclose(got, next(iter(runner.run(first).values())), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, next(iter(runner.run(second).values())))
 
 
 def test_profile_runs_a_model_package_in_torch_eager(exported):

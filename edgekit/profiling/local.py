@@ -14,7 +14,7 @@ from typing import Any
 from ..artifact import MANIFEST, load_artifact, model_hash, sha256_file
 from ..errors import UsageError
 from ..io import IOSpec
-from ..runtimes import Runner, load_runner
+from ..runtimes import Runner, bound_call, load_runner
 from .host import host_info
 from .ops import op_breakdown
 from .timing import LatencyStats, time_calls
@@ -110,7 +110,7 @@ def profile(path: Path, settings: Settings = Settings()) -> dict[str, Any]:
             runner.run(feeds)
             first_ms = (time.perf_counter() - start) * 1e3
         seconds = time_calls(
-            lambda f=feeds: runner.run(f), settings.warmup, settings.runs, None if settings.runs else settings.duration
+            bound_call(runner, feeds), settings.warmup, settings.runs, None if settings.runs else settings.duration
         )
         stats = LatencyStats.of(seconds)
         results.append(

@@ -59,6 +59,14 @@ def onnx_runner(path: Path, io: IOSpec, threads: int | None = None) -> Runner:
     return load_runner(Artifact("onnx", "fp32", path.parent, path.name, io, ""), threads)
 
 
+def bound_call(runner: Runner, feeds: Mapping[str, np.ndarray]) -> Callable[[], object]:
+    """A zero-argument call that runs `feeds` with the inputs handed to the runtime once, up front, the way the
+    runtimes' own benchmark tools (benchmark_app, onnxruntime_perf_test) and a deployed application call it: what
+    is timed is the runtime's inference, not Python converting feeds and outputs. Runners without `bind` run."""
+    bind = getattr(runner, "bind", None)
+    return bind(feeds) if bind else (lambda: runner.run(feeds))
+
+
 def predict_fn(runner: Runner, output: str | None = None) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
     """Adapt a runner to evaluation's feeds -> logits function (the first output unless named)."""
 

@@ -3,7 +3,7 @@ support OpenVINO otherwise runs FP32 models in bf16, which silently changes the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -36,3 +36,14 @@ class OpenVINORunner:
         result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()}, share_inputs=True,
                                     share_outputs=True)  # fmt: skip
         return {name: np.array(result[out]) for name, out in zip(self.outputs, self.compiled.outputs, strict=True)}
+
+    def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], object]:
+        """Inputs set once as shared tensors on a request of its own; each call is one synchronous infer(),
+        which returns the request's outputs (overwritten by the next call)."""
+        import openvino as ov
+
+        request = self.compiled.create_infer_request()
+        arrays = {k: np.ascontiguousarray(v) for k, v in feeds.items()}  # kept alive: the tensors share them
+        for name, array in arrays.items():
+            request.set_tensor(name, ov.Tensor(array, shared_memory=True))
+        return lambda _keep=arrays: request.infer()  # -> the request's outputs
