@@ -230,7 +230,8 @@ def export(
                 "seconds": round(seconds, 1),  # to build it (calibration included), not to measure it
             }
             if f == "tensorrt" and p == "int8":  # the engine builds on the device; its Q/DQ graph runs here
-                ref = evaluate(predict_fn(onnx_runner(ctx.qdq[0], io)), io, test, max_batch(io), per_modality=False)
+                bundle_qdq = onnx_runner(ctx.qdq("tensorrt")[0], io)
+                ref = evaluate(predict_fn(bundle_qdq), io, test, max_batch(io), per_modality=False)
                 row["reference"] = {
                     "runtime": "onnxruntime (the bundle's Q/DQ ONNX, CPU)",
                     "accuracy": ref.overall.accuracy,

@@ -100,6 +100,11 @@ class Artifact:
         return dataclasses.replace(self, meta={**self.meta, **extra})
 
 
+def _inside(name: object) -> bool:
+    """Whether a manifest's file name is a relative path that stays inside the artifact directory."""
+    return isinstance(name, str) and bool(name) and not Path(name).is_absolute() and ".." not in Path(name).parts
+
+
 def load_artifact(directory: Path, verify: bool = True) -> Artifact:
     """Read an artifact directory's manifest; with `verify`, every file's hash must match it."""
     directory = Path(directory)
@@ -115,8 +120,15 @@ def load_artifact(directory: Path, verify: bool = True) -> Artifact:
         art = Artifact(m["artifact_format"], m["precision"], directory, m["file"], IOSpec.from_dict(m["io"]),
                        m["parent"], m.get("meta", {}))  # fmt: skip
         recorded: dict[str, str] = m["files"]
+        outside = [name for name in (art.file, *recorded) if not _inside(name)]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise UsageError(f"{path} is malformed ({type(e).__name__}: {e})", "re-export the artifact") from e
+    # The manifest is as untrusted as the files: the file a runtime loads must lie inside the directory and have
+    # a recorded hash, or an edited manifest could point it at any file, unverified.
+    if outside:
+        raise UsageError(f"{path} names a file outside the artifact: {outside[0]!r}", "re-export the artifact")
+    if art.file not in recorded:
+        raise UsageError(f"{path} records no hash for its model file {art.file}", "re-export the artifact")
     if verify:
         for name, digest in recorded.items():
             f = directory / name

@@ -33,7 +33,7 @@ from .provenance import data_hashes, provenance, tree_hashes
 from .quant.accuracy_aware import BudgetError, accuracy_aware, layer_sqnr, quant_units
 from .quant.backends import ExecuTorchBackend, OnnxQDQBackend, OpenVINOBackend
 from .quant.calibration import calibration_set
-from .quant.onnx_qdq import quantize_qdq
+from .quant.onnx_qdq import quantize_qdq, scheme_for
 from .recipe import DistillStage, PruneStage, QuantizeStage, Recipe, dump_recipe
 from .runtimes import load_runner, onnx_runner, predict_fn
 from .stages.distill import distill
@@ -76,7 +76,9 @@ def prepare_run_dir(out: Path, recipe_text: str, overwrite: bool) -> None:
         raise UsageError(f"output path {out} is a file", "choose a directory for --out")
     previous = out / "recipe.yaml"
     if out.is_dir() and any(out.iterdir()):
-        same = previous.is_file() and previous.read_text() == recipe_text
+        if not previous.is_file():  # --overwrite replaces an EdgeKit run, never an arbitrary directory
+            raise UsageError(f"{out} is not empty and holds no EdgeKit run", "choose a new or empty --out")
+        same = previous.read_text() == recipe_text
         if not same and not overwrite:
             raise UsageError(f"{out} holds a different run", "choose a new --out, or pass --overwrite to replace it")
         if not same:
@@ -223,12 +225,13 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, prima
         log("exporting ONNX")
         hub = export_onnx(current.model, io, work / "model.onnx", slim=True)
         meta: dict[str, Any] = {"calibration": calib.describe(), "max_drop": max_drop}
+        scheme = scheme_for(primary_format)  # the Q/DQ graph of a TensorRT target is TensorRT's, else onnxruntime's
         art_dir = tmp / f"{backend}-int8"
         if backend == "executorch":
             scopes = {u.node: u.scope for u in quant_units(onnx.load(str(hub)))}
             impl: Any = ExecuTorchBackend(current.model, io, calib, scopes)
         else:
-            impl = (OnnxQDQBackend if backend == "onnx" else OpenVINOBackend)(hub, io, calib)
+            impl = OnnxQDQBackend(hub, io, calib, scheme) if backend == "onnx" else OpenVINOBackend(hub, io, calib)
         float_nodes: tuple[str, ...] = ()
         if stage.accuracy_aware:
             val = load_split(data.name, data.val)
@@ -237,7 +240,7 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, prima
                 return evaluate(predict, io, val, per_modality=False).overall.accuracy
 
             def rank() -> dict[str, float]:
-                quantize_qdq(hub, work / "full-int8.onnx", calib)
+                quantize_qdq(hub, work / "full-int8.onnx", calib, scheme=scheme)
                 return layer_sqnr(hub, work / "full-int8.onnx", calib)
 
             baseline = accuracy(predict_fn(onnx_runner(hub, io)))

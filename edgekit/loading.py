@@ -24,6 +24,7 @@ from torch import nn
 from .errors import UsageError
 from .fsutil import atomic_dir, atomic_path
 from .io import IOSpec
+from .schema_errors import load_yaml
 
 MANIFEST = "edgekit-model.yaml"
 WEIGHTS = "model.safetensors"
@@ -149,13 +150,13 @@ def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     model.load_state_dict(state)
 
 
-def _read_manifest(directory: Path) -> PackageManifest:
+def read_manifest(directory: Path) -> PackageManifest:
     path = directory / MANIFEST
     if not path.is_file():
         raise UsageError(f"{directory} is not a model package: no {MANIFEST}", "see docs/bring-your-own-model.md")
-    try:
-        return PackageManifest.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, pydantic.ValidationError) as e:
+    try:  # load_yaml: a SafeLoader whose bad values (`!!int x`) fail as YAMLErrors too
+        return PackageManifest.model_validate(load_yaml(path.read_text()))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, pydantic.ValidationError) as e:
         first = str(e).splitlines()
         raise UsageError(f"{path} is malformed: {' '.join(first[:3])}") from e
 
@@ -185,7 +186,7 @@ def load_model(
     path = run_model(Path(model))
     # Cheap checks (spec files, paths) come before running any factory code.
     if path.is_dir():
-        manifest = _read_manifest(path)
+        manifest = read_manifest(path)
         spec = IOSpec.load(io) if io else IOSpec.from_dict(manifest.io)
         wfile = weights or (path / manifest.weights if manifest.weights else None)
         net = build_model(manifest.factory, manifest.kwargs, path)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 import yaml
 
+from .data import is_adapter_spec
 from .errors import UsageError
 from .hardware import ALIASES, profile_names
 from .quant.calibration import DEFAULT_SAMPLES
@@ -248,7 +249,18 @@ def load_recipe(path: str | Path) -> Recipe:
         raise UsageError(f"recipe {path} cannot be read: {e}") from e
     except yaml.YAMLError as e:
         raise UsageError(f"recipe {path} is not valid YAML: {_yaml_problem(e)}") from e
-    return _validate(data, f"recipe {path}")
+    return _names_no_code(_validate(data, f"recipe {path}"), path)
+
+
+def _names_no_code(recipe: Recipe, path: Path) -> Recipe:
+    """A recipe file is data. A 'module:function' dataset would import and call whatever function it names (any
+    installed one, with the recipe's split names as arguments), so only the command line (--data) may name one."""
+    if is_adapter_spec(recipe.data.name):
+        raise UsageError(
+            f"recipe {path}: field 'data.name' {show(recipe.data.name)} names code (module:function), not data",
+            "name a dataset or a directory in the recipe; pass a data adapter with --data module:function",
+        )
+    return recipe
 
 
 def dump_recipe(recipe: Recipe) -> str:

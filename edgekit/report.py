@@ -124,13 +124,13 @@ def validation_html(v: dict[str, Any]) -> str:
             esc(Path(r["artifact"]).name), esc(r.get("format")), esc(r.get("precision")),
             f'<span class="{r["status"]}">{STATUS[r["status"]]}</span>', num(r.get("size_mb"), ".2f"),
             num(r.get("accuracy"), ".4f"), num(r.get("accuracy_drop"), "+.2f"), num(r.get("p50_ms"), ".3f"),
-            num(r.get("p95_ms"), ".3f"), f'<span class="{source}">{esc(source)}</span>',
+            num(r.get("p95_ms"), ".3f"), f'<span class="{esc(source)}">{esc(source)}</span>',
             num(r.get("peak_ram_mb"), ".0f"), esc(r.get("error") or ", ".join(r.get("unchecked", [])) or ""),
         ])  # fmt: skip
     header = ["artifact", "format", "precision", "status", "size MB", "accuracy", "drop", "p50 ms", "p95 ms",
               "latency", "RAM MB", "notes / unchecked"]  # fmt: skip
     budgets = ", ".join(f"{k} {v}" for k, v in v["budgets"].items() if v is not None) or "none: nothing gated"
-    return (f"<h3>{esc(v['profile'])}: verdict <span class=\"{v['verdict']}\">{esc(v['verdict'])}</span></h3>"
+    return (f"<h3>{esc(v['profile'])}: verdict <span class=\"{esc(v['verdict'])}\">{esc(v['verdict'])}</span></h3>"
             f"<p>budgets: {esc(budgets)}</p>{table(header, rows)}")  # fmt: skip
 
 
@@ -168,7 +168,7 @@ def render(run_dir: Path) -> Path:
     host = next((v["host"] for v in validations), None)
     body = [
         f"<h1>EdgeKit run: {esc(Path(run_dir).resolve().name)}</h1>",
-        f"<p>verdict: <b class=\"{report['verdict']['status']}\">{esc(report['verdict']['status'])}</b> "
+        f"<p>verdict: <b class=\"{esc(report['verdict']['status'])}\">{esc(report['verdict']['status'])}</b> "
         f"(accuracy drop {num(report['verdict'].get('accuracy_drop'), '+.2f')} pts)</p>",
         "<h2>Validation</h2>",
         "".join(validation_html(v) for v in validations) or "<p>Not validated yet: run <code>edgekit validate "

@@ -104,14 +104,27 @@ def check_measurements(measured: dict[str, dict[str, Any]], artifacts: Sequence[
                          "pass the JSON of `edgekit profile` run on these artifacts")  # fmt: skip
 
 
-def recorded_source(artifacts: Sequence[Path]) -> Path | None:
-    """The model package every artifact was exported from, when their manifests agree and it still exists."""
+def recorded_source(artifacts: Sequence[Path], log: Log = lambda _: None) -> Path | None:
+    """The model package every artifact was exported from, when their manifests agree and it still exists.
+
+    Only a package built from one of EdgeKit's own factories: loading a package runs its factory, and the path
+    comes from a manifest, which is data anyone can edit. A model of the user's own takes --baseline."""
+    from .api import ZOO_FACTORY  # api imports this module
+    from .loading import MANIFEST, read_manifest
+    from .stages.prune import FACTORY as PRUNED_FACTORY
+
     try:
         sources = {load_artifact(Path(a), verify=False).meta.get("source") for a in artifacts}
-    except EdgeKitError:
+        source = sources.pop() if len(sources) == 1 else None
+        if not isinstance(source, str) or not (Path(source) / MANIFEST).is_file():
+            return None
+        factory = read_manifest(Path(source)).factory
+    except (EdgeKitError, TypeError):  # TypeError: an unhashable "source"
         return None
-    source = sources.pop() if len(sources) == 1 else None
-    return Path(source) if source and (Path(source) / "edgekit-model.yaml").is_file() else None
+    if factory not in (ZOO_FACTORY, PRUNED_FACTORY):
+        log(f"no accuracy baseline: {source} runs its own factory ({factory}); pass --baseline {source} to use it")
+        return None
+    return Path(source)
 
 
 @dataclass(frozen=True)
@@ -141,7 +154,7 @@ def validate(
     here = host_matches(profile, host) and not options.estimate_only
     test = load_split(options.data, options.split)
     base_acc = None
-    baseline = baseline or recorded_source(artifacts)
+    baseline = baseline or recorded_source(artifacts, log)
     if baseline is not None:
         from .loading import load_model
 

@@ -286,6 +286,9 @@ CASES = [
          ("holds a different run", "--overwrite")),
     Case("out-not-empty", lambda w: _export(str(w.pkg), str(w.used_out), *ONNX_FP32), 2,
          ("is not empty", "--overwrite")),
+    Case("overwrite-a-directory-that-is-no-run", lambda w: ["compress", "--recipe", str(w.recipes / "ptq.yaml"),
+                                                            "--out", str(w.used_out), "--overwrite"], 2,
+         ("used_out is not empty and holds no EdgeKit run", "choose a new or empty --out")),
     # artifacts
     Case("extra-not-installed", lambda w: _export(str(w.pkg), str(w.root / "out/ov"), "--format", "openvino",
                                                   "--precision", "fp32"), 2,
@@ -329,7 +332,9 @@ def test_bad_input(world, case):
     for fragment in case.says:
         assert fragment in errors[0], (fragment, errors[0])
     assert "Traceback" not in r.stderr
-    new = _snapshot(world.root) - before
+    after = _snapshot(world.root)
+    assert before <= after, sorted(before - after)  # nothing of the user's was deleted
+    new = after - before
     assert not [p for p in new if p.name in COMPLETE or p.name.endswith(".tmp")], sorted(new)
     assert not (world.root / "pwned").exists()  # the pickle's payload never ran
 

@@ -18,7 +18,10 @@ def validate(
     profile: Annotated[str, typer.Option("--profile", "--target", help="Hardware profile name, alias or .yaml.")],
     baseline: Annotated[
         Path | None,
-        typer.Option(help="FP32 model package the drop is measured against (default: the one exported from)."),
+        typer.Option(
+            help="FP32 model package the drop is measured against (default: the one exported from, "
+            "when EdgeKit built it)."
+        ),
     ] = None,
     measurements: Annotated[
         list[Path] | None, typer.Option(help="`edgekit profile --json` output from the device; repeatable.")

@@ -15,6 +15,11 @@ BUILTIN: dict[str, AVDigitsConfig] = {
 }
 
 
+def is_adapter_spec(spec: str) -> bool:
+    """Whether `spec` names a data adapter function ('module:function'): code to import and call, not data."""
+    return spec not in BUILTIN and ":" in spec and not Path(spec).exists()
+
+
 def resolve_data(spec: str) -> Path | str:
     """A built-in name gives its (cached) build directory; a directory is returned as is; a
     'module:function' spec is returned unchanged for load_split."""
@@ -23,7 +28,7 @@ def resolve_data(spec: str) -> Path | str:
     path = Path(spec)
     if path.is_dir():
         return path
-    if ":" in spec and not path.exists():
+    if is_adapter_spec(spec):
         return spec
     raise UsageError(
         f"dataset not found: {spec}",
@@ -48,5 +53,5 @@ def load_split(spec: str, split: str) -> FeedDataset:
 
 __all__ = [
     "BUILTIN", "AVDigitsConfig", "FeedDataset", "build_avdigits", "dataset_meta", "from_arrays",
-    "load_npz_split", "load_split", "resolve_data", "with_modalities",
+    "is_adapter_spec", "load_npz_split", "load_split", "resolve_data", "with_modalities",
 ]  # fmt: skip

@@ -7,6 +7,7 @@ Evaluation, training and calibration all read data through this one type."""
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,14 @@ def load_npz_split(directory: Path, split: str) -> FeedDataset:
             + (f" (it has {', '.join(have)})" if have else " (it is empty)"),
             "write train.npz, val.npz and test.npz with one array per model input plus 'label'",
         )
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:  # an object array would need unpickling: refused
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UsageError(
+            f"{path} is not an .npz of plain arrays ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})",
+            "save each split with np.savez from numeric arrays",
+        ) from e
     if "label" not in arrays:
         raise UsageError(f"{path} has no 'label' array", "add the integer class labels as 'label'")
     labels = arrays.pop("label")

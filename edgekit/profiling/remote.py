@@ -21,10 +21,16 @@ from typing import Any
 
 from ..errors import EdgeKitError, UsageError
 from ..fsutil import atomic_path
+from ..runtimes.tensorrt import ENGINE
 from .local import Settings
 
 MISSING = 97  # exit status of the probe when EdgeKit is not installed on the device
-SPEC = re.compile(r"^(?:(?P<user>[^@\s:]+)@)?(?P<host>[^@\s:]+)(?::(?P<port>\d+))?$")
+# A user or host may not start with '-': ssh would read `-oProxyCommand=...` as an option, not a destination.
+SPEC = re.compile(r"^(?:(?P<user>[^@\s:-][^@\s:]*)@)?(?P<host>[^@\s:-][^@\s:]*)(?::(?P<port>\d+))?$")
+WORKDIR = re.compile(r"/tmp/edgekit-remote\.[A-Za-z0-9]+")  # what the probe's mktemp template yields
+# GNU tar refuses absolute and '..' member names by default (no -P); these two also keep a root login from
+# restoring the archive's owners and mode bits. EdgeKit's own archive holds regular files only (tar_bytes).
+UNTAR = "tar --no-same-owner --no-same-permissions -C {dir} -xf -"
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ class Remote:
         args = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}"]
         args += ["-F", str(self.config)] if self.config else []
         args += ["-p", str(self.port)] if self.port else []
-        return [*args, f"{self.user}@{self.host}" if self.user else self.host, command]
+        return [*args, "--", f"{self.user}@{self.host}" if self.user else self.host, command]  # '--': no options after
 
     def run(self, command: str, step: str, stdin: bytes | None = None, timeout: float | None = None) -> bytes:
         """Run `command` on the device; stdout, or a one-line error naming the step."""
@@ -77,19 +83,42 @@ class Remote:
         return p.stdout
 
 
+def shell_word(path: str) -> str:
+    """`path` as one word of the device's shell: quoted, except that a leading ~/ still means the login's home
+    (quoted, '~' would be a literal directory name)."""
+    return '"$HOME"/' + shlex.quote(path[2:]) if path.startswith("~/") else shlex.quote(path)
+
+
+def _plain_member(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Only directories and regular files travel, without owner or special mode bits: a symlink or hardlink could
+    point the device's copy at files outside it, and a device file or FIFO has no business in an artifact."""
+    if not (info.isreg() or info.isdir()):
+        raise UsageError(f"{info.name} is a link or special file", "copy only regular files into the artifact")
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode &= 0o755
+    return info
+
+
 def tar_bytes(path: Path) -> bytes:
+    """The directory `path` as a tar archive whose members all lie under one top directory, its name."""
+    if not path.name:
+        raise UsageError(f"{path} cannot be copied to a device", "pass an artifact directory")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(path, arcname=path.name)
+        tar.add(path, arcname=path.name, filter=_plain_member)
     return buf.getvalue()
 
 
 @contextmanager
 def remote_workdir(remote: Remote) -> Iterator[str]:
     """A temporary directory on the device (after checking EdgeKit is there), removed afterwards."""
-    exe = shlex.quote(remote.edgekit)
+    exe = shell_word(remote.edgekit)
     probe = f"command -v {exe} >/dev/null 2>&1 || exit {MISSING}; mktemp -d /tmp/edgekit-remote.XXXXXXXX"
     tmp = remote.run(probe, "preparing a temporary directory", timeout=remote.connect_timeout + 30).decode().strip()
+    if not WORKDIR.fullmatch(tmp):  # it is removed with rm -rf afterwards: never anything but mktemp's directory
+        raise EdgeKitError(f"mktemp on {remote.name} printed {tmp[:60]!r}, not a temporary directory",
+                           "make the device's shell print nothing for a non-interactive ssh command")  # fmt: skip
     try:
         yield tmp
     finally:
@@ -101,12 +130,13 @@ def remote_workdir(remote: Remote) -> Iterator[str]:
 
 def push(remote: Remote, local: Path, tmp: str) -> str:
     """Copy a directory into `tmp` on the device (a tar stream over ssh); its path there."""
-    remote.run(f"tar -C {shlex.quote(tmp)} -xf -", f"copying {local.name}", stdin=tar_bytes(local))
+    local = local.resolve()  # '.' and '..' have no name of their own to copy under
+    remote.run(UNTAR.format(dir=shlex.quote(tmp)), f"copying {local.name}", stdin=tar_bytes(local))
     return f"{tmp}/{local.name}"
 
 
 def edgekit_json(remote: Remote, args: Sequence[str], step: str) -> dict[str, Any]:
-    out = remote.run(" ".join(shlex.quote(a) for a in [remote.edgekit, *args, "--json"]), step)
+    out = remote.run(" ".join([shell_word(remote.edgekit), *(shlex.quote(a) for a in [*args, "--json"])]), step)
     try:
         return json.loads(out.decode())
     except json.JSONDecodeError as e:
@@ -136,8 +166,9 @@ def build_remote(bundle: Path, remote: Remote, dla_core: int | None = None) -> d
     with remote_workdir(remote) as tmp:
         there = push(remote, bundle, tmp)
         args = ["build", there, *(["--dla-core", str(dla_core)] if dla_core is not None else [])]
-        result = edgekit_json(remote, args, "edgekit build")
-        engine = bundle / Path(result["engine"]).name
+        edgekit_json(remote, args, "edgekit build")
+        # The engine's name is ours, not the device's reply: a reply cannot choose which local file is written.
+        engine = bundle / ENGINE
         with atomic_path(engine) as part:
-            part.write_bytes(remote.run(f"cat {shlex.quote(result['engine'])}", "fetching the engine"))
+            part.write_bytes(remote.run(f"cat {shlex.quote(f'{there}/{ENGINE}')}", "fetching the engine"))
     return {"bundle": str(bundle), "engine": str(engine), "remote": {"device": remote.name, "path": there}}

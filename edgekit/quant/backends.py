@@ -15,7 +15,7 @@ from ..io import IOSpec
 from ..runtimes import load_runner, onnx_runner, predict_fn
 from .accuracy_aware import Predict
 from .calibration import CalibrationSet
-from .onnx_qdq import OP_TYPES, quantize_qdq
+from .onnx_qdq import CPU, Scheme, quantize_qdq
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,12 @@ class OnnxQDQBackend:
     src: Path
     io: IOSpec
     calib: CalibrationSet
-    op_types: tuple[str, ...] = OP_TYPES
+    scheme: Scheme = CPU
     name: str = "onnx"
 
     def build(self, exclude: frozenset[str], dst: Path) -> Predict:
         dst.mkdir(parents=True, exist_ok=True)
-        quantize_qdq(self.src, dst / "model.onnx", self.calib, sorted(exclude), self.op_types)
+        quantize_qdq(self.src, dst / "model.onnx", self.calib, sorted(exclude), self.scheme)
         return predict_fn(onnx_runner(dst / "model.onnx", self.io))
 
 

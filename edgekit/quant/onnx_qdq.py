@@ -1,8 +1,15 @@
-"""INT8 ONNX through onnxruntime's static quantizer, in the QDQ format TensorRT and onnxruntime both run.
+"""INT8 ONNX through onnxruntime's static quantizer, in the QDQ format, with one scheme per consumer of the graph.
 
-Symmetric INT8 everywhere (zero point 0), per-channel weights and per-tensor activations: the explicit
-quantization TensorRT expects. Only Conv, MatMul and Gemm are quantized; quantizing every op (adds,
-softmax, layer norm) cost about 25 points of top-1 agreement on a fusion model (shared/STACK.md)."""
+Weights are always symmetric INT8 per channel. Activations depend on who runs the graph:
+
+- TensorRT (explicit quantization) takes symmetric INT8 activations, and only Conv, MatMul and Gemm are quantized;
+  TensorRT fuses the Q/DQ pairs into its own kernels.
+- onnxruntime on CPUs runs unsigned asymmetric activations through MLAS's U8S8 kernels (VNNI on x86, UDOT on
+  ARM), its fast path; signed activations are slower there. The ops that only move, pick or clamp values (Relu,
+  pooling, reshapes, concatenation) are quantized too, so tensors stay INT8 between kernels instead of passing
+  through a DQ -> op -> Q round trip. These ops are exact in INT8. Adds, Softmax and LayerNormalization stay in
+  float, because quantizing them costs accuracy on the text branch.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +17,34 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..fsutil import atomic_path
 from .calibration import CalibrationSet
 
-OP_TYPES = ("Conv", "MatMul", "Gemm")
+COMPUTE = ("Conv", "MatMul", "Gemm")
+PASS_THROUGH = ("Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose",
+                "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather", "Resize")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    symmetric_activations: bool  # signed symmetric INT8 (TensorRT), else unsigned asymmetric (onnxruntime CPU)
+    op_types: tuple[str, ...]  # empty: every op onnxruntime can quantize
+
+
+TENSORRT = Scheme("tensorrt", True, COMPUTE)
+CPU = Scheme("cpu", False, COMPUTE + PASS_THROUGH)
+
+
+def scheme_for(fmt: str) -> Scheme:
+    """The scheme of the runtime that runs an artifact format's Q/DQ graph."""
+    return TENSORRT if fmt == "tensorrt" else CPU
 
 
 @contextlib.contextmanager
@@ -44,23 +72,53 @@ def ort_reader(calib: CalibrationSet, n: int | None = None) -> Any:
     return Reader()
 
 
+def nonfinite_nodes(model_path: Path, calib: CalibrationSet, n: int = 16) -> set[str]:
+    """Nodes that produce or consume a float tensor holding -inf, inf or NaN on the first `n` calibration samples:
+    an attention mask's -inf fill, reshaped on its way to the scores. Such a range has no INT8 scale (inf, with a
+    NaN asymmetric zero point), so these nodes stay in float whatever op types a scheme quantizes. (onnxruntime
+    quantizes a Reshape only after a quantized op, so today's mask path, Where -> Reshape, is safe regardless.)"""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    produced = {o: node.name for node in model.graph.node for o in node.output if o}
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in produced if t not in known)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    bad: set[str] = set()
+    for feeds in calib.feeds[:n]:
+        for name, value in zip(names, session.run(names, feeds), strict=True):
+            if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+                bad.add(name)
+    consumers = {node.name for node in model.graph.node if bad & set(node.input)}
+    return {produced[t] for t in bad} | consumers
+
+
 def quantize_qdq(
-    src: Path, dst: Path, calib: CalibrationSet, exclude: Sequence[str] = (), op_types: Sequence[str] = OP_TYPES
+    src: Path, dst: Path, calib: CalibrationSet, exclude: Sequence[str] = (), scheme: Scheme = CPU
 ) -> dict[str, object]:
-    """Write a QDQ INT8 copy of `src` to `dst`; nodes named in `exclude` stay in float. Empty `op_types`
-    quantizes every op onnxruntime can."""
+    """Write a QDQ INT8 copy of `src` to `dst` in `scheme`; nodes named in `exclude` stay in float."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    activations = QuantType.QInt8 if scheme.symmetric_activations else QuantType.QUInt8
     with tempfile.TemporaryDirectory(prefix="edgekit-qdq-") as tmp, _in_dir(Path(tmp)), atomic_path(dst) as out:
         prepped = Path(tmp) / "prepped.onnx"
         # Symbolic shape inference fails on the dynamo exporter's graphs; ONNX shape inference suffices.
         quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepped), str(out), ort_reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types) or None,
-            nodes_to_exclude=list(exclude), extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-        )  # fmt: skip
-    return {"backend": "onnxruntime.quantization", "scheme": "QDQ symmetric int8, per-channel weights",
-            "op_types": list(op_types) or "all", "excluded": list(exclude),
+        unbounded = nonfinite_nodes(prepped, calib)
+        # onnxruntime computes a scale for every calibrated tensor before it looks at the nodes; for the unbounded
+        # ones, which stay in float, that divides inf by inf. The result is never used, so it is not a warning.
+        with np.errstate(invalid="ignore"):
+            quantize_static(
+                str(prepped), str(out), ort_reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=activations, weight_type=QuantType.QInt8,
+                op_types_to_quantize=list(scheme.op_types) or None, nodes_to_exclude=sorted({*exclude, *unbounded}),
+                extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True},
+            )  # fmt: skip
+    kind = "symmetric int8" if scheme.symmetric_activations else "asymmetric uint8"
+    return {"backend": "onnxruntime.quantization", "scheme": scheme.name,
+            "format": f"QDQ, {kind} activations, symmetric int8 per-channel weights",
+            "op_types": list(scheme.op_types) or "all", "excluded": list(exclude), "unbounded": sorted(unbounded),
             "calibration": calib.describe()}  # fmt: skip

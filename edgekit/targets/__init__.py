@@ -17,7 +17,7 @@ Builder = Callable[[ExportContext, str, Path], Artifact]
 
 
 def build_onnx(ctx: ExportContext, precision: str, out: Path) -> Artifact:
-    src, info = ctx.qdq if precision == "int8" else (ctx.onnx_fp32, {})
+    src, info = ctx.qdq("onnx") if precision == "int8" else (ctx.onnx_fp32, {})
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, out / "model.onnx")
     return Artifact(
@@ -36,7 +36,7 @@ def build_tensorrt(ctx: ExportContext, precision: str, out: Path) -> Artifact:
     from .tensorrt_ops import table_for
 
     # TensorRT takes INT8 as explicit Q/DQ; FP16 is a builder flag over the FP32 graph.
-    src, info = ctx.qdq if precision == "int8" else (ctx.onnx_fp32, {})
+    src, info = ctx.qdq("tensorrt") if precision == "int8" else (ctx.onnx_fp32, {})
     table = table_for(ctx.profile.software.get("tensorrt", ""))
     adapted: list[str] = []
     if table.max_opset < OPSET:  # an older parser (Xavier's TensorRT 8.5): lower the graph to what it reads

@@ -26,15 +26,19 @@ class ExportContext:
     calibrate: Callable[[], CalibrationSet]
     work: Path  # scratch directory for intermediate files
     meta: dict[str, Any] = field(default_factory=dict)  # recorded in every manifest (source, profile, ...)
+    qdq_files: dict[str, tuple[Path, dict[str, Any]]] = field(default_factory=dict)  # by scheme, built on use
 
     @functools.cached_property
     def calib(self) -> CalibrationSet:
         return self.calibrate()
 
-    @functools.cached_property
-    def qdq(self) -> tuple[Path, dict[str, Any]]:
-        """The INT8 QDQ ONNX and how it was made; built once, shared by the onnx, tensorrt and ort-mobile targets."""
-        from ..quant.onnx_qdq import quantize_qdq
+    def qdq(self, fmt: str) -> tuple[Path, dict[str, Any]]:
+        """The INT8 QDQ ONNX for an artifact format, and how it was made: built once per quantization scheme and
+        shared (the onnx and ort-mobile targets take the CPU scheme, tensorrt its own)."""
+        from ..quant.onnx_qdq import quantize_qdq, scheme_for
 
-        path = self.work / "model.int8.onnx"
-        return path, quantize_qdq(self.onnx_fp32, path, self.calib)
+        scheme = scheme_for(fmt)
+        if scheme.name not in self.qdq_files:
+            path = self.work / f"model.int8-{scheme.name}.onnx"
+            self.qdq_files[scheme.name] = (path, quantize_qdq(self.onnx_fp32, path, self.calib, scheme=scheme))
+        return self.qdq_files[scheme.name]

@@ -18,7 +18,7 @@ def build_ort_mobile(ctx: ExportContext, precision: str, out: Path) -> Artifact:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
-    src, info = ctx.qdq if precision == "int8" else (ctx.onnx_fp32, {})
+    src, info = ctx.qdq("ort-mobile") if precision == "int8" else (ctx.onnx_fp32, {})
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmp:
         model = Path(tmp) / "model.onnx"
