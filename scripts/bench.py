@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-samples", type=int, default=300)
     p.add_argument("--test-samples", type=int, default=0, help="0: the whole test split")
     p.add_argument("--val-samples", type=int, default=0, help="for nncf's accuracy control; 0: the whole split")
-    p.add_argument("--rounds", type=int, default=6, help="interleaved blocks per row and repeat")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved blocks per row and repeat")
     p.add_argument("--block", type=float, default=0.25, help="seconds per block")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--fidelity-seconds", type=int, default=3, help="per tool, artifact and round, vs benchmark_app")
