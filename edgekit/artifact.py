@@ -121,7 +121,7 @@ def load_artifact(directory: Path, verify: bool = True) -> Artifact:
                        m["parent"], m.get("meta", {}))  # fmt: skip
         recorded: dict[str, str] = m["files"]
         outside = [name for name in (art.file, *recorded) if not _inside(name)]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: JSON syntax, ints past 4300 digits
         raise UsageError(f"{path} is malformed ({type(e).__name__}: {e})", "re-export the artifact") from e
     # The manifest is as untrusted as the files: the file a runtime loads must lie inside the directory and have
     # a recorded hash, or an edited manifest could point it at any file, unverified.

@@ -168,7 +168,7 @@ def run_model(path: Path) -> Path:
         return path
     try:
         stages = [Path(s["path"]) for s in json.loads(report.read_text())["stages"] if "path" in s]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: JSON syntax, ints past 4300 digits
         raise UsageError(f"{report} is malformed ({type(e).__name__})", "rerun edgekit compress") from e
     packages = [p for p in stages if (p / MANIFEST).is_file()]
     if not packages:

@@ -160,7 +160,7 @@ def render(run_dir: Path) -> Path:
     try:
         report = json.loads(path.read_text())
         baseline = report["baseline"]["accuracy"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: JSON syntax, ints past 4300 digits
         raise UsageError(f"{path} is malformed ({type(e).__name__}: {e})", "rerun edgekit compress") from e
     validations = report.get("validation", [])
     measured = [(r, v["profile"]) for v in validations for r in v["rows"] if r.get("ops")]

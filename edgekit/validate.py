@@ -42,7 +42,7 @@ def read_measurements(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
             m = json.loads(Path(path).read_text())
             _ = m["results"][0]["latency_ms"]["p50"]
             found[m["artifact"]["sha256"]] = {**m, "file": str(path)}
-        except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+        except (OSError, ValueError, RecursionError, KeyError, IndexError, TypeError) as e:  # ValueError: JSON syntax
             raise UsageError(f"{path} is not the JSON of `edgekit profile --json` ({type(e).__name__}: {e})") from e
     return found
 

@@ -2,6 +2,7 @@
 1 failure), one `edgekit: error:` line on stderr naming the offending thing and the fix, no traceback, and nothing
 left behind that looks complete (no manifest, report or model file, no temporary file)."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -177,9 +178,12 @@ def world(tmp_path_factory, avdigits) -> World:
     onnx_file = w.corrupt / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:2000])
     m = json.loads((w.corrupt / "manifest.json").read_text())  # a manifest that matches the damaged file
-    m["files"] = {"model.onnx": __import__("hashlib").sha256(onnx_file.read_bytes()).hexdigest()}
+    m["files"] = {"model.onnx": hashlib.sha256(onnx_file.read_bytes()).hexdigest()}
     (w.corrupt / "manifest.json").write_text(json.dumps(m))
 
+    shutil.copytree(art, w.nested)
+    (w.nested / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)  # past the JSON parser's recursion limit
+    (w.root / "huge_int.json").write_text('{"results": [{"latency_ms": {"p50": 1' + "0" * 5000 + "}}]}")
     r = _run(["profile", str(art), "--runs", "3", "--warmup", "1", "--no-ops", "--json"])
     assert r.returncode == 0, r.stderr
     (w.root / "art_profile.json").write_text(r.stdout)
@@ -304,6 +308,11 @@ CASES = [
     Case("measurements-of-another-artifact", lambda w: ["validate", str(w.art2), "--profile", "x86",
                                                         "--measurements", str(w.root / "art_profile.json")], 2,
          ("art_profile.json", "another artifact", "sha256")),
+    Case("manifest-nested-too-deep", lambda w: ["profile", str(w.nested), "--runs", "1"], 2,
+         ("nested/manifest.json is malformed", "RecursionError", "re-export")),
+    Case("measurements-with-a-huge-int", lambda w: ["validate", str(w.art), "--profile", "x86", "--measurements",
+                                                    str(w.root / "huge_int.json")], 2,
+         ("huge_int.json is not the JSON of `edgekit profile --json`", "ValueError")),
     Case("batch-zero", lambda w: ["profile", str(w.art), "--batch", "0"], 2, ("batch sizes [0]", "at least 1")),
     Case("unknown-option", lambda w: ["profile", str(w.art), "--batches", "4"], 2,
          ("No such option: --batches", "edgekit profile --help")),
