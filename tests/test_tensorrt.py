@@ -6,6 +6,7 @@ import ast
 import importlib.util
 import json
 import py_compile
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -370,6 +371,20 @@ def test_build_script_imports_tensorrt_only_to_build(bundle):
     r = _script(bundle)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "tensorrt Python package is not installed" in r.stderr
     assert not (bundle / "model.engine").exists()
+
+
+def test_build_engine_runs_only_edgekits_own_script(bundle, tmp_path):
+    """A bundle whose script was changed (and its manifest re-hashed to match) is refused before anything runs."""
+    forged = tmp_path / "forged"
+    shutil.copytree(bundle, forged)
+    marker = tmp_path / "ran"
+    script = forged / "build_engine.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\n" + script.read_text())
+    art = load_artifact(forged, verify=False)
+    art.write_manifest()  # the hashes now match the forged script
+    with pytest.raises(UsageError, match="is not the build script this EdgeKit writes"):
+        build_engine(forged)
+    assert not marker.exists()
 
 
 @pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")

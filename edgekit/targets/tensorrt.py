@@ -200,7 +200,8 @@ def build_engine(
     workspace_mb: int | None = None,
     timeout_s: float = 3600.0,
 ) -> Path:
-    """Build the bundle's engine here by running its build_engine.py with this Python; returns model.engine.
+    """Build the bundle's engine here by running its build_engine.py (which must be the script this EdgeKit writes)
+    with this Python; returns model.engine.
 
     `dla_core` and `workspace_mb` default to the bundle's. Refuses (one line) where TensorRT or a GPU is
     missing: engines can only be built on the device that will run them."""
@@ -208,6 +209,13 @@ def build_engine(
     art = load_artifact(bundle)
     if art.format != "tensorrt":
         raise UsageError(f"{bundle} holds a {art.format} artifact, not a TensorRT bundle", "pass a tensorrt bundle")
+    # The manifest's hashes prove the files match the manifest, not who wrote them: run only the script this
+    # EdgeKit writes, so a bundle from elsewhere cannot make `edgekit build` execute its own code.
+    if (bundle / "build_engine.py").read_text() != BUILD_SCRIPT:
+        raise UsageError(
+            f"{bundle}/build_engine.py is not the build script this EdgeKit writes",
+            "re-export the bundle with this EdgeKit (or, if you trust it, run `python3 build_engine.py` yourself)",
+        )
     if importlib.util.find_spec("tensorrt") is None:
         raise UsageError(
             "building a TensorRT engine needs the tensorrt Python package, which is not installed here",
