@@ -336,13 +336,17 @@ def test_remote_extraction_of_a_hostile_archive_fails_in_one_line_inside_its_dir
 
 @pytest.mark.ssh
 def test_a_devices_reply_cannot_choose_which_local_file_the_engine_overwrites(sshd, tmp_path):
-    """A stand-in for `edgekit build` on the device writes model.engine and names another file in its reply."""
+    """A stand-in for `edgekit build` on the device writes model.engine and its build record, and names another
+    file in its reply. The engine lands in the bundle, and the local manifest records its hash and the record."""
     fake = tmp_path / "fake-edgekit"
-    fake.write_text('#!/bin/sh\nprintf engine > "$2/model.engine"\necho \'{"engine": "../../manifest.json"}\'\n')
+    fake.write_text('#!/bin/sh\nprintf engine > "$2/model.engine"\nprintf \'{"tensorrt": "10.3"}\' > "$2/engine.json"\n'
+                    'echo \'{"engine": "../../manifest.json"}\'\n')  # fmt: skip
     fake.chmod(0o755)
     bundle = artifact(tmp_path / "bundle")
-    manifest = (bundle / MANIFEST).read_bytes()
     device = Remote.parse(sshd["remote"], config=Path(sshd["config"]), edgekit=str(fake))
     result = build_remote(bundle, device)
     assert result["engine"] == str(bundle / "model.engine") and (bundle / "model.engine").read_text() == "engine"
-    assert (bundle / MANIFEST).read_bytes() == manifest and not (tmp_path / MANIFEST).exists()
+    recorded = load_artifact(bundle)  # verifies every hash, the engine's included
+    assert recorded.meta["engine"] == {"tensorrt": "10.3"}
+    assert "model.engine" in json.loads((bundle / MANIFEST).read_text())["files"]
+    assert not (tmp_path / MANIFEST).exists()

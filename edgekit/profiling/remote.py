@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgeKitError, UsageError
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, write_json
 from ..runtimes.tensorrt import ENGINE
+from ..targets.tensorrt import record_engine
 from .local import Settings
 
 MISSING = 97  # exit status of the probe when EdgeKit is not installed on the device
@@ -171,4 +172,13 @@ def build_remote(bundle: Path, remote: Remote, dla_core: int | None = None) -> d
         engine = bundle / ENGINE
         with atomic_path(engine) as part:
             part.write_bytes(remote.run(f"cat {shlex.quote(f'{there}/{ENGINE}')}", "fetching the engine"))
+        reply = remote.run(f"cat {shlex.quote(f'{there}/engine.json')}", "fetching the engine's build record")
+    try:
+        info = json.loads(reply)
+    except (ValueError, RecursionError):
+        info = None
+    if not isinstance(info, dict):
+        raise EdgeKitError(f"{remote.name} sent back an unreadable engine.json", "rebuild the engine")
+    write_json(bundle / "engine.json", info)
+    record_engine(bundle, info)  # the local manifest now hashes the fetched engine, as after a local build
     return {"bundle": str(bundle), "engine": str(engine), "remote": {"device": remote.name, "path": there}}

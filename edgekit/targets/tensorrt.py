@@ -239,10 +239,14 @@ def build_engine(
             f"build_engine.py failed (exit {proc.returncode})",
             "its last line above says why; `python3 build_engine.py --verbose` shows the builder log",
         )
-    engine = bundle / ENGINE
-    info = json.loads((bundle / "engine.json").read_text())
-    dataclasses.replace(art, meta={**art.meta, "engine": info}).write_manifest()  # now hashes the engine too
-    return engine
+    record_engine(bundle, json.loads((bundle / "engine.json").read_text()))
+    return bundle / ENGINE
+
+
+def record_engine(bundle: Path, info: Mapping[str, Any]) -> None:
+    """Add a built engine to its bundle's manifest: its build record in the meta, and (with every file) its hash."""
+    art = load_artifact(bundle)  # the bundle's other files must still match before the manifest is rewritten
+    dataclasses.replace(art, meta={**art.meta, "engine": dict(info)}).write_manifest()
 
 
 # The standalone build script written into every bundle. It imports only the standard library until its
