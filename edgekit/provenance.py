@@ -17,18 +17,23 @@ from .profiling.host import host_info
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def git_commit() -> str | None:
-    """The commit EdgeKit runs from, when it runs from a git checkout (an installed wheel has none)."""
+def _git(*args: str) -> subprocess.CompletedProcess[str] | None:
     try:
-        p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR, capture_output=True, text=True,
-                           timeout=10, check=False)  # fmt: skip
+        return subprocess.run(["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True, timeout=10,
+                              check=False)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if p.returncode != 0:
+
+
+def git_commit() -> str | None:
+    """The commit EdgeKit runs from, when it runs from its own git checkout. An installed copy has none, even
+    inside another project's repository (a venv in a user's repo): this very file must be tracked there."""
+    tracked = _git("ls-files", "--error-unmatch", Path(__file__).name)
+    head = _git("rev-parse", "HEAD") if tracked and tracked.returncode == 0 else None
+    if head is None or head.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PACKAGE_DIR,
-                           capture_output=True, text=True, timeout=10, check=False).stdout.strip()  # fmt: skip
-    return p.stdout.strip() + ("-dirty" if dirty else "")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return head.stdout.strip() + ("-dirty" if status is not None and status.stdout.strip() else "")
 
 
 def data_hashes(spec: str, splits: set[str]) -> dict[str, str]:
