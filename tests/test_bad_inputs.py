@@ -229,6 +229,11 @@ def _export(model: str, out: str, *extra: str) -> list[str]:
     return ["export", "--model", model, "--target", "x86", "--out", out, "--no-validate", *extra]
 
 
+def _compress(recipe: str) -> Callable[[World], list[str]]:
+    """`edgekit compress` of recipes/RECIPE.yaml into its own run directory."""
+    return lambda w: ["compress", "--recipe", str(w.recipes / f"{recipe}.yaml"), "--out", str(w.root / "runs" / recipe)]
+
+
 ONNX_FP32 = ("--format", "onnx", "--precision", "fp32")
 
 CASES = [
@@ -255,23 +260,18 @@ CASES = [
                                               str(w.user / "io_badrange.yaml")], 2,
          ("min <= opt <= max", "16/8")),
     # calibration data
-    Case("calibration-nan", lambda w: ["compress", "--recipe", str(w.recipes / "nan.yaml"), "--out",
-                                       str(w.root / "runs/nan")], 2,
+    Case("calibration-nan", _compress("nan"), 2,
          ("NaN or Inf in input 'image'", "clean or drop")),
-    Case("calibration-zero-samples", lambda w: ["compress", "--recipe", str(w.recipes / "empty.yaml"), "--out",
-                                                str(w.root / "runs/empty")], 2,
+    Case("calibration-zero-samples", _compress("empty"), 2,
          ("train.npz holds zero samples", "at least one sample")),
-    Case("calibration-single-class", lambda w: ["compress", "--recipe", str(w.recipes / "one_class.yaml"), "--out",
-                                                str(w.root / "runs/one")], 2,
+    Case("calibration-single-class", _compress("one_class"), 2,
          ("only class 3", "cover")),
     # recipe and profile files
-    Case("recipe-unknown-key", lambda w: ["compress", "--recipe", str(w.recipes / "typo.yaml"), "--out",
-                                          str(w.root / "runs/typo")], 2,
+    Case("recipe-unknown-key", _compress("typo"), 2,
          ("pruning_ration", "did you mean 'pruning_ratio'")),
     Case("recipe-wrong-type", lambda w: ["recipe", "check", str(w.recipes / "wrong_type.yaml")], 2,
          ("seed", "should be an integer", "'many'")),
-    Case("recipe-not-yaml", lambda w: ["compress", "--recipe", str(w.recipes / "not_yaml.yaml"), "--out",
-                                       str(w.root / "runs/yaml")], 2,
+    Case("recipe-not-yaml", _compress("not_yaml"), 2,
          ("not_yaml.yaml is not valid YAML", "line")),
     Case("profile-without-budgets", lambda w: ["validate", str(w.art), "--profile",
                                                str(w.profiles / "no_budgets.yaml")], 2,

@@ -168,17 +168,18 @@ def build_remote(bundle: Path, remote: Remote, dla_core: int | None = None) -> d
         there = push(remote, bundle, tmp)
         args = ["build", there, *(["--dla-core", str(dla_core)] if dla_core is not None else [])]
         edgekit_json(remote, args, "edgekit build")
-        # The engine's name is ours, not the device's reply: a reply cannot choose which local file is written.
-        engine = bundle / ENGINE
-        with atomic_path(engine) as part:
-            part.write_bytes(remote.run(f"cat {shlex.quote(f'{there}/{ENGINE}')}", "fetching the engine"))
+        # The file names are ours, not the device's reply: a reply cannot choose which local file is written.
+        built = remote.run(f"cat {shlex.quote(f'{there}/{ENGINE}')}", "fetching the engine")
         reply = remote.run(f"cat {shlex.quote(f'{there}/engine.json')}", "fetching the engine's build record")
     try:
         info = json.loads(reply)
     except (ValueError, RecursionError):
         info = None
-    if not isinstance(info, dict):
+    if not isinstance(info, dict):  # checked before anything is written into the bundle
         raise EdgeKitError(f"{remote.name} sent back an unreadable engine.json", "rebuild the engine")
+    engine = bundle / ENGINE
+    with atomic_path(engine) as part:
+        part.write_bytes(built)
     write_json(bundle / "engine.json", info)
     record_engine(bundle, info)  # the local manifest now hashes the fetched engine, as after a local build
     return {"bundle": str(bundle), "engine": str(engine), "remote": {"device": remote.name, "path": there}}
