@@ -24,24 +24,11 @@ system-deps:
 	@scripts/system-deps.sh
 
 # The full story on the built-in default: AV-digits -> the reference teacher -> compress (x86 recipe) ->
-# artifacts for x86, Jetson (an engine-build bundle) and Android -> validation against each profile ->
-# runs/demo/compress/report.html. A rerun resumes the compress run; a failed budget is reported, not fatal.
-DEMO := runs/demo
+# artifacts for this host's x86 profile, Jetson (an engine-build bundle) and Android -> validation against each
+# profile -> runs/demo/compress/report.html. It prints a plan with the time each step should take on this host.
+# A rerun resumes the compress run; a failed budget is reported, not fatal.
 demo: setup
-	$(EK) data build avdigits
-	@T="$$($(PY) scripts/reference_teacher.py)" && set -x && \
-	$(EK) eval --model "$$T" --data avdigits && \
-	$(EK) compress --recipe recipes/avdigits-x86.yaml --out $(DEMO)/compress && \
-	$(EK) export --model $(DEMO)/compress --target x86 --out $(DEMO)/x86 --overwrite && \
-	$(EK) export --model $(DEMO)/compress --target jetson --out $(DEMO)/jetson --overwrite && \
-	$(EK) export --model $(DEMO)/compress --target android --out $(DEMO)/android --overwrite && \
-	{ $(EK) validate $(DEMO)/compress/stages/*-quantize-*/openvino-int8 $(DEMO)/x86/openvino-int8 $(DEMO)/x86/onnx-int8 \
-		--profile x86 --baseline "$$T" --report $(DEMO)/compress || echo "x86: a budget failed (table above)"; } && \
-	{ $(EK) validate $(DEMO)/jetson/tensorrt-int8 --profile jetson --baseline "$$T" --report $(DEMO)/compress \
-		|| echo "jetson: a budget failed (table above)"; } && \
-	{ $(EK) validate $(DEMO)/android/executorch-int8 $(DEMO)/android/ort-mobile-fp32 --profile android \
-		--baseline "$$T" --report $(DEMO)/compress || echo "android: a budget failed (table above)"; } && \
-	$(EK) report $(DEMO)/compress
+	$(PY) scripts/demo.py
 
 test: setup
 	$(VENV)/bin/ruff check edgekit tests scripts

@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import UsageError
 from .fsutil import write_json
+from .hardware.cpu import this_cpu
 from .io import IOSpec
 
 MANIFEST = "manifest.json"
@@ -49,6 +50,13 @@ def versions(*packages: str) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return out
+
+
+def accuracy_record(value: float, data: str, split: str) -> dict[str, Any]:
+    """An artifact's accuracy where it was built, with the CPU it ran on: INT8 kernels differ between CPUs, so
+    validation on another host compares against this (hardware/cpu.py)."""
+    cpu, isa = this_cpu()
+    return {"value": value, "data": data, "split": split, "cpu": cpu, "isa": list(isa)}
 
 
 @dataclass(frozen=True)

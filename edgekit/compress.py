@@ -19,12 +19,13 @@ from typing import Any
 import onnx
 from torch import nn
 
-from .artifact import Artifact, load_artifact, model_hash, sha256_file, versions
+from .artifact import Artifact, accuracy_record, load_artifact, model_hash, sha256_file, versions
 from .data import load_split
-from .errors import UsageError
+from .errors import EdgeKitError, UsageError
 from .evaluation import evaluate, torch_predict
 from .fsutil import atomic_dir, check_writable, content_hash, write_json, write_text
-from .hardware import resolve_profile
+from .hardware import HardwareProfile, resolve_profile
+from .hardware.cpu import int8_saturates
 from .hardware.estimator import graph_costs
 from .io import IOSpec
 from .loading import load_model, save_model_package
@@ -129,7 +130,8 @@ def compress(
     from . import api  # the reference teacher lives there; imported here to keep the layering one way
 
     text = dump_recipe(recipe)
-    profiles = [resolve_profile(t)[0] for t in recipe.targets]
+    resolved = [resolve_profile(t) for t in recipe.targets]
+    profiles = [p for p, _ in resolved]
     source = api.reference_teacher() if recipe.model == "reference-teacher" else Path(recipe.model)
     loaded = load_model(source)
     if loaded.manifest is None:
@@ -138,6 +140,9 @@ def compress(
     check_data(recipe, io)
     prepare_run_dir(out, text, overwrite)
     log = run_log(out / "compress.log", log)
+    for _, note in resolved:
+        if note:
+            log(note)
     teacher_sha = model_hash(teacher)
     key = content_hash({"model": teacher_sha, "data": data.model_dump(), "seed": recipe.seed})
     splits = {data.train, data.val, data.test, data.calibration}
@@ -151,26 +156,34 @@ def compress(
     outputs: dict[str, str] = {}
     report["provenance"]["outputs"] = outputs
     current = Current(copy.deepcopy(teacher), io, loaded.labels, loaded.manifest.factory, dict(loaded.manifest.kwargs))
-    for i, stage in enumerate(recipe.stages, 1):
-        key = content_hash({"previous": key, "stage": stage.model_dump(mode="json")})
-        where = out / "stages" / f"{i:02d}-{stage.kind}-{key}"
-        cached = (where / "stage.json").is_file()
-        log(f"stage {i} ({stage.kind}): {'cached, reusing ' + str(where) if cached else 'running'}")
-        if isinstance(stage, QuantizeStage):
-            row = quantize_stage(stage, recipe, current, profiles[0].exports[0].format, where, cached, log)
-            report["artifacts"].append(row["artifact"])
-        else:
-            if not cached:
-                run_model_stage(stage, recipe, teacher, current, where, out / "checkpoints" / key, progress)
-            row = json.loads((where / "stage.json").read_text())
-            reloaded = load_model(where)
-            factory = reloaded.manifest.factory if reloaded.manifest else ""
-            current.model, current.pruned = reloaded.model, factory == PRUNED_FACTORY
-            if reloaded.manifest and not current.pruned:
-                current.factory, current.kwargs = factory, dict(reloaded.manifest.kwargs)
-        row.update(cached=cached, accuracy_drop=round(100 * (base_acc - row["accuracy"]), 2))
-        report["stages"].append(row)
-        outputs.update({f"stages/{where.name}/{k}": v for k, v in tree_hashes(where).items()})
+    try:
+        for i, stage in enumerate(recipe.stages, 1):
+            step = {"previous": key, "stage": stage.model_dump(mode="json")}
+            if isinstance(stage, QuantizeStage):  # INT8 weights are sized for the target's CPU (hardware/cpu.py)
+                step["profile"] = profiles[0].name
+            key = content_hash(step)
+            where = out / "stages" / f"{i:02d}-{stage.kind}-{key}"
+            cached = (where / "stage.json").is_file()
+            log(f"stage {i} ({stage.kind}): {'cached, reusing ' + str(where) if cached else 'running'}")
+            if isinstance(stage, QuantizeStage):
+                row = quantize_stage(stage, recipe, current, profiles[0], where, cached, log)
+                report["artifacts"].append(row["artifact"])
+            else:
+                if not cached:
+                    run_model_stage(stage, recipe, teacher, current, where, out / "checkpoints" / key, progress)
+                row = json.loads((where / "stage.json").read_text())
+                reloaded = load_model(where)
+                factory = reloaded.manifest.factory if reloaded.manifest else ""
+                current.model, current.pruned = reloaded.model, factory == PRUNED_FACTORY
+                if reloaded.manifest and not current.pruned:
+                    current.factory, current.kwargs = factory, dict(reloaded.manifest.kwargs)
+            row.update(cached=cached, accuracy_drop=round(100 * (base_acc - row["accuracy"]), 2))
+            report["stages"].append(row)
+            outputs.update({f"stages/{where.name}/{k}": v for k, v in tree_hashes(where).items()})
+    except EdgeKitError as e:  # a failed run still says what it measured, and why it stopped
+        report["verdict"] = {"status": "fail", "error": str(e), **(e.details or {})}
+        write_json(out / REPORT, report)
+        raise
     report["verdict"] = verdict(report, recipe, profiles)
     if report["artifacts"]:  # the artifact, proven against the first target the way `edgekit validate` does
         arts = [Path(a["path"]).parent for a in report["artifacts"]]
@@ -210,11 +223,12 @@ def run_model_stage(stage: PruneStage | DistillStage, recipe: Recipe, teacher: n
     shutil.rmtree(checkpoints, ignore_errors=True)
 
 
-def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, primary_format: str, where: Path,
+def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, profile: HardwareProfile, where: Path,
                    cached: bool, log: Log) -> dict[str, Any]:  # fmt: skip
     if cached:
         return json.loads((where / "stage.json").read_text())
     data, io, start = recipe.data, current.io, time.perf_counter()
+    primary_format = profile.exports[0].format
     backend = BACKEND_OF_FORMAT[primary_format] if stage.backend == "auto" else stage.backend
     max_drop = stage.max_drop if stage.max_drop is not None else (recipe.budgets.max_drop or 1.0)
     calib = calibration_set(io, load_split(data.name, data.calibration), stage.samples, recipe.seed)
@@ -225,13 +239,21 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, prima
         log("exporting ONNX")
         hub = export_onnx(current.model, io, work / "model.onnx", slim=True)
         meta: dict[str, Any] = {"calibration": calib.describe(), "max_drop": max_drop}
-        scheme = scheme_for(primary_format)  # the Q/DQ graph of a TensorRT target is TensorRT's, else onnxruntime's
+        scheme = scheme_for(primary_format, profile)  # TensorRT's Q/DQ graph, else onnxruntime's for this CPU
         art_dir = tmp / f"{backend}-int8"
         if backend == "executorch":
             scopes = {u.node: u.scope for u in quant_units(onnx.load(str(hub)))}
             impl: Any = ExecuTorchBackend(current.model, io, calib, scopes)
+        elif backend == "onnx":
+            impl = OnnxQDQBackend(hub, io, calib, scheme)
         else:
-            impl = OnnxQDQBackend(hub, io, calib, scheme) if backend == "onnx" else OpenVINOBackend(hub, io, calib)
+            impl = OpenVINOBackend(hub, io, calib, int8_saturates(profile.cpu_isa))
+        if backend != "executorch":  # the bits decide whether a CPU without VNNI saturates (hardware/cpu.py)
+            seven = scheme.reduce_range if backend == "onnx" else int8_saturates(profile.cpu_isa)
+            meta["quantization"] = {
+                "scheme": scheme.name if backend == "onnx" else "nncf",
+                "weight_bits": 7 if seven else 8,
+            }
         float_nodes: tuple[str, ...] = ()
         if stage.accuracy_aware:
             val = load_split(data.name, data.val)
@@ -269,6 +291,7 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, prima
         art.write_manifest()
         shutil.rmtree(work)
         acc = split_accuracy(predict_fn(load_runner(art)), io, data.name, data.test)
+        art.with_meta(accuracy=accuracy_record(acc, data.name, data.test)).write_manifest()
         final = where / art_dir.name / art.file
         seconds = round(time.perf_counter() - start, 1)
         row = {"name": "quantize", "backend": backend, "path": str(final), "accuracy": acc, "seconds": seconds,

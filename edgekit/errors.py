@@ -11,10 +11,11 @@ class EdgeKitError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, details: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details  # what was measured before the failure, for --json
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message

@@ -18,7 +18,7 @@ import yaml
 
 from .data import is_adapter_spec
 from .errors import UsageError
-from .hardware import ALIASES, profile_names
+from .hardware import alias_names, profile_names
 from .quant.calibration import DEFAULT_SAMPLES
 from .schema_errors import Loc, did_you_mean, dotted, first_error, load_yaml, show
 from .stages.distill import DistillConfig
@@ -154,9 +154,9 @@ STAGE_TYPES: dict[str, type[AnyStage]] = {
 
 def _known_target(name: str) -> str:
     shipped = profile_names()
-    if Path(name).suffix in (".yaml", ".yml") or name in shipped or name in ALIASES:
+    if Path(name).suffix in (".yaml", ".yml") or name in shipped or name in alias_names():
         return name
-    hint = did_you_mean(name, [*shipped, *ALIASES])
+    hint = did_you_mean(name, [*shipped, *alias_names()])
     raise ValueError(f"unknown target {show(name)}{f', {hint}' if hint else ''} (`edgekit profiles list` shows them)")
 
 

@@ -1,6 +1,7 @@
 """Validation of artifacts against a hardware profile: accuracy in the artifact's own runtime on the test
-split, latency (measured here when this host satisfies the profile, taken from an `edgekit profile` JSON
-run on the device, or else estimated and labelled so), size and peak RAM, each gated by a budget.
+split, on this CPU, and against the accuracy recorded where it was built (INT8 kernels differ between CPUs);
+latency (measured here when this host satisfies the profile, taken from an `edgekit profile` JSON run on the
+device, or else estimated and labelled so); size and peak RAM; each gated by a budget.
 
 Latency is measured in a child `edgekit profile` process, one per artifact, so that its peak RAM is the
 artifact's own and not that of the artifacts validated before it."""
@@ -21,6 +22,7 @@ from .errors import EdgeKitError, UsageError
 from .evaluation import evaluate, torch_predict
 from .fsutil import write_json
 from .hardware import Budgets, HardwareProfile, resolve_profile
+from .hardware.cpu import int8_saturates, missing_vnni
 from .hardware.estimator import estimate, graph_costs
 from .profiling.host import host_info
 from .runtimes import load_runner, predict_fn
@@ -32,6 +34,38 @@ Log = Callable[[str], None]
 def host_matches(profile: HardwareProfile, host: dict[str, Any]) -> bool:
     """Whether a measurement here stands for the profile's device: a CPU profile whose ISA this host has."""
     return profile.kind == "cpu" and bool(profile.cpu_isa) and set(profile.cpu_isa) <= set(host["isa"])
+
+
+def saturating(art: Artifact) -> bool:
+    """An INT8 artifact with full 8-bit weights for a runtime whose x86 kernels saturate without VNNI."""
+    q = art.meta.get("quantization") or {}
+    return art.precision == "int8" and FORMATS[art.format].saturates_without_vnni and q.get("weight_bits") == 8
+
+
+def check_int8_fit(art: Artifact, profile: HardwareProfile) -> None:
+    """Refuse an artifact whose INT8 weights were sized for VNNI when the profile's CPU has none."""
+    if saturating(art) and int8_saturates(profile.cpu_isa):
+        built = art.meta.get("profile", "a CPU with VNNI")
+        raise UsageError(f"{art.format}/int8 was built for {built}: full 8-bit weights, which saturate on "
+                         f"{profile.name}'s CPU (no {missing_vnni(profile.cpu_isa)})",
+                         f"export for it: edgekit export --target {profile.name}")  # fmt: skip
+
+
+def cpu_shift(art: Artifact, accuracy: float | None, options: Options, isa: Sequence[str]) -> dict[str, Any]:
+    """The accuracy here against the accuracy recorded where the artifact was built, and why they may differ."""
+    rec = art.meta.get("accuracy")
+    if (
+        accuracy is None
+        or not isinstance(rec, dict)
+        or (rec.get("data"), rec.get("split")) != (options.data, options.split)
+    ):
+        return {}
+    out: dict[str, Any] = {"build_accuracy": rec["value"], "built_on": rec.get("cpu"),
+                           "accuracy_shift": round(100 * (rec["value"] - accuracy), 2)}  # fmt: skip
+    if saturating(art) and int8_saturates(isa) and not int8_saturates(rec.get("isa", [])):
+        out["cpu_note"] = (f"this CPU lacks {missing_vnni(isa)}: {art.format}'s INT8 kernels saturate with full 8-bit "
+                           "weights; export for x86-avx2 (7-bit weights)")  # fmt: skip
+    return out
 
 
 def read_measurements(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
@@ -48,8 +82,9 @@ def read_measurements(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
 
 
 def measure_here(art: Artifact, threads: int, duration: float) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "edgekit", "profile", str(art.directory), "--batch", "1", "--threads", str(threads),
-           "--duration", str(duration), "--json"]  # fmt: skip
+    # -P: a directory named edgekit/ in the working directory must not shadow the installed package
+    cmd = [sys.executable, "-P", "-m", "edgekit", "profile", str(art.directory), "--batch", "1", "--threads",
+           str(threads), "--duration", str(duration), "--json"]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if p.returncode != 0:
         raise EdgeKitError((p.stderr.strip().splitlines() or [f"edgekit profile exited {p.returncode}"])[-1])
@@ -75,7 +110,7 @@ def latency(art: Artifact, profile: HardwareProfile, measured: dict[str, Any] | 
 def checks(row: dict[str, Any], budgets: Budgets) -> list[dict[str, Any]]:
     """One check per budget that is set. A value that cannot be had here (accuracy without a baseline or a
     runtime, latency without costs, RAM without a measurement) leaves its check open (`ok` None): reported,
-    never passed silently."""
+    never passed silently. The accuracy budget also bounds the loss against the build host's accuracy."""
     pairs = [("max_accuracy_drop", "accuracy_drop"), ("latency_p95_ms", "p95_ms"), ("max_size_mb", "size_mb"),
              ("max_peak_ram_mb", "peak_ram_mb")]  # fmt: skip
     out = []
@@ -86,6 +121,11 @@ def checks(row: dict[str, Any], budgets: Budgets) -> list[dict[str, Any]]:
             out.append(
                 {"budget": budget, "limit": limit, "value": value, "ok": None if value is None else value <= limit}
             )
+    if "accuracy_shift" in row and budgets.max_accuracy_drop is not None:
+        shift, limit = row["accuracy_shift"], budgets.max_accuracy_drop
+        why = f"{shift:.2f} points below its accuracy on the build host ({row['built_on']})"
+        out.append({"budget": "max_accuracy_shift", "limit": limit, "value": shift, "ok": shift <= limit,
+                    "why": f"{why}; {row['cpu_note']}" if "cpu_note" in row else why})  # fmt: skip
     return out
 
 
@@ -170,6 +210,7 @@ def validate(
             if art.format not in deployed:
                 raise UsageError(f"{profile.name} deploys {', '.join(sorted(deployed))}, not {art.format}",
                                  f"export for it: edgekit export --target {profile.name}")  # fmt: skip
+            check_int8_fit(art, profile)
             sha = sha256_file(art.path)
             row.update(format=art.format, precision=art.precision, size_mb=round(art.size_mb(), 3), sha256=sha)
             row["accuracy"] = None
@@ -179,6 +220,9 @@ def validate(
                 row["accuracy"] = evaluate(predict_fn(runner), art.io, test, per_modality=False).overall.accuracy
             drop = None if row["accuracy"] is None or base_acc is None else 100 * (base_acc - row["accuracy"])
             row["accuracy_drop"] = None if drop is None else round(drop, 2)
+            row.update(cpu_shift(art, row["accuracy"], options, host["isa"]))
+            if "cpu_note" in row:
+                log(f"{path}: {row['cpu_note']}")
             m = measured.get(sha)
             if m is None and here and FORMATS[art.format].runs_here:
                 log(f"{path}: measuring latency here ({host['cpu']})")

@@ -246,7 +246,7 @@ def fidelity(rows: list[Row], io: IOSpec, threads: int, seconds: float, rounds: 
         theirs_cmd = [tool, "-m", str(art.path), "-d", "CPU", "-hint", "none", "-nstreams", "1", "-api", "sync",
                       "-nthreads", str(threads), "-t", str(seconds), "-data_shape", shape,
                       "-infer_precision", HINTS[art.precision]]  # fmt: skip
-        ours_cmd = [sys.executable, "-m", "edgekit", "profile", str(art.directory), "--threads", str(threads),
+        ours_cmd = [sys.executable, "-P", "-m", "edgekit", "profile", str(art.directory), "--threads", str(threads),
                     "--duration", str(seconds), "--no-ops", "--json"]  # fmt: skip
         theirs, ours = [], []
         for _ in range(rounds):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages EdgeKit's demo and tests need: the espeak-ng and flite speech synthesisers (AV-digits),
-# OpenSSH's server (the remote-profiling tests start a real sshd on 127.0.0.1) and Chromium (the HTML
-# report test renders the page headless and takes a screenshot).
+# OpenSSH's server (the remote-profiling tests start a real sshd on 127.0.0.1), Chromium (the HTML
+# report test renders the page headless and takes a screenshot) and QEMU's user-mode emulator (the INT8
+# tests run artifacts as an AVX2-only CPU without VNNI, whatever this host's CPU is).
 set -euo pipefail
 missing=()
 need() { [ -x "$1" ] || command -v "$1" >/dev/null || missing+=("$2"); }
@@ -9,6 +10,7 @@ need espeak-ng espeak-ng
 need flite flite
 need /usr/sbin/sshd openssh-server
 need chromium chromium
+need qemu-x86_64 qemu-user
 [ ${#missing[@]} -eq 0 ] && exit 0
 if command -v apt-get >/dev/null && [ "$(id -u)" -eq 0 ]; then
     echo "installing Debian packages: ${missing[*]}" >&2

@@ -106,6 +106,14 @@ def test_bad_inputs_give_one_line_and_exit_2(small_package, avdigits, tmp_path):
         assert sorted(str(p) for p in tmp_path.rglob("*")) == before, argv  # nothing written
 
 
+def test_json_failures_print_one_json_object(tmp_path):
+    r = run_cli("eval", "--model", str(tmp_path / "nope"), "--json")
+    out = json.loads(r.stdout)
+    assert r.code == 2 and out["exit_code"] == 2 and "not found" in out["error"] and len(r.stderr.splitlines()) == 1
+    r = run_cli("profile", str(tmp_path), "--batch", "0", "--json")
+    assert r.code == 2 and json.loads(r.stdout)["exit_code"] == 2
+
+
 def test_debug_shows_the_traceback(tmp_path):
     r = run_cli("eval", "--model", str(tmp_path / "nope"), "--debug")
     assert r.code == 2 and "Traceback" in r.stderr

@@ -14,7 +14,7 @@ from edgekit.data import with_modalities
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.errors import EdgeKitError, UsageError
 from edgekit.evaluation import torch_outputs
-from edgekit.hardware import ALIASES, parse_profile, profile_names, resolve_profile
+from edgekit.hardware import ALIASES, host_profile, parse_profile, profile_names, resolve_profile
 from edgekit.io import DimRange, IOSpec, TensorSpec
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
@@ -76,6 +76,18 @@ def test_aliases_resolve_and_say_so():
     for alias, name in ALIASES.items():
         p, note = resolve_profile(alias)
         assert p.name == name and alias in note and name in note
+
+
+def test_x86_resolves_to_the_profile_this_cpu_satisfies():
+    vnni = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+    assert host_profile("x86", vnni)[0] == "x86-avx512-vnni"
+    name, why = host_profile("x86", ("avx2", "fma", "f16c"))  # an AVX2-only Zen 3
+    assert name == "x86-avx2" and "avx2, fma" in why
+    name, why = host_profile("x86", ("asimd", "asimddp"))
+    assert name is None and "lacks avx2, fma" in why
+    p, note = resolve_profile("x86")
+    here, _ = host_profile("x86")
+    assert p.name == (here or "x86-avx512-vnni") and "this host's CPU" in note
 
 
 def test_profiles_cli_list_and_show():

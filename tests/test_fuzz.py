@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgekit.errors import EdgeKitError
-from edgekit.hardware import ALIASES, HardwareProfile, parse_profile, profile_names, resolve_profile
+from edgekit.hardware import HardwareProfile, alias_names, parse_profile, profile_names, resolve_profile
 from edgekit.io import DTYPES, IOSpec, TensorSpec
 from edgekit.recipe import Recipe, dump_recipe, load_recipe
 
@@ -221,7 +221,7 @@ def test_profile_text_parses_or_fails_in_one_line(raw):
         check(lambda: parse_profile(_file(tmp, raw)), HardwareProfile)
 
 
-NAMES = st.sampled_from([*profile_names(), *ALIASES])
+NAMES = st.sampled_from([*profile_names(), *alias_names()])
 TARGETS = (
     st.text(max_size=20)
     | NAMES

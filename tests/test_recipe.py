@@ -68,10 +68,10 @@ def test_shipped_recipe_validates_and_round_trips(tmp_path, path):
 @pytest.mark.parametrize(
     ("name", "kinds", "backend", "target", "max_drop"),
     [
-        ("avdigits-x86", ["prune", "distill", "quantize"], "openvino", "x86-avx512-vnni", 1.0),
+        ("avdigits-x86", ["prune", "distill", "quantize"], "openvino", "x86", 1.0),
         ("avdigits-jetson-orin-nano", ["prune", "distill", "quantize"], "onnx", "jetson-orin-nano-8gb", None),
         ("avdigits-mobile", ["prune", "distill", "quantize"], "executorch", "android-arm64", None),
-        ("ptq-only", ["quantize"], "auto", "x86-avx512-vnni", 0.5),
+        ("ptq-only", ["quantize"], "auto", "x86", 0.5),
     ],
 )
 def test_shipped_recipe_says_what_its_name_says(name, kinds, backend, target, max_drop):

@@ -14,13 +14,16 @@ import pytest
 import yaml
 
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
-from edgekit.hardware import resolve_profile
+from edgekit.hardware import host_profile, resolve_profile
 from edgekit.hardware.estimator import estimate, graph_costs
 
 from .conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 PROFILES = ROOT / "edgekit" / "hardware" / "profiles"
+# Latency is measured only where this host satisfies an x86 profile: x86-avx512-vnni or x86-avx2.
+HOST, WHY = host_profile("x86")
+measured_here = pytest.mark.skipif(HOST is None, reason=WHY)
 
 RECIPE = {
     "stages": [
@@ -28,7 +31,7 @@ RECIPE = {
         {"kind": "distill", "student": "pruned", "epochs": 1},
         {"kind": "quantize", "backend": "onnx", "samples": 64, "accuracy_aware": False},
     ],
-    "targets": ["x86-avx512-vnni"],
+    "targets": [HOST or "x86-avx512-vnni"],
     "budgets": {"max_drop": 3.0},
 }
 
@@ -70,16 +73,18 @@ def test_estimate_is_labelled_and_bounded_by_its_floor(reference_teacher, tmp_pa
 # -- validate ---------------------------------------------------------------------------------------------
 
 
+@measured_here
 def test_compress_validates_its_artifact_measured_here(run):
     _, _, report = run
     v = report["validation"][0]
-    assert v["profile"] == "x86-avx512-vnni" and v["latency_here"] and v["gated"]
+    assert v["profile"] == HOST and v["latency_here"] and v["gated"]
     row = v["rows"][0]
     assert row["status"] == "pass" and row["latency_source"] == "measured" and 0 < row["p50_ms"] <= row["p95_ms"]
     assert row["peak_ram_mb"] > 0 and row["ops"]["by_op_type"] and not row["unchecked"]
     assert row["accuracy_drop"] == report["artifacts"][0]["accuracy_drop"]
 
 
+@measured_here
 def test_validate_json_rows_and_exit_codes(run, reference_teacher):
     _, art, _ = run
     r = run_cli("validate", str(art), "--profile", "x86", "--baseline", str(reference_teacher), "--json")
@@ -139,6 +144,68 @@ def test_wrong_format_and_broken_artifacts_are_errors(run, tmp_path):
     (broken / "model.onnx").write_bytes(b"not onnx")
     r = run_cli("validate", str(broken), "--profile", "x86", "--json")
     assert r.code == 1 and "does not match its manifest hash" in json.loads(r.stdout)["rows"][0]["error"]
+
+
+# -- INT8 across CPUs -------------------------------------------------------------------------------------
+
+
+def test_int8_weights_are_sized_for_the_profiles_cpu(run):
+    """Full 8-bit weights saturate onnxruntime's x86 kernels without VNNI: validating such an artifact against
+    the AVX2 profile is refused, naming the missing feature and the fix."""
+    _, art, _ = run
+    manifest = json.loads((art / "manifest.json").read_text())
+    bits = manifest["meta"]["quantization"]["weight_bits"]
+    assert bits == (7 if HOST == "x86-avx2" else 8)
+    assert manifest["meta"]["accuracy"]["split"] == "test" and manifest["meta"]["accuracy"]["isa"]
+    r = run_cli("validate", str(art), "--profile", "x86-avx2", "--estimate", "--json")
+    row = json.loads(r.stdout)["rows"][0]
+    if bits == 8:
+        assert r.code == 1 and row["status"] == "error"
+        assert "saturate on x86-avx2's CPU (no avx512_vnni or avx_vnni)" in row["error"]
+        assert "edgekit export --target x86-avx2" in row["error"]
+    else:
+        assert "error" not in row
+
+
+def test_accuracy_below_the_build_hosts_fails_and_says_why(run, reference_teacher, tmp_path):
+    """The manifest records the accuracy where the artifact was built; a loss on this CPU beyond the accuracy
+    budget fails. Here the record claims a build host 3 points more accurate (the manifest is data: its files'
+    hashes still match)."""
+    _, art, _ = run
+    moved = tmp_path / "art"
+    shutil.copytree(art, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    record = manifest["meta"]["accuracy"]
+    record.update(value=record["value"] + 0.03, cpu="a faster CPU")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    args = ["validate", str(moved), "--profile", "x86-avx512-vnni", "--estimate", "--baseline", str(reference_teacher)]
+    r = run_cli(*args, "--json")
+    row = json.loads(r.stdout)["rows"][0]
+    assert r.code == 1 and row["accuracy_shift"] == pytest.approx(3.0, abs=0.01) and row["built_on"] == "a faster CPU"
+    check = next(c for c in row["checks"] if c["budget"] == "max_accuracy_shift")
+    assert check["ok"] is False and "below its accuracy on the build host (a faster CPU)" in check["why"]
+    r = run_cli(*args)
+    assert "max_accuracy_shift 3.000 > 1.0 (3.00 points below its accuracy on the build host" in r.stdout
+
+
+def test_a_cpu_without_vnni_is_named_as_the_cause():
+    from edgekit.artifact import Artifact
+    from edgekit.validate import Options, cpu_shift
+
+    io = io_spec(AVDigitsConfig())
+    record = {"value": 0.97, "data": "avdigits", "split": "test", "cpu": "Zen 4", "isa": ["avx2", "avx512_vnni"]}
+    art = Artifact(
+        "onnx", "int8", Path("."), "model.onnx", io, "", {"accuracy": record, "quantization": {"weight_bits": 8}}
+    )
+    shift = cpu_shift(art, 0.93, Options(), ("avx2", "fma"))
+    assert shift["accuracy_shift"] == 4.0 and "lacks avx512_vnni or avx_vnni" in shift["cpu_note"]
+    assert "x86-avx2" in shift["cpu_note"]
+    seven = Artifact(
+        "onnx", "int8", Path("."), "model.onnx", io, "", {"accuracy": record, "quantization": {"weight_bits": 7}}
+    )
+    assert "cpu_note" not in cpu_shift(seven, 0.93, Options(), ("avx2", "fma"))
+    assert "cpu_note" not in cpu_shift(art, 0.93, Options(), ("avx2", "avx512_vnni"))
+    assert cpu_shift(art, 0.93, Options(split="val"), ("avx2",)) == {}  # recorded on another split
 
 
 # -- report.html ------------------------------------------------------------------------------------------

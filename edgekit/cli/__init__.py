@@ -4,6 +4,7 @@ into one line on stderr plus an exit code (2 usage/input, 1 failure), tracebacks
 from __future__ import annotations
 
 import errno
+import json
 import sys
 import traceback
 from typing import Annotated
@@ -56,18 +57,26 @@ def _root(
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
+def _fail(message: str, code: int, as_json: bool, details: dict | None = None) -> int:
+    """One line on stderr; with --json, also one JSON object on stdout, so a script reads failures too."""
+    print(f"edgekit: error: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": message, "exit_code": code, **({"details": details} if details else {})}))
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    as_json = "--json" in args
     try:
-        with stdout_for_json("--json" in args):
+        with stdout_for_json(as_json):
             code = app(args=args, prog_name="edgekit", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except ClickUsageError as e:  # an unknown option, a missing one, a value out of range: one line, not a panel
         verb = e.ctx.command_path if e.ctx else "edgekit"
-        print(f"edgekit: error: {e.format_message()} (see '{verb} --help')", file=sys.stderr)
-        return 2
+        return _fail(f"{e.format_message()} (see '{verb} --help')", 2, as_json)
     except typer.Abort:
         print("edgekit: interrupted", file=sys.stderr)
         return 130
@@ -76,25 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeKitError as e:
         if debug:
             traceback.print_exc()
-        print(f"edgekit: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _fail(str(e), e.exit_code, as_json, e.details)
     except OSError as e:
         if e.errno not in _DISK_ERRORS:
             raise
         if debug:
             traceback.print_exc()
         where = e.filename2 or e.filename or "the output"  # a rename's target is the file being written
-        print(f"edgekit: error: cannot write {where}: {e.strerror} (free space or choose another --out; "
-              "nothing half-written was kept)", file=sys.stderr)  # fmt: skip
-        return 1
+        return _fail(f"cannot write {where}: {e.strerror} (free space or choose another --out; nothing "
+                     "half-written was kept)", 1, as_json)  # fmt: skip
     except KeyboardInterrupt:
         print("edgekit: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         if debug:
             traceback.print_exc()
-        print(f"edgekit: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return _fail(f"{type(e).__name__}: {e} (rerun with --debug for the traceback)", 1, as_json)
 
 
 def run() -> None:

@@ -69,7 +69,8 @@ def render(r: dict[str, Any]) -> None:
             out.print(f"❌ {row['artifact']}: {row['error']}")
         for c in row.get("checks", []):
             if c["ok"] is False:
-                out.print(f"❎ {Path(row['artifact']).name}: {c['budget']} {c['value']:.3f} > {c['limit']}")
+                why = f" ({c['why']})" if "why" in c else ""
+                out.print(f"❎ {Path(row['artifact']).name}: {c['budget']} {c['value']:.3f} > {c['limit']}{why}")
         if row.get("unchecked"):
             out.print(f"⚠ {Path(row['artifact']).name}: not checked here, no value: {', '.join(row['unchecked'])}")
     out.print(f"verdict: {r['verdict']}")

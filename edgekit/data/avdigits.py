@@ -200,12 +200,16 @@ def _build(cfg: AVDigitsConfig, out: Path) -> None:
     )
 
 
+def is_built(cfg: AVDigitsConfig, out: Path | None = None) -> bool:
+    meta = (Path(out) if out else cache_root() / "datasets" / f"avdigits-{cfg.key()}") / "meta.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("key") == cfg.key()
+
+
 def build_avdigits(cfg: AVDigitsConfig = AVDigitsConfig(), out: Path | None = None) -> Path:
     """Build into `out` (default: the cache, under the config's content hash) unless a build with the
     same hash is already there; return the directory."""
     out = Path(out) if out else cache_root() / "datasets" / f"avdigits-{cfg.key()}"
-    meta = out / "meta.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("key") == cfg.key():
+    if is_built(cfg, out):
         return out
     with atomic_dir(out) as tmp:
         _build(cfg, tmp)

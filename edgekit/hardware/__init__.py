@@ -17,6 +17,7 @@ import yaml
 
 from ..errors import UsageError
 from ..schema_errors import dotted, first_error, load_yaml, one_line, show
+from .cpu import this_cpu
 
 Precision = Literal["fp32", "fp16", "int8"]
 FormatName = Literal["onnx", "openvino", "tensorrt", "executorch", "ort-mobile"]
@@ -27,11 +28,17 @@ ALIASES: dict[str, str] = {
     "jetson-orin-nano": "jetson-orin-nano-8gb",
     "jetson-orin-nx": "jetson-orin-nx-16gb",
     "jetson-agx-orin": "jetson-agx-orin-64gb",
-    "x86": "x86-avx512-vnni",
     "x86-avx512": "x86-avx512-vnni",
     "android": "android-arm64",
     "raspberry-pi-5": "arm64-cortex-a76",
 }
+# Aliases of a CPU family: the first of these profiles whose ISA this host has (a host's own CPU is the device
+# users mean), else the first one. Most capable first.
+HOST_ALIASES: dict[str, tuple[str, ...]] = {"x86": ("x86-avx512-vnni", "x86-avx2")}
+
+
+def alias_names() -> list[str]:
+    return [*ALIASES, *HOST_ALIASES]
 
 
 class _Frozen(pydantic.BaseModel):
@@ -120,11 +127,27 @@ def parse_profile(path: Path) -> HardwareProfile:
         ) from e
 
 
+def host_profile(family: str = "x86", isa: tuple[str, ...] | None = None) -> tuple[str | None, str]:
+    """The profile of a CPU family that this host (or a CPU with `isa`) satisfies, and why: (None, why not)."""
+    flags = set(this_cpu()[1] if isa is None else isa)
+    for name in HOST_ALIASES[family]:
+        needs = parse_profile(_shipped()[name]).cpu_isa
+        if set(needs) <= flags:
+            return name, f"this host's CPU has {', '.join(needs)}"
+    lacks = sorted(set(parse_profile(_shipped()[HOST_ALIASES[family][-1]]).cpu_isa) - flags)
+    return None, f"this host's CPU matches no {family} profile (it lacks {', '.join(lacks)})"
+
+
 def resolve_profile(target: str) -> tuple[HardwareProfile, str | None]:
     """A shipped name, an alias, or a YAML path -> (profile, the alias resolution to print, if any)."""
     shipped = _shipped()
     if target in shipped:
         return parse_profile(shipped[target]), None
+    if target in HOST_ALIASES:
+        name, why = host_profile(target)
+        if name is None:
+            name, why = HOST_ALIASES[target][0], f"{why}; using the first"
+        return parse_profile(shipped[name]), f"target '{target}' resolves to profile '{name}' ({why})"
     if target in ALIASES:
         name = ALIASES[target]
         return parse_profile(shipped[name]), f"target '{target}' resolves to profile '{name}'"
@@ -135,6 +158,6 @@ def resolve_profile(target: str) -> tuple[HardwareProfile, str | None]:
                 f"profile file not found: {one_line(str(path))}", "pass an existing YAML file or a shipped profile name"
             )
         return parse_profile(path), None
-    close = difflib.get_close_matches(target, [*shipped, *ALIASES], n=1)
+    close = difflib.get_close_matches(target, [*shipped, *alias_names()], n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise UsageError(f"unknown target {show(target)}", f"{hint}see `edgekit profiles list`, or pass a profile .yaml")

@@ -183,5 +183,6 @@ class BudgetError(EdgeKitError):
             f"{min(t.drop for t in report.trials):.2f}; most sensitive branch '{worst}' "
             f"({report.branch_drop[worst]:.2f} points alone)",
             "raise max_drop, keep the model in FP16/FP32 for this target, or recover accuracy with distillation",
+            details={"sensitivity": report.as_dict()},
         )
         self.report = report

@@ -41,6 +41,7 @@ class OpenVINOBackend:
     src: Path
     io: IOSpec
     calib: CalibrationSet
+    overflow_fix: bool = False  # 7-bit weights, for x86 CPUs without VNNI
     name: str = "openvino"
 
     def build(self, exclude: frozenset[str], dst: Path) -> Predict:
@@ -50,7 +51,7 @@ class OpenVINOBackend:
 
         # OpenVINO names ops after their ONNX node, splitting off parts ("node_Conv_9/WithoutBiases").
         patterns = [f"^{re.escape(n)}(/.*)?$" for n in sorted(exclude)]
-        model, _ = quantize_openvino(self.src, self.calib, patterns=patterns)
+        model, _ = quantize_openvino(self.src, self.calib, patterns, self.overflow_fix)
         dst.mkdir(parents=True, exist_ok=True)
         ov.save_model(model, str(dst / "model.xml"), compress_to_fp16=False)
         return predict_fn(load_runner(Artifact("openvino", "int8", dst, "model.xml", self.io, "")))

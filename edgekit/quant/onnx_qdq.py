@@ -1,14 +1,17 @@
 """INT8 ONNX through onnxruntime's static quantizer, in the QDQ format, with one scheme per consumer of the graph.
 
-Weights are always symmetric INT8 per channel. Activations depend on who runs the graph:
+Weights are symmetric INT8 per channel (7-bit on x86 without VNNI). Activations depend on who runs the graph:
 
 - TensorRT (explicit quantization) takes symmetric INT8 activations, and only Conv, MatMul and Gemm are quantized;
   TensorRT fuses the Q/DQ pairs into its own kernels.
 - onnxruntime on CPUs runs unsigned asymmetric activations through MLAS's U8S8 kernels (VNNI on x86, UDOT on
-  ARM), its fast path; signed activations are slower there. The ops that only move, pick or clamp values (Relu,
-  pooling, reshapes, concatenation) are quantized too, so tensors stay INT8 between kernels instead of passing
-  through a DQ -> op -> Q round trip. These ops are exact in INT8. Adds, Softmax and LayerNormalization stay in
-  float, because quantizing them costs accuracy on the text branch.
+  ARM), its fast path; signed activations are slower there. On x86 without VNNI those kernels sum pairs of
+  products in 16 bits and saturate (hardware/cpu.py), so a profile whose CPU lacks VNNI gets 7-bit weights
+  (onnxruntime's reduce_range, the fix its documentation gives): the pair sums then fit.
+  The ops that only move, pick or clamp values (Relu, pooling, reshapes, concatenation) are quantized too, so
+  tensors stay INT8 between kernels instead of passing through a DQ -> op -> Q round trip. These ops are exact
+  in INT8. Adds, Softmax and LayerNormalization stay in float, because quantizing them costs accuracy on the
+  text branch.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..fsutil import atomic_path
+from ..hardware import HardwareProfile
+from ..hardware.cpu import int8_saturates
 from .calibration import CalibrationSet
 
 COMPUTE = ("Conv", "MatMul", "Gemm")
@@ -36,15 +41,24 @@ class Scheme:
     name: str
     symmetric_activations: bool  # signed symmetric INT8 (TensorRT), else unsigned asymmetric (onnxruntime CPU)
     op_types: tuple[str, ...]  # empty: every op onnxruntime can quantize
+    reduce_range: bool = False  # 7-bit weights, for x86 CPUs without VNNI
+
+    def describe(self) -> str:
+        acts = "symmetric int8" if self.symmetric_activations else "asymmetric uint8"
+        bits = "7-bit (reduce_range)" if self.reduce_range else "symmetric int8"
+        return f"QDQ, {acts} activations, {bits} per-channel weights"
 
 
 TENSORRT = Scheme("tensorrt", True, COMPUTE)
 CPU = Scheme("cpu", False, COMPUTE + PASS_THROUGH)
+CPU_NO_VNNI = Scheme("cpu-no-vnni", False, COMPUTE + PASS_THROUGH, reduce_range=True)
 
 
-def scheme_for(fmt: str) -> Scheme:
-    """The scheme of the runtime that runs an artifact format's Q/DQ graph."""
-    return TENSORRT if fmt == "tensorrt" else CPU
+def scheme_for(fmt: str, profile: HardwareProfile) -> Scheme:
+    """The scheme of the runtime that runs an artifact format's Q/DQ graph on the profile's device."""
+    if fmt == "tensorrt":
+        return TENSORRT
+    return CPU_NO_VNNI if int8_saturates(profile.cpu_isa) else CPU
 
 
 @contextlib.contextmanager
@@ -99,6 +113,7 @@ def quantize_qdq(
     src: Path, dst: Path, calib: CalibrationSet, exclude: Sequence[str] = (), scheme: Scheme = CPU
 ) -> dict[str, object]:
     """Write a QDQ INT8 copy of `src` to `dst` in `scheme`; nodes named in `exclude` stay in float."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()  # relative paths would follow the chdir below
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -113,12 +128,11 @@ def quantize_qdq(
         with np.errstate(invalid="ignore"):
             quantize_static(
                 str(prepped), str(out), ort_reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=activations, weight_type=QuantType.QInt8,
+                activation_type=activations, weight_type=QuantType.QInt8, reduce_range=scheme.reduce_range,
                 op_types_to_quantize=list(scheme.op_types) or None, nodes_to_exclude=sorted({*exclude, *unbounded}),
                 extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True},
             )  # fmt: skip
-    kind = "symmetric int8" if scheme.symmetric_activations else "asymmetric uint8"
-    return {"backend": "onnxruntime.quantization", "scheme": scheme.name,
-            "format": f"QDQ, {kind} activations, symmetric int8 per-channel weights",
+    return {"backend": "onnxruntime.quantization", "scheme": scheme.name, "format": scheme.describe(),
+            "weight_bits": 7 if scheme.reduce_range else 8,
             "op_types": list(scheme.op_types) or "all", "excluded": list(exclude), "unbounded": sorted(unbounded),
             "calibration": calib.describe()}  # fmt: skip

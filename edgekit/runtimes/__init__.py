@@ -59,6 +59,14 @@ def onnx_runner(path: Path, io: IOSpec, threads: int | None = None) -> Runner:
     return load_runner(Artifact("onnx", "fp32", path.parent, path.name, io, ""), threads)
 
 
+def qdq_emulator(path: Path, io: IOSpec, threads: int | None = None) -> Runner:
+    """A Q/DQ ONNX run in onnxruntime with its INT8 arithmetic emulated in float: the proxy of a runtime that
+    cannot run here (TensorRT), independent of this CPU's INT8 kernels."""
+    from .ort import OrtRunner
+
+    return OrtRunner(Artifact("onnx", "int8", path.parent, path.name, io, ""), threads, emulate_qdq=True)
+
+
 def bound_call(runner: Runner, feeds: Mapping[str, np.ndarray]) -> Callable[[], object]:
     """A zero-argument call that runs `feeds` with the inputs handed to the runtime once, up front, the way the
     runtimes' own benchmark tools (benchmark_app, onnxruntime_perf_test) and a deployed application call it: what

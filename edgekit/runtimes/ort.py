@@ -13,8 +13,13 @@ from ..errors import UsageError
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, emulate_qdq: bool = False) -> ort.SessionOptions:
+    """`emulate_qdq` runs a Q/DQ graph as written, DequantizeLinear -> float op -> QuantizeLinear, instead of
+    fusing it into this CPU's INT8 kernels: the result of exact INT8 arithmetic (what TensorRT computes, with
+    32-bit sums), the same on every host, where this CPU's kernels may saturate (hardware/cpu.py)."""
     so = ort.SessionOptions()
+    if emulate_qdq:
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -22,21 +27,25 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 
 
 class OrtRunner:
-    def __init__(self, artifact: Artifact, threads: int | None = None, device: str | None = None) -> None:
+    def __init__(
+        self, artifact: Artifact, threads: int | None = None, device: str | None = None, emulate_qdq: bool = False
+    ) -> None:
         provider = PROVIDERS.get(device or "cpu")
         if provider is None or provider not in ort.get_available_providers():
             raise UsageError(
                 f"onnxruntime has no '{device}' provider here", f"available: {ort.get_available_providers()}"
             )
         try:
-            self.session = ort.InferenceSession(str(artifact.path), session_options(threads), providers=[provider])
+            self.session = ort.InferenceSession(
+                str(artifact.path), session_options(threads, emulate_qdq), providers=[provider]
+            )
         except Exception as e:  # onnxruntime raises its own exception types for corrupt files
             raise UsageError(
                 f"onnxruntime cannot load {artifact.path}: {str(e).splitlines()[0]}",
                 "re-export the artifact, or rerun with the onnxruntime it was exported for",
             ) from e
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self.name = f"onnxruntime {ort.__version__}"
+        self.name = f"onnxruntime {ort.__version__}{' (Q/DQ emulated in float)' if emulate_qdq else ''}"
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self.outputs, {k: np.ascontiguousarray(v) for k, v in feeds.items()})

@@ -23,20 +23,23 @@ class FormatCaps:
     runs_here: tuple[str, ...]  # runtimes that can execute it on a CPU-only x86 host
     needs: tuple[tuple[str, str], ...]  # (module, extra) that exporting needs
     int8_needs: tuple[tuple[str, str], ...] = ()  # extra modules for INT8
+    # Its runtime's x86 INT8 kernels sum pairs of products in 16 bits on a CPU without VNNI (hardware/cpu.py), so
+    # full-range 8-bit weights can saturate there.
+    saturates_without_vnni: bool = False
 
 
 FORMATS: dict[str, FormatCaps] = {
-    "onnx": FormatCaps(".onnx", ("fp32", "int8"), ("dynamic", "static"), ("onnxruntime",), ()),
+    "onnx": FormatCaps(".onnx", ("fp32", "int8"), ("dynamic", "static"), ("onnxruntime",), (), (), True),
     "openvino": FormatCaps(
         ".xml", ("fp32", "fp16", "int8"), ("dynamic", "static"), ("openvino",),
-        (("openvino", "openvino"),), (("nncf", "nncf"),),
+        (("openvino", "openvino"),), (("nncf", "nncf"),), True,
     ),
     # TensorRT engines are built on the device; here we write the bundle (ONNX + build scripts).
     "tensorrt": FormatCaps(".onnx", ("fp32", "fp16", "int8"), ("dynamic", "static"), (), (("onnxslim", "tensorrt"),)),
     "executorch": FormatCaps(
         ".pte", ("fp32", "int8"), ("dynamic", "static"), ("executorch",), (("executorch", "executorch"),)
     ),
-    "ort-mobile": FormatCaps(".ort", ("fp32", "int8"), ("dynamic", "static"), ("onnxruntime",), ()),
+    "ort-mobile": FormatCaps(".ort", ("fp32", "int8"), ("dynamic", "static"), ("onnxruntime",), (), (), True),
 }  # fmt: skip
 
 

@@ -34,10 +34,10 @@ class ExportContext:
 
     def qdq(self, fmt: str) -> tuple[Path, dict[str, Any]]:
         """The INT8 QDQ ONNX for an artifact format, and how it was made: built once per quantization scheme and
-        shared (the onnx and ort-mobile targets take the CPU scheme, tensorrt its own)."""
+        shared (the onnx and ort-mobile targets take the scheme of the profile's CPU, tensorrt its own)."""
         from ..quant.onnx_qdq import quantize_qdq, scheme_for
 
-        scheme = scheme_for(fmt)
+        scheme = scheme_for(fmt, self.profile)
         if scheme.name not in self.qdq_files:
             path = self.work / f"model.int8-{scheme.name}.onnx"
             self.qdq_files[scheme.name] = (path, quantize_qdq(self.onnx_fp32, path, self.calib, scheme=scheme))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..artifact import Artifact, versions
+from ..hardware.cpu import int8_saturates
 from .context import ExportContext
 
 
@@ -15,7 +16,7 @@ def build_openvino(ctx: ExportContext, precision: str, out: Path) -> Artifact:
     if precision == "int8":
         from ..quant.openvino_nncf import quantize_openvino
 
-        model, info = quantize_openvino(ctx.onnx_fp32, ctx.calib)
+        model, info = quantize_openvino(ctx.onnx_fp32, ctx.calib, overflow_fix=int8_saturates(ctx.profile.cpu_isa))
     else:
         model = ov.convert_model(str(ctx.onnx_fp32))
     out.mkdir(parents=True, exist_ok=True)  # inside the export's temporary directory: no partial files survive

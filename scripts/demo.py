@@ -1,0 +1,149 @@
+"""`make demo`: the full story on the built-in default, as the commands a user types, with a plan.
+
+AV-digits -> the reference teacher -> compress (recipes/avdigits-x86.yaml) -> artifacts for this host's x86
+profile, a Jetson (an engine-build bundle) and Android -> validation against each profile -> report.html.
+
+Before it starts, the demo prints each step with the time it expects on this host: the step's time measured on
+the reference host, scaled by how fast this host runs a fixed torch workload, or the time this host itself took
+in its last run (runs/demo/timings.json). A step that fails a budget (exit 1) is a result, recorded in the
+report, and the story goes on; a usage error or a crash stops it. Exit 0 when every step ran, whatever the
+verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgekit import api
+from edgekit.data import BUILTIN
+from edgekit.data.avdigits import is_built
+from edgekit.fsutil import cache_root, write_json
+from edgekit.hardware import host_profile
+from edgekit.hardware.cpu import this_cpu
+
+DEMO = Path("runs/demo")
+TIMINGS = DEMO / "timings.json"
+EDGEKIT = [sys.executable, "-P", "-m", "edgekit"]  # -P: never import a stray edgekit/ from the working directory
+# The reference host: 2 vCPUs of an Intel Xeon (Sapphire Rapids, AVX-512 VNNI and AMX), 2026-11-29.
+REFERENCE_CPU = "Intel Xeon (Sapphire Rapids), 2 vCPUs"
+REFERENCE_WORKLOAD_S = 0.50  # speed_score() there
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    argv: list[str]
+    reference_s: float  # measured on the reference host from a cold cache
+    cached: bool = False  # its result is cached: it only checks and reuses it
+    verdict: bool = False  # exit 1 is a failed budget (reported), not a broken step
+
+
+def speed_score() -> float:
+    """Seconds this host takes for a fixed torch training workload (convolutions and attention, forward and
+    backward): the scale between the reference host's step times and this host's."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 64))  # fmt: skip
+    attn = torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True)
+    x, tokens = torch.randn(64, 1, 28, 28), torch.randn(64, 16, 64)
+    opt = torch.optim.SGD([*net.parameters(), *attn.parameters()], lr=0.01)
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        for _ in range(5):
+            opt.zero_grad()
+            (net(x).sum() + attn(tokens).sum()).backward()
+            opt.step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[1]
+
+
+def steps(profile: str) -> list[Step]:
+    teacher = api.reference_teacher_path()
+    run = DEMO / "compress"
+    x86 = [f"{DEMO}/x86/openvino-int8", f"{DEMO}/x86/onnx-int8"]
+    baseline = ["--baseline", str(teacher)]
+    return [
+        Step("data", [*EDGEKIT, "data", "build", "avdigits"], 25, cached=is_built(BUILTIN["avdigits"])),
+        Step("teacher", [sys.executable, "scripts/reference_teacher.py"], 420,
+             cached=(teacher / "edgekit-model.yaml").is_file()),
+        Step("eval", [*EDGEKIT, "eval", "--model", str(teacher), "--data", "avdigits"], 10),
+        Step("compress", [*EDGEKIT, "compress", "--recipe", "recipes/avdigits-x86.yaml", "--out", str(run)], 240,
+             cached=(run / "report.json").is_file(), verdict=True),
+        Step(f"export {profile}", [*EDGEKIT, "export", "--model", str(run), "--target", profile, "--out",
+                                   f"{DEMO}/x86", "--overwrite"], 60, verdict=True),
+        Step("export jetson", [*EDGEKIT, "export", "--model", str(run), "--target", "jetson", "--out",
+                               f"{DEMO}/jetson", "--overwrite"], 30, verdict=True),
+        Step("export android", [*EDGEKIT, "export", "--model", str(run), "--target", "android", "--out",
+                                f"{DEMO}/android", "--overwrite"], 60, verdict=True),
+        Step(f"validate {profile}", [*EDGEKIT, "validate", *x86, "--profile", profile, *baseline, "--report",
+                                     str(run)], 30, verdict=True),
+        Step("validate jetson", [*EDGEKIT, "validate", f"{DEMO}/jetson/tensorrt-int8", "--profile", "jetson",
+                                 *baseline, "--report", str(run)], 15, verdict=True),
+        Step("validate android", [*EDGEKIT, "validate", f"{DEMO}/android/executorch-int8",
+                                  f"{DEMO}/android/ort-mobile-fp32", "--profile", "android", *baseline, "--report",
+                                  str(run)], 20, verdict=True),
+        Step("report", [*EDGEKIT, "report", str(run)], 5),
+    ]  # fmt: skip
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def main() -> int:
+    cpu, isa = this_cpu()
+    profile, why = host_profile("x86")
+    if profile is None:
+        profile, why = "x86-avx512-vnni", f"{why}; its latency will be estimated, not measured"
+    print(f"host: {cpu}, {os.cpu_count()} cores; x86 profile: {profile} ({why})", flush=True)
+    last = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {}
+    same_host = last.get("cpu") == cpu and last.get("isa") == list(isa)
+    scale = speed_score() / REFERENCE_WORKLOAD_S
+    plan = steps(profile)
+    print(f"plan (this host runs the reference workload {scale:.1f}x as long as {REFERENCE_CPU}):")
+    expected = {}
+    for i, s in enumerate(plan, 1):
+        seen = last.get("steps", {}).get(s.name) if same_host else None
+        if s.cached:
+            expected[s.name], note = 5.0, "cached, reused"
+        elif seen is not None:
+            expected[s.name], note = seen, "this host's last run"
+        else:
+            expected[s.name], note = s.reference_s * scale, "scaled from the reference host"
+        print(f"  [{i:2d}/{len(plan)}] {s.name:<28} ~{minutes(expected[s.name]):>8}  ({note})")
+    print(f"  expected in all: ~{minutes(sum(expected.values()))}", flush=True)
+    taken: dict[str, float] = {}
+    failed: list[str] = []
+    for i, s in enumerate(plan, 1):
+        print(f"\n[{i}/{len(plan)}] {s.name} (expected ~{minutes(expected[s.name])}): {' '.join(s.argv)}", flush=True)
+        start = time.perf_counter()
+        p = subprocess.run(s.argv, check=False)
+        taken[s.name] = round(time.perf_counter() - start, 1)
+        if p.returncode == 1 and s.verdict:
+            failed.append(s.name)
+            print(f"[{i}/{len(plan)}] {s.name}: a budget failed (see above; recorded in the report), "
+                  f"{minutes(taken[s.name])}", flush=True)  # fmt: skip
+        elif p.returncode != 0:
+            print(f"[{i}/{len(plan)}] {s.name}: exit {p.returncode}; the demo stops here", file=sys.stderr)
+            return p.returncode
+        else:
+            print(f"[{i}/{len(plan)}] {s.name}: done in {minutes(taken[s.name])}", flush=True)
+    seen = last.get("steps", {}) if same_host else {}
+    write_json(TIMINGS, {"cpu": cpu, "isa": list(isa), "steps": {**seen, **{s.name: taken[s.name] for s in plan
+                                                                                  if not s.cached}}})  # fmt: skip
+    print(f"\ndemo done in {minutes(sum(taken.values()))}: {DEMO}/compress/report.html")
+    print(f"budgets failed in: {', '.join(failed)} (shown in the report)" if failed else "every budget passed")
+    print(f"(edgekit's cache: {cache_root()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
