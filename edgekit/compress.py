@@ -20,6 +20,7 @@ import onnx
 from torch import nn
 
 from .artifact import Artifact, accuracy_record, load_artifact, model_hash, sha256_file, versions
+from .branches import discover, module_branches
 from .data import load_split
 from .errors import EdgeKitError, UsageError
 from .evaluation import evaluate, torch_predict
@@ -28,7 +29,7 @@ from .hardware import HardwareProfile, resolve_profile
 from .hardware.cpu import int8_saturates
 from .hardware.estimator import graph_costs
 from .io import IOSpec
-from .loading import load_model, save_model_package
+from .loading import load_model, portable_factory, save_model_package
 from .models import build_fusion_model, count_params
 from .provenance import data_hashes, provenance, tree_hashes
 from .quant.accuracy_aware import BudgetError, accuracy_aware, layer_sqnr, quant_units
@@ -60,14 +61,16 @@ class Current:
     labels: tuple[str, ...]
     factory: str
     kwargs: dict[str, Any]
+    branches: dict[str, list[str]]  # the package's override of the branches found in the graph, if any
     pruned: bool = False
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
         if self.pruned:
-            save_pruned(self.model, self.io, path, labels=self.labels, meta=meta)  # type: ignore[arg-type]
+            save_pruned(self.model, self.io, path, {"factory": self.factory, "kwargs": self.kwargs}, self.labels, meta,
+                        self.branches)  # fmt: skip
         else:
             save_model_package(self.model, self.io, path, factory=self.factory, kwargs=self.kwargs,
-                               labels=self.labels, meta=meta)  # fmt: skip
+                               labels=self.labels, meta=meta, branches=self.branches)  # fmt: skip
 
 
 def prepare_run_dir(out: Path, recipe_text: str, overwrite: bool) -> None:
@@ -117,11 +120,11 @@ def split_accuracy(predict: Callable, io: IOSpec, data: str, split: str) -> floa
     return evaluate(predict, io, load_split(data, split), per_modality=False).overall.accuracy
 
 
-def model_stats(model: nn.Module, io: IOSpec) -> dict[str, int | None]:
-    try:
-        return {"params": count_params(model), "macs": measure(model, io)["total"][1]}  # type: ignore[arg-type]
-    except (AttributeError, KeyError, TypeError):  # not a zoo FusionModel: MACs per part are unknown
-        return {"params": count_params(model), "macs": None}
+def model_stats(model: nn.Module, io: IOSpec, branches: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Parameters and MACs per sample, in total and per branch (branches found in the graph, or `branches`)."""
+    parts = measure(model, io, module_branches(model, io, branches))
+    return {"params": count_params(model), "macs": parts["total"][1],
+            "per_branch": {k: {"params": p, "macs": m} for k, (p, m) in parts.items() if k != "total"}}  # fmt: skip
 
 
 def compress(
@@ -149,13 +152,16 @@ def compress(
     base_acc = split_accuracy(torch_predict(teacher), io, data.name, data.test)
     report: dict[str, Any] = {
         "recipe": recipe.model_dump(mode="json"), "model": str(source),
-        "baseline": {"accuracy": base_acc, **model_stats(teacher, io)}, "stages": [], "artifacts": [],
+        "baseline": {"accuracy": base_acc, **model_stats(teacher, io, loaded.manifest.branches)},
+        "stages": [], "artifacts": [],
         "versions": versions("torch", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "torch-pruning"),
         "provenance": provenance(recipe.seed, teacher_sha, data_hashes(data.name, splits)),
     }  # fmt: skip
     outputs: dict[str, str] = {}
     report["provenance"]["outputs"] = outputs
-    current = Current(copy.deepcopy(teacher), io, loaded.labels, loaded.manifest.factory, dict(loaded.manifest.kwargs))
+    factory = portable_factory(loaded.manifest.factory, Path(source))
+    current = Current(copy.deepcopy(teacher), io, loaded.labels, factory, dict(loaded.manifest.kwargs),
+                      dict(loaded.manifest.branches))  # fmt: skip
     try:
         for i, stage in enumerate(recipe.stages, 1):
             step = {"previous": key, "stage": stage.model_dump(mode="json")}
@@ -205,7 +211,7 @@ def run_model_stage(stage: PruneStage | DistillStage, recipe: Recipe, teacher: n
                     where: Path, checkpoints: Path, progress: ProgressFn | None) -> None:  # fmt: skip
     data, io, start = recipe.data, current.io, time.perf_counter()
     if isinstance(stage, PruneStage):
-        result = prune(current.model, io, stage.to_config())  # type: ignore[arg-type]
+        result = prune(current.model, io, stage.to_config(), current.branches)
         current.model, current.pruned = result.model, True
         extra: dict[str, Any] = {"parts": result.as_dict()}
     else:
@@ -217,7 +223,13 @@ def run_model_stage(stage: PruneStage | DistillStage, recipe: Recipe, teacher: n
         extra = {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                  "resumed_from": result.resumed_from}  # fmt: skip
     acc = split_accuracy(torch_predict(current.model), io, data.name, data.test)
-    row = {"name": stage.kind, "path": str(where), "accuracy": acc, **model_stats(current.model, io), **extra}
+    row = {
+        "name": stage.kind,
+        "path": str(where),
+        "accuracy": acc,
+        **model_stats(current.model, io, current.branches),
+        **extra,
+    }
     current.save(where, {"stage": stage.kind})  # atomic; stage.json, written last, marks the stage complete
     write_json(where / "stage.json", {**row, "seconds": round(time.perf_counter() - start, 1)})
     shutil.rmtree(checkpoints, ignore_errors=True)
@@ -238,11 +250,15 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, profi
         work.mkdir()
         log("exporting ONNX")
         hub = export_onnx(current.model, io, work / "model.onnx", slim=True)
+        graph = onnx.load(str(hub))
+        branches = discover(graph, io, current.branches)
+        log(f"branches ({branches.method}): {', '.join(branches.labels.values())}")
+        units = quant_units(graph, branches)
         meta: dict[str, Any] = {"calibration": calib.describe(), "max_drop": max_drop}
         scheme = scheme_for(primary_format, profile)  # TensorRT's Q/DQ graph, else onnxruntime's for this CPU
         art_dir = tmp / f"{backend}-int8"
         if backend == "executorch":
-            scopes = {u.node: u.scope for u in quant_units(onnx.load(str(hub)))}
+            scopes = {u.node: u.scope for u in units}
             impl: Any = ExecuTorchBackend(current.model, io, calib, scopes)
         elif backend == "onnx":
             impl = OnnxQDQBackend(hub, io, calib, scheme)
@@ -267,8 +283,7 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, profi
 
             baseline = accuracy(predict_fn(onnx_runner(hub, io)))
             try:
-                sens = accuracy_aware(impl, quant_units(onnx.load(str(hub))), accuracy, baseline, max_drop,
-                                      work, rank)  # fmt: skip
+                sens = accuracy_aware(impl, units, accuracy, baseline, max_drop, work, rank, branches.labels)
             except BudgetError as e:
                 write_json(where.parent.parent / "sensitivity.json", e.report.as_dict())
                 log(e.report.table())
@@ -295,7 +310,7 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, profi
         final = where / art_dir.name / art.file
         seconds = round(time.perf_counter() - start, 1)
         row = {"name": "quantize", "backend": backend, "path": str(final), "accuracy": acc, "seconds": seconds,
-               **model_stats(current.model, io),
+               **model_stats(current.model, io, current.branches),
                "artifact": {"format": backend, "precision": "int8", "path": str(final), "accuracy": acc,
                             "size_mb": round(art.size_mb(), 3), "sha256": sha256_file(art.path)}}  # fmt: skip
         write_json(tmp / "stage.json", row)

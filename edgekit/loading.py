@@ -38,6 +38,8 @@ class PackageManifest(pydantic.BaseModel, extra="forbid"):
     task: str = "classification"
     labels: list[str] = []
     io: dict[str, Any]
+    # branch name -> module prefixes: overrides the branches found in the graph (edgekit/branches.py)
+    branches: dict[str, list[str]] = {}
     meta: dict[str, Any] = {}
 
 
@@ -77,6 +79,15 @@ def import_object(spec: str, base_dir: Path | None = None) -> Callable[..., Any]
     if not callable(obj):
         raise UsageError(f"'{module_name}' has no callable '{attr}'", f"define {attr}() in it or fix the name")
     return obj
+
+
+def portable_factory(spec: str, base_dir: Path) -> str:
+    """A factory spec that resolves from anywhere: a `file.py:function` relative to a package, made absolute (a
+    pruned package elsewhere rebuilds its base model with it)."""
+    module, _, attr = spec.partition(":")
+    return (
+        f"{(base_dir / module).resolve()}:{attr}" if module.endswith(".py") and not Path(module).is_absolute() else spec
+    )
 
 
 def build_model(factory: str, kwargs: Mapping[str, Any], base_dir: Path | None = None) -> nn.Module:
@@ -213,6 +224,7 @@ def save_model_package(
     labels: list[str] | tuple[str, ...] = (),
     task: str = "classification",
     meta: Mapping[str, Any] | None = None,
+    branches: Mapping[str, list[str]] | None = None,
 ) -> Path:
     """Write safetensors weights and edgekit-model.yaml; the directory appears only when complete."""
     from safetensors.torch import save_file
@@ -223,6 +235,7 @@ def save_model_package(
         task=task,
         labels=list(labels),
         io=io.to_dict(),
+        branches=dict(branches or {}),
         meta=dict(meta or {}),
     )
     path = Path(path)

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
+from edgekit.branches import discover
 from edgekit.data import FeedDataset, load_split
 from edgekit.evaluation import evaluate
 from edgekit.loading import load_model
@@ -26,10 +27,22 @@ def teacher_onnx(reference_teacher, tmp_path_factory):
 
 
 def test_units_are_labelled_by_branch(teacher_onnx):
-    path, _ = teacher_onnx
-    units = quant_units(onnx.load(str(path)))
+    """Branches come from the graph (reachability from each modality's inputs), not from the zoo's names; they
+    agree with the zoo's module tree: every unit under branches.<m> is in branch m."""
+    path, io = teacher_onnx
+    graph = onnx.load(str(path))
+    branches = discover(graph, io)
+    assert branches.method == "graph reachability"
+    assert branches.labels == {"image": "image (branches.image)", "text": "text (branches.text)",
+                               "audio": "audio (branches.audio)", "fusion": "fusion"}  # fmt: skip
+    units = quant_units(graph, branches)
     assert {u.branch for u in units} == {"image", "text", "audio", "fusion"}
     assert all(u.scope for u in units)
+    for u in units:
+        if u.scope.startswith("branches."):
+            assert u.branch == u.scope.split(".")[1], u
+    override = discover(graph, io, {"vision": ["branches.image"], "rest": ["branches.text", "branches.audio"]})
+    assert override.method == "edgekit-model.yaml branches" and set(override.names()) == {"vision", "rest", "fusion"}
 
 
 def test_loop_keeps_the_sensitive_branch_in_float(teacher_onnx, tmp_path):
@@ -50,7 +63,8 @@ def test_loop_keeps_the_sensitive_branch_in_float(teacher_onnx, tmp_path):
         return layer_sqnr(path, tmp_path / "full.onnx", calib, n=16)
 
     baseline = accuracy(predict_fn(onnx_runner(path, io)))
-    units = quant_units(onnx.load(str(path)), op_types=())
+    graph = onnx.load(str(path))
+    units = quant_units(graph, discover(graph, io), op_types=())
     report = accuracy_aware(backend, units, accuracy, baseline, 0.0, tmp_path, rank)
     assert report.fits and report.trials[0].float_parts == ()
     if report.trials[0].drop > 0:  # the loop ran: sensitivities, a float set, and a final trial that fits

@@ -130,7 +130,10 @@ def test_float_modules_keep_branches_out_of_int8(model, fp32, int8, avdigits_io,
     from edgekit.targets.onnx import export_onnx
 
     hub = export_onnx(model, avdigits_io, tmp_path / "m.onnx", slim=True)
-    units = quant_units(onnx.load(str(hub)))
+    from edgekit.branches import discover
+
+    graph = onnx.load(str(hub))
+    units = quant_units(graph, discover(graph, avdigits_io))
     calib = calibration_set(avdigits_io, load_split("avdigits", "train"), n=32)
     backend = ExecuTorchBackend(model, avdigits_io, calib, {u.node: u.scope for u in units})
     predict = backend.build(frozenset(u.node for u in units), tmp_path / "floated")

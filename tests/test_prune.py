@@ -29,12 +29,13 @@ ALL_HALF = PruneConfig(ratios={"image": 0.5, "text": 0.5, "audio": 0.5, "fusion"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+KWARGS = {"modalities": list(IO.modalities), "vocab_size": 41, "max_len": 32}
+
+
 def build(arch: str = "attention", preset: str = "small", io=IO) -> nn.Module:
     torch.manual_seed(0)
     overrides = TEACHER_LIKE if preset == "teacher" else None
-    return build_fusion_model(
-        arch, preset, modalities=list(io.modalities), vocab_size=41, max_len=32, overrides=overrides
-    ).eval()
+    return build_fusion_model(arch, preset, **{**KWARGS, "modalities": list(io.modalities)}, overrides=overrides).eval()
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +225,9 @@ def test_bad_config_is_a_usage_error(config, names):
 @pytest.mark.parametrize("arch", ["late", "attention"])
 def test_save_and_load_round_trip(arch, real_feeds, tmp_path):
     pruned = prune(build(arch, "teacher"), IO, ALL_HALF).model
-    path = save_pruned(pruned, IO, tmp_path / "pkg", labels=[str(i) for i in range(10)], meta={"stage": "prune"})
+    base = {"factory": "edgekit.models:build_fusion_model", "kwargs": {**KWARGS, "arch": arch, "preset": "teacher",
+                                                                       "overrides": TEACHER_LIKE}}  # fmt: skip
+    path = save_pruned(pruned, IO, tmp_path / "pkg", base, labels=[str(i) for i in range(10)], meta={"stage": "prune"})
     manifest = yaml.safe_load((path / "edgekit-model.yaml").read_text())
     assert manifest["factory"] == FACTORY and manifest["weights"] == "model.safetensors"
     assert {h["num_heads"] for h in manifest["kwargs"]["heads"].values()} == {4}

@@ -86,7 +86,8 @@ def test_a_pruned_student_exports_for_x86(reference_teacher, tmp_path):
     teacher = load_model(reference_teacher)
     result = prune(teacher.model, teacher.io, PruneConfig(ratios={"text": 0.5}, head_ratio=0.5))
     assert result.parts["total"].params_after < result.parts["total"].params_before
-    student = save_pruned(result.model, teacher.io, tmp_path / "student", labels=teacher.labels)
+    base = {"factory": teacher.manifest.factory, "kwargs": teacher.manifest.kwargs}
+    student = save_pruned(result.model, teacher.io, tmp_path / "student", base, labels=teacher.labels)
     r = run_cli("export", "--model", str(student), "--target", "x86", "--out", str(tmp_path / "x86"), "--json")
     assert r.code == 0, r.stderr
     rows = {(a["format"], a["precision"]): a for a in json.loads(r.stdout)["artifacts"]}

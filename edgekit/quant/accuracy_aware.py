@@ -20,12 +20,15 @@ from typing import Protocol
 import numpy as np
 import onnx
 
+from ..branches import Branches
 from ..errors import EdgeKitError
 from ..targets.onnx import module_scope
 from .calibration import CalibrationSet
 from .onnx_qdq import ort_reader
 
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+# What some backend quantizes: onnxruntime the compute ops, OpenVINO (NNCF) also the recurrent cells' weights and
+# embedding tables. The search can keep any of them in float.
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Gather")
 Predict = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
@@ -38,16 +41,15 @@ class Unit:
     scope: str
 
 
-def quant_units(model: onnx.ModelProto, op_types: tuple[str, ...] = QUANTIZED_OPS) -> list[Unit]:
-    """The nodes a backend quantizes (`op_types`; empty = every node), each labelled with its branch."""
-    units = []
-    for n in model.graph.node:
-        if not op_types or n.op_type in op_types:
-            scope = module_scope(n) or ""
-            parts = scope.split(".")
-            branch = parts[1] if parts[0] == "branches" and len(parts) > 1 else "fusion"
-            units.append(Unit(n.name, branch, scope))
-    return units
+def quant_units(model: onnx.ModelProto, branches: Branches, op_types: tuple[str, ...] = QUANTIZED_OPS) -> list[Unit]:
+    """The nodes a backend quantizes (`op_types`; empty = every node), each labelled with its branch. A Gather
+    counts only on a weight table (an embedding), not on shapes or indices."""
+    weights = {i.name for i in model.graph.initializer}
+    return [
+        Unit(n.name, branches.of_node[n.name], module_scope(n) or "")
+        for n in model.graph.node
+        if not op_types or (n.op_type in op_types and (n.op_type != "Gather" or n.input[0] in weights))
+    ]
 
 
 class Backend(Protocol):
@@ -70,6 +72,7 @@ class SensitivityReport:
     backend: str
     baseline: float
     max_drop: float
+    labels: dict[str, str] = field(default_factory=dict)  # branch -> "audio (aud.lstm)"
     branch_drop: dict[str, float] = field(default_factory=dict)  # drop when only that branch is quantized
     layer_sqnr: list[tuple[str, str, float]] = field(default_factory=list)  # (node, scope, dB), worst first
     trials: list[Trial] = field(default_factory=list)
@@ -79,14 +82,17 @@ class SensitivityReport:
     def as_dict(self) -> dict[str, object]:
         return {
             "backend": self.backend, "baseline": self.baseline, "max_drop": self.max_drop, "fits": self.fits,
-            "branch_drop": self.branch_drop, "float_nodes": list(self.float_nodes),
+            "branch_drop": self.branch_drop, "branch_labels": self.labels, "float_nodes": list(self.float_nodes),
             "top_layers": [{"node": n, "scope": s, "sqnr_db": round(q, 2)} for n, s, q in self.layer_sqnr[:10]],
             "trials": [vars(t) for t in self.trials],
         }  # fmt: skip
 
     def table(self) -> str:
         rows = [f"{'branch quantized alone':<28}{'drop (pts)':>12}"]
-        rows += [f"{b:<28}{d:>12.2f}" for b, d in sorted(self.branch_drop.items(), key=lambda x: -x[1])]
+        rows += [
+            f"{self.labels.get(b, b):<28.28}{d:>12.2f}"
+            for b, d in sorted(self.branch_drop.items(), key=lambda x: -x[1])
+        ]
         rows += ["", f"{'kept in float':<60}{'drop (pts)':>12}"]
         rows += [f"{', '.join(t.float_parts) or '(nothing)':<60.60}{t.drop:>12.2f}" for t in self.trials]
         return "\n".join(rows)
@@ -127,9 +133,10 @@ def accuracy_aware(
     max_drop: float,
     work: Path,
     rank_layers: Callable[[], dict[str, float]] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> SensitivityReport:
     """Find the smallest float exclusion (branches, then layers) whose INT8 drop on val fits `max_drop` points."""
-    report = SensitivityReport(backend.name, baseline, max_drop)
+    report = SensitivityReport(backend.name, baseline, max_drop, dict(labels or {}))
     branches = list(dict.fromkeys(u.branch for u in units))
     nodes_of = {b: frozenset(u.node for u in units if u.branch == b) for b in branches}
     count = iter(range(1_000_000))

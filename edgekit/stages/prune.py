@@ -1,22 +1,25 @@
-"""Structured pruning of fusion models: whole attention heads (heads.py), then channels with torch-pruning's
-dependency graph, with a ratio per branch and for the fusion, or one global ratio with global ranking.
+"""Structured pruning of any fusion model: whole attention heads (heads.py), then channels with torch-pruning's
+dependency graph, with a ratio per modality branch and for the fusion, or one global ratio with global ranking.
 
-Order: heads first, then channels. Head removal turns each attention layer into a PrunedAttention whose
+Branches come from the model's exported graph (edgekit/branches.py), not from its attribute names: each layer is
+pruned by the ratio of the branch its nodes belong to, whatever the model calls it.
+
+Order: heads first, then channels. Head removal turns each nn.MultiheadAttention into a PrunedAttention whose
 projections are plain Linears; torch-pruning then never sees nn.MultiheadAttention (its 1.6.1 handler shrinks
 head_dim and ties the projections to the residual stream), and those projections go into ignored_layers, which
-keeps every group that touches them, the text branch's residual stream included, at full width. What is left to
-prune is what is safe to prune: conv channels, the transformer's FFN hidden width and the fusion MLPs.
+keeps every group that touches them, a transformer's residual stream included, at full width. What is left to
+prune is what is safe to prune: conv channels, a transformer's FFN hidden width and MLPs.
 
-Never pruned: class scores (the classifier, late fusion's per-modality heads), per-modality outputs (gates,
-attention scores), stem input channels and embedding rows (no pruning group reaches them), and the
-modality_mask width (an input)."""
+Left whole, and named in the result: the layers that compute the model's outputs (class scores), attention
+layers torch-pruning cannot cut by heads (a Hugging Face encoder's), recurrent layers (LSTM, GRU), and the zoo's
+per-modality scores and gates. Stem input channels and embedding rows are never reached by a pruning group."""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,16 +27,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..branches import ModuleBranches, module_branches
 from ..errors import EdgeKitError, UsageError
 from ..io import IOSpec
-from ..loading import save_model_package
-from ..models import FUSIONS, FusionModel, build_fusion_model
-from ..models.branches import AudioBranch, ImageBranch, TextBranch, VideoBranch
+from ..loading import build_model, save_model_package
+from ..models import FusionModel
 from ..models.fusions import AttentionFusion, GatedFusion, LateFusion
 from .heads import PrunedAttention, prune_heads
 
 FACTORY = "edgekit.stages.prune:load_pruned_architecture"
-FUSION = "fusion"
 # torch-pruning importance criteria by name: (importance factory, p of the norm that ranks heads).
 IMPORTANCES: dict[str, tuple[Callable[[], Any], float]] = {
     "l1": (lambda: _tp().importance.GroupMagnitudeImportance(p=1), 1.0),
@@ -78,14 +80,18 @@ class PartReport:
 
 @dataclass(frozen=True)
 class PruneResult:
-    model: FusionModel
-    parts: dict[str, PartReport]  # each modality, "fusion", "classifier" and "total"; MACs per sample
+    model: nn.Module
+    parts: dict[str, PartReport]  # each branch, "fusion" and "total"; MACs per sample
     heads: dict[str, tuple[int, int]]  # attention layer -> (heads before, heads after)
+    intact: dict[str, str]  # layer -> why it was left whole
+    branches: dict[str, str]  # branch -> its label, and how they were found under "method"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "parts": {k: v.as_dict() for k, v in self.parts.items()},
             "heads": {k: list(v) for k, v in self.heads.items()},
+            "intact": self.intact,
+            "branches": self.branches,
         }
 
 
@@ -96,8 +102,7 @@ def _check_ratio(what: str, r: float) -> None:
         )
 
 
-def check_config(model: FusionModel, config: PruneConfig) -> None:
-    parts = (*model.modalities, FUSION)
+def check_config(parts: Sequence[str], config: PruneConfig) -> None:
     unknown = sorted(set(config.ratios) - set(parts))
     if unknown:
         raise UsageError(f"no part named {', '.join(unknown)} to prune", f"the model's parts are {', '.join(parts)}")
@@ -114,40 +119,64 @@ def check_config(model: FusionModel, config: PruneConfig) -> None:
         raise UsageError(f"unknown importance '{config.importance}'", f"use one of {', '.join(IMPORTANCES)}")
 
 
-def prune(model: FusionModel, io: IOSpec, config: PruneConfig) -> PruneResult:
-    """A pruned copy of `model` (which is left as it is) and what pruning saved per part."""
-    if not isinstance(model, FusionModel):
-        raise UsageError(f"pruning needs an EdgeKit FusionModel, got {type(model).__name__}")
-    check_config(model, config)
+def parts_of(mb: ModuleBranches) -> list[str]:
+    return mb.branches.names()
+
+
+def prune(
+    model: nn.Module, io: IOSpec, config: PruneConfig, override: Mapping[str, Sequence[str]] | None = None
+) -> PruneResult:
+    """A pruned copy of `model` (which is left as it is) and what pruning saved per branch. `override`: the model
+    package's `branches` (branch -> module prefixes), else the branches are found in the graph."""
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"pruning needs a torch.nn.Module, got {type(model).__name__}")
     pruned = copy.deepcopy(model).eval()
-    before = measure(pruned, io)
+    mb = module_branches(pruned, io, override)
+    check_config(parts_of(mb), config)
+    before = measure(pruned, io, mb)
     make_importance, p = IMPORTANCES[config.importance]
     heads = prune_heads(pruned, config.head_ratio, p)
-    ratios = {pruned.branches[m] if m in pruned.modalities else pruned.fusion: r for m, r in config.ratios.items()}
-    if any(r > 0 for r in ratios.values()) or config.global_ratio:
-        _prune_channels(pruned, io, ratios, config.global_ratio, config.round_to, make_importance())
+    leaves = (nn.modules.conv._ConvNd, nn.Linear)
+    ratios = {m: config.ratios[mb.branch(n)] for n, m in pruned.named_modules()
+              if isinstance(m, leaves) and config.ratios.get(mb.branch(n), 0) > 0}  # fmt: skip
+    keep = _protected(pruned, mb)
+    if ratios or config.global_ratio:
+        _prune_channels(pruned, io, ratios, config.global_ratio, config.round_to, make_importance(), mb, list(keep))
     try:
-        after = measure(pruned, io)
+        after = measure(pruned, io, mb)
     except RuntimeError as e:
         raise EdgeKitError(f"the pruned model no longer runs: {str(e).splitlines()[0]}") from e
     parts = {k: PartReport(before[k][0], after[k][0], before[k][1], after[k][1]) for k in before}
-    return PruneResult(pruned, parts, heads)
+    labels = {**dict(mb.branches.labels), "method": mb.branches.method}
+    return PruneResult(pruned, parts, heads, keep, labels)
 
 
-def _protected(model: FusionModel) -> list[nn.Module | nn.Parameter]:
-    """Layers whose output widths carry meaning: class scores, one value per modality, attention.
+def _protected(model: nn.Module, mb: ModuleBranches) -> dict[str, str]:
+    """Layers whose widths carry meaning or that torch-pruning cannot cut safely, by name, with the reason.
 
     torch-pruning couples a per-modality score or gate with the projections it scales (a broadcast product looks
-    element-wise to it), so in attention and gated fusion the shared projection width stays whole as well."""
-    keep: list[nn.Module | nn.Parameter] = [model.classifier]
-    f = model.fusion
-    if isinstance(f, LateFusion):
-        keep += [*(head[-1] for head in f.heads), f.weight_logits]
-    elif isinstance(f, AttentionFusion):
-        keep.append(f.score[-1])
-    elif isinstance(f, GatedFusion):
-        keep.append(f.gate)
-    keep += [m for m in model.modules() if isinstance(m, nn.MultiheadAttention | PrunedAttention)]
+    element-wise to it), so in the zoo's attention and gated fusion the shared projection width stays whole too."""
+    keep: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if name in mb.output_modules and isinstance(m, nn.modules.conv._ConvNd | nn.Linear):
+            keep[name] = "computes a model output"
+        elif isinstance(m, nn.MultiheadAttention | PrunedAttention):
+            keep[name] = "attention projections (whole heads are pruned instead)"
+        elif isinstance(m, nn.RNNBase):
+            keep[name] = f"recurrent ({type(m).__name__}): not pruned"
+        elif "attention" in type(m).__name__.lower() and not any(name.startswith(k + ".") for k in keep):
+            keep[name] = f"attention ({type(m).__name__}): heads not pruned, its projections stay whole"
+    if isinstance(model, FusionModel):
+        f = model.fusion
+        names = {m: n for n, m in model.named_modules()}
+        extra: list[nn.Module] = []
+        if isinstance(f, LateFusion):
+            extra += [head[-1] for head in f.heads]
+        elif isinstance(f, AttentionFusion):
+            extra.append(f.score[-1])
+        elif isinstance(f, GatedFusion):
+            extra.append(f.gate)
+        keep.update({names[m]: "one value per modality" for m in extra})
     return keep
 
 
@@ -167,14 +196,19 @@ def _pruner_class() -> type:
 
 
 def _prune_channels(
-    model: FusionModel,
+    model: nn.Module,
     io: IOSpec,
     ratios: Mapping[nn.Module, float],
     global_ratio: float | None,
     round_to: int,
     importance: Any,
+    mb: ModuleBranches,
+    keep: list[str],
 ) -> None:
-    own = [p for m in model.modules() if type(m).__module__.startswith("edgekit.") for p in m.parameters(recurse=False)]
+    # Parameters held by a model's own modules (a fusion bias, a class token, late fusion's modality weights), named
+    # so that torch-pruning does not guess (and warn); the ones with a fixed meaning sit in protected layers.
+    own = [p for m in model.modules() if not type(m).__module__.startswith("torch.")
+           for p in m.parameters(recurse=False)]  # fmt: skip
     pruner = _pruner_class()(
         model,
         io.example_torch(batch=2),
@@ -182,23 +216,21 @@ def _prune_channels(
         global_pruning=global_ratio is not None,
         pruning_ratio=global_ratio or 0.0,
         pruning_ratio_dict=dict(ratios) or None,
-        ignored_layers=_protected(model),
+        ignored_layers=[model.get_submodule(n) for n in keep],
         round_to=round_to,
-        # Parameters held by EdgeKit modules themselves (a fusion bias, late fusion's modality weights), named
-        # so that torch-pruning does not guess (and warn); the ones with a fixed meaning are in _protected.
         unwrapped_parameters=[(p, p.dim() - 1) for p in own],
     )
-    pruner.ignored_layers += _cross_part_layers(model, pruner)
+    pruner.ignored_layers += _cross_part_layers(model, pruner, mb)
     with torch.no_grad():
         pruner.step()
 
 
-def _cross_part_layers(model: FusionModel, pruner: Any) -> list[nn.Module]:
-    """Layers of groups whose output channels span several parts. torch-pruning 1.6.1 drops a concat's offsets
+def _cross_part_layers(model: nn.Module, pruner: Any, mb: ModuleBranches) -> list[nn.Module]:
+    """Layers of groups whose output channels span several branches. torch-pruning 1.6.1 drops a concat's offsets
     when one of its inputs has no autograd history (early fusion concatenates the modality mask) and then couples
     every concat input channel by channel: image channel 3 with text channel 3. Such a group is not a real
     dependency, and pruning it would cut unrelated channels or break shapes, so it is left whole."""
-    part = {m: _part(n) for n, m in model.named_modules() if n}
+    part = {m: mb.branch(n) for n, m in model.named_modules() if n}
     out: list[nn.Module] = []
     for group in pruner.DG.get_all_groups(
         ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
@@ -223,32 +255,34 @@ def _layer_macs(m: nn.Module, args: tuple[Any, ...], out: Any) -> int:
         return out.numel() * m.in_features
     x = args[0] if m.batch_first else args[0].transpose(0, 1)
     b, n = x.shape[0], x.shape[1]
+    if isinstance(m, nn.RNNBase):  # per step and direction: gates x (input + hidden) x hidden
+        gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
+        ins = [m.input_size] + [m.hidden_size * (2 if m.bidirectional else 1)] * (m.num_layers - 1)
+        return b * n * (2 if m.bidirectional else 1) * sum(gates * (i + m.hidden_size) * m.hidden_size for i in ins)
     products = 2 * b * m.num_heads * n * n * m.head_dim  # QK^T and AV, self-attention over n tokens
     if isinstance(m, PrunedAttention):  # its projections are Linears, counted as such
         return products
     return products + 4 * b * n * m.embed_dim * m.embed_dim  # q, k, v and out projections
 
 
-_COUNTED = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, PrunedAttention)
+# Other attention layers (a Hugging Face encoder's) are counted by their Linears; their QK^T and AV products are
+# not, which undercounts them by a few percent at short sequences.
+_COUNTED = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, PrunedAttention, nn.RNNBase)
 
 
-def _part(name: str) -> str:
-    head, _, rest = name.partition(".")
-    return rest.partition(".")[0] if head == "branches" else head
-
-
-def measure(model: FusionModel, io: IOSpec) -> dict[str, tuple[int, int]]:
-    """(params, MACs per sample at the IOSpec's opt shapes) for each modality branch, the fusion, the classifier
-    and in total."""
-    parts = [*model.modalities, FUSION, "classifier"]
+def measure(model: nn.Module, io: IOSpec, mb: ModuleBranches | None = None) -> dict[str, tuple[int, int]]:
+    """(params, MACs per sample at the IOSpec's opt shapes) for each branch, the fusion and in total. `mb`: the
+    model's module branches, found from its graph when not given."""
+    mb = mb or module_branches(model, io)
+    parts = parts_of(mb)
     params = dict.fromkeys(parts, 0)
     for name, p in model.named_parameters():
-        params[_part(name)] += p.numel()
+        params[mb.branch(name.rpartition(".")[0])] += p.numel()
     macs = dict.fromkeys(parts, 0)
 
     def hook(name: str) -> Callable[..., None]:
         def count(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            macs[_part(name)] += _layer_macs(m, args, out[0] if isinstance(out, tuple) else out)
+            macs[mb.branch(name)] += _layer_macs(m, args, out[0] if isinstance(out, tuple) else out)
 
         return count
 
@@ -272,40 +306,14 @@ def measure(model: FusionModel, io: IOSpec) -> dict[str, tuple[int, int]]:
 
 # -- saving -----------------------------------------------------------------------------------------------
 # A model package rebuilds its model from a factory and kwargs, then loads weights strictly (no pickled modules).
-# The kwargs of a pruned model: zoo kwargs that give the same module tree, the heads of each head-pruned attention
-# layer, and the width attributes and tensor shapes of every layer that differs from that tree.
+# The kwargs of a pruned model: the factory and kwargs of the model it was pruned from (its base), the heads of each
+# head-pruned attention layer, and the width attributes and tensor shapes of every layer that differs from the base.
 
 # The attributes torch-pruning changes when it resizes a layer; nothing else may be set from a manifest.
 WIDTH_ATTRS = (
     "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features", "normalized_shape",
     "embedding_dim",
 )  # fmt: skip
-
-
-def _zoo_kwargs(model: FusionModel) -> dict[str, Any]:
-    arch = next((k for k, cls in FUSIONS.items() if type(getattr(model, "fusion", None)) is cls), None)
-    if not isinstance(model, FusionModel) or arch is None:
-        raise UsageError(f"cannot describe a {type(model).__name__} for a package", "save_pruned takes zoo models")
-    n_classes = model.classifier.out_features if isinstance(model.classifier, nn.Linear) else model.fusion.out_dim
-    kwargs: dict[str, Any] = {"arch": arch, "preset": "small", "modalities": list(model.modalities)}
-    overrides: dict[str, Any] = {"hidden": model.fusion.out_dim}
-    for m, branch in model.branches.items():
-        if isinstance(branch, ImageBranch | VideoBranch):
-            features = branch.features if isinstance(branch, ImageBranch) else branch.frames.features
-            overrides[m] = {"width": features[0][0].out_channels, "depth": len(features) - 1}
-            kwargs["in_channels"] = features[0][0].in_channels
-        elif isinstance(branch, AudioBranch):
-            overrides[m] = {"width": branch.features[0][0].out_channels, "depth": len(branch.features) // 2}
-        elif isinstance(branch, TextBranch):
-            full = [a.num_heads for a in branch.modules() if isinstance(a, nn.MultiheadAttention)]
-            width = branch.tokens.embedding_dim
-            overrides[m] = {"width": width, "depth": len(branch.encoder.layers), "heads": full[0] if full else 1}
-            kwargs.update(vocab_size=branch.tokens.num_embeddings, max_len=branch.positions.num_embeddings)
-        else:
-            raise UsageError(
-                f"branch '{m}' is a {type(branch).__name__}, not a zoo branch", "save_pruned takes zoo models"
-            )
-    return {**kwargs, "n_classes": n_classes, "overrides": overrides}
 
 
 def _layer_spec(m: nn.Module) -> dict[str, Any]:
@@ -318,28 +326,28 @@ def _layer_spec(m: nn.Module) -> dict[str, Any]:
     return {"attrs": attrs, "shapes": shapes} if shapes else {}
 
 
-def architecture(model: FusionModel) -> dict[str, Any]:
-    """The kwargs of load_pruned_architecture that rebuild `model`'s modules with its shapes (not its weights)."""
-    zoo = _zoo_kwargs(model)
+def architecture(model: nn.Module, base: Mapping[str, Any]) -> dict[str, Any]:
+    """The kwargs of load_pruned_architecture that rebuild `model`'s modules with its shapes (not its weights), from
+    `base` ({"factory": ..., "kwargs": ...}: what built the model before it was pruned)."""
     heads = {
         n: {"num_heads": a.num_heads, "head_dim": a.head_dim}
         for n, a in model.named_modules()
         if isinstance(a, PrunedAttention)
     }
-    base = dict(_with_heads(build_fusion_model(**zoo), heads).named_modules())
+    built = dict(_with_heads(build_model(base["factory"], base["kwargs"]), heads).named_modules())
     layers = {
         n: spec
         for n, m in model.named_modules()
-        if (spec := _layer_spec(m)) and (n not in base or spec != _layer_spec(base[n]))
+        if (spec := _layer_spec(m)) and (n not in built or spec != _layer_spec(built[n]))
     }
-    return {"zoo": zoo, "heads": heads, "layers": layers}
+    return {"base": {"factory": base["factory"], "kwargs": dict(base["kwargs"])}, "heads": heads, "layers": layers}
 
 
-def _with_heads(model: FusionModel, heads: Mapping[str, Mapping[str, int]]) -> FusionModel:
+def _with_heads(model: nn.Module, heads: Mapping[str, Mapping[str, int]]) -> nn.Module:
     for name, h in heads.items():
         attn = model.get_submodule(name)
         if not isinstance(attn, nn.MultiheadAttention):
-            raise UsageError(f"'{name}' is not an attention layer of the zoo model", "the package kwargs are damaged")
+            raise UsageError(f"'{name}' is not an attention layer of the base model", "the package kwargs are damaged")
         bias = attn.in_proj_bias is not None
         new = PrunedAttention(
             attn.embed_dim, int(h["num_heads"]), int(h["head_dim"]), bias, attn.dropout, attn.batch_first
@@ -365,31 +373,35 @@ def _resize(m: nn.Module, name: str, spec: Mapping[str, Any]) -> None:
 
 
 def load_pruned_architecture(
-    zoo: Mapping[str, Any], heads: Mapping[str, Mapping[str, int]], layers: Mapping[str, Mapping[str, Any]]
-) -> FusionModel:
-    """The package factory of pruned models: the zoo model, its attention layers cut to the recorded heads and its
+    base: Mapping[str, Any], heads: Mapping[str, Mapping[str, int]], layers: Mapping[str, Mapping[str, Any]]
+) -> nn.Module:
+    """The package factory of pruned models: the base model, its attention layers cut to the recorded heads and its
     layers resized to the recorded widths; the package's weights are loaded afterwards."""
-    model = _with_heads(build_fusion_model(**zoo), heads)
+    model = _with_heads(build_model(base["factory"], base["kwargs"]), heads)
     for name, spec in layers.items():
         try:
             m = model.get_submodule(name)
         except AttributeError as e:
-            raise UsageError(f"the zoo model has no layer '{name}'", "the package kwargs are damaged") from e
+            raise UsageError(f"the base model has no layer '{name}'", "the package kwargs are damaged") from e
         _resize(m, name, spec)
     return model
 
 
 def save_pruned(
-    model: FusionModel,
+    model: nn.Module,
     io: IOSpec,
     path: Path,
+    base: Mapping[str, Any],
     labels: list[str] | tuple[str, ...] = (),
     meta: Mapping[str, Any] | None = None,
+    branches: Mapping[str, list[str]] | None = None,
 ) -> Path:
-    """Write `model` (as pruned by prune()) as a model package that edgekit.loading.load_model rebuilds."""
-    kwargs = architecture(model)
+    """Write `model` (as pruned by prune() from the model `base` builds) as a model package that
+    edgekit.loading.load_model rebuilds."""
+    kwargs = architecture(model, base)
     rebuilt = load_pruned_architecture(**kwargs).state_dict()
     wrong = [k for k, v in model.state_dict().items() if k not in rebuilt or rebuilt[k].shape != v.shape]
     if wrong or len(rebuilt) != len(model.state_dict()):
         raise EdgeKitError(f"the pruned architecture does not rebuild: {', '.join(wrong[:3]) or 'extra tensors'}")
-    return save_model_package(model, io, path, factory=FACTORY, kwargs=kwargs, labels=labels, meta=meta)
+    return save_model_package(model, io, path, factory=FACTORY, kwargs=kwargs, labels=labels, meta=meta,
+                              branches=branches)  # fmt: skip

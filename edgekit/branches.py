@@ -1,0 +1,163 @@
+"""The modality branches of any fusion model, found in its exported ONNX graph by reachability from the inputs.
+
+A node that depends only on inputs of one modality (and on constants) belongs to that modality's branch; a node
+that depends on two or more modalities, or on the modality mask, belongs to `fusion` (the fusion block and the
+head). Nothing depends on the model's attribute names: a user's `img.backbone` and the zoo's `branches.image` are
+found alike. Shapes are not data: a Reshape that reads the batch size of another input stays in its branch.
+
+A model package may override discovery with `branches:` in edgekit-model.yaml (branch name -> module prefixes),
+for the rare model where reachability is wrong."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from torch import nn
+
+from .io import MODALITY_MASK, IOSpec
+from .targets.onnx import export_onnx, module_scope
+
+FUSION = "fusion"
+_MASK = "\0mask"  # the modality mask: whatever reads it fuses modalities
+SHAPE_OPS = ("Shape", "Size")  # their outputs are sizes, not data of the input they read
+COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "LSTM", "GRU", "RNN")
+
+
+@dataclass(frozen=True)
+class Branches:
+    """Each node's branch, how they were found, and a label per branch a user recognises."""
+
+    of_node: Mapping[str, str]  # ONNX node name -> branch
+    method: str  # "graph reachability" or "edgekit-model.yaml branches"
+    labels: Mapping[str, str]  # branch -> "audio (aud.lstm)", in the IOSpec's modality order, fusion last
+
+    def names(self) -> list[str]:
+        return list(self.labels)
+
+
+def _reachability(model: onnx.ModelProto, io: IOSpec) -> dict[str, str]:
+    deps: dict[str, frozenset[str]] = {}
+    for t in io.inputs:
+        if t.name == MODALITY_MASK:
+            deps[t.name] = frozenset({_MASK})
+        elif t.modality != "other":  # an "other" input (lengths, ids of a sample) joins whatever reads it
+            deps[t.name] = frozenset({t.modality})
+    nodes = list(model.graph.node)  # ONNX graphs are topologically sorted
+    of_node, consumers, free = {}, {}, []
+    for node in nodes:
+        reads = () if node.op_type in SHAPE_OPS else node.input
+        d = frozenset().union(*(deps.get(i, frozenset()) for i in reads))
+        for o in node.output:
+            deps[o] = d
+        for i in node.input:
+            consumers.setdefault(i, []).append(node.name)
+        if d:
+            of_node[node.name] = next(iter(d)) if len(d) == 1 and _MASK not in d else FUSION
+        else:
+            free.append(node)
+    # Nodes that read no input data (positions, sizes, constants) go with the nodes that use them.
+    for node in reversed(free):
+        used_by = {of_node.get(c) for o in node.output for c in consumers.get(o, [])} - {None}
+        of_node[node.name] = used_by.pop() if len(used_by) == 1 else FUSION
+    return {n.name: of_node[n.name] for n in nodes}
+
+
+def _by_prefix(model: onnx.ModelProto, prefixes: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    def branch(scope: str) -> str:
+        hits = [(len(p), b) for b, ps in prefixes.items() for p in ps if scope == p or scope.startswith(p + ".")]
+        return max(hits)[1] if hits else FUSION
+
+    return {n.name: branch(module_scope(n) or "") for n in model.graph.node}
+
+
+def _majority(scopes: list[str], depth: int) -> str:
+    prefixes = Counter(".".join(x.split(".")[:depth]) for x in scopes if x and x.count(".") + 1 >= depth)
+    return prefixes.most_common(1)[0][0] if prefixes else ""
+
+
+def _labels(scopes: Mapping[str, list[str]]) -> dict[str, str]:
+    """Each branch with the module most of its nodes sit in, at the first depth where it is the branch's own
+    ("branches.image", "aud"), so a user recognises the part of the model."""
+    labels = {}
+    for b, mine in scopes.items():
+        module = ""
+        for depth in range(1, 6):
+            ours = _majority(mine, depth)
+            if not ours:
+                break
+            if all(_majority(theirs, depth) != ours for other, theirs in scopes.items() if other != b):
+                module = ours
+                break
+        labels[b] = f"{b} ({module})" if module and module != b else b
+    return labels
+
+
+def discover(model: onnx.ModelProto, io: IOSpec, override: Mapping[str, Sequence[str]] | None = None) -> Branches:
+    """The branch of every node: from `override` (branch -> module prefixes) when given, else by reachability."""
+    if override:
+        of_node, method = _by_prefix(model, override), "edgekit-model.yaml branches"
+    else:
+        of_node, method = _reachability(model, io), "graph reachability"
+    found = set(of_node.values())
+    order = [*(m for m in io.modalities if m in found), *sorted(found - {*io.modalities, FUSION}), FUSION]
+    scopes: dict[str, list[str]] = {b: [] for b in order}
+    for node in model.graph.node:
+        scopes[of_node[node.name]].append(module_scope(node) or "")
+    return Branches(of_node, method, _labels(scopes))
+
+
+@dataclass(frozen=True)
+class ModuleBranches:
+    """The torch side of `Branches`: each submodule's branch, and the modules that compute the model's outputs."""
+
+    branches: Branches
+    of_module: Mapping[str, str]  # module name -> branch of most of the nodes exported inside it
+    output_modules: frozenset[str]  # modules of the last compute nodes before each model output
+
+    def branch(self, name: str) -> str:
+        """The branch of a module, or of its nearest ancestor that exported any node (`fusion` for none)."""
+        while name:
+            if name in self.of_module:
+                return self.of_module[name]
+            name = name.rpartition(".")[0]
+        return FUSION
+
+
+def _output_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The last compute nodes on every path into a graph output."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found, seen = [], set()
+    todo = [o.name for o in model.graph.output]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in COMPUTE_OPS:
+            found.append(node)
+        else:
+            todo.extend(node.input)
+    return found
+
+
+def module_branches(
+    model: nn.Module, io: IOSpec, override: Mapping[str, Sequence[str]] | None = None
+) -> ModuleBranches:
+    """Branches of a torch model's modules, from its ONNX export (the exporter records each node's module)."""
+    with tempfile.TemporaryDirectory(prefix="edgekit-branches-") as tmp:
+        graph = onnx.load(str(export_onnx(model, io, Path(tmp) / "model.onnx")))
+    found = discover(graph, io, override)
+    votes: dict[str, Counter[str]] = {}
+    for node in graph.graph.node:
+        scope = module_scope(node) or ""
+        parts = scope.split(".") if scope else []
+        for depth in range(1, len(parts) + 1):
+            votes.setdefault(".".join(parts[:depth]), Counter())[found.of_node[node.name]] += 1
+    of_module = {name: c.most_common(1)[0][0] for name, c in votes.items()}
+    outputs = frozenset(s for n in _output_nodes(graph) if (s := module_scope(n)))
+    return ModuleBranches(found, of_module, outputs)
