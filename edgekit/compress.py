@@ -263,7 +263,7 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, profi
         elif backend == "onnx":
             impl = OnnxQDQBackend(hub, io, calib, scheme)
         else:
-            impl = OpenVINOBackend(hub, io, calib, int8_saturates(profile.cpu_isa))
+            impl = OpenVINOBackend(hub, io, calib, int8_saturates(profile.cpu_isa), tuple(units))
         if backend != "executorch":  # the bits decide whether a CPU without VNNI saturates (hardware/cpu.py)
             seven = scheme.reduce_range if backend == "onnx" else int8_saturates(profile.cpu_isa)
             meta["quantization"] = {

@@ -33,12 +33,14 @@ class EvalReport:
     overall: Scores
     subsets: dict[str, Scores] = field(default_factory=dict)  # "image+audio" -> scores, IOSpec order
     samples: int = 0
+    nonfinite: tuple[str, ...] = ()  # subsets whose outputs held NaN or inf: their scores mean nothing
 
     def as_dict(self) -> dict[str, object]:
         return {
             **self.overall.as_dict(),
             "samples": self.samples,
             "subsets": {k: v.as_dict() for k, v in self.subsets.items()},
+            **({"nonfinite": list(self.nonfinite)} if self.nonfinite else {}),
         }
 
 
@@ -61,12 +63,26 @@ def modality_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
     return out if len(modalities) > 1 else [modalities]
 
 
+def first_output(out: object) -> torch.Tensor:
+    """The logits of a model that returns a tensor, a tuple or list (the first), or a dict (the first value)."""
+    while not isinstance(out, torch.Tensor):
+        if isinstance(out, dict) and out:
+            out = next(iter(out.values()))
+        elif isinstance(out, tuple | list) and out:
+            out = out[0]
+        else:
+            raise TypeError(f"the model returned {type(out).__name__}, not a tensor, tuple or dict of tensors")
+    return out
+
+
 def torch_predict(model: nn.Module) -> Predict:
     model.eval()
 
     def predict(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            return model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}).numpy()
+            return first_output(
+                model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
+            ).numpy()
 
     return predict
 
@@ -88,13 +104,17 @@ def evaluate(
     subsets = modality_subsets(mods) if per_modality else [mods]
     preds: dict[tuple[str, ...], list[np.ndarray]] = {s: [] for s in subsets}
     labels = []
+    bad: set[tuple[str, ...]] = set()
     for feeds, y in data.batches(batch_size):
         if not labels:
             io.validate_feeds(with_modalities(io, feeds, mods))
         labels.append(y)
         for s in subsets:
-            preds[s].append(np.asarray(predict(with_modalities(io, feeds, s))).argmax(-1))
+            logits = np.asarray(predict(with_modalities(io, feeds, s)))
+            if not np.isfinite(logits).all():
+                bad.add(s)
+            preds[s].append(logits.argmax(-1))
     y_all = np.concatenate(labels)
     n_classes = io.outputs[0].shape[-1] if isinstance(io.outputs[0].shape[-1], int) else None
     table = {"+".join(s): scores(np.concatenate(p), y_all, n_classes) for s, p in preds.items()}
-    return EvalReport(overall=table["+".join(mods)], subsets=table, samples=len(y_all))
+    return EvalReport(table["+".join(mods)], table, len(y_all), tuple("+".join(s) for s in subsets if s in bad))

@@ -50,6 +50,8 @@ class TensorSpec:
     modality: str = "other"
     # [low, high) for example values: token ids use [0, vocab), masks [1, 2).
     value_range: tuple[float, float] | None = None
+    # What the input holds when its modality is missing, for models without a modality_mask (data/adapter.py).
+    absent: float | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -71,11 +73,13 @@ class TensorSpec:
             d["modality"] = self.modality
         if self.value_range is not None:
             d["value_range"] = list(self.value_range)
+        if self.absent is not None:
+            d["absent"] = self.absent
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
-        fields = {"name", "dtype", "shape", "modality", "value_range"}
+        fields = {"name", "dtype", "shape", "modality", "value_range", "absent"}
         if not isinstance(d, Mapping) or set(d) - fields or "name" not in d or "shape" not in d:
             hint = "each tensor needs name, dtype and shape (modality optional)"
             raise UsageError(f"tensor spec {show(d, 200)} is malformed", hint)
@@ -93,7 +97,16 @@ class TensorSpec:
             shape=tuple(shape),
             modality=_word(d.get("modality", "other")),
             value_range=_value_range(name, d.get("value_range")),
+            absent=_absent(name, d.get("absent")),
         )
+
+
+def _absent(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise UsageError(f"tensor '{name}' has absent {show(value)}", "give the value a missing input holds, a number")
+    return float(value)
 
 
 def _word(value: Any) -> str:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .data import FeedDataset
-from .evaluation import evaluate, torch_predict
+from .evaluation import evaluate, first_output, torch_predict
 from .io import MODALITY_MASK, IOSpec
 
 # (epoch, epochs, train loss, val accuracy)
@@ -73,7 +73,7 @@ def train_classifier(
             inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k in io.input_names}
             if use_mask:
                 inputs[MODALITY_MASK] = modality_dropout_mask(len(y), n_mod, cfg.modality_dropout, gen)
-            loss = loss_fn(model(**inputs), torch.from_numpy(y))
+            loss = loss_fn(first_output(model(**inputs)), torch.from_numpy(y))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 2.0)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import api
-from .common import JsonOpt, emit, out, subsets_table
+from .common import JsonOpt, emit, err, out, subsets_table
 
 
 def eval_cmd(
@@ -25,3 +25,6 @@ def eval_cmd(
     result = {"model": model, "data": data, "split": split, **report.as_dict()}
     title = f"{Path(model).name or model} on {data}/{split} ({report.samples} samples)"
     emit(result, as_json, lambda: out.print(subsets_table(title, result["subsets"])))
+    for subset in report.nonfinite:
+        err.print(f"warning: outputs with only {subset} present hold NaN or inf; its scores mean nothing "
+                  "(declare the missing inputs' `absent` value in the IO spec)")  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from ..io import MODALITY_MASK, IOSpec
+from ..io import MODALITY_MASK, IOSpec, TensorSpec
 
 Sample = tuple[dict[str, np.ndarray], int]
 
@@ -90,8 +90,10 @@ def dataset_meta(directory: Path) -> dict[str, Any]:
 def with_modalities(io: IOSpec, feeds: Mapping[str, np.ndarray], present: Sequence[str]) -> dict[str, np.ndarray]:
     """Complete a batch of data feeds for a model, keeping only the `present` modalities.
 
-    Models with a `modality_mask` input get the mask (1 present, 0 missing); for other models the
-    inputs of a missing modality are zero-filled, the closest a mask-less model has to 'absent'."""
+    Models with a `modality_mask` input get the mask (1 present, 0 missing). For other models the inputs of a
+    missing modality get a neutral feed: the IOSpec's `absent` value where it declares one, else zeros, except an
+    attention mask, which keeps its first position (one token, the [CLS] or pad token that zero ids give): an
+    all-zero attention mask makes a transformer's softmax divide by zero, and its outputs NaN."""
     out = {k: np.asarray(v) for k, v in feeds.items() if k in io.input_names}
     batch = len(next(iter(out.values())))
     mods = io.modalities
@@ -102,5 +104,12 @@ def with_modalities(io: IOSpec, feeds: Mapping[str, np.ndarray], present: Sequen
         return out
     for t in io.inputs:
         if t.modality not in present and t.name in out:
-            out[t.name] = np.zeros_like(out[t.name])
+            out[t.name] = np.full_like(out[t.name], t.absent or 0)
+            if t.absent is None and is_attention_mask(t) and out[t.name].ndim > 1:
+                out[t.name][:, 0] = 1
     return out
+
+
+def is_attention_mask(t: TensorSpec) -> bool:
+    """An integer or bool input of 1s and 0s over tokens: a mask by its value range [1, 2) or its name."""
+    return t.dtype in ("int64", "int32", "bool") and (t.value_range == (1.0, 2.0) or "mask" in t.name.lower())

@@ -4,7 +4,8 @@ Each kernel of the model (a convolution, matmul, normalization, pooling or softm
 ops are assumed fused into their neighbours, as every edge runtime does) costs the larger of its compute
 time (2 x MACs at the profile's peak for the precision) and its memory time (activations, weights and
 outputs at the precision's width over the profile's bandwidth). Their sum is the roofline *floor*, the
-time no runtime can beat; the estimate adds the profile's launch overhead per kernel.
+time no runtime can beat; the estimate adds the profile's launch overhead per kernel. Recurrent ops (LSTM, GRU)
+count their MACs over every step; their steps run one after another, so their floor is optimistic.
 
 Per-kernel MACs and bytes come from the ONNX graph at the IOSpec's opt point, with every tensor's shape
 taken from one onnxruntime run (exact, even where ONNX shape inference cannot resolve a dynamic Reshape).
@@ -30,6 +31,17 @@ MEMORY_KERNELS = {
     "Softmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
     "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Resize",
     "Gather", "TopK", "CumSum",
+}  # fmt: skip
+RECURRENT = {"LSTM": 4, "GRU": 3, "RNN": 1}  # gates per step
+# Elementwise and layout ops, assumed fused into their neighbours. Any other op is costed as a memory-bound kernel
+# and named in the estimate (`approximated`), so a model's unknown ops are never silently free.
+FUSED = {
+    "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "Tanh", "Erf", "Gelu", "Sqrt", "Pow", "Exp", "Log",
+    "Neg", "Abs", "Reciprocal", "Where", "Equal", "Not", "And", "Or", "Less", "Greater", "LessOrEqual",
+    "GreaterOrEqual", "Cast", "CastLike", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Concat", "Split",
+    "Slice", "Expand", "Shape", "Size", "Constant", "ConstantOfShape", "Identity", "Range", "Tile", "Max", "Min",
+    "QuantizeLinear", "DequantizeLinear", "Dropout", "HardSigmoid", "HardSwish", "LeakyRelu", "Softplus", "Mish",
+    "IsNaN", "IsInf", "Trilu", "ScatterND", "ReduceSum", "Sign", "Floor", "Ceil", "Round", "Mod", "Pad",
 }  # fmt: skip
 BYTES = {"int8": 1, "fp16": 2, "fp32": 4}
 
@@ -69,7 +81,7 @@ def graph_costs(onnx_path: Path, io: IOSpec, batch: int = 1) -> list[Cost]:
     costs: list[Cost] = []
     for node in model.graph.node:
         op = node.op_type
-        if op not in MATMULS | CONVS | MEMORY_KERNELS:
+        if op in FUSED:
             continue
         ins = [shapes.get(t, ()) for t in node.input if t]
         out = shapes.get(node.output[0], ())
@@ -83,6 +95,8 @@ def graph_costs(onnx_path: Path, io: IOSpec, batch: int = 1) -> list[Cost]:
             transposed = op == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute)
             k = a[-2] if transposed else a[-1]
             macs = math.prod(out) * k
+        elif op in RECURRENT:  # X [seq, batch, in] (either order), W [dirs, gates*hidden, in], R [..., hidden]
+            macs = math.prod(ins[0][:2]) * (math.prod(ins[1]) + math.prod(ins[2]))
         costs.append((node.name, op, int(macs), int(elements)))
     return costs
 
@@ -97,6 +111,8 @@ def estimate(costs: Sequence[Sequence[Any]], profile: HardwareProfile, precision
         memory = elements * width / (profile.memory_bandwidth_gbs * 1e9)
         rows.append((node, op, max(compute, memory), compute >= memory))
     floor = sum(r[2] for r in rows)
+    known = MATMULS | CONVS | MEMORY_KERNELS | set(RECURRENT)
+    approximated = sorted({op for _, op, _, _ in costs if op not in known})
     overhead = len(rows) * profile.launch_overhead_us * 1e-6
     return {
         "source": "estimated",
@@ -106,6 +122,8 @@ def estimate(costs: Sequence[Sequence[Any]], profile: HardwareProfile, precision
         "floor_ms": round(floor * 1e3, 4),
         "estimate_ms": round((floor + overhead) * 1e3, 4),
         "kernels": len(rows),
+        # costed by their tensors' bytes alone: ops the estimator has no MAC count for
+        **({"approximated": approximated} if approximated else {}),
         "compute_bound_kernels": sum(r[3] for r in rows),
         "macs": int(sum(c[2] for c in costs)),
         "bytes": int(sum(c[3] for c in costs) * width),

@@ -17,14 +17,15 @@ from .calibration import CalibrationSet
 
 
 def quantize_openvino(
-    src_onnx: Path, calib: CalibrationSet, patterns: Sequence[str] = (), overflow_fix: bool = False
+    src_onnx: Path | Any, calib: CalibrationSet, patterns: Sequence[str] = (), overflow_fix: bool = False
 ) -> tuple[Any, dict]:
-    """An INT8 `openvino.Model` of `src_onnx`; ops whose OpenVINO names match `patterns` stay in float."""
+    """An INT8 `openvino.Model` of `src_onnx` (a path, or the model converted from it); ops whose OpenVINO names
+    match `patterns` stay in float."""
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    model = ov.convert_model(str(src_onnx))
+    model = ov.convert_model(str(src_onnx)) if isinstance(src_onnx, str | Path) else src_onnx
     scope = nncf.IgnoredScope(patterns=list(patterns), validate=False) if patterns else None
     quantized = nncf.quantize(
         model, nncf.Dataset(list(calib.feeds)), subset_size=len(calib), ignored_scope=scope,

@@ -16,10 +16,11 @@ per-modality scores and gates. Stem input channels and embedding rows are never 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,38 @@ def _protected(model: nn.Module, mb: ModuleBranches) -> dict[str, str]:
     return keep
 
 
+class _RecurrentStandIn(nn.Module):
+    """What torch-pruning traces in place of a recurrent layer. ATen runs a GRU or LSTM step by step, splitting its
+    gates with unsafe_split, and torch-pruning 1.6.1 misreads those splits (an IndexError while it groups layers).
+    The stand-in maps the input to the layer's output width in one Linear and returns outputs of the layer's shapes;
+    it is ignored, so the widths around the recurrent layer stay as they are, and the real layer goes back after."""
+
+    def __init__(self, rnn: nn.RNNBase) -> None:
+        super().__init__()
+        self.rnn, self.dirs = [rnn], 2 if rnn.bidirectional else 1  # a list: not registered, not traced
+        self.proj = nn.Linear(rnn.input_size, rnn.hidden_size * self.dirs)
+
+    def forward(self, x: torch.Tensor, hx: Any = None) -> tuple[torch.Tensor, Any]:
+        rnn = self.rnn[0]
+        out = self.proj(x)
+        last = out[:, -1] if rnn.batch_first else out[-1]
+        h = last.reshape(last.shape[0], self.dirs, rnn.hidden_size).transpose(0, 1).repeat(rnn.num_layers, 1, 1)
+        return out, ((h, h) if isinstance(rnn, nn.LSTM) else h)
+
+
+@contextlib.contextmanager
+def _recurrent_stand_ins(model: nn.Module) -> Iterator[list[nn.Module]]:
+    rnns = {n: m for n, m in model.named_modules() if isinstance(m, nn.RNNBase)}
+    stand_ins = {n: _RecurrentStandIn(m) for n, m in rnns.items()}
+    for n, m in stand_ins.items():
+        model.set_submodule(n, m)
+    try:
+        yield list(stand_ins.values())
+    finally:
+        for n, m in rnns.items():
+            model.set_submodule(n, m)
+
+
 def _pruner_class() -> type:
     tp = _tp()
 
@@ -209,20 +242,33 @@ def _prune_channels(
     # so that torch-pruning does not guess (and warn); the ones with a fixed meaning sit in protected layers.
     own = [p for m in model.modules() if not type(m).__module__.startswith("torch.")
            for p in m.parameters(recurse=False)]  # fmt: skip
-    pruner = _pruner_class()(
-        model,
-        io.example_torch(batch=2),
-        importance=importance,
-        global_pruning=global_ratio is not None,
-        pruning_ratio=global_ratio or 0.0,
-        pruning_ratio_dict=dict(ratios) or None,
-        ignored_layers=[model.get_submodule(n) for n in keep],
-        round_to=round_to,
-        unwrapped_parameters=[(p, p.dim() - 1) for p in own],
-    )
-    pruner.ignored_layers += _cross_part_layers(model, pruner, mb)
-    with torch.no_grad():
-        pruner.step()
+    with _recurrent_stand_ins(model) as stand_ins:
+        pruner = _pruner_class()(
+            model,
+            io.example_torch(batch=2),
+            importance=importance,
+            global_pruning=global_ratio is not None,
+            pruning_ratio=global_ratio or 0.0,
+            pruning_ratio_dict=dict(ratios) or None,
+            ignored_layers=[model.get_submodule(n) for n in keep] + stand_ins,
+            round_to=round_to,
+            unwrapped_parameters=[(p, p.dim() - 1) for p in own],
+        )
+        pruner.ignored_layers += _cross_part_layers(model, pruner, mb) + _feeding(pruner, stand_ins)
+        with torch.no_grad():
+            pruner.step()
+
+
+def _feeding(pruner: Any, stand_ins: list[nn.Module]) -> list[nn.Module]:
+    """Layers of groups that reach a recurrent layer's input: torch-pruning would cut its input width (only an
+    ignored layer's output width stops a group), and the real layer, put back, would not take the input."""
+    frozen = {m for s in stand_ins for m in s.modules()}
+    out: list[nn.Module] = []
+    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                          root_module_types=pruner.root_module_types):  # fmt: skip
+        if any(d.target.module in frozen for d, _ in group):
+            out += [d.target.module for d, _ in group if pruner.DG.is_out_channel_pruning_fn(d.handler)]
+    return out
 
 
 def _cross_part_layers(model: nn.Module, pruner: Any, mb: ModuleBranches) -> list[nn.Module]:

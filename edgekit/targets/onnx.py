@@ -11,6 +11,7 @@ import io as _io
 import logging
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +51,50 @@ def export_onnx(model: nn.Module, io: IOSpec, path: Path, slim: bool = False) ->
         try:
             torch.onnx.export(
                 model, (), str(tmp), kwargs=trace_inputs(io), dynamic_shapes=dynamic_shapes(io), dynamo=True,
-                opset_version=OPSET, input_names=io.input_names, output_names=io.output_names, external_data=False,
+                opset_version=OPSET, input_names=io.input_names, output_names=[f"{TEMP}{i}" for i in
+                range(len(io.output_names))], external_data=False,
             )  # fmt: skip
         except Exception as e:
             raise export_error(model, e) from e
-        if slim:
-            import onnxslim
-
-            raw = onnx.load(str(tmp))
-            onnx.save(keep_scopes(raw, onnxslim.slim(raw)), str(tmp))
+        raw = name_outputs(onnx.load(str(tmp)), io.output_names)
+        onnx.save(slimmed(raw) if slim else raw, str(tmp))
     return path
+
+
+TEMP = "edgekit_output_"
+
+
+def name_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """Give the graph outputs the IOSpec's names. The exporter names values after their modules, so a model's own
+    value can already be called like an output ("embedding"); it is renamed first, or the graph would define the
+    name twice."""
+    graph = model.graph
+
+    def rename(old: str, new: str) -> None:
+        for node in graph.node:
+            node.input[:] = [new if x == old else x for x in node.input]
+            node.output[:] = [new if x == old else x for x in node.output]
+        for v in [*graph.output, *graph.value_info]:
+            if v.name == old:
+                v.name = new
+
+    for i, name in enumerate(names):
+        if any(name in node.output for node in graph.node):
+            rename(name, f"{name}_")
+        rename(f"{TEMP}{i}", name)
+    return model
+
+
+def slimmed(raw: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxslim's folded and fused graph, with module scopes kept; the graph as exported where onnxslim fails on it
+    (0.1.98 recurses without end on a GRU's empty optional inputs): slimming is an optimisation, not a need."""
+    import onnxslim
+
+    try:
+        return keep_scopes(raw, onnxslim.slim(raw))
+    except Exception as e:  # any failure of the optimiser leaves the export as it is
+        logging.getLogger("edgekit").warning("onnxslim failed (%s); the exported graph is kept unslimmed", e)
+        return raw
 
 
 def keep_scopes(raw: onnx.ModelProto, slimmed: onnx.ModelProto) -> onnx.ModelProto:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..artifact import Artifact, versions
@@ -14,9 +15,12 @@ def build_openvino(ctx: ExportContext, precision: str, out: Path) -> Artifact:
 
     info: dict[str, object] = {}
     if precision == "int8":
+        from ..quant.onnx_qdq import nonfinite_nodes
         from ..quant.openvino_nncf import quantize_openvino
 
-        model, info = quantize_openvino(ctx.onnx_fp32, ctx.calib, overflow_fix=int8_saturates(ctx.profile.cpu_isa))
+        # Nodes carrying an attention mask's -inf fill have no INT8 scale: they stay float, as in the QDQ path.
+        unbounded = [f"^{re.escape(n)}(/.*)?$" for n in sorted(nonfinite_nodes(ctx.onnx_fp32, ctx.calib))]
+        model, info = quantize_openvino(ctx.onnx_fp32, ctx.calib, unbounded, int8_saturates(ctx.profile.cpu_isa))
     else:
         model = ov.convert_model(str(ctx.onnx_fp32))
     out.mkdir(parents=True, exist_ok=True)  # inside the export's temporary directory: no partial files survive

@@ -1,0 +1,126 @@
+"""Fusion models EdgeKit's code has never seen, written the way a user writes them: no EdgeKit import, their own
+attribute names, recurrent audio encoders, a 5-D video input, tuple and dict outputs, with and without a modality
+mask. The conformance tests copy this file into model packages as `model.py` and run every verb on them.
+
+- `build_tri`: image (`vis`, a MobileNet-style depthwise-separable CNN), text (`words`, embeddings and a
+  transformer encoder that reads the attention mask), audio (`ear`, a GRU over log-mel frames), concatenated
+  into `mixer`. No modality_mask. Returns (logits, fused embedding).
+- `build_video`: video [batch, frames, 1, 28, 28] (`clip`, a CNN applied frame by frame, averaged over time) and
+  audio (`speech`, a bidirectional LSTM), gated by a modality_mask. Returns {"logits": ..., "gate": ...}."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _dw_block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(),
+        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(),
+    )  # fmt: skip
+
+
+class Backbone(nn.Module):
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
+        self.blocks = nn.Sequential(_dw_block(width, 2 * width, 2), _dw_block(2 * width, 2 * width, 1))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = 2 * width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blocks(self.stem(x))).flatten(1)
+
+
+class Words(nn.Module):
+    def __init__(self, vocab: int, dim: int = 64, max_len: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(max_len, dim)
+        layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        h = self.encoder(self.embed(ids) + self.pos(positions), src_key_padding_mask=mask == 0)
+        keep = mask.unsqueeze(-1).to(h.dtype)
+        return (h * keep).sum(1) / keep.sum(1)
+
+
+class Ear(nn.Module):
+    """A GRU over the frames of a [batch, 1, mels, frames] log-mel spectrogram, after a strided 1-D conv."""
+
+    def __init__(self, mels: int = 40, hidden: int = 64) -> None:
+        super().__init__()
+        self.frontend = nn.Sequential(nn.Conv1d(mels, hidden, 5, 4, 2), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.rnn = nn.GRU(hidden, hidden, batch_first=True)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        frames = self.frontend(spec.squeeze(1)).transpose(1, 2)  # [batch, frames / 4, hidden]
+        _, h = self.rnn(frames)
+        return h[-1]
+
+
+class TriModal(nn.Module):
+    def __init__(self, vocab: int = 41, classes: int = 10) -> None:
+        super().__init__()
+        self.vis, self.words, self.ear = Backbone(), Words(vocab), Ear()
+        width = self.vis.out_dim + 64 + 64
+        self.mixer = nn.Sequential(nn.Linear(width, 128), nn.ReLU(), nn.Dropout(0.1))
+        self.out = nn.Linear(128, classes)
+
+    def forward(
+        self, image: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor, audio: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        fused = self.mixer(torch.cat([self.vis(image), self.words(text_ids, text_mask), self.ear(audio)], -1))
+        return self.out(fused), fused
+
+
+class Speech(nn.Module):
+    def __init__(self, mels: int = 40, hidden: int = 48) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool1d(4, 4)
+        self.lstm = nn.LSTM(mels, hidden, batch_first=True, bidirectional=True)
+        self.out_dim = 2 * hidden
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.pool(spec.squeeze(1)).transpose(1, 2))
+        return out.mean(1)
+
+
+class Clip(nn.Module):
+    """A CNN applied to every frame of [batch, frames, 1, H, W], averaged over time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frame = Backbone(24)
+        self.out_dim = self.frame.out_dim
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        b, t = video.shape[:2]
+        return self.frame(video.flatten(0, 1)).reshape(b, t, -1).mean(1)
+
+
+class VideoAudio(nn.Module):
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.clip, self.speech = Clip(), Speech()
+        self.to_common = nn.ModuleDict({"clip": nn.Linear(self.clip.out_dim, 64), "speech": nn.Linear(96, 64)})
+        self.gate = nn.Linear(128, 2)
+        self.head = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, classes))
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, modality_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        v, a = self.to_common["clip"](self.clip(video)), self.to_common["speech"](self.speech(audio))
+        logits = self.gate(torch.cat([v, a], -1)).masked_fill(modality_mask == 0, -1e4)
+        weights = torch.softmax(logits, -1)
+        fused = weights[:, :1] * v + weights[:, 1:] * a
+        return {"logits": self.head(fused), "gate": weights}
+
+
+def build_tri(vocab: int = 41) -> TriModal:
+    return TriModal(vocab)
+
+
+def build_video() -> VideoAudio:
+    return VideoAudio()

@@ -1,0 +1,145 @@
+"""Every verb on fusion models EdgeKit's code has never seen (tests/conformance_models.py), packaged the way
+docs/bring-your-own-model.md tells a user: their own attribute names (`vis`, `words`, `ear`, `clip`, `speech`),
+a GRU and a bidirectional LSTM, a 5-D video input, tuple and dict outputs, one model without a modality_mask.
+Each is trained briefly on real AV-digits data, so accuracies mean something."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edgekit.branches import discover
+from edgekit.data import load_split, resolve_data, with_modalities
+from edgekit.data.adapter import dataset_meta
+from edgekit.evaluation import evaluate, torch_predict
+from edgekit.io import IOSpec
+from edgekit.loading import load_model, save_model_package
+from edgekit.quant.accuracy_aware import quant_units
+from edgekit.targets.onnx import export_onnx
+from edgekit.training import TrainConfig, train_classifier
+
+from . import conformance_models
+from .conftest import run_cli
+
+pytestmark = pytest.mark.slow
+SOURCE = Path(conformance_models.__file__)
+
+
+def package(tmp: Path, factory: str, data: str, outputs: list[dict], mask: bool) -> Path:
+    """Train the model briefly on real data and write it as a user's model package, its code as model.py."""
+    import torch
+
+    io = dict(dataset_meta(resolve_data(data))["io"])
+    io["inputs"] = [t for t in io["inputs"] if mask or t["name"] != "modality_mask"]
+    io["outputs"] = [io["outputs"][0], *outputs]
+    spec = IOSpec.from_dict(io)
+    torch.manual_seed(0)
+    model = getattr(conformance_models, factory)()
+    cfg = TrainConfig(epochs=6, patience=6, lr=4e-3)
+    train_classifier(model, spec, load_split(data, "train"), load_split(data, "val"), cfg)
+    pkg = save_model_package(model, spec, tmp / factory, factory=f"model.py:{factory}", labels=list("0123456789"))
+    shutil.copy(SOURCE, pkg / "model.py")
+    return pkg
+
+
+@pytest.fixture(scope="module")
+def tri(tmp_path_factory) -> Path:
+    """Image + text + audio (GRU), no modality_mask, returns (logits, embedding)."""
+    embedding = {"name": "embedding", "dtype": "float32", "shape": ["batch", 128]}
+    return package(tmp_path_factory.mktemp("conformance"), "build_tri", "avdigits", [embedding], mask=False)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    """5-D video + audio (bidirectional LSTM), gated by a modality_mask, returns {"logits", "gate"}."""
+    gate = {"name": "gate", "dtype": "float32", "shape": ["batch", 2]}
+    return package(tmp_path_factory.mktemp("conformance"), "build_video", "avdigits-video", [gate], mask=True)
+
+
+def test_eval_agrees_with_the_models_own_torch_accuracy(tri):
+    loaded = load_model(tri)
+    own = evaluate(torch_predict(loaded.model), loaded.io, load_split("avdigits", "test"), per_modality=False)
+    r = run_cli("eval", "--model", str(tri), "--json")
+    assert r.code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["accuracy"] == own.overall.accuracy > 0.5
+    # Text missing from a mask-less model: a neutral feed (one attended token), never an all-zero attention mask
+    # that makes the encoder's outputs NaN.
+    assert "nonfinite" not in result and "warning" not in r.stderr
+    feeds, _ = next(load_split("avdigits", "test").batches(4))
+    absent = with_modalities(loaded.io, feeds, ("image", "audio"))
+    assert (absent["text_mask"][:, 0] == 1).all() and absent["text_mask"][:, 1:].sum() == 0
+    assert np.isfinite(torch_predict(loaded.model)(absent)).all()
+
+
+@pytest.mark.parametrize("which", ["tri", "video"])
+def test_branches_are_found_in_the_graph(which, request, tmp_path):
+    pkg = request.getfixturevalue(which)
+    loaded = load_model(pkg)
+    graph_path = export_onnx(loaded.model, loaded.io, tmp_path / "m.onnx", slim=True)
+    import onnx
+
+    graph = onnx.load(str(graph_path))
+    branches = discover(graph, loaded.io)
+    want = {
+        "tri": ["image (vis)", "text (words)", "audio (ear)", "fusion (mixer)"],
+        "video": ["video (clip)", "audio (speech)", "fusion"],
+    }[which]
+    assert list(branches.labels.values())[: len(want)] == want, branches.labels
+    units = quant_units(graph, branches)
+    recurrent = [u for u in units if u.scope.endswith(("rnn", "lstm"))]
+    assert recurrent and {u.branch for u in recurrent} == {"audio"}  # the GRU / LSTM is a unit the search can float
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_accuracy_aware_int8_meets_a_one_point_budget(tri, tmp_path, backend):
+    recipe = {"model": str(tri), "data": {"name": "avdigits"}, "targets": ["x86"], "budgets": {"max_drop": 1.0},
+              "stages": [{"kind": "quantize", "backend": backend, "accuracy_aware": True}]}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    r = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--out", "run", "--json", cwd=tmp_path)
+    assert r.code == 0, r.stderr  # a relative --out works with every backend
+    report = json.loads(r.stdout)
+    assert report["verdict"]["status"] == "pass" and report["stages"][-1]["accuracy_drop"] <= 1.0
+    assert "branches (graph reachability): image (vis), text (words), audio (ear)" in r.stderr
+
+
+def test_prune_distill_int8_per_branch(tri, tmp_path):
+    ratios = {"image": 0.5, "text": 0.5, "fusion": 0.5}
+    recipe = {"model": str(tri), "data": {"name": "avdigits"}, "targets": ["x86"], "budgets": {"max_drop": 5.0},
+              "stages": [{"kind": "prune", "branch_ratios": ratios, "head_ratio": 0.5},
+                         {"kind": "distill", "student": "pruned", "epochs": 2},
+                         {"kind": "quantize", "backend": "onnx", "samples": 128}]}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    r = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--json")
+    assert r.code in (0, 1), r.stderr
+    report = json.loads(r.stdout)
+    prune = report["stages"][0]
+    parts = prune["parts"]["parts"]
+    for branch in ("image", "text", "fusion"):
+        assert parts[branch]["macs_after"] < parts[branch]["macs_before"], branch
+    assert parts["audio"]["macs_after"] == parts["audio"]["macs_before"]  # ratio 0: untouched
+    assert any("recurrent (GRU)" in why for why in prune["parts"]["intact"].values())
+    assert report["baseline"]["per_branch"]["audio"]["macs"] > 0
+    assert set(report["stages"][-1]["per_branch"]) == {"image", "text", "audio", "fusion"}
+    # The pruned student is a package that rebuilds from the user's own factory.
+    student = Path(report["stages"][1]["path"])
+    assert load_model(student).model is not None
+
+
+@pytest.mark.parametrize("target", ["x86", "jetson", "android"])
+def test_export_and_validate(video, tmp_path, target):
+    r = run_cli("export", "--model", str(video), "--target", target, "--data", "avdigits-video", "--out",
+                str(tmp_path / target), "--json")  # fmt: skip
+    assert r.code in (0, 1), r.stderr  # 1: a budget failed, which the validation rows say
+    result = json.loads(r.stdout)
+    rows = {(a["format"], a["precision"]): a for a in result["artifacts"]}
+    for row in rows.values():
+        if row["accuracy"] is not None:
+            assert row["accuracy_drop"] <= 5.0, row
+    if target == "jetson":
+        assert rows[("tensorrt", "int8")]["reference"]["accuracy"] > 0.3
+    validation = result["validation"]
+    assert {r["status"] for r in validation["rows"]} <= {"pass", "fail"}, validation["rows"]
