@@ -63,16 +63,18 @@ def modality_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
     return out if len(modalities) > 1 else [modalities]
 
 
+def _flat(out: object) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, tuple | list) else None
+    if items is None:
+        raise TypeError(f"the model returned {type(out).__name__}, not a tensor, tuple or dict of tensors")
+    return [t for item in items for t in _flat(item)]
+
+
 def first_output(out: object) -> torch.Tensor:
     """The logits of a model that returns a tensor, a tuple or list (the first), or a dict (the first value)."""
-    while not isinstance(out, torch.Tensor):
-        if isinstance(out, dict) and out:
-            out = next(iter(out.values()))
-        elif isinstance(out, tuple | list) and out:
-            out = out[0]
-        else:
-            raise TypeError(f"the model returned {type(out).__name__}, not a tensor, tuple or dict of tensors")
-    return out
+    return _flat(out)[0]
 
 
 def torch_predict(model: nn.Module) -> Predict:
@@ -88,11 +90,14 @@ def torch_predict(model: nn.Module) -> Predict:
 
 
 def torch_outputs(model: nn.Module, io: IOSpec) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
-    """Like a runtime's runner: feeds -> {output name: array}, for comparing artifacts with their source."""
-    predict = torch_predict(model)
+    """Like a runtime's runner: feeds -> {output name: array}, every output in the IOSpec's order, for comparing
+    artifacts with their source."""
+    model.eval()
 
     def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {io.output_names[0]: predict(feeds)}
+        with torch.inference_mode():
+            out = model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
+        return {name: t.numpy() for name, t in zip(io.output_names, _flat(out), strict=False)}
 
     return run
 

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from ..data import FeedDataset, with_modalities
 from ..errors import UsageError
-from ..evaluation import evaluate, torch_predict
+from ..evaluation import evaluate, first_output, torch_predict
 from ..fsutil import atomic_path
 from ..io import MODALITY_MASK, IOSpec
 from ..training import ProgressFn, modality_dropout_mask
@@ -69,7 +69,7 @@ def _has_features(model: nn.Module) -> bool:
 def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor], features: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits, and the fused representation when the feature loss needs it (else the logits stand in)."""
     if not features:
-        logits = model(**inputs)
+        logits = first_output(model(**inputs))
         return logits, logits
     fused = model.forward_features(**inputs)
     return model.classifier(fused), fused
