@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from edgekit.branches import FUSION
 from edgekit.cli import app as cli_app
 from edgekit.errors import UsageError
 from edgekit.models import MODALITY_INPUTS, PRESETS
@@ -28,7 +29,7 @@ from edgekit.recipe import (
     reference_markdown,
 )
 from edgekit.stages.distill import DistillConfig
-from edgekit.stages.prune import FUSION, IMPORTANCES, PruneConfig
+from edgekit.stages.prune import IMPORTANCES, PruneConfig
 
 from .conftest import ROOT, run_cli
 
