@@ -200,8 +200,9 @@ class Recipe(_Frozen):
     stages: tuple[Stage, ...] = (PruneStage(), DistillStage(), QuantizeStage())
     """Stages in the order they run. Prune then distill is the usual order (distillation recovers what pruning
     cost); a quantize stage comes last."""
-    targets: tuple[Target, ...] = pydantic.Field(("x86-avx512-vnni",), min_length=1)
-    """Hardware profiles to export for and check against: shipped names, aliases or profile .yaml paths."""
+    targets: tuple[Target, ...] = pydantic.Field(("x86",), min_length=1)
+    """Hardware profiles to export for and check against: shipped names, aliases or profile .yaml paths. The first
+    sizes the INT8 weights; `x86` is the x86 profile this host satisfies."""
     budgets: Budgets = Budgets()
     """Gates on the result."""
     seed: int = 0

@@ -143,7 +143,10 @@ def sensitivity_html(run_dir: Path) -> str:
         branches = sorted(s["branch_drop"].items(), key=lambda kv: -kv[1])
         if branches:
             parts.append(
-                table(["branch quantized alone", "drop (pts)"], [[esc(b), num(d, "+.2f")] for b, d in branches])
+                table(
+                    ["branch quantized alone", "drop (pts)"],
+                    [[esc(s.get("branch_labels", {}).get(b, b)), num(d, "+.2f")] for b, d in branches],
+                )
             )
         layers = [[esc(x["node"]), esc(x["scope"]), num(x["sqnr_db"], ".1f")] for x in s["top_layers"]]
         if layers:
