@@ -20,7 +20,7 @@ import onnx
 from torch import nn
 
 from .artifact import Artifact, accuracy_record, load_artifact, model_hash, sha256_file, versions
-from .branches import discover, module_branches
+from .branches import ModuleBranches, discover, module_branches
 from .data import load_split
 from .errors import EdgeKitError, UsageError
 from .evaluation import evaluate, torch_predict
@@ -62,6 +62,7 @@ class Current:
     factory: str
     kwargs: dict[str, Any]
     branches: dict[str, list[str]]  # the package's override of the branches found in the graph, if any
+    mb: ModuleBranches  # the teacher's module branches (stages keep module names)
     pruned: bool = False
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
@@ -120,9 +121,10 @@ def split_accuracy(predict: Callable, io: IOSpec, data: str, split: str) -> floa
     return evaluate(predict, io, load_split(data, split), per_modality=False).overall.accuracy
 
 
-def model_stats(model: nn.Module, io: IOSpec, branches: dict[str, list[str]] | None = None) -> dict[str, Any]:
-    """Parameters and MACs per sample, in total and per branch (branches found in the graph, or `branches`)."""
-    parts = measure(model, io, module_branches(model, io, branches))
+def model_stats(model: nn.Module, io: IOSpec, mb: ModuleBranches) -> dict[str, Any]:
+    """Parameters and MACs per sample, in total and per branch. `mb`: the teacher's module branches, which hold
+    for every model of the run (pruning and distillation keep module names)."""
+    parts = measure(model, io, mb)
     return {"params": count_params(model), "macs": parts["total"][1],
             "per_branch": {k: {"params": p, "macs": m} for k, (p, m) in parts.items() if k != "total"}}  # fmt: skip
 
@@ -147,12 +149,13 @@ def compress(
         if note:
             log(note)
     teacher_sha = model_hash(teacher)
+    mb = module_branches(teacher, io, loaded.manifest.branches)
     key = content_hash({"model": teacher_sha, "data": data.model_dump(), "seed": recipe.seed})
     splits = {data.train, data.val, data.test, data.calibration}
     base_acc = split_accuracy(torch_predict(teacher), io, data.name, data.test)
     report: dict[str, Any] = {
         "recipe": recipe.model_dump(mode="json"), "model": str(source),
-        "baseline": {"accuracy": base_acc, **model_stats(teacher, io, loaded.manifest.branches)},
+        "baseline": {"accuracy": base_acc, **model_stats(teacher, io, mb)},
         "stages": [], "artifacts": [],
         "versions": versions("torch", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "torch-pruning"),
         "provenance": provenance(recipe.seed, teacher_sha, data_hashes(data.name, splits)),
@@ -161,7 +164,7 @@ def compress(
     report["provenance"]["outputs"] = outputs
     factory = portable_factory(loaded.manifest.factory, Path(source))
     current = Current(copy.deepcopy(teacher), io, loaded.labels, factory, dict(loaded.manifest.kwargs),
-                      dict(loaded.manifest.branches))  # fmt: skip
+                      dict(loaded.manifest.branches), mb)  # fmt: skip
     try:
         for i, stage in enumerate(recipe.stages, 1):
             step = {"previous": key, "stage": stage.model_dump(mode="json")}
@@ -211,7 +214,7 @@ def run_model_stage(stage: PruneStage | DistillStage, recipe: Recipe, teacher: n
                     where: Path, checkpoints: Path, progress: ProgressFn | None) -> None:  # fmt: skip
     data, io, start = recipe.data, current.io, time.perf_counter()
     if isinstance(stage, PruneStage):
-        result = prune(current.model, io, stage.to_config(), current.branches)
+        result = prune(current.model, io, stage.to_config(), current.branches, current.mb)
         current.model, current.pruned = result.model, True
         extra: dict[str, Any] = {"parts": result.as_dict()}
     else:
@@ -227,7 +230,7 @@ def run_model_stage(stage: PruneStage | DistillStage, recipe: Recipe, teacher: n
         "name": stage.kind,
         "path": str(where),
         "accuracy": acc,
-        **model_stats(current.model, io, current.branches),
+        **model_stats(current.model, io, current.mb),
         **extra,
     }
     current.save(where, {"stage": stage.kind})  # atomic; stage.json, written last, marks the stage complete
@@ -310,7 +313,7 @@ def quantize_stage(stage: QuantizeStage, recipe: Recipe, current: Current, profi
         final = where / art_dir.name / art.file
         seconds = round(time.perf_counter() - start, 1)
         row = {"name": "quantize", "backend": backend, "path": str(final), "accuracy": acc, "seconds": seconds,
-               **model_stats(current.model, io, current.branches),
+               **model_stats(current.model, io, current.mb),
                "artifact": {"format": backend, "precision": "int8", "path": str(final), "accuracy": acc,
                             "size_mb": round(art.size_mb(), 3), "sha256": sha256_file(art.path)}}  # fmt: skip
         write_json(tmp / "stage.json", row)

@@ -125,14 +125,19 @@ def parts_of(mb: ModuleBranches) -> list[str]:
 
 
 def prune(
-    model: nn.Module, io: IOSpec, config: PruneConfig, override: Mapping[str, Sequence[str]] | None = None
+    model: nn.Module,
+    io: IOSpec,
+    config: PruneConfig,
+    override: Mapping[str, Sequence[str]] | None = None,
+    mb: ModuleBranches | None = None,
 ) -> PruneResult:
     """A pruned copy of `model` (which is left as it is) and what pruning saved per branch. `override`: the model
-    package's `branches` (branch -> module prefixes), else the branches are found in the graph."""
+    package's `branches` (branch -> module prefixes), else the branches are found in the graph; `mb`: the model's
+    module branches when already known."""
     if not isinstance(model, nn.Module):
         raise UsageError(f"pruning needs a torch.nn.Module, got {type(model).__name__}")
     pruned = copy.deepcopy(model).eval()
-    mb = module_branches(pruned, io, override)
+    mb = mb or module_branches(pruned, io, override)
     check_config(parts_of(mb), config)
     before = measure(pruned, io, mb)
     make_importance, p = IMPORTANCES[config.importance]
