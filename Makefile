@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 EK := $(VENV)/bin/edgekit
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile | sha1sum | cut -c1-12)
 
-.PHONY: demo test bench setup system-deps clean
+.PHONY: demo test test-all bench setup system-deps clean
 
 $(STAMP):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: EdgeKit needs Python >= 3.11; set PYTHON=python3.11")'
@@ -31,10 +31,15 @@ system-deps:
 demo: setup
 	$(PY) scripts/demo.py
 
+# `make test` leaves out the tests marked `heavy` (more end-to-end cases of paths it already runs once), to stay
+# near 20 minutes on 2 cores; `make test-all` runs every test. Both print the slowest tests.
 test: setup
 	$(VENV)/bin/ruff check edgekit tests scripts
 	$(VENV)/bin/ruff format --check edgekit tests scripts
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not heavy" --durations=15
+
+test-all: setup
+	$(PY) -m pytest --durations=15
 
 # Side-by-side benchmark (not part of `make test`): writes docs/benchmarks.md and docs/benchmarks.json.
 # Compress runs are kept in runs/bench and resume on a rerun with the same recipes.

@@ -51,7 +51,7 @@ def emulated(artifacts: list[str], cpu: str, data: str, samples: int | None) -> 
         p = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if p.returncode != 0:
             raise SystemExit(f"error: the emulated run failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
-        with np.load(out) as z:
+        with np.load(out, allow_pickle=False) as z:
             return {a: z[str(i)] for i, a in enumerate(artifacts)}
 
 

@@ -129,11 +129,14 @@ def test_prune_distill_int8_per_branch(tri, tmp_path):
     assert load_model(student).model is not None
 
 
-CASES = [("tri", "avdigits", "x86"), ("tri", "avdigits", "jetson"), ("tri", "avdigits", "android"),
-         ("video", "avdigits-video", "x86"), ("video", "avdigits-video", "android")]  # fmt: skip
+# Two cases in `make test`; the other three (the same paths on the other model) in `make test-all`.
+CASES = [("tri", "avdigits", "x86"), ("video", "avdigits-video", "android"),
+         pytest.param("tri", "avdigits", "jetson", marks=pytest.mark.heavy),
+         pytest.param("tri", "avdigits", "android", marks=pytest.mark.heavy),
+         pytest.param("video", "avdigits-video", "x86", marks=pytest.mark.heavy)]  # fmt: skip
 
 
-@pytest.mark.parametrize(("which", "data", "target"), CASES, ids=[f"{m}-{t}" for m, _, t in CASES])
+@pytest.mark.parametrize(("which", "data", "target"), CASES)
 def test_export_and_validate(which, data, target, request, tmp_path):
     pkg = request.getfixturevalue(which)
     r = run_cli("export", "--model", str(pkg), "--target", target, "--data", data, "--out", str(tmp_path / target),
