@@ -192,7 +192,7 @@ def test_a_cpu_without_vnni_is_named_as_the_cause():
     from edgekit.artifact import Artifact
     from edgekit.validate import Options, cpu_shift
 
-    io = io_spec(AVDigitsConfig())
+    io = io_spec(AVDigitsConfig(), 41)
     record = {"value": 0.97, "data": "avdigits", "split": "test", "cpu": "Zen 4", "isa": ["avx2", "avx512_vnni"]}
     art = Artifact(
         "onnx", "int8", Path("."), "model.onnx", io, "", {"accuracy": record, "quantization": {"weight_bits": 8}}
