@@ -31,16 +31,18 @@ from edgekit.hardware.cpu import this_cpu
 DEMO = Path("runs/demo")
 TIMINGS = DEMO / "timings.json"
 EDGEKIT = [sys.executable, "-P", "-m", "edgekit"]  # -P: never import a stray edgekit/ from the working directory
-# The reference host: 2 vCPUs of an Intel Xeon (Sapphire Rapids, AVX-512 VNNI and AMX), 2026-11-29.
-REFERENCE_CPU = "Intel Xeon (Sapphire Rapids), 2 vCPUs"
-REFERENCE_WORKLOAD_S = 0.50  # speed_score() there
+# The reference run: `make demo` on 2 vCPUs of an Intel Xeon (Sapphire Rapids, AVX-512 VNNI and AMX) on 2026-11-29,
+# while a test suite ran beside it; speed_score() took 2.95 s at its start, and each Step's reference_s is that
+# run's time. The dataset and the teacher were cached there: their times are scaled from their own builds.
+REFERENCE_CPU = "the reference run (Intel Xeon, Sapphire Rapids, 2 vCPUs, loaded)"
+REFERENCE_WORKLOAD_S = 2.95
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
     argv: list[str]
-    reference_s: float  # measured on the reference host from a cold cache
+    reference_s: float  # its time in the reference run
     cached: bool = False  # its result is cached: it only checks and reuses it
     verdict: bool = False  # exit 1 is a failed budget (reported), not a broken step
 
@@ -71,26 +73,26 @@ def steps(profile: str) -> list[Step]:
     x86 = [f"{DEMO}/x86/openvino-int8", f"{DEMO}/x86/onnx-int8"]
     baseline = ["--baseline", str(teacher)]
     return [
-        Step("data", [*EDGEKIT, "data", "build", "avdigits"], 25, cached=is_built(BUILTIN["avdigits"])),
-        Step("teacher", [sys.executable, "scripts/reference_teacher.py"], 420,
+        Step("data", [*EDGEKIT, "data", "build", "avdigits"], 60, cached=is_built(BUILTIN["avdigits"])),
+        Step("teacher", [sys.executable, "scripts/reference_teacher.py"], 1300,
              cached=(teacher / "edgekit-model.yaml").is_file()),
-        Step("eval", [*EDGEKIT, "eval", "--model", str(teacher), "--data", "avdigits"], 10),
-        Step("compress", [*EDGEKIT, "compress", "--recipe", "recipes/avdigits-x86.yaml", "--out", str(run)], 240,
+        Step("eval", [*EDGEKIT, "eval", "--model", str(teacher), "--data", "avdigits"], 23),
+        Step("compress", [*EDGEKIT, "compress", "--recipe", "recipes/avdigits-x86.yaml", "--out", str(run)], 1377,
              cached=(run / "report.json").is_file(), verdict=True),
         Step(f"export {profile}", [*EDGEKIT, "export", "--model", str(run), "--target", profile, "--out",
-                                   f"{DEMO}/x86", "--overwrite"], 60, verdict=True),
+                                   f"{DEMO}/x86", "--overwrite"], 58, verdict=True),
         Step("export jetson", [*EDGEKIT, "export", "--model", str(run), "--target", "jetson", "--out",
-                               f"{DEMO}/jetson", "--overwrite"], 30, verdict=True),
+                               f"{DEMO}/jetson", "--overwrite"], 42, verdict=True),
         Step("export android", [*EDGEKIT, "export", "--model", str(run), "--target", "android", "--out",
-                                f"{DEMO}/android", "--overwrite"], 60, verdict=True),
+                                f"{DEMO}/android", "--overwrite"], 409, verdict=True),
         Step(f"validate {profile}", [*EDGEKIT, "validate", *x86, "--profile", profile, *baseline, "--report",
-                                     str(run)], 30, verdict=True),
+                                     str(run)], 33, verdict=True),
         Step("validate jetson", [*EDGEKIT, "validate", f"{DEMO}/jetson/tensorrt-int8", "--profile", "jetson",
-                                 *baseline, "--report", str(run)], 15, verdict=True),
+                                 *baseline, "--report", str(run)], 16, verdict=True),
         Step("validate android", [*EDGEKIT, "validate", f"{DEMO}/android/executorch-int8",
                                   f"{DEMO}/android/ort-mobile-fp32", "--profile", "android", *baseline, "--report",
-                                  str(run)], 20, verdict=True),
-        Step("report", [*EDGEKIT, "report", str(run)], 5),
+                                  str(run)], 32, verdict=True),
+        Step("report", [*EDGEKIT, "report", str(run)], 4),
     ]  # fmt: skip
 
 
