@@ -23,7 +23,7 @@ from .io import IOSpec
 from .loading import load_model, run_model, save_model_package
 from .models import build_fusion_model, count_params
 from .quant.calibration import DEFAULT_SAMPLES, calibration_set
-from .runtimes import load_runner, onnx_runner, predict_fn, qdq_emulator
+from .runtimes import load_runner, onnx_runner, predict_fn, proxy_runner
 from .targets import BUILDERS
 from .targets.capabilities import FORMATS, ShapeMode, check_request
 from .targets.context import ExportContext
@@ -226,6 +226,9 @@ def export(
             art = BUILDERS[f](ctx, p, tmp / f"{f}-{p}")
             art.write_manifest()
             seconds = time.perf_counter() - start
+            if fallback := art.meta.get("quantization", {}).get("fallback"):
+                log(f"{f}/{p}: INT8 failed inside {fallback['branch']} ({', '.join(fallback['modules'])}): "
+                    f"{fallback['error']}; that branch stays float")  # fmt: skip
             acc = artifact_accuracy(art, test, threads)
             if acc is not None:
                 art.with_meta(accuracy=accuracy_record(acc, data, "test")).write_manifest()
@@ -240,13 +243,9 @@ def export(
                 "accuracy_drop": None if acc is None else round(100 * (source_acc - acc), 2),
                 "seconds": round(seconds, 1),  # to build it (calibration included), not to measure it
             }
-            if f == "tensorrt" and p == "int8":  # the engine builds on the device; its Q/DQ graph runs here
-                bundle_qdq = qdq_emulator(ctx.qdq("tensorrt")[0], io)
-                ref = evaluate(predict_fn(bundle_qdq), io, test, max_batch(io), per_modality=False)
-                row["reference"] = {
-                    "runtime": "onnxruntime (the bundle's Q/DQ ONNX, INT8 emulated in float)",
-                    "accuracy": ref.overall.accuracy,
-                }
+            if acc is None and (proxy := proxy_runner(art, threads)):  # e.g. TensorRT: its graph runs here
+                ref = evaluate(predict_fn(proxy[0]), io, test, max_batch(io), per_modality=False)
+                row["reference"] = {"runtime": proxy[1], "accuracy": ref.overall.accuracy}
             rows.append(row)
         result = {
             "model": str(model),

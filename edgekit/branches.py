@@ -127,6 +127,15 @@ class ModuleBranches:
             name = name.rpartition(".")[0]
         return FUSION
 
+    def roots(self) -> dict[str, list[str]]:
+        """Each modality branch's outermost modules: those whose parent belongs to another branch, or to none."""
+        out: dict[str, list[str]] = {}
+        for name, b in self.of_module.items():
+            parent = name.rpartition(".")[0]
+            if b != FUSION and (not parent or self.of_module.get(parent) != b):
+                out.setdefault(b, []).append(name)
+        return out
+
 
 def _output_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The last compute nodes on every path into a graph output."""

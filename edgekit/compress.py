@@ -39,7 +39,7 @@ from .quant.onnx_qdq import quantize_qdq, scheme_for
 from .recipe import DistillStage, PruneStage, QuantizeStage, Recipe, dump_recipe
 from .runtimes import load_runner, onnx_runner, predict_fn
 from .stages.distill import distill
-from .stages.prune import measure, prune, save_pruned
+from .stages.prune import check_config, measure, parts_of, prune, save_pruned
 from .targets.onnx import export_onnx
 from .training import ProgressFn
 from .validate import Options, validate
@@ -143,13 +143,16 @@ def compress(
         raise UsageError(f"{source} is not a model package", "pass a model package directory as the recipe's model")
     teacher, io, data = loaded.model, loaded.io, recipe.data
     check_data(recipe, io)
+    mb = module_branches(teacher, io, loaded.manifest.branches)
+    for stage in recipe.stages:  # branch names are the model's: check them before the run directory exists
+        if isinstance(stage, PruneStage):
+            check_config(parts_of(mb), stage.to_config())
     prepare_run_dir(out, text, overwrite)
     log = run_log(out / "compress.log", log)
     for _, note in resolved:
         if note:
             log(note)
     teacher_sha = model_hash(teacher)
-    mb = module_branches(teacher, io, loaded.manifest.branches)
     key = content_hash({"model": teacher_sha, "data": data.model_dump(), "seed": recipe.seed})
     splits = {data.train, data.val, data.test, data.calibration}
     base_acc = split_accuracy(torch_predict(teacher), io, data.name, data.test)

@@ -8,7 +8,6 @@ docs/recipe-reference.md is generated from that schema (scripts/gen_recipe_docs.
 from __future__ import annotations
 
 import json
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,7 +23,10 @@ from .schema_errors import Loc, did_you_mean, dotted, first_error, load_yaml, sh
 from .stages.distill import DistillConfig
 from .stages.prune import PruneConfig
 
-Part = Literal["image", "text", "audio", "video", "fusion"]
+# A branch: a modality, `fusion`, or a name from a model package's `branches:` override; the model decides which
+# exist (the prune stage names them when one is unknown).
+Part = Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+PART_ORDER = ("image", "text", "audio", "video")
 Ratio = Annotated[float, pydantic.Field(ge=0.0, lt=1.0)]
 Share = Annotated[float, pydantic.Field(ge=0.0, le=1.0)]
 DEFAULT_PRUNING_RATIO = 0.3  # named in PruneStage.pruning_ratio's docstring
@@ -46,8 +48,8 @@ class PruneStage(_Frozen):
     """Share of channels removed model-wide, ranked across all layers. When neither this nor `branch_ratios` is
     given: 0.3."""
     branch_ratios: dict[Part, Ratio] = {}
-    """Share of channels removed per part instead (a modality branch or `fusion`), ranked within each layer; parts
-    not named keep their width. Excludes `pruning_ratio`."""
+    """Share of channels removed per part instead (a modality branch, `fusion`, or a branch the model package's
+    `branches:` names), ranked within each layer; parts not named keep their width. Excludes `pruning_ratio`."""
     head_ratio: Ratio = _PRUNE.head_ratio
     """Share of attention heads removed from every attention layer."""
     round_to: pydantic.PositiveInt = _PRUNE.round_to
@@ -67,7 +69,8 @@ class PruneStage(_Frozen):
     @classmethod
     def _part_order(cls, ratios: dict[str, float]) -> dict[str, float]:
         # One key order whatever the input's, so that a dumped recipe is the same text.
-        return {p: ratios[p] for p in typing.get_args(Part) if p in ratios}
+        order = [*(p for p in PART_ORDER if p in ratios), *sorted(set(ratios) - {*PART_ORDER, "fusion"})]
+        return {p: ratios[p] for p in [*order, "fusion"] if p in ratios}
 
     @pydantic.model_validator(mode="after")
     def _one_kind_of_ratio(self) -> PruneStage:
@@ -356,6 +359,8 @@ def _type(p: dict[str, Any]) -> str:
         return f"list of stages ({p['items']['discriminator']['propertyName']}: {kinds})"
     if p["type"] == "array":
         return f"list of {_type(p['items'])}" + (f", at least {p['minItems']}" if "minItems" in p else "")
+    if p["type"] == "object" and "patternProperties" in p:  # keys: names (a branch), pattern-checked
+        return f"mapping of name to {_type(next(iter(p['patternProperties'].values())))}"
     if p["type"] == "object":
         keys = _type(p["propertyNames"]) if "propertyNames" in p else "string"
         return f"mapping of {keys} to {_type(p['additionalProperties'])}"

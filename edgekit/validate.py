@@ -25,7 +25,7 @@ from .hardware import Budgets, HardwareProfile, resolve_profile
 from .hardware.cpu import int8_saturates, missing_vnni
 from .hardware.estimator import estimate, graph_costs
 from .profiling.host import host_info
-from .runtimes import load_runner, predict_fn
+from .runtimes import load_runner, predict_fn, proxy_runner
 from .targets.capabilities import FORMATS
 
 Log = Callable[[str], None]
@@ -118,9 +118,10 @@ def checks(row: dict[str, Any], budgets: Budgets) -> list[dict[str, Any]]:
         limit = getattr(budgets, budget)
         if limit is not None:
             value = row.get(key)
-            out.append(
-                {"budget": budget, "limit": limit, "value": value, "ok": None if value is None else value <= limit}
-            )
+            check = {"budget": budget, "limit": limit, "value": value, "ok": None if value is None else value <= limit}
+            if key == "accuracy_drop" and row.get("accuracy_source", "").startswith("proxy"):
+                check["why"] = row["accuracy_source"]  # a proxy's drop gates too, and says it is one
+            out.append(check)
     if "accuracy_shift" in row and budgets.max_accuracy_drop is not None:
         shift, limit = row["accuracy_shift"], budgets.max_accuracy_drop
         why = f"{shift:.2f} points below its accuracy on the build host ({row['built_on']})"
@@ -214,9 +215,11 @@ def validate(
             sha = sha256_file(art.path)
             row.update(format=art.format, precision=art.precision, size_mb=round(art.size_mb(), 3), sha256=sha)
             row["accuracy"] = None
-            if FORMATS[art.format].runs_here:
-                log(f"{path}: accuracy on {options.data}/{options.split}")
-                runner = load_runner(art, options.threads or profile.threads)
+            threads = options.threads or profile.threads
+            proxy = None if FORMATS[art.format].runs_here else proxy_runner(art, threads)
+            if FORMATS[art.format].runs_here or proxy:
+                runner, row["accuracy_source"] = proxy or (load_runner(art, threads), "its runtime")
+                log(f"{path}: accuracy on {options.data}/{options.split} ({row['accuracy_source']})")
                 row["accuracy"] = evaluate(predict_fn(runner), art.io, test, per_modality=False).overall.accuracy
             drop = None if row["accuracy"] is None or base_acc is None else 100 * (base_acc - row["accuracy"])
             row["accuracy_drop"] = None if drop is None else round(drop, 2)

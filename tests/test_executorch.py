@@ -144,3 +144,44 @@ def test_float_modules_keep_branches_out_of_int8(model, fp32, int8, avdigits_io,
     # Mean, not max: one logit's outlier decides the max, and XNNPACK's kernels differ between x86 CPUs (the max
     # error was 1/9 of the INT8 program's on a Zen 5, 1/2 on a Sapphire Rapids).
     assert np.abs(predict(feeds) - want).mean() < np.abs(logits(int8, feeds) - want).mean() / 2
+
+
+class PaddingMask(torch.nn.Module):
+    """Builds a padding mask the way transformers 5 does: key positions, arange(n) + an offset, index the mask."""
+
+    def forward(self, mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        return mask.bool()[:, torch.arange(mask.shape[1]) + offset]
+
+
+class MaskedText(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.pad = torch.nn.Embedding(41, 16), PaddingMask()
+        self.body, self.out = torch.nn.Linear(16, 16), torch.nn.Linear(16, 10)
+
+    def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        h = self.body(self.embed(text_ids)) * self.pad(text_mask).unsqueeze(-1)
+        return self.out(h.sum(1))
+
+
+def test_integer_index_arithmetic_survives_pt2e(avdigits_io, test_feeds, tmp_path, monkeypatch):
+    """torchao's prepare_pt2e turns `arange(n) + 0` into a float add, and the mask index then fails (what broke
+    INT8 of a Hugging Face text encoder): EdgeKit restores the integer constant. Without that fix, the failure names
+    the module and node it came from, not only the IndexError."""
+    import edgekit.targets.executorch as et
+    from edgekit.io import IOSpec
+
+    spec = avdigits_io.to_dict()
+    io = IOSpec.from_dict({**spec, "inputs": [t for t in spec["inputs"] if t["name"] in ("text_ids", "text_mask")]})
+    torch.manual_seed(0)
+    model = MaskedText().eval()
+    calib = calibration_set(io, load_split("avdigits", "train"), n=8)
+    art = export_pte(model, io, tmp_path / "int8", "int8", calib, "parent", {})
+    feeds = {k: test_feeds[k][:4] for k in io.input_names}
+    got = load_runner(art).run(feeds)["logits"]
+    want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).detach().numpy()
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+    monkeypatch.setattr(et, "_integer_constants", lambda gm: None)
+    with pytest.raises(EdgeKitError, match=r"IndexError: tensors used as indices .* in pad \(PaddingMask\), node "):
+        export_pte(model, io, tmp_path / "broken", "int8", calib, "parent", {}, branch_roots=lambda: {"text": ["pad"]})
+    assert not (tmp_path / "broken").exists()

@@ -234,3 +234,38 @@ def test_save_and_load_round_trip(arch, real_feeds, tmp_path):
     loaded = load_model(path)
     assert loaded.labels == tuple(str(i) for i in range(10)) and loaded.io == IO
     assert torch.equal(run(loaded.model, real_feeds), run(pruned, real_feeds))
+
+
+def test_hugging_face_heads_go_whole_and_the_model_rebuilds(real_feeds):
+    """all-MiniLM-L6-v2 (transformers, pretrained) inside a user's fusion model: silence half the heads of every
+    layer; head pruning at 0.5 removes exactly those, in place (transformers 5 has no prune_heads), the outputs on
+    real samples do not change, and the package factory rebuilds the pruned shapes from its recorded kwargs."""
+    from edgekit.data.text import WordTokenizer
+    from edgekit.stages.prune import architecture, load_pruned_architecture
+    from tests.conformance_models import build_pretrained
+
+    vocab = WordTokenizer().vocab
+    torch.manual_seed(0)
+    model = build_pretrained(vocab, pretrained=True).eval()
+    feeds = {k: v for k, v in real_feeds.items() if k != "modality_mask"}
+    silenced = [1, 4, 5, 7, 9, 10]
+    with torch.no_grad():
+        for layer in model.prose.bert.encoder.layer:
+            attn, out = layer.attention.self, layer.attention.output.dense
+            for h in silenced:
+                rows = slice(h * attn.attention_head_size, (h + 1) * attn.attention_head_size)
+                attn.query.weight[rows] *= 0.01
+                attn.value.weight[rows], attn.value.bias[rows], out.weight[:, rows] = 0.0, 0.0, 0.0
+    want = run(model, feeds)
+    report = prune_heads(model, 0.5)
+    assert set(report.values()) == {(12, 6)} and len(report) == 6
+    for layer in model.prose.bert.encoder.layer:
+        attn = layer.attention.self
+        assert (attn.num_attention_heads, attn.all_head_size, attn.query.weight.shape) == (6, 192, (192, 384))
+        assert layer.attention.output.dense.weight.shape == (384, 192)
+    torch.testing.assert_close(run(model, feeds), want, atol=1e-5, rtol=1e-5)
+    kwargs = architecture(model, {"factory": "tests.conformance_models:build_pretrained", "kwargs": {"vocab": vocab}})
+    assert len(kwargs["heads"]) == 6 and all(h == {"num_heads": 6, "head_dim": 32} for h in kwargs["heads"].values())
+    rebuilt = load_pruned_architecture(**kwargs)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(run(rebuilt.eval(), feeds), want, atol=1e-5, rtol=1e-5)

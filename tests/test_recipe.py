@@ -10,15 +10,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from edgekit.branches import FUSION
 from edgekit.cli import app as cli_app
 from edgekit.errors import UsageError
 from edgekit.models import MODALITY_INPUTS, PRESETS
 from edgekit.quant.calibration import DEFAULT_SAMPLES
 from edgekit.recipe import (
+    PART_ORDER,
     STAGE_TYPES,
     DistillStage,
-    Part,
     PruneStage,
     QuantizeStage,
     Recipe,
@@ -29,7 +28,7 @@ from edgekit.recipe import (
     reference_markdown,
 )
 from edgekit.stages.distill import DistillConfig
-from edgekit.stages.prune import IMPORTANCES, PruneConfig
+from edgekit.stages.prune import IMPORTANCES, PruneConfig, check_config
 
 from .conftest import ROOT, run_cli
 
@@ -112,7 +111,7 @@ def test_stage_defaults_are_the_library_defaults():
 
 
 def test_literal_choices_follow_the_library():
-    assert set(typing.get_args(Part)) == {*MODALITY_INPUTS, FUSION}
+    assert set(PART_ORDER) == set(MODALITY_INPUTS)
     assert set(typing.get_args(PruneStage.model_fields["importance"].annotation)) == set(IMPORTANCES)
     assert set(typing.get_args(DistillStage.model_fields["student"].annotation)) == {"pruned", *PRESETS}
 
@@ -148,8 +147,10 @@ def test_unknown_stage_kind_lists_the_valid_ones(tmp_path):
 def test_ratio_outside_zero_to_one_names_the_branch(tmp_path):
     message = error(tmp_path, {"stages": [{"kind": "prune", "branch_ratios": {"image": 0.2, "audio": 1.0}}]})
     assert "stage 1 (prune): field 'branch_ratios.audio'" in message and "less than 1" in message
-    message = error(tmp_path, {"stages": [{"kind": "prune", "branch_ratios": {"imgae": 0.2}}]})
-    assert "unknown key 'imgae'" in message and "did you mean 'image'" in message
+    # Branch names are the model's (a package may name its own): compress checks them against the model.
+    with pytest.raises(UsageError, match=r"no part named imgae to prune \(did you mean 'image'\? the model's parts"):
+        check_config(["image", "text", "audio", "fusion"], PruneStage(branch_ratios={"imgae": 0.2}).to_config())
+    assert "branch_ratios" in error(tmp_path, {"stages": [{"kind": "prune", "branch_ratios": {"no-name": 0.2}}]})
     assert "field 'head_ratio' should be greater than or equal to 0" in error(
         tmp_path, {"stages": [{"kind": "prune", "head_ratio": -0.1}]}
     )

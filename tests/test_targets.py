@@ -71,6 +71,12 @@ def test_export_json_and_jetson_bundle_via_cli(reference_teacher, tmp_path):
         assert {"format", "precision", "path", "sha256", "accuracy", "accuracy_drop"} <= set(a)
     trt = rows[("tensorrt", "int8")]
     assert trt["accuracy"] is None and trt["reference"]["accuracy"] >= result["source"]["accuracy"] - 0.015
+    # The profile's gate takes the bundle's proxy accuracy (its Q/DQ graph in onnxruntime), labelled as a proxy.
+    row = next(v for v in result["validation"]["rows"] if (v["format"], v["precision"]) == ("tensorrt", "int8"))
+    assert row["accuracy_source"].startswith("proxy")
+    assert row["accuracy"] == pytest.approx(trt["reference"]["accuracy"], abs=0.005)
+    gate = next(c for c in row["checks"] if c["budget"] == "max_accuracy_drop")
+    assert gate["ok"] is True and gate["why"] == row["accuracy_source"]
     bundle = tmp_path / "j" / "tensorrt-int8"
     for name in ("model.onnx", "build_engine.py", "build_engine.sh", "manifest.json"):
         assert (bundle / name).is_file(), name

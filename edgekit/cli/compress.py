@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from ..compress import compress as run_compress
-from ..errors import EdgeKitError
 from ..recipe import dump_recipe, load_recipe, recipe_from_flags
 from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, err, out
 from .validate import render as render_validation
@@ -63,4 +62,6 @@ def compress(
     if report["verdict"]["status"] == "fail":
         v = report["verdict"]
         missed = v.get("failed") or [f"accuracy drop {v['accuracy_drop']:.2f} > max_drop {v['max_drop']}"]
-        raise EdgeKitError(f"budget missed: {'; '.join(missed)}", f"see {run_dir / 'report.json'}")
+        # Exit 1 after the report, which holds the verdict: with --json, stdout stays one JSON object.
+        err.print(f"edgekit: error: budget missed: {'; '.join(missed)} (see {run_dir / 'report.json'})", markup=False)
+        raise typer.Exit(1)

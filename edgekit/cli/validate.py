@@ -94,9 +94,11 @@ def validation_table(r: dict[str, Any]) -> Table:
     ):
         table.add_column(col, justify="right" if col in ("size MB", "accuracy", "drop", "p50 ms", "p95 ms") else "left")
     for row in r["rows"]:
+        proxy = " (proxy)" if row.get("accuracy_source", "").startswith("proxy") else ""
         table.add_row(
             Path(row["artifact"]).name, row.get("format", "?"), row.get("precision", "?"), STATUS[row["status"]],
-            cell(row.get("size_mb"), ".2f"), cell(row.get("accuracy"), ".4f"), cell(row.get("accuracy_drop"), "+.2f"),
+            cell(row.get("size_mb"), ".2f"), cell(row.get("accuracy"), ".4f") + proxy,
+            cell(row.get("accuracy_drop"), "+.2f"),
             cell(row.get("p50_ms"), ".3f"), cell(row.get("p95_ms"), ".3f"), row.get("latency_source") or "-",
         )  # fmt: skip
     return table

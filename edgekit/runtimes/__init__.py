@@ -67,6 +67,16 @@ def qdq_emulator(path: Path, io: IOSpec, threads: int | None = None) -> Runner:
     return OrtRunner(Artifact("onnx", "int8", path.parent, path.name, io, ""), threads, emulate_qdq=True)
 
 
+def proxy_runner(artifact: Artifact, threads: int | None = None) -> tuple[Runner, str] | None:
+    """For an artifact whose runtime cannot run here, a runner of the same graph that can, and its label; None when
+    there is none. A TensorRT bundle's ONNX is the graph the engine is built from."""
+    if artifact.format != "tensorrt":
+        return None
+    if artifact.precision == "int8":
+        return qdq_emulator(artifact.path, artifact.io, threads), "proxy: the bundle's Q/DQ ONNX in onnxruntime"
+    return onnx_runner(artifact.path, artifact.io, threads), "proxy: the bundle's float ONNX in onnxruntime"
+
+
 def bound_call(runner: Runner, feeds: Mapping[str, np.ndarray]) -> Callable[[], object]:
     """A zero-argument call that runs `feeds` with the inputs handed to the runtime once, up front, the way the
     runtimes' own benchmark tools (benchmark_app, onnxruntime_perf_test) and a deployed application call it: what

@@ -3,7 +3,12 @@
 torch-pruning 1.6.1 shrinks head_dim and keeps num_heads. Here whole heads go: a head's query, key and value
 rows and its out_proj columns are dropped, num_heads falls and head_dim stays. nn.MultiheadAttention cannot
 hold that shape (it needs num_heads * head_dim == embed_dim), so the layer becomes a PrunedAttention, which
-keeps embed_dim and therefore the residual stream around it."""
+keeps embed_dim and therefore the residual stream around it.
+
+Hugging Face encoders of the BERT layout (BERT, RoBERTa, MiniLM, ELECTRA...) keep their own modules: a
+self-attention with `query`/`key`/`value` Linears and `num_attention_heads`, whose output projection is its
+sibling `output.dense`. Their Linears are cut in place. transformers 5 dropped `prune_heads`, and its forward
+infers the head count from the projection width, so nothing else has to change."""
 
 from __future__ import annotations
 
@@ -123,11 +128,54 @@ def n_heads_kept(num_heads: int, ratio: float) -> int:
     return max(1, int(num_heads * (1.0 - ratio) + 0.5))
 
 
+def is_hf_attention(m: nn.Module) -> bool:
+    """A Hugging Face self-attention of the BERT layout (see the module docstring)."""
+    return isinstance(getattr(m, "num_attention_heads", None), int) and all(
+        isinstance(getattr(m, k, None), nn.Linear) for k in ("query", "key", "value")
+    )
+
+
+def hf_output(model: nn.Module, name: str) -> nn.Linear | None:
+    """The output projection of the HF self-attention `name`: its parent's `output.dense`, if that exists."""
+    parent = model.get_submodule(name.rpartition(".")[0])
+    dense = getattr(getattr(parent, "output", None), "dense", None)
+    return dense if isinstance(dense, nn.Linear) else None
+
+
+def _hf_importance(attn: nn.Module, out: nn.Linear, p: float) -> torch.Tensor:
+    h, d = attn.num_attention_heads, attn.attention_head_size
+    rows = [getattr(attn, k).weight.view(h, d, -1).flatten(1) for k in ("query", "key", "value")]
+    cols = out.weight.view(out.out_features, h, d).permute(1, 0, 2).flatten(1)
+    return torch.cat([*rows, cols], dim=1).detach().norm(p=p, dim=1)
+
+
+@torch.no_grad()
+def _hf_keep(attn: nn.Module, out: nn.Linear, keep: Sequence[int]) -> None:
+    d = attn.attention_head_size
+    idx = torch.cat([torch.arange(i * d, (i + 1) * d) for i in sorted(keep)])
+    for k in ("query", "key", "value"):
+        lin = getattr(attn, k)
+        lin.weight = nn.Parameter(lin.weight[idx].clone())
+        if lin.bias is not None:
+            lin.bias = nn.Parameter(lin.bias[idx].clone())
+        lin.out_features = len(idx)
+    out.weight = nn.Parameter(out.weight[:, idx].clone())
+    out.in_features = len(idx)
+    attn.num_attention_heads, attn.all_head_size = len(keep), len(idx)
+
+
 def prune_heads(model: nn.Module, ratio: float, p: float = 2.0) -> dict[str, tuple[int, int]]:
-    """Replace every attention layer of `model` that loses a head by a PrunedAttention without its least
-    important heads (ranked per layer). Returns {layer name: (heads before, heads after)} for every layer."""
+    """Remove the least important heads (ranked per layer) of every attention layer of `model`: an
+    nn.MultiheadAttention becomes a PrunedAttention, a Hugging Face one is cut in place. Returns {layer name:
+    (heads before, heads after)} for every layer whose heads can be removed."""
     report: dict[str, tuple[int, int]] = {}
     for name, attn in list(model.named_modules()):
+        if is_hf_attention(attn) and (out := hf_output(model, name)) is not None:
+            kept = n_heads_kept(attn.num_attention_heads, ratio)
+            report[name] = (attn.num_attention_heads, kept)
+            if kept < attn.num_attention_heads:
+                _hf_keep(attn, out, _hf_importance(attn, out, p).argsort(descending=True)[:kept].tolist())
+            continue
         if not isinstance(attn, nn.MultiheadAttention | PrunedAttention):
             continue
         # What nn.TransformerEncoderLayer builds: packed q/k/v of one width, no extra key/value rows.

@@ -11,8 +11,9 @@ keeps every group that touches them, a transformer's residual stream included, a
 prune is what is safe to prune: conv channels, a transformer's FFN hidden width and MLPs.
 
 Left whole, and named in the result: the layers that compute the model's outputs (class scores), attention
-layers torch-pruning cannot cut by heads (a Hugging Face encoder's), recurrent layers (LSTM, GRU), and the zoo's
-per-modality scores and gates. Stem input channels and embedding rows are never reached by a pruning group."""
+projections (cut by whole heads only: nn.MultiheadAttention and Hugging Face BERT-layout attention; other attention
+modules are not cut at all), recurrent layers (LSTM, GRU), and the zoo's per-modality scores and gates. Stem input
+channels and embedding rows are never reached by a pruning group."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from ..io import IOSpec
 from ..loading import build_model, save_model_package
 from ..models import FusionModel
 from ..models.fusions import AttentionFusion, GatedFusion, LateFusion
-from .heads import PrunedAttention, prune_heads
+from ..schema_errors import did_you_mean
+from .heads import PrunedAttention, hf_output, is_hf_attention, prune_heads
 
 FACTORY = "edgekit.stages.prune:load_pruned_architecture"
 # torch-pruning importance criteria by name: (importance factory, p of the norm that ranks heads).
@@ -106,7 +108,9 @@ def _check_ratio(what: str, r: float) -> None:
 def check_config(parts: Sequence[str], config: PruneConfig) -> None:
     unknown = sorted(set(config.ratios) - set(parts))
     if unknown:
-        raise UsageError(f"no part named {', '.join(unknown)} to prune", f"the model's parts are {', '.join(parts)}")
+        guess = did_you_mean(unknown[0], parts)
+        raise UsageError(f"no part named {', '.join(unknown)} to prune",
+                         f"{guess + ' ' if guess else ''}the model's parts are {', '.join(parts)}")  # fmt: skip
     if config.ratios and config.global_ratio is not None:
         raise UsageError("both per-part ratios and a global ratio given", "use one of them")
     for part, r in config.ratios.items():
@@ -163,18 +167,25 @@ def _protected(model: nn.Module, mb: ModuleBranches) -> dict[str, str]:
     torch-pruning couples a per-modality score or gate with the projections it scales (a broadcast product looks
     element-wise to it), so in the zoo's attention and gated fusion the shared projection width stays whole too."""
     keep: dict[str, str] = {}
+    names = {m: n for n, m in model.named_modules()}
+    by_heads = {n: names[o] for n, m in model.named_modules() if is_hf_attention(m) and (o := hf_output(model, n))}
     for name, m in model.named_modules():
         if name in mb.output_modules and isinstance(m, nn.modules.conv._ConvNd | nn.Linear):
             keep[name] = "computes a model output"
-        elif isinstance(m, nn.MultiheadAttention | PrunedAttention):
+        elif isinstance(m, nn.MultiheadAttention | PrunedAttention) or name in by_heads:
             keep[name] = "attention projections (whole heads are pruned instead)"
+            if name in by_heads:
+                keep[by_heads[name]] = "attention output projection (whole heads are pruned instead)"
         elif isinstance(m, nn.RNNBase):
             keep[name] = f"recurrent ({type(m).__name__}): not pruned"
-        elif "attention" in type(m).__name__.lower() and not any(name.startswith(k + ".") for k in keep):
+        elif (
+            "attention" in type(m).__name__.lower()
+            and not any(name.startswith(k + ".") for k in keep)
+            and not any(k.startswith(name + ".") for k in by_heads)  # a HF block around a head-prunable one
+        ):
             keep[name] = f"attention ({type(m).__name__}): heads not pruned, its projections stay whole"
     if isinstance(model, FusionModel):
         f = model.fusion
-        names = {m: n for n, m in model.named_modules()}
         extra: list[nn.Module] = []
         if isinstance(f, LateFusion):
             extra += [head[-1] for head in f.heads]
@@ -380,11 +391,11 @@ def _layer_spec(m: nn.Module) -> dict[str, Any]:
 def architecture(model: nn.Module, base: Mapping[str, Any]) -> dict[str, Any]:
     """The kwargs of load_pruned_architecture that rebuild `model`'s modules with its shapes (not its weights), from
     `base` ({"factory": ..., "kwargs": ...}: what built the model before it was pruned)."""
-    heads = {
-        n: {"num_heads": a.num_heads, "head_dim": a.head_dim}
-        for n, a in model.named_modules()
-        if isinstance(a, PrunedAttention)
-    }
+    heads = {n: {"num_heads": a.num_heads, "head_dim": a.head_dim}
+             for n, a in model.named_modules() if isinstance(a, PrunedAttention)}  # fmt: skip
+    heads |= {n: {"num_heads": a.num_attention_heads, "head_dim": a.attention_head_size}
+              for n, a in model.named_modules()
+              if is_hf_attention(a) and a.all_head_size != a.query.in_features}  # fmt: skip
     built = dict(_with_heads(build_model(base["factory"], base["kwargs"]), heads).named_modules())
     layers = {
         n: spec
@@ -395,8 +406,14 @@ def architecture(model: nn.Module, base: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _with_heads(model: nn.Module, heads: Mapping[str, Mapping[str, int]]) -> nn.Module:
+    """The base model with its attention layers cut to `heads`; a Hugging Face layer's Linears are resized by the
+    recorded layer widths afterwards, here it only takes its head count."""
     for name, h in heads.items():
         attn = model.get_submodule(name)
+        if is_hf_attention(attn):
+            attn.num_attention_heads = int(h["num_heads"])
+            attn.all_head_size = int(h["num_heads"]) * attn.attention_head_size
+            continue
         if not isinstance(attn, nn.MultiheadAttention):
             raise UsageError(f"'{name}' is not an attention layer of the base model", "the package kwargs are damaged")
         bias = attn.in_proj_bias is not None

@@ -48,10 +48,12 @@ def build_tensorrt(ctx: ExportContext, precision: str, out: Path) -> Artifact:
 
 
 def build_executorch(ctx: ExportContext, precision: str, out: Path) -> Artifact:
+    from ..branches import module_branches
     from .executorch import export_pte
 
     calib = ctx.calib if precision == "int8" else None
-    return export_pte(ctx.model, ctx.io, out, precision, calib, ctx.parent, dict(ctx.meta))
+    roots = lambda: module_branches(ctx.model, ctx.io).roots()  # noqa: E731 (only wanted when PT2E fails)
+    return export_pte(ctx.model, ctx.io, out, precision, calib, ctx.parent, dict(ctx.meta), branch_roots=roots)
 
 
 BUILDERS: dict[str, Builder] = {

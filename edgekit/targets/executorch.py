@@ -8,9 +8,11 @@ planned for at most 15 samples. The manifest records the planned bounds; the run
 
 from __future__ import annotations
 
+import functools
+import linecache
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,12 @@ def export_pte(
     parent: str,
     meta: dict[str, Any],
     float_modules: Sequence[str] = (),
+    branch_roots: Callable[[], Mapping[str, Sequence[str]]] | None = None,
 ) -> Artifact:
     """Write `out_dir` (model.pte + manifest.json) atomically and return its artifact. INT8 leaves the ops inside
-    `float_modules` (module paths, e.g. "branches.text") in float: the accuracy-aware loop's exclusions."""
+    `float_modules` (module paths, e.g. "branches.text") in float: the accuracy-aware loop's exclusions. When PT2E
+    fails, `branch_roots` (branch -> its outermost modules) names where: the branch whose modules, kept in float,
+    let it through; that branch then stays float (recorded as `quantization.fallback`)."""
     require("executorch", "executorch", "exporting an ExecuTorch .pte")
     if precision not in ("fp32", "int8"):
         raise UsageError(f"ExecuTorch export has no {precision} precision", "use fp32 or int8")
@@ -55,7 +60,8 @@ def export_pte(
     with warnings.catch_warnings():  # torch's pytree deprecations, raised inside export and lowering
         warnings.simplefilter("ignore", FutureWarning)
         if precision == "int8" and calib is not None:
-            model, quantization = _quantize(model, io, sample, shapes, calib, tuple(float_modules))
+            quantize = functools.partial(_quantize, model, io, sample, shapes, calib)
+            model, quantization = _with_fallback(quantize, tuple(float_modules), branch_roots)
         exported = torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes)
         program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
     final = program.exported_program()
@@ -74,6 +80,67 @@ def export_pte(
         (tmp / PTE).write_bytes(program.buffer)
         Artifact("executorch", precision, tmp, PTE, io, parent, meta).write_manifest()
     return Artifact("executorch", precision, out_dir, PTE, io, parent, meta)
+
+
+def _with_fallback(
+    quantize: Callable[[tuple[str, ...]], tuple[nn.Module, dict[str, Any]]],
+    float_modules: tuple[str, ...],
+    branch_roots: Callable[[], Mapping[str, Sequence[str]]] | None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    # PT2E fails inside the graph it traced, with an error (an IndexError, a shape guard) that names no module. Any
+    # exception from torch/torchao is caught: it is reported with the module of the node it was raised at, and the
+    # branch whose modules, kept in float, let PT2E through.
+    try:
+        return quantize(float_modules)
+    except Exception as e:
+        cause = str(e) if isinstance(e, _PT2EFailure) else f"{type(e).__name__}: {_first_line(e)}"
+        for branch, roots in (branch_roots() if branch_roots else {}).items():
+            try:
+                quantized, info = quantize((*float_modules, *roots))
+            except Exception:
+                continue
+            info["fallback"] = {"branch": branch, "modules": list(roots), "error": cause}
+            return quantized, info
+        raise EdgeKitError(
+            f"ExecuTorch INT8 (PT2E with the XNNPACK quantizer) failed: {cause}",
+            "export fp32 for ExecuTorch, or keep the failing module in float (float_modules)",
+        ) from e
+
+
+class _PT2EFailure(Exception):
+    """A failure while the prepared graph ran, with the module of the node that raised it."""
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
+
+
+def _raised_in(e: BaseException, gm: torch.fx.GraphModule) -> str | None:
+    """The module (path and class) of the graph node whose line of the generated forward raised `e`."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename.startswith("<eval_with_key>"):  # fx registers its generated code with linecache
+            node = nodes.get(linecache.getline(code.co_filename, tb.tb_lineno).split("=")[0].strip())
+            stack = list(node.meta.get("nn_module_stack", {}).values()) if node else []
+            if stack:
+                path, cls = stack[-1]
+                return f"{path} ({str(getattr(cls, '__name__', cls)).rpartition('.')[2]}), node {node.name}"
+        tb = tb.tb_next
+    return None
+
+
+def _integer_constants(gm: torch.fx.GraphModule) -> None:
+    """torchao 0.18's prepare_pt2e turns every scalar operand into a float32 tensor constant, also where the
+    other operand is an integer tensor (`arange(n) + 0` in a Hugging Face attention mask): the result turns float
+    and indexing with it fails. Give such constants back the dtype of the result they feed."""
+    for node in gm.graph.nodes:
+        if node.op != "get_attr" or not isinstance(t := getattr(gm, node.target, None), torch.Tensor):
+            continue
+        dtypes = {v.dtype for u in node.users if isinstance(v := u.meta.get("val"), torch.Tensor)}
+        if t.is_floating_point() and len(dtypes) == 1 and not (dtype := dtypes.pop()).is_floating_point:
+            setattr(gm, node.target, t.to(dtype))
 
 
 def _quantize(
@@ -96,9 +163,14 @@ def _quantize(
     if float_modules:  # set_module_name(name, None) is refused in 1.5.1; a node filter does the same
         quantizer.set_filter_function(lambda node: not _inside(node, float_modules))
     prepared = prepare_pt2e(torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes).module(), quantizer)
-    with torch.no_grad():
-        for feeds in calib.feeds:
-            prepared(**{name: torch.from_numpy(feeds[name]) for name in io.input_names})
+    _integer_constants(prepared)
+    try:
+        with torch.no_grad():
+            for feeds in calib.feeds:
+                prepared(**{name: torch.from_numpy(feeds[name]) for name in io.input_names})
+    except Exception as e:
+        where = _raised_in(e, prepared)
+        raise _PT2EFailure(f"{type(e).__name__}: {_first_line(e)}" + (f" in {where}" if where else "")) from e
     info = {
         "backend": "torchao pt2e + XNNPACKQuantizer",
         "scheme": "static int8: symmetric per-channel weights, per-tensor activations (histogram observer)",
