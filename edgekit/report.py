@@ -1,18 +1,19 @@
 """report.html, rendered from a run directory's report.json (the canonical record) and the sensitivity tables
-beside it: the recipe, the lineage from teacher to artifacts with hashes, the validation tables, the
-per-branch sensitivity, an accuracy-vs-latency Pareto plot and per-operator charts for the slowest artifacts,
-host and versions. The page is self-contained: inline CSS and SVG (glyphs drawn as paths), no requests."""
+beside it, through templates/report.html.j2 with autoescaping: the recipe, the lineage from teacher to artifacts
+with hashes, the validation tables, the per-branch sensitivity, an accuracy-vs-latency Pareto plot and
+per-operator charts for the slowest artifacts, host and versions. The page is self-contained: inline CSS and SVG
+(glyphs drawn as paths), no requests."""
 
 from __future__ import annotations
 
-import html
 import io
 import json
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import yaml
+from markupsafe import Markup
 
 from .errors import UsageError
 from .fsutil import write_text
@@ -28,18 +29,8 @@ pre{padding:.8em;overflow:auto}.pass{color:#14772d}.fail{color:#b3261e}.lineage 
 STATUS = {"pass": "pass", "fail": "fail: a budget", "error": "error: no artifact or run"}
 
 
-def esc(value: Any) -> str:
-    return html.escape("-" if value is None else str(value))
-
-
 def num(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return "-" if value is None or isinstance(value, jinja2.Undefined) else format(value, spec)
 
 
 def pyplot() -> Any:
@@ -101,63 +92,9 @@ def ops_svg(name: str, ops: dict[str, Any]) -> str:
     return svg(fig)
 
 
-def lineage(report: dict[str, Any]) -> str:
-    base = report["baseline"]
-    items = [f"<li><b>teacher</b> <code>{esc(report['model'])}</code>: {base['params']:,} params, "
-             f"{num(base.get('macs'), ',')} MACs, accuracy {base['accuracy']:.4f}</li>"]  # fmt: skip
-    for s in report["stages"]:
-        items.append(f"<li>→ <b>{esc(s['name'])}</b>: {s['params']:,} params, {num(s.get('macs'), ',')} MACs, "
-                     f"accuracy {s['accuracy']:.4f} ({s['accuracy_drop']:+.2f} pts), {s['seconds']} s"
-                     f"{' (cached)' if s.get('cached') else ''} <code>{esc(Path(s['path']).name)}</code>"
-                     "</li>")  # fmt: skip
-    for a in report["artifacts"]:
-        items.append(f"<li>→ <b>artifact</b> {esc(a['format'])}/{esc(a['precision'])}: {a['size_mb']:.2f} MB, "
-                     f"accuracy {a['accuracy']:.4f}, sha256 <code>{esc(a['sha256'][:16])}…</code></li>")  # fmt: skip
-    return f'<ul class="lineage">{"".join(items)}</ul>'
-
-
-def validation_html(v: dict[str, Any]) -> str:
-    rows = []
-    for r in v["rows"]:
-        source = r.get("latency_source") or "-"
-        rows.append([
-            esc(Path(r["artifact"]).name), esc(r.get("format")), esc(r.get("precision")),
-            f'<span class="{r["status"]}">{STATUS[r["status"]]}</span>', num(r.get("size_mb"), ".2f"),
-            num(r.get("accuracy"), ".4f"), num(r.get("accuracy_drop"), "+.2f"), num(r.get("p50_ms"), ".3f"),
-            num(r.get("p95_ms"), ".3f"), f'<span class="{esc(source)}">{esc(source)}</span>',
-            num(r.get("peak_ram_mb"), ".0f"), esc(r.get("error") or ", ".join(r.get("unchecked", [])) or ""),
-        ])  # fmt: skip
-    header = ["artifact", "format", "precision", "status", "size MB", "accuracy", "drop", "p50 ms", "p95 ms",
-              "latency", "RAM MB", "notes / unchecked"]  # fmt: skip
-    budgets = ", ".join(f"{k} {v}" for k, v in v["budgets"].items() if v is not None) or "none: nothing gated"
-    return (f"<h3>{esc(v['profile'])}: verdict <span class=\"{esc(v['verdict'])}\">{esc(v['verdict'])}</span></h3>"
-            f"<p>budgets: {esc(budgets)}</p>{table(header, rows)}")  # fmt: skip
-
-
-def sensitivity_html(run_dir: Path) -> str:
-    parts = []
-    for path in sorted(run_dir.glob("stages/*/sensitivity.json")) + sorted(run_dir.glob("sensitivity.json")):
-        s = json.loads(path.read_text())
-        parts.append(f"<p><code>{esc(path.relative_to(run_dir))}</code>: {esc(s['backend'])}, budget "
-                     f"{s['max_drop']} pts, {'fits' if s['fits'] else 'does not fit'}</p>")  # fmt: skip
-        branches = sorted(s["branch_drop"].items(), key=lambda kv: -kv[1])
-        if branches:
-            parts.append(
-                table(
-                    ["branch quantized alone", "drop (pts)"],
-                    [[esc(s.get("branch_labels", {}).get(b, b)), num(d, "+.2f")] for b, d in branches],
-                )
-            )
-        layers = [[esc(x["node"]), esc(x["scope"]), num(x["sqnr_db"], ".1f")] for x in s["top_layers"]]
-        if layers:
-            parts.append(table(["most sensitive layer", "scope", "SQNR dB"], layers))
-        trials = [[esc(", ".join(t["float_parts"]) or "(nothing)"), num(t["drop"], "+.2f")] for t in s["trials"]]
-        parts.append(table(["kept in float", "drop (pts)"], trials))
-    return "".join(parts) or "<p>No quantize stage ran accuracy-aware in this run.</p>"
-
-
 def render(run_dir: Path) -> Path:
-    path = Path(run_dir) / "report.json"
+    run_dir = Path(run_dir)
+    path = run_dir / "report.json"
     if not path.is_file():
         raise UsageError(f"{run_dir} has no report.json", "pass a run directory `edgekit compress` wrote")
     try:
@@ -169,26 +106,26 @@ def render(run_dir: Path) -> Path:
     measured = [(r, v["profile"]) for v in validations for r in v["rows"] if r.get("ops")]
     slowest = sorted(measured, key=lambda x: -(x[0].get("p50_ms") or 0))[:3]
     host = next((v["host"] for v in validations), None)
-    body = [
-        f"<h1>EdgeKit run: {esc(Path(run_dir).resolve().name)}</h1>",
-        f"<p>verdict: <b class=\"{esc(report['verdict']['status'])}\">{esc(report['verdict']['status'])}</b> "
-        f"(accuracy drop {num(report['verdict'].get('accuracy_drop'), '+.2f')} pts)</p>",
-        "<h2>Validation</h2>",
-        "".join(validation_html(v) for v in validations) or "<p>Not validated yet: run <code>edgekit validate "
-        "ARTIFACT... --profile P --report RUN_DIR</code>.</p>",
-        "<h2>Accuracy vs latency</h2>",
-        f"<figure>{pareto_svg(validations, baseline)}</figure>" if validations else "<p>No validation yet.</p>",
-        "<h2>Lineage</h2>", lineage(report),
-        "<h2>Per-branch sensitivity</h2>", sensitivity_html(Path(run_dir)),
-        "<h2>Where the time goes (slowest measured artifacts)</h2>",
-        "".join(f"<figure>{ops_svg(Path(r['artifact']).name + ' on ' + p, r['ops'])}</figure>" for r, p in slowest)
-        or "<p>No per-operator breakdown was measured.</p>",
-        "<h2>Recipe</h2>", f"<pre>{esc(yaml.safe_dump(report['recipe'], sort_keys=False))}</pre>",
-        "<h2>Host and versions</h2>",
-        f"<pre>{esc(yaml.safe_dump({'host': host, 'versions': report.get('versions')}, sort_keys=False))}</pre>",
-    ]  # fmt: skip
-    page = ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>EdgeKit report</title>'
-            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")  # fmt: skip
-    out = Path(run_dir) / "report.html"
+    tables = [*sorted(run_dir.glob("stages/*/sensitivity.json")), *run_dir.glob("sensitivity.json")]
+    sensitivities = [(p.relative_to(run_dir), json.loads(p.read_text())) for p in tables]
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("edgekit", "templates"), autoescape=True, keep_trailing_newline=True
+    )
+    env.filters["basename"] = lambda p: Path(str(p)).name
+    page = env.get_template("report.html.j2").render(
+        css=CSS,
+        run_name=run_dir.resolve().name,
+        report=report,
+        validations=validations,
+        status=STATUS,
+        num=num,
+        sensitivities=sensitivities,
+        # Charts are SVG that matplotlib drew, its text as paths: the only markup not escaped.
+        pareto=Markup(pareto_svg(validations, baseline)) if validations else None,
+        op_charts=[Markup(ops_svg(f"{Path(r['artifact']).name} on {p}", r["ops"])) for r, p in slowest],
+        recipe_yaml=yaml.safe_dump(report["recipe"], sort_keys=False),
+        host_yaml=yaml.safe_dump({"host": host, "versions": report.get("versions")}, sort_keys=False),
+    )
+    out = run_dir / "report.html"
     write_text(out, page)
     return out

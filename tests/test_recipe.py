@@ -8,9 +8,7 @@ from pathlib import Path
 import pydantic
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from edgekit.cli import app as cli_app
 from edgekit.errors import UsageError
 from edgekit.models import MODALITY_INPUTS, PRESETS
 from edgekit.quant.calibration import DEFAULT_SAMPLES
@@ -245,15 +243,9 @@ def test_committed_reference_is_the_generated_one():
     assert committed == reference_markdown(), "docs/recipe-reference.md is stale: run scripts/gen_recipe_docs.py"
 
 
-# -- the CLI, once `recipe` is wired into edgekit/cli/__init__.py ----------------------------------------------------
-
-wired = pytest.mark.skipif(
-    CliRunner().invoke(cli_app, ["recipe", "--help"]).exit_code != 0,
-    reason="`edgekit recipe --help` fails: the recipe sub-app is not wired into edgekit/cli/__init__.py yet",
-)
+# -- the CLI -----------------------------------------------------------------------------------------------------------
 
 
-@wired
 def test_cli_check_prints_the_resolved_recipe():
     path = RECIPES / "avdigits-x86.yaml"
     r = run_cli("recipe", "check", str(path))
@@ -261,14 +253,12 @@ def test_cli_check_prints_the_resolved_recipe():
     assert r.stdout == dump_recipe(load_recipe(path))
 
 
-@wired
 def test_cli_check_fails_in_one_line_with_exit_2(tmp_path):
     r = run_cli("recipe", "check", str(write(tmp_path, {"stages": [{"kind": "prune", "pruning_ratoi": 0.2}]})))
     assert r.code == 2 and len(r.stderr.splitlines()) == 1 and "Traceback" not in r.stderr
     assert "stage 1 (prune): field 'pruning_ratoi'" in r.stderr and "did you mean 'pruning_ratio'" in r.stderr
 
 
-@wired
 def test_cli_schema_writes_the_schema(tmp_path):
     path = tmp_path / "schema" / "recipe.schema.json"
     r = run_cli("recipe", "schema", "--out", str(path))
