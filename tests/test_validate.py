@@ -61,13 +61,23 @@ def test_costs_count_the_teachers_macs_exactly(reference_teacher, tmp_path):
     assert {c[1] for c in costs} >= {"Conv", "MatMul", "Softmax"}
 
 
-def test_estimate_is_labelled_and_bounded_by_its_floor(reference_teacher, tmp_path):
-    costs = [("a", "Conv", 10_000_000, 100_000), ("b", "Softmax", 0, 2_000_000)]
-    jetson, _ = resolve_profile("jetson-orin-nano-8gb")
-    e = estimate(costs, jetson, "int8")
-    assert e["source"] == "estimated" and e["kernels"] == 2
-    assert e["estimate_ms"] == pytest.approx(e["floor_ms"] + 2 * jetson.launch_overhead_us / 1e3, abs=1e-4)
-    assert estimate(costs, jetson, "fp32")["floor_ms"] > e["floor_ms"]  # wider bytes, slower peak
+def test_estimate_against_published_jetson_latencies(tmp_path, monkeypatch):
+    """The roofline estimate of a rebuilt ResNet-50 v1.5 against NVIDIA's MLPerf SingleStream INT8 latencies
+    (scripts/calibrate_estimator.py): within 0.65-1.5x on both Orins; Xavier NX's estimate is optimistic (0.60x),
+    as docs/benchmarks.md says. The calibration table there is the one this estimator computes."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    from calibrate_estimator import IO, PUBLISHED, ResNet50
+
+    from edgekit.targets.onnx import export_onnx
+
+    costs = graph_costs(export_onnx(ResNet50().eval(), IO, tmp_path / "resnet50.onnx"), IO)
+    doc = (ROOT / "docs" / "benchmarks.md").read_text()
+    for name, published, *_ in PUBLISHED:
+        e = estimate(costs, resolve_profile(name)[0], "int8")
+        ratio = e["estimate_ms"] / published
+        assert e["source"] == "estimated" and e["floor_ms"] < e["estimate_ms"]
+        assert f"| {name} | {e['estimate_ms']:.3f} | {e['floor_ms']:.3f} | {published:.3f} | {ratio:.2f}x |" in doc
+        assert 0.65 <= ratio <= 1.5 if "orin" in name else 0.5 <= ratio < 0.65, (name, ratio)
 
 
 # -- validate ---------------------------------------------------------------------------------------------
