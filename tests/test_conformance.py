@@ -100,7 +100,9 @@ def video(tmp_path_factory) -> Path:
     return package(tmp_path_factory.mktemp("conformance"), "build_video", "avdigits-video", [gate], mask=True)
 
 
-def test_eval_agrees_with_the_models_own_torch_accuracy(tri):
+@pytest.mark.parametrize("which", ["tri", pytest.param("pretrained", marks=pytest.mark.heavy)])
+def test_eval_agrees_with_the_models_own_torch_accuracy(which, request):
+    tri = request.getfixturevalue(which)  # both have text without a modality_mask: MiniLM is a real HF encoder
     loaded = load_model(tri)
     own = evaluate(torch_predict(loaded.model), loaded.io, load_split("avdigits", "test"), per_modality=False)
     r = run_cli("eval", "--model", str(tri), "--json")
@@ -171,12 +173,13 @@ def test_prune_distill_int8_per_branch(tri, tmp_path):
 
 
 @pytest.mark.heavy
-def test_pretrained_encoders_int8_keeps_only_the_sensitive_branch_float(pretrained, tmp_path):
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_pretrained_encoders_int8_keeps_only_the_sensitive_branch_float(pretrained, tmp_path, backend):
     """EfficientNet-Lite0 + MiniLM + LSTM: the sensitivity table has a row per modality branch, and the run meets a
     1-point budget by keeping the branch (or its layers) that INT8 hurts in float, not the whole model. The latency
     budget of the x86 profile decides the verdict on its own, so only the accuracy part is asserted here."""
     recipe = {"model": str(pretrained), "data": {"name": "avdigits"}, "targets": ["x86"], "budgets": {"max_drop": 1.0},
-              "stages": [{"kind": "quantize", "backend": "onnx", "accuracy_aware": True}]}  # fmt: skip
+              "stages": [{"kind": "quantize", "backend": backend, "accuracy_aware": True}]}  # fmt: skip
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     r = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--out", "run", "--json", cwd=tmp_path)
     assert r.code in (0, 1), r.stderr
@@ -191,6 +194,28 @@ def test_pretrained_encoders_int8_keeps_only_the_sensitive_branch_float(pretrain
     assert drops[worst] > 1.0  # full INT8 misses the budget because of one branch...
     assert any(t["drop"] <= 1.0 and {p.split(":")[0] for p in t["float_parts"]} == {worst}
                for t in sensitivity["trials"])  # ...and keeping it (or its layers) float, alone, meets it  # fmt: skip
+
+
+@pytest.mark.heavy
+def test_pretrained_prune_distill_int8(pretrained, tmp_path):
+    """The full recipe on real pretrained encoders: MiniLM loses half its heads in every layer and half its FFN,
+    EfficientNet-Lite0 a share of its channels, the LSTM stays whole; distillation and INT8 follow."""
+    ratios = {"image": 0.25, "text": 0.5, "fusion": 0.5}
+    recipe = {"model": str(pretrained), "data": {"name": "avdigits"}, "targets": ["x86"], "budgets": {"max_drop": 25.0},
+              "stages": [{"kind": "prune", "branch_ratios": ratios, "head_ratio": 0.5},
+                         {"kind": "distill", "student": "pruned", "epochs": 1},
+                         {"kind": "quantize", "backend": "onnx", "samples": 64}]}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    r = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--json")
+    assert r.code in (0, 1), r.stderr
+    report = json.loads(r.stdout)
+    prune = report["stages"][0]["parts"]
+    assert len(prune["heads"]) == 6 and all(h == [12, 6] for h in prune["heads"].values())
+    for branch in ("image", "text", "fusion"):
+        assert prune["parts"][branch]["macs_after"] < prune["parts"][branch]["macs_before"], branch
+    assert prune["parts"]["text"]["macs_after"] < 0.6 * prune["parts"]["text"]["macs_before"]
+    assert "recurrent (LSTM): not pruned" in prune["intact"].values()
+    assert report["stages"][-1]["accuracy"] > 0.3  # the distilled, quantized student still classifies
 
 
 # Two cases in `make test`; the others (the same paths on the other models) in `make test-all`.
