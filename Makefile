@@ -31,8 +31,8 @@ system-deps:
 demo: setup
 	$(PY) scripts/demo.py
 
-# `make test` leaves out the tests marked `heavy` (more end-to-end cases of paths it already runs once), to stay
-# near 20 minutes on 2 cores; `make test-all` runs every test. Both print the slowest tests.
+# `make test` leaves out the tests marked `heavy` (the pretrained encoders, more export targets, the bench smoke
+# test), to stay near 20 minutes on 2 cores; `make test-all` runs every test. Both print the slowest tests.
 test: setup
 	$(VENV)/bin/ruff check edgekit tests scripts
 	$(VENV)/bin/ruff format --check edgekit tests scripts

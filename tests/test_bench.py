@@ -15,7 +15,8 @@ from edgekit.models import build_fusion_model
 
 from .conftest import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.openvino, pytest.mark.executorch]
+# heavy: `make bench` runs the full script; `make test-all` runs this smoke test of it.
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.openvino, pytest.mark.executorch]
 
 KWARGS = {"arch": "attention", "preset": "small", "vocab_size": 41, "max_len": 32}
 FULL = {
