@@ -190,10 +190,12 @@ def test_pretrained_encoders_int8_keeps_only_the_sensitive_branch_float(pretrain
     sensitivity = json.loads((tmp_path / Path(stage["path"])).parents[1].joinpath("sensitivity.json").read_text())
     drops = sensitivity["branch_drop"]
     assert set(drops) == {"image", "text", "audio", "fusion"} and sensitivity["fits"]
-    worst = max(drops, key=drops.__getitem__)
-    assert drops[worst] > 1.0  # full INT8 misses the budget because of one branch...
-    assert any(t["drop"] <= 1.0 and {p.split(":")[0] for p in t["float_parts"]} == {worst}
-               for t in sensitivity["trials"])  # ...and keeping it (or its layers) float, alone, meets it  # fmt: skip
+    assert sensitivity["trials"][0]["drop"] > 1.0 and max(drops.values()) > 1.0  # full INT8 misses the budget
+    chosen = [t for t in sensitivity["trials"] if t["drop"] <= 1.0][-1]["float_parts"]
+    floated = {p.split(":")[0] for p in chosen}
+    assert floated and "fusion" not in floated  # what meets it keeps parts float, never the whole model
+    if backend == "onnx":  # onnxruntime: the image branch alone (7 points) is the cause; it alone stays float
+        assert floated == {max(drops, key=drops.__getitem__)} == {"image"}
 
 
 @pytest.mark.heavy
