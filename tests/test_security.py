@@ -28,7 +28,6 @@ from edgekit.loading import read_manifest
 from edgekit.profiling.remote import UNTAR, Remote, build_remote, remote_workdir, shell_word, tar_bytes
 from edgekit.recipe import load_recipe, recipe_from_flags
 from edgekit.report import render as render_report
-from edgekit.report import validation_html
 from edgekit.validate import recorded_source
 
 from . import test_profile
@@ -222,15 +221,25 @@ def test_dataset_npz_with_pickled_objects_is_refused(tmp_path):
 
 
 def test_report_html_escapes_every_value_of_report_json(tmp_path):
-    evil = '"><img src=x onerror=alert(1)>'
-    row = {"artifact": evil, "status": "pass", "latency_source": evil, "format": evil, "error": evil}
-    report = {"baseline": {"accuracy": 0.9, "params": 1}, "model": evil, "verdict": {"status": evil},
-              "stages": [], "artifacts": [], "recipe": {"model": evil}}  # fmt: skip
+    """Every recorded string reaches report.html escaped (Jinja2 autoescape): a model path, a stage name, an error
+    and a recipe field holding markup show as text, and the page holds no element they could inject."""
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    row = {"artifact": f"/runs/{evil}/onnx-int8", "format": "onnx", "precision": "int8", "status": "error",
+           "error": evil, "unchecked": [evil]}  # fmt: skip
+    report = {
+        "recipe": {"model": evil}, "model": evil, "verdict": {"status": "fail", "accuracy_drop": None},
+        "baseline": {"accuracy": 0.9, "params": 10, "macs": None},
+        "stages": [{"name": evil, "params": 5, "macs": None, "accuracy": 0.8, "accuracy_drop": 10.0, "seconds": 1,
+                    "path": f"/runs/{evil}"}],
+        "artifacts": [{"format": evil, "precision": "int8", "size_mb": 1.0, "accuracy": 0.8, "sha256": evil}],
+        "validation": [{"profile": evil, "verdict": "fail", "budgets": {"max_size_mb": evil}, "rows": [row],
+                        "host": {"cpu": evil}}],
+        "versions": {"torch": evil},
+    }  # fmt: skip
     (tmp_path / "report.json").write_text(json.dumps(report))
-    page = render_report(tmp_path).read_text() + validation_html(
-        {"rows": [row], "budgets": {}, "profile": evil, "verdict": evil}
-    )
-    assert "<img" not in page and "&lt;img" in page
+    page = render_report(tmp_path).read_text()
+    assert "<script" not in page and "<img" not in page and "onerror=alert(1)>" not in page
+    assert page.count("&lt;script&gt;alert(") >= 8  # each field is shown, as text
 
 
 # -- the copy to a device: the archive, the command that extracts it, the shell words --------------------------------
