@@ -137,12 +137,17 @@ def test_branches_are_found_in_the_graph(which, request, tmp_path):
     assert recurrent and {u.branch for u in recurrent} == {"audio"}  # the GRU / LSTM is a unit the search can float
 
 
+def compress(pkg: Path, tmp: Path, stages: list[dict], max_drop: float):
+    """`edgekit compress --json` of `pkg` for x86 with these stages, run from `tmp` with a relative --out (`run`)."""
+    recipe = {"model": str(pkg), "data": {"name": "avdigits"}, "targets": ["x86"], "budgets": {"max_drop": max_drop},
+              "stages": stages}  # fmt: skip
+    (tmp / "r.yaml").write_text(yaml.safe_dump(recipe))
+    return run_cli("compress", "--recipe", str(tmp / "r.yaml"), "--out", "run", "--json", cwd=tmp)
+
+
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
 def test_accuracy_aware_int8_meets_a_one_point_budget(tri, tmp_path, backend):
-    recipe = {"model": str(tri), "data": {"name": "avdigits"}, "targets": ["x86"], "budgets": {"max_drop": 1.0},
-              "stages": [{"kind": "quantize", "backend": backend, "accuracy_aware": True}]}  # fmt: skip
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    r = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--out", "run", "--json", cwd=tmp_path)
+    r = compress(tri, tmp_path, [{"kind": "quantize", "backend": backend, "accuracy_aware": True}], 1.0)
     assert r.code == 0, r.stderr  # a relative --out works with every backend
     report = json.loads(r.stdout)
     assert report["verdict"]["status"] == "pass" and report["stages"][-1]["accuracy_drop"] <= 1.0
@@ -151,12 +156,10 @@ def test_accuracy_aware_int8_meets_a_one_point_budget(tri, tmp_path, backend):
 
 def test_prune_distill_int8_per_branch(tri, tmp_path):
     ratios = {"image": 0.5, "text": 0.5, "fusion": 0.5}
-    recipe = {"model": str(tri), "data": {"name": "avdigits"}, "targets": ["x86"], "budgets": {"max_drop": 5.0},
-              "stages": [{"kind": "prune", "branch_ratios": ratios, "head_ratio": 0.5},
-                         {"kind": "distill", "student": "pruned", "epochs": 2},
-                         {"kind": "quantize", "backend": "onnx", "samples": 128}]}  # fmt: skip
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    r = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--json")
+    stages = [{"kind": "prune", "branch_ratios": ratios, "head_ratio": 0.5},
+              {"kind": "distill", "student": "pruned", "epochs": 2},
+              {"kind": "quantize", "backend": "onnx", "samples": 128}]  # fmt: skip
+    r = compress(tri, tmp_path, stages, 5.0)
     assert r.code in (0, 1), r.stderr
     report = json.loads(r.stdout)
     prune = report["stages"][0]
@@ -168,7 +171,7 @@ def test_prune_distill_int8_per_branch(tri, tmp_path):
     assert report["baseline"]["per_branch"]["audio"]["macs"] > 0
     assert set(report["stages"][-1]["per_branch"]) == {"image", "text", "audio", "fusion"}
     # The pruned student is a package that rebuilds from the user's own factory.
-    student = Path(report["stages"][1]["path"])
+    student = tmp_path / report["stages"][1]["path"]
     assert load_model(student).model is not None
 
 
@@ -178,10 +181,7 @@ def test_pretrained_encoders_int8_keeps_only_the_sensitive_branch_float(pretrain
     """EfficientNet-Lite0 + MiniLM + LSTM: the sensitivity table has a row per modality branch, and the run meets a
     1-point budget by keeping the branch (or its layers) that INT8 hurts in float, not the whole model. The latency
     budget of the x86 profile decides the verdict on its own, so only the accuracy part is asserted here."""
-    recipe = {"model": str(pretrained), "data": {"name": "avdigits"}, "targets": ["x86"], "budgets": {"max_drop": 1.0},
-              "stages": [{"kind": "quantize", "backend": backend, "accuracy_aware": True}]}  # fmt: skip
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    r = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--out", "run", "--json", cwd=tmp_path)
+    r = compress(pretrained, tmp_path, [{"kind": "quantize", "backend": backend, "accuracy_aware": True}], 1.0)
     assert r.code in (0, 1), r.stderr
     report = json.loads(r.stdout)  # one JSON object, also when a budget fails
     assert "branches (graph reachability): image (photo), text (prose), audio (voice), fusion (joint)" in r.stderr
@@ -203,12 +203,10 @@ def test_pretrained_prune_distill_int8(pretrained, tmp_path):
     """The full recipe on real pretrained encoders: MiniLM loses half its heads in every layer and half its FFN,
     EfficientNet-Lite0 a share of its channels, the LSTM stays whole; distillation and INT8 follow."""
     ratios = {"image": 0.25, "text": 0.5, "fusion": 0.5}
-    recipe = {"model": str(pretrained), "data": {"name": "avdigits"}, "targets": ["x86"], "budgets": {"max_drop": 25.0},
-              "stages": [{"kind": "prune", "branch_ratios": ratios, "head_ratio": 0.5},
-                         {"kind": "distill", "student": "pruned", "epochs": 1},
-                         {"kind": "quantize", "backend": "onnx", "samples": 64}]}  # fmt: skip
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    r = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--json")
+    stages = [{"kind": "prune", "branch_ratios": ratios, "head_ratio": 0.5},
+              {"kind": "distill", "student": "pruned", "epochs": 1},
+              {"kind": "quantize", "backend": "onnx", "samples": 64}]  # fmt: skip
+    r = compress(pretrained, tmp_path, stages, 25.0)
     assert r.code in (0, 1), r.stderr
     report = json.loads(r.stdout)
     prune = report["stages"][0]["parts"]
