@@ -2,40 +2,39 @@
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .artifact import Artifact, accuracy_record, model_hash, sha256_file
-from .data import BUILTIN, AVDigitsConfig, FeedDataset, build_avdigits, dataset_meta, load_split, resolve_data
+from .artifact import Artifact, accuracy_record, load_artifact, model_hash, sha256_file
+from .data import BUILTIN, AVDigitsConfig, FeedDataset, build_avdigits, dataset_meta, load_split
 from .data.avdigits import SPLITS
+from .data.calibration import DEFAULT_SAMPLES, calibration_set
 from .errors import UsageError
 from .evaluation import EvalReport, evaluate, torch_outputs, torch_predict
-from .fsutil import atomic_dir, cache_root, check_out_dir, check_writable, content_hash, write_json
+from .formats import FORMATS, ExportContext, Search, ShapeMode, accuracy_runner, check_request
+from .fsutil import atomic_dir, check_out_dir, check_writable, write_json
 from .hardware import HardwareProfile, resolve_profile
 from .hardware.estimator import graph_costs
 from .io import IOSpec
-from .loading import load_model, run_model, save_model_package
-from .models import build_fusion_model, count_params
-from .quant.calibration import DEFAULT_SAMPLES, calibration_set
-from .runtimes import load_runner, onnx_runner, predict_fn, proxy_runner
-from .targets import BUILDERS
-from .targets.capabilities import FORMATS, ShapeMode, check_request
-from .targets.context import ExportContext
+from .loading import load_model, run_model
+from .models import count_params
+from .recipe import load_recipe
+from .runtimes import onnx_runner, predict_fn
 from .targets.onnx import export_onnx
 from .targets.parity import check_parity, require_parity
 from .targets.parity import summary as parity_summary
-from .training import ProgressFn, TrainConfig, train_classifier
 from .validate import Options as ValidateOptions
 from .validate import validate
+from .zoo import reference_teacher, reference_teacher_path, train
 
-ZOO_FACTORY = "edgekit.models:build_fusion_model"
-ZOO_VERSION = 1  # bump when a zoo architecture changes, so cached teachers are retrained
+# The verbs; training the zoo and the reference teacher live in zoo.py, below the pipeline that starts from them.
+__all__ = ["ExportOptions", "build_data", "evaluate_model", "export", "reference_teacher", "reference_teacher_path",
+           "train"]  # fmt: skip
 
 
 def build_data(
@@ -60,52 +59,6 @@ def build_data(
     }
 
 
-def data_io(data: str) -> IOSpec:
-    where = resolve_data(data)
-    meta = dataset_meta(where) if isinstance(where, Path) else {}
-    if "io" not in meta:
-        raise UsageError(f"dataset '{data}' has no meta.json with an 'io' spec", "training zoo models needs one")
-    return IOSpec.from_dict(meta["io"])
-
-
-def zoo_kwargs(arch: str, preset: str, io: IOSpec, n_classes: int) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"arch": arch, "preset": preset, "modalities": list(io.modalities), "n_classes": n_classes}
-    if "text" in io.modalities:
-        ids = next(t for t in io.inputs if t.modality == "text" and t.dtype == "int64" and t.value_range)
-        kwargs["vocab_size"] = int(ids.value_range[1])  # type: ignore[index]
-        kwargs["max_len"] = io.dims["seq"].max
-    return kwargs
-
-
-def train(
-    arch: str,
-    preset: str,
-    data: str,
-    out: Path,
-    cfg: TrainConfig = TrainConfig(),
-    progress: ProgressFn | None = None,
-) -> dict[str, Any]:
-    """Train a zoo model on a dataset, save it as a model package, and evaluate it on the test split."""
-    io = data_io(data)
-    labels = dataset_meta(resolve_data(data)).get("labels") or [str(i) for i in range(io.outputs[0].shape[-1])]  # type: ignore[arg-type]
-    kwargs = zoo_kwargs(arch, preset, io, len(labels))
-    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed determines
-    model = build_fusion_model(**kwargs)
-    start = time.perf_counter()
-    result = train_classifier(model, io, load_split(data, "train"), load_split(data, "val"), cfg, progress)
-    seconds = time.perf_counter() - start
-    report = evaluate(torch_predict(model), io, load_split(data, "test"))
-    meta = {
-        "data": data,
-        "train": dataclasses.asdict(cfg),
-        "train_seconds": round(seconds, 1),
-        **dataclasses.asdict(result),
-        "test": report.as_dict(),
-    }
-    save_model_package(model, io, out, factory=ZOO_FACTORY, kwargs=kwargs, labels=labels, meta=meta)
-    return {"model": str(out), "params": count_params(model), **meta}
-
-
 def evaluate_model(
     model: str | Path,
     data: str,
@@ -118,32 +71,19 @@ def evaluate_model(
     return evaluate(torch_predict(loaded.model), loaded.io, load_split(data, split))
 
 
-# The reference teacher: the model `make demo`, the recipes and the tests start from.
-REFERENCE = {"arch": "attention", "preset": "teacher", "data": "avdigits"}
-
-
-def reference_teacher_path() -> Path:
-    """Where the reference teacher's package is cached (under a content hash), trained or not."""
-    key = content_hash(
-        {
-            **REFERENCE,
-            "zoo": ZOO_VERSION,
-            "data_key": BUILTIN["avdigits"].key(),
-            "train": dataclasses.asdict(TrainConfig()),
-        }
-    )
-    return cache_root() / "models" / f"teacher-{key}"
-
-
-def reference_teacher(progress: ProgressFn | None = None) -> Path:
-    """The trained reference teacher's package, trained once and cached."""
-    path = reference_teacher_path()
-    if not (path / "edgekit-model.yaml").is_file():
-        train(REFERENCE["arch"], REFERENCE["preset"], REFERENCE["data"], path, TrainConfig(), progress)
-    return path
-
-
 # -- export ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    fmt: str | None = None  # one format (default: the profile's)
+    precision: str | None = None  # default: the profile's for that format
+    data: str = "avdigits"  # calibration (train), the search (val), parity and accuracy (test)
+    calib_samples: int = DEFAULT_SAMPLES
+    shapes: ShapeMode = "dynamic"
+    threads: int | None = None  # runtime threads for the accuracy runs
+    max_drop: float | None = None  # INT8: search what stays float until the drop on val fits (points)
+    validate: bool = False  # validate the profile's artifacts against its budgets at the end
 
 
 def plan_exports(
@@ -151,7 +91,7 @@ def plan_exports(
 ) -> list[tuple[str, str]]:
     """(format, precision) pairs to build: the profile's defaults unless given; all checked before any work."""
     if fmt:
-        default = next((e.precision for e in profile.exports if e.format == fmt), profile.exports[0].precision)
+        default = {e.format: e.precision for e in reversed(profile.exports)}.get(fmt, profile.exports[0].precision)
         plan = [(fmt, precision or default)]
     else:
         plan = [(e.format, precision or e.precision) for e in profile.exports]
@@ -165,42 +105,74 @@ def max_batch(io: IOSpec, cap: int = 64) -> int:
     return min(cap, io.dims["batch"].max) if "batch" in io.dims else cap
 
 
-def artifact_accuracy(art: Artifact, test: FeedDataset, threads: int | None = None) -> float | None:
-    """Top-1 accuracy of the artifact run in its own runtime; None where that runtime cannot run here."""
-    if not FORMATS[art.format].runs_here:
+def measured_accuracy(art: Artifact, test: FeedDataset, threads: int | None = None) -> tuple[float, str] | None:
+    """Top-1 accuracy of the artifact in its own runtime (or its labelled proxy), and which; None where neither
+    runs here."""
+    measures = accuracy_runner(art, threads)
+    if measures is None:
         return None
-    report = evaluate(predict_fn(load_runner(art, threads)), art.io, test, max_batch(art.io), per_modality=False)
-    return report.overall.accuracy
+    report = evaluate(predict_fn(measures[0]), art.io, test, max_batch(art.io), per_modality=False)
+    return report.overall.accuracy, measures[1]
+
+
+@dataclass(frozen=True)
+class RunInt8:
+    """What a compress run's quantize stage decided, so that exporting the run rebuilds the same INT8 model."""
+
+    float_nodes: tuple[str, ...]
+    data: str
+    split: str
+    samples: int
+    seed: int
+
+
+def recorded_int8(model: Path) -> RunInt8 | None:
+    """The exclusions and calibration of a compress run's INT8 artifact; None for a package or a run without."""
+    report, recipe_file = model / "report.json", model / "recipe.yaml"
+    if not (report.is_file() and recipe_file.is_file()):
+        return None
+    artifacts = json.loads(report.read_text()).get("artifacts") or []
+    if not artifacts:
+        return None
+    art = load_artifact(Path(artifacts[-1]["path"]).parent, verify=False)
+    q, calib, recipe = art.meta.get("quantization") or {}, art.meta.get("calibration") or {}, load_recipe(recipe_file)
+    if "float_nodes" not in q or "samples" not in calib:
+        raise UsageError(f"{art.directory} does not record its INT8 exclusions", "rerun edgekit compress")
+    return RunInt8(tuple(q["float_nodes"]), recipe.data.name, recipe.data.calibration, int(calib["samples"]),
+                   int(calib.get("seed", recipe.seed)))  # fmt: skip
 
 
 def export(
     model: str | Path,
     target: str,
     out: Path,
-    fmt: str | None = None,
-    precision: str | None = None,
-    data: str = "avdigits",
-    calib_samples: int = DEFAULT_SAMPLES,
-    shapes: ShapeMode = "dynamic",
+    options: ExportOptions = ExportOptions(),
     overwrite: bool = False,
-    threads: int | None = None,
     log: Callable[[str], None] = lambda _: None,
-    validate_artifacts: bool = False,
 ) -> dict[str, Any]:
     """Export a model for a hardware profile: the parity-checked ONNX hub file, then every requested
-    artifact, each with a manifest and (where its runtime runs here) its test-split accuracy; with
-    `validate_artifacts`, the profile's artifacts are then validated against its budgets."""
+    artifact, each with a manifest and (where it runs here) its test-split accuracy. INT8 goes through the one
+    path `compress` takes: a compress run's recorded exclusions, else the search when `max_drop` is given, else
+    plain PTQ. With `validate`, the profile's artifacts are then validated against its budgets."""
+    o = options
     profile, resolution = resolve_profile(target)
     if resolution:
         log(resolution)
-    plan = plan_exports(profile, fmt, precision, shapes)
+    plan = plan_exports(profile, o.fmt, o.precision, o.shapes)
     check_out_dir(out, overwrite)
     check_writable(out)
     loaded = load_model(model)
-    io, test = (loaded.io.static() if shapes == "static" else loaded.io), load_split(data, "test")
+    run = recorded_int8(Path(model))
+    io, test = (loaded.io.static() if o.shapes == "static" else loaded.io), load_split(o.data, "test")
     source_acc = evaluate(torch_predict(loaded.model), io, test, per_modality=False).overall.accuracy
     parent = model_hash(loaded.model)
-    meta = {"source": str(model), "profile": profile.name, "shapes": shapes}
+    meta = {"source": str(model), "profile": profile.name, "shapes": o.shapes}
+    if run:
+        log(f"INT8 reuses the run's exclusions ({len(run.float_nodes)} node(s) kept in float) and calibration")
+        calibrate = lambda: calibration_set(io, load_split(run.data, run.split), run.samples, run.seed)  # noqa: E731
+    else:
+        calibrate = lambda: calibration_set(io, load_split(o.data, "train"), o.calib_samples)  # noqa: E731
+    search = Search(load_split(o.data, "val"), o.max_drop) if o.max_drop is not None and run is None else None
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as work, atomic_dir(out) as tmp:
         hub = Path(work) / "model.onnx"
@@ -210,28 +182,23 @@ def export(
         require_parity(cases, "the exported ONNX")
         meta["parity"] = parity_summary(cases)
         meta["costs"] = graph_costs(hub, io)  # per-kernel MACs and elements: the roofline estimate of any format
-        ctx = ExportContext(
-            loaded.model,
-            io,
-            hub,
-            profile,
-            parent,
-            lambda: calibration_set(io, load_split(data, "train"), calib_samples),
-            Path(work),
-            meta,
-        )
+        branches = dict(loaded.manifest.branches) if loaded.manifest else {}
+        ctx = ExportContext(loaded.model, io, hub, profile, parent, calibrate, Path(work), meta, branches,
+                            run.float_nodes if run else None, search)  # fmt: skip
         for f, p in [("onnx", "fp32"), *[x for x in plan if x != ("onnx", "fp32")]]:
             log(f"building {f}/{p}")
             start = time.perf_counter()
-            art = BUILDERS[f](ctx, p, tmp / f"{f}-{p}")
+            art = FORMATS[f].build(ctx, p, tmp / f"{f}-{p}")
             art.write_manifest()
             seconds = time.perf_counter() - start
             if fallback := art.meta.get("quantization", {}).get("fallback"):
                 log(f"{f}/{p}: INT8 failed inside {fallback['branch']} ({', '.join(fallback['modules'])}): "
                     f"{fallback['error']}; that branch stays float")  # fmt: skip
-            acc = artifact_accuracy(art, test, threads)
-            if acc is not None:
-                art.with_meta(accuracy=accuracy_record(acc, data, "test")).write_manifest()
+            measured = measured_accuracy(art, test, o.threads)
+            here = measured is not None and measured[1] == "its runtime"
+            if here:
+                art.with_meta(accuracy=accuracy_record(measured[0], o.data, "test")).write_manifest()
+            acc = measured[0] if here else None
             row = {
                 "format": f,
                 "precision": p,
@@ -243,9 +210,8 @@ def export(
                 "accuracy_drop": None if acc is None else round(100 * (source_acc - acc), 2),
                 "seconds": round(seconds, 1),  # to build it (calibration included), not to measure it
             }
-            if acc is None and (proxy := proxy_runner(art, threads)):  # e.g. TensorRT: its graph runs here
-                ref = evaluate(predict_fn(proxy[0]), io, test, max_batch(io), per_modality=False)
-                row["reference"] = {"runtime": proxy[1], "accuracy": ref.overall.accuracy}
+            if measured and not here:  # e.g. TensorRT: its graph runs here
+                row["reference"] = {"runtime": measured[1], "accuracy": measured[0]}
             rows.append(row)
         result = {
             "model": str(model),
@@ -254,14 +220,18 @@ def export(
             "out": str(out),
             "source": {"accuracy": source_acc, "params": count_params(loaded.model), "sha256": parent},
             "parity": meta["parity"],
+            "int8": "the run's exclusions" if run else ("searched" if search else "plain PTQ"),
             "artifacts": rows,
         }
+        if ctx.sensitivity:
+            result["sensitivity"] = {k: s.as_dict() for k, s in ctx.sensitivity.items()}
         write_json(tmp / "export.json", result)
-    if validate_artifacts:  # the profile's own artifacts, proven the way `edgekit validate` does
+    if o.validate:  # the profile's own artifacts, proven the way `edgekit validate` does
         deployed = {(e.format, e.precision) for e in profile.exports}
         arts = [Path(r["path"]).parent for r in rows if (r["format"], r["precision"]) in deployed]
         log(f"validating {len(arts)} artifact(s) against {profile.name}")
         baseline = run_model(Path(model))
-        result["validation"] = validate(arts, profile.name, baseline, options=ValidateOptions(data, threads=threads))
+        checks = ValidateOptions(o.data, threads=o.threads)
+        result["validation"] = validate(arts, profile.name, baseline, options=checks)
         write_json(out / "export.json", result)
     return result

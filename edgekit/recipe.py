@@ -3,14 +3,14 @@ order, the targets and the budgets). The CLI only generates recipes; a run is a 
 
 Every model is frozen and rejects unknown fields, so a typo fails before any work starts, in one line naming the
 field, the stage and the closest valid name. Field docstrings are the JSON Schema's descriptions, and
-docs/recipe-reference.md is generated from that schema (scripts/gen_recipe_docs.py), so the two cannot drift."""
+docs/recipe-reference.md is generated from that schema (scripts/gen_docs.py), so the two cannot drift."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Union
 
 import pydantic
 import yaml
@@ -18,141 +18,12 @@ import yaml
 from .data import is_adapter_spec
 from .errors import UsageError
 from .hardware import alias_names, profile_names
-from .quant.calibration import DEFAULT_SAMPLES
 from .schema_errors import Loc, did_you_mean, dotted, first_error, load_yaml, show
-from .stages.distill import DistillConfig
-from .stages.prune import PruneConfig
+from .stages.steps import STAGES, Frozen, Stage
 
-# A branch: a modality, `fusion`, or a name from a model package's `branches:` override; the model decides which
-# exist (the prune stage names them when one is unknown).
-Part = Annotated[str, pydantic.StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
-PART_ORDER = ("image", "text", "audio", "video")
-Ratio = Annotated[float, pydantic.Field(ge=0.0, lt=1.0)]
-Share = Annotated[float, pydantic.Field(ge=0.0, le=1.0)]
-DEFAULT_PRUNING_RATIO = 0.3  # named in PruneStage.pruning_ratio's docstring
-# The stages' defaults are the library's, so a recipe and a direct API call do the same thing.
-_PRUNE = PruneConfig()
-_DISTILL = DistillConfig()
-
-
-class _Frozen(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class PruneStage(_Frozen):
-    """Structured pruning (edgekit/stages/prune.py): whole attention heads first, then channels."""
-
-    kind: Literal["prune"] = "prune"
-    """Selects this stage."""
-    pruning_ratio: Ratio | None = None
-    """Share of channels removed model-wide, ranked across all layers. When neither this nor `branch_ratios` is
-    given: 0.3."""
-    branch_ratios: dict[Part, Ratio] = {}
-    """Share of channels removed per part instead (a modality branch, `fusion`, or a branch the model package's
-    `branches:` names), ranked within each layer; parts not named keep their width. Excludes `pruning_ratio`."""
-    head_ratio: Ratio = _PRUNE.head_ratio
-    """Share of attention heads removed from every attention layer."""
-    round_to: pydantic.PositiveInt = _PRUNE.round_to
-    """Remaining widths are multiples of this (never below one multiple), which int8 kernels run fastest on."""
-    importance: Literal["l2", "l1"] = "l2"
-    """Norm of a channel group's weights that ranks it (and the heads)."""
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _default_ratio(cls, data: Any) -> Any:
-        # A bare `kind: prune` (or `prune` in a --stages list) should prune something.
-        if isinstance(data, dict) and "pruning_ratio" not in data and "branch_ratios" not in data:
-            return {**data, "pruning_ratio": DEFAULT_PRUNING_RATIO}
-        return data
-
-    @pydantic.field_validator("branch_ratios")
-    @classmethod
-    def _part_order(cls, ratios: dict[str, float]) -> dict[str, float]:
-        # One key order whatever the input's, so that a dumped recipe is the same text.
-        order = [*(p for p in PART_ORDER if p in ratios), *sorted(set(ratios) - {*PART_ORDER, "fusion"})]
-        return {p: ratios[p] for p in [*order, "fusion"] if p in ratios}
-
-    @pydantic.model_validator(mode="after")
-    def _one_kind_of_ratio(self) -> PruneStage:
-        if self.pruning_ratio is not None and self.branch_ratios:
-            raise ValueError("pruning_ratio and branch_ratios exclude each other; give one of them")
-        return self
-
-    def to_config(self) -> PruneConfig:
-        return PruneConfig(
-            ratios=dict(self.branch_ratios),
-            global_ratio=self.pruning_ratio,
-            head_ratio=self.head_ratio,
-            round_to=self.round_to,
-            importance=self.importance,
-        )
-
-
-class DistillStage(_Frozen):
-    """Knowledge distillation (edgekit/stages/distill.py): the frozen teacher (the recipe's `model`) trains a
-    student from the labels, its softened logits and optionally its fused features; the student keeps the weights
-    of its best `data.val` epoch."""
-
-    kind: Literal["distill"] = "distill"
-    """Selects this stage."""
-    student: Literal["pruned", "small", "teacher"] = "pruned"
-    """`pruned`: the model the stages before this one produced (a copy of the teacher when none did), recovering
-    the accuracy they cost. A zoo preset name (`small`, `teacher`): a new model of that size, trained from
-    scratch."""
-    epochs: pydantic.PositiveInt = _DISTILL.epochs
-    """Most epochs to train; early stopping may end sooner."""
-    batch_size: pydantic.PositiveInt = _DISTILL.batch_size
-    """Training batch size."""
-    lr: pydantic.PositiveFloat = _DISTILL.lr
-    """Peak learning rate."""
-    weight_decay: pydantic.NonNegativeFloat = _DISTILL.weight_decay
-    """Weight decay."""
-    temperature: pydantic.PositiveFloat = _DISTILL.temperature
-    """Softens both logit sets so that the teacher's ranking of the wrong classes shows; usually 1 to 8."""
-    alpha: Share = _DISTILL.alpha
-    """Weight of the distillation loss; 1 - alpha weighs cross-entropy on the labels."""
-    feature_weight: pydantic.NonNegativeFloat = _DISTILL.feature_weight
-    """Weight of the MSE between teacher and student fused features; 0 turns it off."""
-    label_smoothing: Ratio = _DISTILL.label_smoothing
-    """Label smoothing of the cross-entropy term."""
-    modality_dropout: Share = _DISTILL.modality_dropout
-    """Chance that each modality is hidden from a training sample (one is always kept); both models see the same
-    masked inputs."""
-    patience: pydantic.PositiveInt = _DISTILL.patience
-    """Epochs without a better `data.val` accuracy before training stops."""
-    seed: int | None = None
-    """Seed of the shuffling and the modality dropout; null: the recipe's `seed`."""
-
-    def to_config(self, recipe_seed: int) -> DistillConfig:
-        fields = self.model_dump(exclude={"kind", "student", "seed"})
-        return DistillConfig(**fields, seed=recipe_seed if self.seed is None else self.seed)
-
-
-class QuantizeStage(_Frozen):
-    """Post-training INT8 quantization with real, paired calibration samples (edgekit/quant/); it always comes
-    last, since pruning and distillation need the float model."""
-
-    kind: Literal["quantize"] = "quantize"
-    """Selects this stage."""
-    backend: Literal["auto", "openvino", "onnx", "executorch"] = "auto"
-    """`openvino` (NNCF), `onnx` (Q/DQ, also what TensorRT builds INT8 engines from) or `executorch` (PT2E);
-    `auto`: the one each target profile deploys to."""
-    samples: pydantic.PositiveInt = DEFAULT_SAMPLES
-    """Calibration samples drawn from the `data.calibration` split."""
-    accuracy_aware: bool = True
-    """Measure the quantized model in its runtime on `data.val`, and keep the layers that cost most accuracy in
-    float until the drop is within `max_drop`."""
-    max_drop: pydantic.NonNegativeFloat | None = None
-    """Largest accuracy drop allowed, in points; null: the recipe's `budgets.max_drop`."""
-
-
-AnyStage = PruneStage | DistillStage | QuantizeStage
-Stage = Annotated[AnyStage, pydantic.Field(discriminator="kind")]
-STAGE_TYPES: dict[str, type[AnyStage]] = {
-    "prune": PruneStage,
-    "distill": DistillStage,
-    "quantize": QuantizeStage,
-}
+# The stages' union comes from their registry (stages/steps.py): a new stage class is a new recipe kind.
+AnyStage = Stage
+RecipeStage = Annotated[Union[tuple(STAGES.values())], pydantic.Field(discriminator="kind")]  # type: ignore[valid-type]  # noqa: UP007
 
 
 def _known_target(name: str) -> str:
@@ -166,7 +37,7 @@ def _known_target(name: str) -> str:
 Target = Annotated[str, pydantic.AfterValidator(_known_target)]
 
 
-class DataSpec(_Frozen):
+class DataSpec(Frozen):
     """The data adapter, and the split each step uses."""
 
     name: str = "avdigits"
@@ -181,7 +52,7 @@ class DataSpec(_Frozen):
     """Split that reports and the budget verdict measure; no decision is made on it."""
 
 
-class Budgets(_Frozen):
+class Budgets(Frozen):
     """What the result must meet on every target; null: the target profile's own budget."""
 
     max_drop: pydantic.NonNegativeFloat | None = None
@@ -192,7 +63,7 @@ class Budgets(_Frozen):
     """Largest artifact size, in MB."""
 
 
-class Recipe(_Frozen):
+class Recipe(Frozen):
     """A compression run: the model, the data, the stages in order, the targets and the budgets."""
 
     model: str = "reference-teacher"
@@ -200,7 +71,7 @@ class Recipe(_Frozen):
     directory."""
     data: DataSpec = DataSpec()
     """The dataset and its splits."""
-    stages: tuple[Stage, ...] = (PruneStage(), DistillStage(), QuantizeStage())
+    stages: tuple[RecipeStage, ...] = (STAGES["prune"](), STAGES["distill"](), STAGES["quantize"]())
     """Stages in the order they run. Prune then distill is the usual order (distillation recovers what pruning
     cost); a quantize stage comes last."""
     targets: tuple[Target, ...] = pydantic.Field(("x86",), min_length=1)
@@ -217,8 +88,10 @@ class Recipe(_Frozen):
     @classmethod
     def _quantize_last(cls, stages: tuple[AnyStage, ...]) -> tuple[AnyStage, ...]:
         for i, stage in enumerate(stages[:-1]):
-            if stage.kind == "quantize":
-                raise ValueError(f"stage {i + 1} (quantize) must be the last stage: later stages need a float model")
+            if stage.last:
+                raise ValueError(
+                    f"stage {i + 1} ({stage.kind}) must be the last stage: the stages before it need a float model"
+                )
         return stages
 
 
@@ -281,15 +154,15 @@ def _stages_from_kinds(current: Sequence[AnyStage], kinds: list[str]) -> list[An
     """Stages of `kinds` in that order. The n-th stage of a kind keeps the n-th such stage's settings in
     `current`, so choosing or reordering stages by flag does not lose the recipe's settings; others get
     defaults."""
-    unknown = [k for k in kinds if k not in STAGE_TYPES]
+    unknown = [k for k in kinds if k not in STAGES]
     if unknown:
-        hint = did_you_mean(unknown[0], STAGE_TYPES)
+        hint = did_you_mean(unknown[0], STAGES)
         raise UsageError(
             f"unknown stage kind '{unknown[0]}' in the stage list",
-            f"{hint + ' ' if hint else ''}use a comma list of {', '.join(STAGE_TYPES)}",
+            f"{hint + ' ' if hint else ''}use a comma list of {', '.join(STAGES)}",
         )
-    pool = {k: [s for s in current if s.kind == k] for k in STAGE_TYPES}
-    return [pool[k].pop(0) if pool[k] else STAGE_TYPES[k]() for k in kinds]
+    pool = {k: [s for s in current if s.kind == k] for k in STAGES}
+    return [pool[k].pop(0) if pool[k] else STAGES[k]() for k in kinds]
 
 
 def recipe_from_flags(
@@ -395,7 +268,7 @@ def reference_markdown() -> str:
     schema = recipe_schema()
     defs = schema["$defs"]
     lines = [
-        "<!-- Generated by scripts/gen_recipe_docs.py from the field docstrings in edgekit/recipe.py; edit those. -->",
+        "<!-- Generated by scripts/gen_docs.py from the field docstrings in edgekit/recipe.py and edgekit/stages/steps.py; edit those. -->",
         "# Recipe reference",
         "",
         "A recipe is a YAML file that says everything a compression run does; command-line flags only override "

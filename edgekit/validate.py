@@ -20,13 +20,16 @@ from .artifact import Artifact, load_artifact, sha256_file
 from .data import load_split
 from .errors import EdgeKitError, UsageError
 from .evaluation import evaluate, torch_predict
+from .formats import accuracy_runner, get_format
 from .fsutil import write_json
 from .hardware import Budgets, HardwareProfile, resolve_profile
 from .hardware.cpu import int8_saturates, missing_vnni
 from .hardware.estimator import estimate, graph_costs
+from .loading import MANIFEST, load_model, read_manifest
+from .models import FACTORY as ZOO_FACTORY
 from .profiling.host import host_info
-from .runtimes import load_runner, predict_fn, proxy_runner
-from .targets.capabilities import FORMATS
+from .runtimes import predict_fn
+from .stages.prune import FACTORY as PRUNED_FACTORY
 
 Log = Callable[[str], None]
 
@@ -39,7 +42,7 @@ def host_matches(profile: HardwareProfile, host: dict[str, Any]) -> bool:
 def saturating(art: Artifact) -> bool:
     """An INT8 artifact with full 8-bit weights for a runtime whose x86 kernels saturate without VNNI."""
     q = art.meta.get("quantization") or {}
-    return art.precision == "int8" and FORMATS[art.format].saturates_without_vnni and q.get("weight_bits") == 8
+    return art.precision == "int8" and get_format(art.format).saturates_without_vnni and q.get("weight_bits") == 8
 
 
 def check_int8_fit(art: Artifact, profile: HardwareProfile) -> None:
@@ -150,10 +153,6 @@ def recorded_source(artifacts: Sequence[Path], log: Log = lambda _: None) -> Pat
 
     Only a package built from one of EdgeKit's own factories: loading a package runs its factory, and the path
     comes from a manifest, which is data anyone can edit. A model of the user's own takes --baseline."""
-    from .api import ZOO_FACTORY  # api imports this module
-    from .loading import MANIFEST, read_manifest
-    from .stages.prune import FACTORY as PRUNED_FACTORY
-
     try:
         sources = {load_artifact(Path(a), verify=False).meta.get("source") for a in artifacts}
         source = sources.pop() if len(sources) == 1 else None
@@ -197,8 +196,6 @@ def validate(
     base_acc = None
     baseline = baseline or recorded_source(artifacts, log)
     if baseline is not None:
-        from .loading import load_model
-
         loaded = load_model(baseline)
         base_acc = evaluate(torch_predict(loaded.model), loaded.io, test, per_modality=False).overall.accuracy
     check_measurements(measured, artifacts)
@@ -216,9 +213,8 @@ def validate(
             row.update(format=art.format, precision=art.precision, size_mb=round(art.size_mb(), 3), sha256=sha)
             row["accuracy"] = None
             threads = options.threads or profile.threads
-            proxy = None if FORMATS[art.format].runs_here else proxy_runner(art, threads)
-            if FORMATS[art.format].runs_here or proxy:
-                runner, row["accuracy_source"] = proxy or (load_runner(art, threads), "its runtime")
+            if measures := accuracy_runner(art, threads):
+                runner, row["accuracy_source"] = measures
                 log(f"{path}: accuracy on {options.data}/{options.split} ({row['accuracy_source']})")
                 row["accuracy"] = evaluate(predict_fn(runner), art.io, test, per_modality=False).overall.accuracy
             drop = None if row["accuracy"] is None or base_acc is None else 100 * (base_acc - row["accuracy"])
@@ -227,7 +223,7 @@ def validate(
             if "cpu_note" in row:
                 log(f"{path}: {row['cpu_note']}")
             m = measured.get(sha)
-            if m is None and here and FORMATS[art.format].runs_here:
+            if m is None and here and get_format(art.format).runs_here:
                 log(f"{path}: measuring latency here ({host['cpu']})")
                 m = measure_here(art, options.threads or profile.threads, options.duration)
             row.update(latency(art, profile, m))

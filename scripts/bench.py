@@ -25,20 +25,20 @@ from edgekit import api
 from edgekit.artifact import Artifact, load_artifact
 from edgekit.compress import compress
 from edgekit.data import FeedDataset, load_split, with_modalities
+from edgekit.data.calibration import calibration_set
 from edgekit.errors import EdgeKitError
 from edgekit.evaluation import evaluate
+from edgekit.formats import load_runner, op_breakdown
 from edgekit.fsutil import write_json, write_text
 from edgekit.hardware import resolve_profile
 from edgekit.hardware.estimator import estimate, graph_costs
 from edgekit.io import IOSpec
 from edgekit.loading import load_model
 from edgekit.profiling.host import host_info
-from edgekit.profiling.ops import op_breakdown
 from edgekit.profiling.timing import interleaved
-from edgekit.quant.calibration import calibration_set
 from edgekit.quant.onnx_qdq import ort_reader
 from edgekit.recipe import load_recipe
-from edgekit.runtimes import Runner, load_runner, predict_fn
+from edgekit.runtimes import Runner, predict_fn
 from edgekit.runtimes.torch import TorchRunner
 
 ROOT = Path(__file__).resolve().parent.parent

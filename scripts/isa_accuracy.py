@@ -27,7 +27,8 @@ def logits(artifact: str, data: str, samples: int | None) -> tuple[np.ndarray, n
     """(logits, labels) of the artifact, run in its own runtime, on the first `samples` test samples."""
     from edgekit.artifact import load_artifact
     from edgekit.data import load_split, with_modalities
-    from edgekit.runtimes import load_runner, predict_fn
+    from edgekit.formats import load_runner
+    from edgekit.runtimes import predict_fn
 
     art = load_artifact(Path(artifact))
     predict = predict_fn(load_runner(art, 2))

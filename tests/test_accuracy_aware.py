@@ -8,11 +8,11 @@ import pytest
 
 from edgekit.branches import discover
 from edgekit.data import FeedDataset, load_split
+from edgekit.data.calibration import calibration_set
 from edgekit.evaluation import evaluate
 from edgekit.loading import load_model
 from edgekit.quant.accuracy_aware import BudgetError, accuracy_aware, layer_sqnr, quant_units
 from edgekit.quant.backends import OnnxQDQBackend
-from edgekit.quant.calibration import calibration_set
 from edgekit.quant.onnx_qdq import CPU, TENSORRT, quantize_qdq
 from edgekit.runtimes import onnx_runner, predict_fn
 from edgekit.targets.onnx import export_onnx, module_scope

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from edgekit.data import from_arrays
+from edgekit.data.calibration import calibration_set
 from edgekit.errors import UsageError
-from edgekit.quant.calibration import calibration_set
 
 
 def _arrays(test_split, n=8):

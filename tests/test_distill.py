@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.api import zoo_kwargs
 from edgekit.data import FeedDataset, load_split, with_modalities
 from edgekit.errors import UsageError
 from edgekit.evaluation import torch_predict
@@ -18,6 +17,7 @@ from edgekit.io import IOSpec
 from edgekit.models import build_fusion_model
 from edgekit.stages.distill import CHECKPOINT, DistillConfig, distill
 from edgekit.training import TrainConfig, train_classifier
+from edgekit.zoo import zoo_kwargs
 
 # Half the "small" preset's widths and one text layer: a fifth of its parameters, fused width 32 against 64.
 TINY = {"image": {"width": 8}, "text": {"width": 32, "depth": 1, "heads": 2}, "audio": {"width": 8}, "hidden": 32}

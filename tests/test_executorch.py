@@ -14,11 +14,11 @@ pytest.importorskip("executorch.exir", reason="needs the executorch extra")
 
 from edgekit.artifact import MANIFEST, load_artifact, sha256_file
 from edgekit.data import FeedDataset, load_split, with_modalities
+from edgekit.data.calibration import calibration_set
 from edgekit.errors import EdgeKitError, UsageError
 from edgekit.evaluation import torch_predict
+from edgekit.formats import load_runner
 from edgekit.models import build_fusion_model
-from edgekit.quant.calibration import calibration_set
-from edgekit.runtimes import load_runner
 from edgekit.targets.executorch import export_pte
 from edgekit.targets.parity import resize
 from edgekit.training import TrainConfig, train_classifier

@@ -14,12 +14,12 @@ from edgekit.data import with_modalities
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.errors import EdgeKitError, UsageError
 from edgekit.evaluation import torch_outputs
+from edgekit.formats import check_request
 from edgekit.hardware import ALIASES, host_profile, parse_profile, profile_names, resolve_profile
 from edgekit.io import DimRange, IOSpec, TensorSpec
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
 from edgekit.runtimes import onnx_runner
-from edgekit.targets.capabilities import check_request
 from edgekit.targets.onnx import export_onnx
 from edgekit.targets.parity import check_parity, parity_points, require_parity
 
@@ -141,7 +141,7 @@ def test_capability_table_rejects_before_work():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--target", "jetson-orin-nano-8gb", "--format", "tensorrt", "--precision", "fp64"], "no fp64 precision"),
+        (["--target", "jetson-orin-nano-8gb", "--format", "tensorrt", "--precision", "fp64"], "'fp64' is not one of"),
         (["--target", "nowhere-9000"], "unknown target 'nowhere-9000'"),
         (["--target", "x86-avx2", "--format", "executorch", "--precision", "fp16"], "no fp16 precision"),
     ],

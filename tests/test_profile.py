@@ -19,12 +19,13 @@ from edgekit import api
 from edgekit.artifact import load_artifact
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.errors import UsageError
+from edgekit.formats import load_runner
 from edgekit.hardware.cpu import cpu_facts
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
-from edgekit.profiling.ops import summarize
 from edgekit.profiling.timing import LatencyStats, interleaved, time_calls
-from edgekit.runtimes import bound_call, load_runner
+from edgekit.runtimes import bound_call
+from edgekit.runtimes.ops import summarize
 
 from .conftest import run_cli
 

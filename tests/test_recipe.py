@@ -9,15 +9,10 @@ import pydantic
 import pytest
 import yaml
 
+from edgekit.data.calibration import DEFAULT_SAMPLES
 from edgekit.errors import UsageError
 from edgekit.models import MODALITY_INPUTS, PRESETS
-from edgekit.quant.calibration import DEFAULT_SAMPLES
 from edgekit.recipe import (
-    PART_ORDER,
-    STAGE_TYPES,
-    DistillStage,
-    PruneStage,
-    QuantizeStage,
     Recipe,
     dump_recipe,
     load_recipe,
@@ -27,6 +22,7 @@ from edgekit.recipe import (
 )
 from edgekit.stages.distill import DistillConfig
 from edgekit.stages.prune import IMPORTANCES, PruneConfig, check_config
+from edgekit.stages.steps import PART_ORDER, STAGES, DistillStage, PruneStage, QuantizeStage
 
 from .conftest import ROOT, run_cli
 
@@ -67,7 +63,7 @@ def test_shipped_recipe_validates_and_round_trips(tmp_path, path):
     ("name", "kinds", "backend", "target", "max_drop"),
     [
         ("avdigits-x86", ["prune", "distill", "quantize"], "openvino", "x86", 1.0),
-        ("avdigits-jetson-orin-nano", ["prune", "distill", "quantize"], "onnx", "jetson-orin-nano-8gb", None),
+        ("avdigits-jetson-orin-nano", ["prune", "distill", "quantize"], "tensorrt", "jetson-orin-nano-8gb", None),
         ("avdigits-mobile", ["prune", "distill", "quantize"], "executorch", "android-arm64", None),
         ("ptq-only", ["quantize"], "auto", "x86", 0.5),
     ],
@@ -138,7 +134,7 @@ def test_top_level_typo(tmp_path):
 def test_unknown_stage_kind_lists_the_valid_ones(tmp_path):
     message = error(tmp_path, {"stages": [{"kind": "prune"}, {"kind": "compress"}]})
     assert "stage 2 has unknown kind 'compress'" in message
-    assert all(f"'{kind}'" in message for kind in STAGE_TYPES)
+    assert all(f"'{kind}'" in message for kind in STAGES)
     assert "did you mean 'quantize'" in error(tmp_path, {"stages": [{"kind": "quantise"}]})
 
 
@@ -230,7 +226,7 @@ def test_schema_is_json_with_a_kind_discriminator():
     schema = json.loads(json.dumps(recipe_schema()))
     items = schema["properties"]["stages"]["items"]
     assert items["discriminator"]["propertyName"] == "kind"
-    assert set(items["discriminator"]["mapping"]) == set(STAGE_TYPES) == {"prune", "distill", "quantize"}
+    assert set(items["discriminator"]["mapping"]) == set(STAGES) == {"prune", "distill", "quantize"}
     assert schema["additionalProperties"] is False
     for model in [schema, *schema["$defs"].values()]:
         assert model["additionalProperties"] is False and model["description"]
@@ -240,7 +236,7 @@ def test_schema_is_json_with_a_kind_discriminator():
 
 def test_committed_reference_is_the_generated_one():
     committed = (ROOT / "docs" / "recipe-reference.md").read_text()
-    assert committed == reference_markdown(), "docs/recipe-reference.md is stale: run scripts/gen_recipe_docs.py"
+    assert committed == reference_markdown(), "docs/recipe-reference.md is stale: run scripts/gen_docs.py"
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------------------

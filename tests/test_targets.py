@@ -12,9 +12,9 @@ from edgekit import api
 from edgekit.artifact import load_artifact
 from edgekit.data import with_modalities
 from edgekit.evaluation import torch_predict
+from edgekit.formats import load_runner
 from edgekit.hardware import _shipped, host_profile
 from edgekit.loading import load_model
-from edgekit.runtimes import load_runner
 
 from .conftest import run_cli
 

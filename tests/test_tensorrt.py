@@ -20,10 +20,10 @@ from edgekit.artifact import load_artifact
 from edgekit.data import AVDigitsConfig
 from edgekit.data.avdigits import io_spec
 from edgekit.errors import EdgeKitError, UsageError
+from edgekit.formats import load_runner
 from edgekit.hardware import HardwareProfile, profile_names, resolve_profile
 from edgekit.io import DimRange, IOSpec, TensorSpec
 from edgekit.models import build_fusion_model
-from edgekit.runtimes import load_runner
 from edgekit.targets.onnx import export_onnx
 from edgekit.targets.tensorrt import build_engine, gpu_visible, optimization_profile, write_bundle
 from edgekit.targets.tensorrt_ops import ROW_HEADER, TABLES, check_onnx, report_rows

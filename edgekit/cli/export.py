@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -9,27 +10,40 @@ import typer
 from rich.table import Table
 
 from .. import api
-from ..quant.calibration import DEFAULT_SAMPLES
-from ..targets.capabilities import FORMATS
+from ..data.calibration import DEFAULT_SAMPLES
+from ..formats import FormatName
 from .common import JsonOpt, OverwriteOpt, emit, err, out
 from .validate import render as render_validation
 
 
+class Shapes(StrEnum):
+    dynamic = "dynamic"
+    static = "static"
+
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
 def export(
-    model: Annotated[str, typer.Option(help="Model package directory.")],
+    model: Annotated[str, typer.Option(help="Model package or compress run directory.")],
     target: Annotated[
         str, typer.Option("--target", "--profile", help="Hardware profile name, alias (jetson, x86, android) or .yaml.")
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the artifacts to.")],
-    fmt: Annotated[
-        str | None, typer.Option("--format", help=f"One of {', '.join(FORMATS)} (default: the profile's).")
-    ] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8 (default: the profile's).")] = None,
+    fmt: Annotated[FormatName | None, typer.Option("--format", help="Default: the profile's formats.")] = None,
+    precision: Annotated[Precision | None, typer.Option(help="Default: the profile's.")] = None,
     data: Annotated[
-        str, typer.Option(help="Dataset for calibration (train), parity and accuracy (test).")
+        str, typer.Option(help="Dataset for calibration (train), the INT8 search (val), parity and accuracy (test).")
     ] = "avdigits",
     calib_samples: Annotated[int, typer.Option(min=1, help="Paired calibration samples for INT8.")] = DEFAULT_SAMPLES,
-    shapes: Annotated[str, typer.Option(help="dynamic (IOSpec ranges) or static (the opt point).")] = "dynamic",
+    max_drop: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="INT8: keep the costliest layers in float until the drop on val fits (points)."),
+    ] = None,
+    shapes: Annotated[Shapes, typer.Option(help="dynamic (IOSpec ranges) or static (the opt point).")] = Shapes.dynamic,
     threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads for the accuracy runs.")] = None,
     validate: Annotated[
         bool, typer.Option(help="Validate the profile's artifacts against its budgets at the end.")
@@ -38,22 +52,10 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export for a target; every artifact gets a manifest and, where it runs here, its test accuracy."""
-    if shapes not in ("dynamic", "static"):
-        raise typer.BadParameter("must be 'dynamic' or 'static'", param_hint="--shapes")
-    result = api.export(
-        model,
-        target,
-        out_dir,
-        fmt,
-        precision,
-        data,
-        calib_samples,
-        shapes,
-        overwrite,
-        threads,  # type: ignore[arg-type]
-        log=lambda m: err.print(f"[dim]{m}[/dim]"),
-        validate_artifacts=validate,
+    options = api.ExportOptions(
+        fmt and fmt.value, precision and precision.value, data, calib_samples, shapes.value, threads, max_drop, validate
     )
+    result = api.export(model, target, out_dir, options, overwrite, log=lambda m: err.print(f"[dim]{m}[/dim]"))
 
     def render() -> None:
         src = result["source"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,11 +15,14 @@ from ..models import FUSIONS, PRESETS
 from ..training import TrainConfig
 from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, out, subsets_table
 
+Fusion = StrEnum("Fusion", {f: f for f in FUSIONS})
+Preset = StrEnum("Preset", {p: p for p in PRESETS})
+
 
 def train(
     out_dir: Annotated[Path, typer.Option("--out", help="Model package directory to write.")],
-    arch: Annotated[str, typer.Option(help=f"Fusion: {', '.join(FUSIONS)}.")] = "attention",
-    preset: Annotated[str, typer.Option(help=f"Size: {', '.join(PRESETS)}.")] = "teacher",
+    arch: Annotated[Fusion, typer.Option(help="Fusion design.")] = Fusion.attention,
+    preset: Annotated[Preset, typer.Option(help="Size.")] = Preset.teacher,
     data: Annotated[str, typer.Option(help="Dataset name or directory.")] = "avdigits",
     epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
     seed: Annotated[int, typer.Option()] = TrainConfig.seed,
@@ -29,11 +33,11 @@ def train(
     """Train a zoo model; the package holds safetensors weights, its IO spec and its test scores."""
     check_out_dir(out_dir, overwrite)
     cfg = dataclasses.replace(TrainConfig(), epochs=epochs, seed=seed, modality_dropout=modality_dropout)
-    with epoch_progress(f"train {arch}/{preset}") as progress:
-        result = api.train(arch, preset, data, out_dir, cfg, progress)
+    with epoch_progress(f"train {arch.value}/{preset.value}") as progress:
+        result = api.train(arch.value, preset.value, data, out_dir, cfg, progress)
 
     def render() -> None:
-        out.print(subsets_table(f"{arch}/{preset} on {data} (test split)", result["test"]["subsets"]))
+        out.print(subsets_table(f"{arch.value}/{preset.value} on {data} (test split)", result["test"]["subsets"]))
         out.print(f"{result['params']:,} parameters, trained in {result['train_seconds']} s -> {result['model']}")
 
     emit(result, as_json, render)

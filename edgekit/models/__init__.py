@@ -3,4 +3,7 @@
 from .fusion_model import MODALITY_INPUTS, PRESETS, FusionModel, build_fusion_model, count_params
 from .fusions import FUSIONS
 
-__all__ = ["FUSIONS", "MODALITY_INPUTS", "PRESETS", "FusionModel", "build_fusion_model", "count_params"]
+# The factory a zoo model package names in its manifest.
+FACTORY = "edgekit.models:build_fusion_model"
+
+__all__ = ["FACTORY", "FUSIONS", "MODALITY_INPUTS", "PRESETS", "FusionModel", "build_fusion_model", "count_params"]

@@ -13,10 +13,10 @@ from typing import Any
 
 from ..artifact import MANIFEST, load_artifact, model_hash, sha256_file
 from ..errors import UsageError
+from ..formats import load_runner, op_breakdown
 from ..io import IOSpec
-from ..runtimes import Runner, bound_call, load_runner
+from ..runtimes import Runner, bound_call
 from .host import host_info
-from .ops import op_breakdown
 from .timing import LatencyStats, time_calls
 
 

@@ -15,15 +15,16 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
 
 from ..branches import Branches
+from ..data.calibration import CalibrationSet
 from ..errors import EdgeKitError
+from ..runtimes import Runner, predict_fn
 from ..targets.onnx import module_scope
-from .calibration import CalibrationSet
 from .onnx_qdq import ort_reader
 
 # What some backend quantizes: onnxruntime the compute ops, OpenVINO (NNCF) also the recurrent cells' weights and
@@ -53,10 +54,15 @@ def quant_units(model: onnx.ModelProto, branches: Branches, op_types: tuple[str,
 
 
 class Backend(Protocol):
-    name: str
+    name: str  # in messages and the sensitivity table
+    key: str  # backends with one key write the same model (the Q/DQ formats share one per scheme)
 
-    def build(self, exclude: frozenset[str], dst: Path) -> Predict:
-        """Quantize with the named ONNX nodes kept in float, write the artifact under `dst`, return its predictor."""
+    def quantize(self, exclude: frozenset[str], dst: Path) -> dict[str, Any]:
+        """Write the INT8 model under `dst` with the named ONNX nodes kept in float; return how it was made."""
+        ...
+
+    def runner(self, dst: Path) -> Runner:
+        """Run what `quantize` wrote in its own runtime."""
         ...
 
 
@@ -142,7 +148,9 @@ def accuracy_aware(
     count = iter(range(1_000_000))
 
     def trial(parts: tuple[str, ...], exclude: frozenset[str], record: bool = True) -> float:
-        acc = accuracy(backend.build(exclude, work / f"trial-{next(count)}"))
+        trial_dir = work / f"trial-{next(count)}"
+        backend.quantize(exclude, trial_dir)
+        acc = accuracy(predict_fn(backend.runner(trial_dir)))
         drop = round(100 * (baseline - acc), 2)
         if record:
             report.trials.append(Trial(parts, acc, drop))

@@ -1,74 +1,111 @@
-"""The INT8 backends the accuracy-aware loop drives, behind one interface: quantize with some ONNX nodes
-kept in float, write the artifact, and return a predictor that runs it in its own runtime."""
+"""The INT8 backends behind one interface, and the search that drives them: quantize with some ONNX nodes kept
+in float, write the model, and run it in its own runtime. Every format names its backend (edgekit/formats/);
+`compress` and `export` both quantize through `ExportContext.int8`, so one model gets one INT8 artifact."""
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 from torch import nn
 
 from ..artifact import Artifact
+from ..branches import Branches, discover, module_branches
+from ..data import FeedDataset
+from ..data.calibration import CalibrationSet
+from ..evaluation import evaluate
+from ..hardware import HardwareProfile
+from ..hardware.cpu import int8_saturates
 from ..io import MODALITY_MASK, IOSpec
-from ..runtimes import load_runner, onnx_runner, predict_fn
-from .accuracy_aware import Predict, Unit
-from .calibration import CalibrationSet
-from .onnx_qdq import CPU, Scheme, nonfinite_nodes, quantize_qdq
+from ..runtimes import Runner, onnx_runner, predict_fn, qdq_emulator
+from .accuracy_aware import Backend, Predict, SensitivityReport, Unit, accuracy_aware, layer_sqnr, quant_units
+from .onnx_qdq import Scheme, cpu_scheme, nonfinite_nodes, quantize_qdq
+
+
+@dataclass(frozen=True)
+class Int8Job:
+    """What every backend quantizes from: the float model, its parity-checked hub ONNX, paired calibration samples
+    and the profile of the device that runs the result."""
+
+    model: nn.Module
+    io: IOSpec
+    hub: Path
+    calib: CalibrationSet
+    profile: HardwareProfile
+    overrides: Mapping[str, Sequence[str]] = field(default_factory=dict)  # a package's `branches:` override
+
+    @functools.cached_property
+    def branches(self) -> Branches:
+        return discover(onnx.load(str(self.hub)), self.io, self.overrides)
+
+    @functools.cached_property
+    def units(self) -> tuple[Unit, ...]:
+        return tuple(quant_units(onnx.load(str(self.hub)), self.branches))
 
 
 @dataclass(frozen=True)
 class OnnxQDQBackend:
-    """onnxruntime static QDQ (what the onnx, tensorrt and ort-mobile targets carry), run in onnxruntime."""
+    """onnxruntime static QDQ in a consumer's scheme (formats onnx, ort-mobile, tensorrt). `emulate`: its runtime
+    cannot run here (TensorRT), so the Q/DQ graph runs in onnxruntime with the INT8 arithmetic emulated in float."""
 
-    src: Path
-    io: IOSpec
-    calib: CalibrationSet
-    scheme: Scheme = CPU
+    job: Int8Job
+    scheme: Scheme
+    emulate: bool = False
     name: str = "onnx"
 
-    def build(self, exclude: frozenset[str], dst: Path) -> Predict:
+    @property
+    def key(self) -> str:
+        return f"qdq-{self.scheme.name}"
+
+    def quantize(self, exclude: frozenset[str], dst: Path) -> dict[str, Any]:
         dst.mkdir(parents=True, exist_ok=True)
-        quantize_qdq(self.src, dst / "model.onnx", self.calib, sorted(exclude), self.scheme)
-        return predict_fn(onnx_runner(dst / "model.onnx", self.io))
+        return quantize_qdq(self.job.hub, dst / "model.onnx", self.job.calib, sorted(exclude), self.scheme)
+
+    def runner(self, dst: Path) -> Runner:
+        run = qdq_emulator if self.emulate else onnx_runner
+        return run(dst / "model.onnx", self.job.io)
 
 
 @dataclass(frozen=True)
 class OpenVINOBackend:
-    """NNCF on the OpenVINO model converted from the hub ONNX, run in OpenVINO with an f32 precision hint."""
+    """NNCF on the OpenVINO model converted from the hub ONNX, run in OpenVINO with an f32 precision hint. A CPU
+    without VNNI gets 7-bit weights (NNCF's overflow fix)."""
 
-    src: Path
-    io: IOSpec
-    calib: CalibrationSet
-    overflow_fix: bool = False  # 7-bit weights, for x86 CPUs without VNNI
-    units: tuple[Unit, ...] = ()  # the loop's units: a branch whose units are all excluded is floated whole
+    job: Int8Job
     name: str = "openvino"
+    key: str = "openvino"
 
     @functools.cached_property
     def unbounded(self) -> set[str]:
         """Nodes carrying -inf or NaN (an attention mask's fill): no INT8 scale fits them, so they stay float."""
-        return nonfinite_nodes(self.src, self.calib)
+        return nonfinite_nodes(self.job.hub, self.job.calib)
 
-    def build(self, exclude: frozenset[str], dst: Path) -> Predict:
+    def quantize(self, exclude: frozenset[str], dst: Path) -> dict[str, Any]:
         import openvino as ov
 
         from .openvino_nncf import quantize_openvino
 
+        units = self.job.units if exclude else ()  # a branch whose units are all excluded is floated whole
         # OpenVINO names ops after their ONNX node, splitting off parts ("node_Conv_9/WithoutBiases").
         patterns = [f"^{re.escape(n)}(/.*)?$" for n in sorted(exclude | self.unbounded)]
-        floated = {
-            b for b in {u.branch for u in self.units} if {u.node for u in self.units if u.branch == b} <= exclude
-        }
+        floated = {b for b in {u.branch for u in units} if {u.node for u in units if u.branch == b} <= exclude}
         # Auto-generated op names ("MVN_5691") differ between conversions: the branch ops come from this one.
-        model = ov.convert_model(str(self.src))
-        patterns += [f"^{re.escape(op)}$" for op, b in ov_branches(model, self.io).items() if b in floated]
-        model, _ = quantize_openvino(model, self.calib, patterns, self.overflow_fix)
+        model = ov.convert_model(str(self.job.hub))
+        patterns += [f"^{re.escape(op)}$" for op, b in ov_branches(model, self.job.io).items() if b in floated]
+        model, info = quantize_openvino(model, self.job.calib, patterns, int8_saturates(self.job.profile.cpu_isa))
         dst.mkdir(parents=True, exist_ok=True)
         ov.save_model(model, str(dst / "model.xml"), compress_to_fp16=False)
-        return predict_fn(load_runner(Artifact("openvino", "int8", dst, "model.xml", self.io, "")))
+        return info
+
+    def runner(self, dst: Path) -> Runner:
+        from ..runtimes.openvino import OpenVINORunner
+
+        return OpenVINORunner(Artifact("openvino", "int8", dst, "model.xml", self.job.io, ""))
 
 
 def ov_branches(model: Any, io: IOSpec) -> dict[str, str]:
@@ -96,23 +133,49 @@ def ov_branches(model: Any, io: IOSpec) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ExecuTorchBackend:
-    """PT2E with the XNNPACK quantizer on the torch model, lowered to a .pte and run in ExecuTorch. The loop's
+    """PT2E with the XNNPACK quantizer on the torch model, lowered to a .pte and run in ExecuTorch. The search's
     ONNX node exclusions map to module paths through the scopes the hub ONNX records."""
 
-    model: nn.Module
-    io: IOSpec
-    calib: CalibrationSet
-    scopes: Mapping[str, str]  # ONNX node -> module path
+    job: Int8Job
     name: str = "executorch"
+    key: str = "executorch"
 
-    def build(self, exclude: frozenset[str], dst: Path) -> Predict:
+    def quantize(self, exclude: frozenset[str], dst: Path) -> dict[str, Any]:
         from ..targets.executorch import export_pte
 
-        modules = sorted({self.module_of(self.scopes[n]) for n in exclude if self.scopes.get(n)})
-        art = export_pte(self.model, self.io, dst, "int8", self.calib, "", {}, float_modules=modules)
-        return predict_fn(load_runner(art))
+        job = self.job
+        scopes = {u.node: u.scope for u in job.units} if exclude else {}
+        modules = sorted({self.module_of(scopes[n]) for n in exclude if scopes.get(n)})
+        roots = lambda: module_branches(job.model, job.io, job.overrides).roots()  # noqa: E731 (when PT2E fails)
+        art = export_pte(job.model, job.io, dst, "int8", job.calib, "", {}, float_modules=modules, branch_roots=roots)
+        return dict(art.meta["quantization"])
+
+    def runner(self, dst: Path) -> Runner:
+        from ..artifact import load_artifact
+        from ..runtimes.executorch import ExecuTorchRunner
+
+        return ExecuTorchRunner(load_artifact(dst))
 
     def module_of(self, scope: str) -> str:
         """A Conv fused with its BatchNorm is scoped to the BatchNorm in the ONNX graph; float the pair."""
-        is_bn = isinstance(self.model.get_submodule(scope), nn.modules.batchnorm._BatchNorm)
+        is_bn = isinstance(self.job.model.get_submodule(scope), nn.modules.batchnorm._BatchNorm)
         return scope.rpartition(".")[0] if is_bn else scope
+
+
+def find_float_nodes(backend: Backend, job: Int8Job, val: FeedDataset, max_drop: float, work: Path
+                     ) -> SensitivityReport:  # fmt: skip
+    """The accuracy-aware search (quant/accuracy_aware.py) for `backend`, measured on `val`; layers are ranked by
+    their SQNR in onnxruntime's Q/DQ graph of the profile's CPU. Raises BudgetError when nothing fits."""
+    work.mkdir(parents=True, exist_ok=True)
+
+    def accuracy(predict: Predict) -> float:
+        return evaluate(predict, job.io, val, per_modality=False).overall.accuracy
+
+    def rank() -> dict[str, float]:
+        quantize_qdq(
+            job.hub, work / "full-int8.onnx", job.calib, scheme=getattr(backend, "scheme", cpu_scheme(job.profile))
+        )
+        return layer_sqnr(job.hub, work / "full-int8.onnx", job.calib)
+
+    baseline = accuracy(predict_fn(onnx_runner(job.hub, job.io)))
+    return accuracy_aware(backend, list(job.units), accuracy, baseline, max_drop, work, rank, job.branches.labels)

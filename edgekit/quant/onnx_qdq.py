@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from ..data.calibration import CalibrationSet
 from ..fsutil import atomic_path
 from ..hardware import HardwareProfile
 from ..hardware.cpu import int8_saturates
-from .calibration import CalibrationSet
 
 COMPUTE = ("Conv", "MatMul", "Gemm")
 PASS_THROUGH = ("Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose",
@@ -54,10 +54,8 @@ CPU = Scheme("cpu", False, COMPUTE + PASS_THROUGH)
 CPU_NO_VNNI = Scheme("cpu-no-vnni", False, COMPUTE + PASS_THROUGH, reduce_range=True)
 
 
-def scheme_for(fmt: str, profile: HardwareProfile) -> Scheme:
-    """The scheme of the runtime that runs an artifact format's Q/DQ graph on the profile's device."""
-    if fmt == "tensorrt":
-        return TENSORRT
+def cpu_scheme(profile: HardwareProfile) -> Scheme:
+    """onnxruntime's scheme on the profile's CPU: 7-bit weights where its INT8 kernels saturate."""
     return CPU_NO_VNNI if int8_saturates(profile.cpu_isa) else CPU
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .calibration import CalibrationSet
+from ..data.calibration import CalibrationSet
 
 
 def quantize_openvino(

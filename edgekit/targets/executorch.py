@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from ..artifact import Artifact, versions
+from ..data.calibration import CalibrationSet
 from ..errors import EdgeKitError, UsageError
 from ..fsutil import atomic_dir
 from ..io import IOSpec
-from ..quant.calibration import CalibrationSet
 from ..runtimes import require
 from .onnx import dynamic_shapes, trace_inputs
 

@@ -207,7 +207,7 @@ def build_engine(
     missing: engines can only be built on the device that will run them."""
     bundle = Path(bundle_dir)
     art = load_artifact(bundle)
-    if art.format != "tensorrt":
+    if not (bundle / "build_engine.py").is_file():  # what makes a directory a bundle
         raise UsageError(f"{bundle} holds a {art.format} artifact, not a TensorRT bundle", "pass a tensorrt bundle")
     # The manifest's hashes prove the files match the manifest, not who wrote them: run only the script this
     # EdgeKit writes, so a bundle from elsewhere cannot make `edgekit build` execute its own code.

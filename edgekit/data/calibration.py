@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import FeedDataset, with_modalities
 from ..errors import UsageError
 from ..io import IOSpec
+from .adapter import FeedDataset, with_modalities
 
 DEFAULT_SAMPLES = 300
 

@@ -2,14 +2,14 @@
 OpenVINO's performance counters. Profiling costs time itself, so it runs on a separate session after
 the latency measurement, never during it. TensorRT's layer timing runs where the engine does (on the
 Jetson). ExecuTorch's profiler needs a runtime built with ETDump, which the Python package is not, so its
-breakdown is reported as unavailable."""
+breakdown is reported as unavailable. Each format names its profiler (edgekit/formats/)."""
 
 from __future__ import annotations
 
 import json
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def summarize(events: Iterable[OpEvent], runs: int, runtime: str, top: int = 10)
 def ort_ops(art: Artifact, feeds: Mapping[str, np.ndarray], runs: int, threads: int | None) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from ..runtimes.ort import session_options
+    from .ort import session_options
 
     so = session_options(threads)
     so.enable_profiling = True
@@ -73,7 +73,7 @@ def ort_ops(art: Artifact, feeds: Mapping[str, np.ndarray], runs: int, threads: 
 def openvino_ops(art: Artifact, feeds: Mapping[str, np.ndarray], runs: int, threads: int | None) -> dict[str, Any]:
     import openvino as ov
 
-    from ..runtimes.openvino import HINTS
+    from .openvino import HINTS
 
     config: dict[str, object] = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": HINTS[art.precision]}
     if threads:
@@ -97,7 +97,7 @@ def tensorrt_ops(art: Artifact, feeds: Mapping[str, np.ndarray], runs: int, thre
     is its own entry."""
     import tensorrt as trt
 
-    from ..runtimes.tensorrt import TensorRTRunner
+    from .tensorrt import TensorRTRunner
 
     runner = TensorRTRunner(art)
     events: list[OpEvent] = []
@@ -120,19 +120,3 @@ def tensorrt_ops(art: Artifact, feeds: Mapping[str, np.ndarray], runs: int, thre
     for _ in range(runs):
         runner.run(feeds)
     return summarize(events, runs, runner.name)
-
-
-OP_PROFILERS: dict[str, Callable[[Artifact, Mapping[str, np.ndarray], int, int | None], dict[str, Any]]] = {
-    "onnx": ort_ops,
-    "ort-mobile": ort_ops,
-    "openvino": openvino_ops,
-    "tensorrt": tensorrt_ops,
-}
-
-
-def op_breakdown(
-    art: Artifact, feeds: Mapping[str, np.ndarray], runs: int = 20, threads: int | None = None
-) -> dict[str, Any] | None:
-    """The breakdown for one input, or None where the runtime offers none here."""
-    profiler = OP_PROFILERS.get(art.format)
-    return profiler(art, feeds, runs, threads) if profiler else None

@@ -1,0 +1,109 @@
+"""What a deployable format is, as one object, and what its builder receives.
+
+A `Format` says everything EdgeKit needs of one format: the file it writes, its precisions and shape modes, the
+extras it needs, how it is built, which runner and op profiler run it, and which INT8 backend quantizes for it.
+Each format's module (edgekit/formats/*.py) declares one; edgekit/formats/__init__.py holds the registry."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from torch import nn
+
+from ..artifact import Artifact
+from ..data import FeedDataset
+from ..data.calibration import CalibrationSet
+from ..hardware import HardwareProfile
+from ..io import IOSpec
+from ..quant.accuracy_aware import SensitivityReport
+from ..quant.backends import Backend, Int8Job, find_float_nodes
+from ..runtimes import Runner
+
+ShapeMode = Literal["dynamic", "static"]
+Builder = Callable[["ExportContext", str, Path], Artifact]
+OpProfiler = Callable[[Artifact, Mapping[str, np.ndarray], int, "int | None"], dict[str, Any]]
+Proxy = Callable[[Artifact, "int | None"], tuple[Runner, str]]
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    suffix: str  # the file the runtime loads
+    precisions: tuple[str, ...]
+    build: Builder
+    runner: str  # "module:factory" of its Runner, imported when an artifact is run
+    runtime: tuple[str, str | None]  # (module the runner needs, the extra that installs it; None: the device's SDK)
+    int8: Callable[[Int8Job], Backend] | None = None  # the backend that quantizes for it
+    runs_here: tuple[str, ...] = ()  # runtimes that execute it on a CPU-only x86 host; empty: only on its device
+    shapes: tuple[ShapeMode, ...] = ("dynamic", "static")
+    needs: tuple[tuple[str, str], ...] = ()  # (module, extra) that exporting needs
+    int8_needs: tuple[tuple[str, str], ...] = ()  # extra modules for INT8
+    # Its runtime's x86 INT8 kernels sum pairs of products in 16 bits on a CPU without VNNI (hardware/cpu.py), so
+    # full-range 8-bit weights can saturate there.
+    saturates_without_vnni: bool = False
+    op_profiler: OpProfiler | None = None  # per-operator times from the runtime's own profiler
+    proxy: Proxy | None = None  # where it cannot run here: a runner of the same graph that can, and its label
+    summary: str = ""  # one line for the docs' capability table
+
+
+@dataclass(frozen=True)
+class Search:
+    """The accuracy-aware INT8 search: keep the layers that cost most accuracy on `val` in float until the drop
+    fits `max_drop` points."""
+
+    val: FeedDataset
+    max_drop: float
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    """What every builder receives: the source model, its IOSpec, the parity-checked FP32 ONNX hub file, the
+    profile, the calibration set (drawn once, on first use) and how INT8 decides what stays float."""
+
+    model: nn.Module
+    io: IOSpec
+    onnx_fp32: Path  # the slimmed, parity-checked hub ONNX
+    profile: HardwareProfile
+    parent: str  # sha256 of the source model's weights
+    calibrate: Callable[[], CalibrationSet]
+    work: Path  # scratch directory for intermediate files
+    meta: dict[str, Any] = field(default_factory=dict)  # recorded in every manifest (source, profile, ...)
+    branches: Mapping[str, Sequence[str]] = field(default_factory=dict)  # the package's `branches:` override
+    float_nodes: Sequence[str] | None = None  # a compress run's exclusions: reused, not searched again
+    search: Search | None = None  # without either: plain PTQ (nothing kept in float)
+    built: dict[str, tuple[Path, dict[str, Any]]] = field(default_factory=dict)  # INT8 models, by backend key
+    sensitivity: dict[str, SensitivityReport] = field(default_factory=dict)  # searches run, by backend key
+
+    @functools.cached_property
+    def calib(self) -> CalibrationSet:
+        return self.calibrate()
+
+    @functools.cached_property
+    def job(self) -> Int8Job:
+        return Int8Job(self.model, self.io, self.onnx_fp32, self.calib, self.profile, self.branches)
+
+    def int8(self, fmt: Format) -> tuple[Path, dict[str, Any]]:
+        """The directory holding `fmt`'s INT8 model and its quantization record: the one INT8 path of `compress`
+        and `export`. Built once per backend key (the Q/DQ formats share one per scheme); what stays float is the
+        run's recorded exclusions, else the search's, else nothing."""
+        assert fmt.int8 is not None, f"{fmt.name} has no INT8 backend"
+        backend = fmt.int8(self.job)
+        if backend.key not in self.built:
+            if self.float_nodes is not None:
+                keep = tuple(self.float_nodes)
+            elif self.search is not None:
+                report = find_float_nodes(backend, self.job, self.search.val, self.search.max_drop,
+                                          self.work / f"search-{backend.key}")  # fmt: skip
+                self.sensitivity[backend.key] = report
+                keep = report.float_nodes
+            else:
+                keep = ()
+            dst = self.work / f"int8-{backend.key}"
+            info = {**backend.quantize(frozenset(keep), dst), "float_nodes": list(keep)}
+            self.built[backend.key] = (dst, info)
+        return self.built[backend.key]
