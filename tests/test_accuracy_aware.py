@@ -10,9 +10,10 @@ from edgekit.branches import discover
 from edgekit.data import FeedDataset, load_split
 from edgekit.data.calibration import calibration_set
 from edgekit.evaluation import evaluate
+from edgekit.hardware import resolve_profile
 from edgekit.loading import load_model
 from edgekit.quant.accuracy_aware import BudgetError, accuracy_aware, layer_sqnr, quant_units
-from edgekit.quant.backends import OnnxQDQBackend
+from edgekit.quant.backends import Int8Job, OnnxQDQBackend
 from edgekit.quant.onnx_qdq import CPU, TENSORRT, quantize_qdq
 from edgekit.runtimes import onnx_runner, predict_fn
 from edgekit.targets.onnx import export_onnx, module_scope
@@ -96,7 +97,7 @@ def test_search_finds_the_hostile_branch(hostile, teacher_onnx, tmp_path):
     """Full INT8 misses the budget; the sensitivity names audio alone; floating audio fits, and nothing of another
     branch stays float."""
     path, io, val, calib = hostile
-    backend = OnnxQDQBackend(path, io, calib, CPU)
+    backend = OnnxQDQBackend(Int8Job(None, io, path, calib, resolve_profile("x86-avx512-vnni")[0]), CPU)
 
     def accuracy(predict):
         return evaluate(predict, io, val, per_modality=False).overall.accuracy
@@ -130,7 +131,9 @@ def test_budget_error_carries_the_sensitivity_table(hostile, tmp_path):
     for node in (image, head):
         outlier_channel(graph, node)
     onnx.save(graph, str(tmp_path / "worse.onnx"))
-    backend = OnnxQDQBackend(tmp_path / "worse.onnx", io, calib, CPU)
+    backend = OnnxQDQBackend(
+        Int8Job(None, io, tmp_path / "worse.onnx", calib, resolve_profile("x86-avx512-vnni")[0]), CPU
+    )
 
     def accuracy(predict):
         return evaluate(predict, io, val, per_modality=False).overall.accuracy

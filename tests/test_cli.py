@@ -87,7 +87,10 @@ def bad_cases(tmp_path, pkg):
         (["eval", "--model", str(pkg), "--weights", str(tmp_path / "missing.pt")], "weights file not found"),
         (["eval", "--model", str(pkg), "--data", str(empty)], "has no test.npz (it is empty)"),
         (["eval", "--model", str(pkg), "--data", str(partial)], "feed is missing input 'audio'"),
-        (["train", "--out", str(tmp_path / "out"), "--arch", "nope", "--data", "avdigits"], "'nope' is not one of 'early'"),
+        (
+            ["train", "--out", str(tmp_path / "out"), "--arch", "nope", "--data", "avdigits"],
+            "'nope' is not one of 'early'",
+        ),
     ]
 
 

@@ -58,6 +58,19 @@ def test_rerun_resumes_from_the_cache(short_run):
     assert again["artifacts"][0]["sha256"] == before["artifacts"][0]["sha256"]
 
 
+def test_export_of_the_run_rebuilds_its_int8_artifact(short_run):
+    """One INT8 path: exporting the run directory reuses the float exclusions and calibration its quantize stage
+    recorded, so the INT8 model is the same file, byte for byte."""
+    tmp, first = short_run
+    made = json.loads(first.stdout)["artifacts"][0]
+    r = run_cli("export", "--model", str(tmp / "run"), "--target", "x86", "--format", "onnx", "--precision", "int8",
+                "--out", str(tmp / "exported"), "--no-validate", "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    result = json.loads(r.stdout)
+    row = next(a for a in result["artifacts"] if a["precision"] == "int8")
+    assert result["int8"] == "the run's exclusions" and row["sha256"] == made["sha256"]
+
+
 def test_a_different_recipe_is_refused_unless_overwrite(short_run):
     tmp, _ = short_run
     r = run_cli("compress", "--recipe", str(tmp / "r.yaml"), "--seed", "1", "--out", str(tmp / "run"))

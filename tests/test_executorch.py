@@ -123,20 +123,17 @@ def test_float_modules_keep_branches_out_of_int8(model, fp32, int8, avdigits_io,
     """The accuracy-aware loop's exclusions reach the XNNPACK quantizer: with every branch and the fusion floated,
     the program computes far closer to FP32 than the fully quantized one (ops at the model's top level, outside
     any branch, stay quantized)."""
-    import onnx
-
-    from edgekit.quant.accuracy_aware import quant_units
-    from edgekit.quant.backends import ExecuTorchBackend
+    from edgekit.hardware import resolve_profile
+    from edgekit.quant.backends import ExecuTorchBackend, Int8Job
+    from edgekit.runtimes import predict_fn
     from edgekit.targets.onnx import export_onnx
 
     hub = export_onnx(model, avdigits_io, tmp_path / "m.onnx", slim=True)
-    from edgekit.branches import discover
-
-    graph = onnx.load(str(hub))
-    units = quant_units(graph, discover(graph, avdigits_io))
     calib = calibration_set(avdigits_io, load_split("avdigits", "train"), n=32)
-    backend = ExecuTorchBackend(model, avdigits_io, calib, {u.node: u.scope for u in units})
-    predict = backend.build(frozenset(u.node for u in units), tmp_path / "floated")
+    job = Int8Job(model, avdigits_io, hub, calib, resolve_profile("android-arm64")[0])
+    backend = ExecuTorchBackend(job)
+    backend.quantize(frozenset(u.node for u in job.units), tmp_path / "floated")
+    predict = predict_fn(backend.runner(tmp_path / "floated"))
     floated = load_artifact(tmp_path / "floated").meta["quantization"]["float_modules"]
     assert {m.split(".")[1] for m in floated if m.startswith("branches.")} == {"image", "text", "audio"}
     feeds = {k: v[:64] for k, v in test_feeds.items()}

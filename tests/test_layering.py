@@ -16,7 +16,7 @@ from edgekit.stages.steps import STAGES
 from .conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from gen_docs import BEGIN, with_capability_table  # noqa: E402
+from gen_docs import BEGIN, with_capability_table
 
 PACKAGE = ROOT / "edgekit"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
