@@ -107,3 +107,11 @@ class ExportContext:
             info = {**backend.quantize(frozenset(keep), dst), "float_nodes": list(keep)}
             self.built[backend.key] = (dst, info)
         return self.built[backend.key]
+
+    def onnx_for(self, fmt: Format, precision: str) -> tuple[Path, dict[str, Any]]:
+        """The ONNX a Q/DQ format packages, and its quantization record: the hub's float graph (FP16 is a runtime
+        flag over it), or the INT8 Q/DQ model."""
+        if precision != "int8":
+            return self.onnx_fp32, {}
+        built, info = self.int8(fmt)
+        return built / "model.onnx", info

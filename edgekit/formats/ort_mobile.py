@@ -11,20 +11,15 @@ import tempfile
 from pathlib import Path
 
 from ..artifact import Artifact, versions
-from ..quant.backends import Int8Job, OnnxQDQBackend
-from ..quant.onnx_qdq import cpu_scheme
-from ..runtimes.ops import ort_ops
 from .base import ExportContext, Format
+from .onnx import ONNXRUNTIME
 
 
 def build(ctx: ExportContext, precision: str, out: Path) -> Artifact:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
-    src, info = ctx.onnx_fp32, {}
-    if precision == "int8":
-        built, info = ctx.int8(FORMAT)
-        src = built / "model.onnx"
+    src, info = ctx.onnx_for(FORMAT, precision)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgekit-ort-") as tmp:
         model = Path(tmp) / "model.onnx"
@@ -40,20 +35,11 @@ def build(ctx: ExportContext, precision: str, out: Path) -> Artifact:
     return Artifact("ort-mobile", precision, out, "model.ort", ctx.io, ctx.parent, meta)
 
 
-def int8(job: Int8Job) -> OnnxQDQBackend:
-    return OnnxQDQBackend(job, cpu_scheme(job.profile))  # one Q/DQ model with the onnx format's
-
-
 FORMAT = Format(
     name="ort-mobile",
     suffix=".ort",
     precisions=("fp32", "int8"),
     build=build,
-    runner="edgekit.runtimes.ort:OrtRunner",
-    runtime=("onnxruntime", None),
-    int8=int8,
-    runs_here=("onnxruntime",),
-    saturates_without_vnni=True,
-    op_profiler=ort_ops,
     summary="ONNX Runtime mobile's .ort flatbuffer with its reduced operator config, for phones",
+    **ONNXRUNTIME,
 )

@@ -19,10 +19,7 @@ from .base import ExportContext, Format
 
 def build(ctx: ExportContext, precision: str, out: Path) -> Artifact:
     # TensorRT takes INT8 as explicit Q/DQ; FP16 is a builder flag over the FP32 graph.
-    src, info = ctx.onnx_fp32, {}
-    if precision == "int8":
-        built, info = ctx.int8(FORMAT)
-        src = built / "model.onnx"
+    src, info = ctx.onnx_for(FORMAT, precision)
     table = table_for(ctx.profile.software.get("tensorrt", ""))
     adapted: list[str] = []
     if table.max_opset < OPSET:  # an older parser (Xavier's TensorRT 8.5): lower the graph to what it reads
