@@ -106,8 +106,13 @@ def export_rows(args: argparse.Namespace, teacher: Path, work: Path) -> list[Row
     built: dict[tuple[str, str], tuple[Artifact, float]] = {}
     for target, fmt, precision in (("x86", "onnx", "int8"), ("x86", "openvino", "fp32"),
                                    ("x86", "openvino", "int8"), ("android", "executorch", "int8")):  # fmt: skip
-        r = api.export(teacher, target, work / f"export-{fmt}-{precision}", fmt, precision, args.data,
-                       args.calib_samples, overwrite=True, threads=args.threads)  # fmt: skip
+        r = api.export(
+            teacher,
+            target,
+            work / f"export-{fmt}-{precision}",
+            overwrite=True,
+            options=api.ExportOptions(fmt, precision, args.data, args.calib_samples, threads=args.threads),
+        )
         for a in r["artifacts"]:
             built.setdefault((a["format"], a["precision"]), (load_artifact(Path(a["path"]).parent), a["seconds"]))
     t = args.threads
@@ -195,8 +200,13 @@ def compress_rows(args: argparse.Namespace, teacher: Path, work: Path) -> tuple[
         r = reports["full"]
         float_stages = [s for s in r["stages"] if s["name"] != "quantize"]
         student_s = stage_seconds(float_stages)
-        exported = api.export(Path(float_stages[-1]["path"]), "x86", work / "student-onnx", "onnx", "int8", args.data,
-                              args.calib_samples, overwrite=True, threads=t)  # fmt: skip
+        exported = api.export(
+            Path(float_stages[-1]["path"]),
+            "x86",
+            work / "student-onnx",
+            overwrite=True,
+            options=api.ExportOptions("onnx", "int8", args.data, args.calib_samples, threads=t),
+        )
         onnx = {a["precision"]: (load_artifact(Path(a["path"]).parent), a["seconds"]) for a in exported["artifacts"]}
         how = "+".join(s["name"] for s in float_stages) + f" stages of {args.recipe.name}"
         art = load_artifact(Path(r["artifacts"][0]["path"]).parent)

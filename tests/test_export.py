@@ -154,6 +154,21 @@ def test_export_bad_requests_exit_2_and_write_nothing(tmp_path, small_package, a
     assert not any(tmp_path.iterdir())  # no output directory, no temporary leftovers
 
 
+def test_export_max_drop_runs_the_accuracy_aware_search(tmp_path, small_package):
+    """A plain package with --max-drop goes through the search compress runs (tests/test_accuracy_aware.py tests the
+    search itself); what it kept float is in the manifest, its table in export.json."""
+    args = ["--format", "onnx", "--precision", "int8", "--max-drop", "100", "--calib-samples", "16", "--no-validate"]
+    r = run_cli(
+        "export", "--model", str(small_package), "--target", "x86", "--out", str(tmp_path / "out"), *args, "--json"
+    )
+    assert r.code == 0, r.stderr
+    result = json.loads(r.stdout)
+    (table,) = result["sensitivity"].values()
+    assert result["int8"] == "searched" and table["fits"] and table["trials"][0]["float_parts"] == []
+    row = next(a for a in result["artifacts"] if a["precision"] == "int8")
+    assert load_artifact(row["path"].rsplit("/", 1)[0]).meta["quantization"]["float_nodes"] == []
+
+
 def test_export_refuses_an_unwritable_out_dir(small_package):
     r = run_cli("export", "--model", str(small_package), "--target", "x86-avx2", "--out", "/proc/edgekit-out")
     assert r.code == 2 and "not writable" in r.stderr

@@ -34,7 +34,7 @@ def isa_accuracy():
 def test_int8_weights_sized_for_the_cpu_survive_a_cpu_without_vnni(reference_teacher, tmp_path):
     arts = []
     for profile in ("x86-avx512-vnni", "x86-avx2"):
-        api.export(reference_teacher, profile, tmp_path / profile, fmt="onnx", precision="int8")
+        api.export(reference_teacher, profile, tmp_path / profile, api.ExportOptions("onnx", "int8"))
         arts.append(str(tmp_path / profile / "onnx-int8"))
     result = isa_accuracy().compare(arts, cpu="EPYC-Milan", samples=64)
     vnni, avx2 = result["rows"]

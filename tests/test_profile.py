@@ -79,7 +79,7 @@ def exported(tmp_path_factory, avdigits):
     io = io_spec(AVDigitsConfig(), 41)
     model = build_fusion_model(**KWARGS).eval()
     save_model_package(model, io, tmp / "pkg", factory="edgekit.models:build_fusion_model", kwargs=KWARGS)
-    api.export(tmp / "pkg", "x86", tmp / "x86", "openvino", "fp32", threads=1)
+    api.export(tmp / "pkg", "x86", tmp / "x86", api.ExportOptions("openvino", "fp32", threads=1))
     return tmp
 
 

@@ -271,7 +271,7 @@ def test_export_records_costs_for_every_format(tmp_path, avdigits):
     kwargs = {"arch": "late", "preset": "small", "vocab_size": 41, "max_len": 32}
     save_model_package(build_fusion_model(**kwargs).eval(), io_spec(AVDigitsConfig(), 41), tmp_path / "pkg",
                        factory="edgekit.models:build_fusion_model", kwargs=kwargs)  # fmt: skip
-    result = api.export(tmp_path / "pkg", "x86", tmp_path / "x86", "openvino", "fp32")
+    result = api.export(tmp_path / "pkg", "x86", tmp_path / "x86", api.ExportOptions("openvino", "fp32"))
     for a in result["artifacts"]:
         costs = json.loads((Path(a["path"]).parent / "manifest.json").read_text())["meta"]["costs"]
         assert costs and all(len(c) == 4 for c in costs)

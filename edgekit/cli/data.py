@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +14,12 @@ from ..data import BUILTIN
 from .common import JsonOpt, OverwriteOpt, emit, out
 
 app = typer.Typer(help="Build benchmark datasets.", no_args_is_help=True)
+Dataset = StrEnum("Dataset", {n: n for n in BUILTIN})
 
 
 @app.command("build")
 def build(
-    name: Annotated[str, typer.Argument(help=f"Dataset: {', '.join(BUILTIN)}.")],
+    dataset: Annotated[Dataset, typer.Argument(metavar="NAME", help="A built-in dataset.")],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Dataset directory (default: in the cache).")] = None,
     samples: Annotated[int | None, typer.Option(help="Total samples over train/val/test.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed; the build is deterministic for it.")] = None,
@@ -27,10 +29,9 @@ def build(
     as_json: JsonOpt = False,
 ) -> None:
     """Build a dataset (deterministic, cached by content hash) and print where it is."""
-    cfg = BUILTIN.get(name)
-    if cfg is not None:
-        changes = {"n_samples": samples, "seed": seed, "occlude_fraction": occlude, "video_frames": video_frames}
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    name = dataset.value
+    changes = {"n_samples": samples, "seed": seed, "occlude_fraction": occlude, "video_frames": video_frames}
+    cfg = dataclasses.replace(BUILTIN[name], **{k: v for k, v in changes.items() if v is not None})
     result = api.build_data(name, cfg, out_dir, overwrite)
 
     def render() -> None:
