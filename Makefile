@@ -31,8 +31,10 @@ system-deps:
 demo: setup
 	$(PY) scripts/demo.py
 
-# `make test` leaves out the tests marked `heavy` (the pretrained encoders, more export targets, the bench smoke
-# test), to stay near 20 minutes on 2 cores; `make test-all` runs every test. Both print the slowest tests.
+# `make test` leaves out the tests marked `heavy` (the pretrained encoders, the every-format contract, kill-and-resume,
+# a fresh base install, more export targets, the bench smoke test), to stay under 20 minutes on 2 cores; one real
+# end-to-end path (compress -> INT8 -> validate -> export of the run) stays in it. `make test-all` runs every
+# test. Both print the slowest tests.
 test: setup
 	$(VENV)/bin/ruff check edgekit tests scripts
 	$(VENV)/bin/ruff format --check edgekit tests scripts

@@ -118,7 +118,7 @@ def test_eval_agrees_with_the_models_own_torch_accuracy(which, request):
     assert np.isfinite(torch_predict(loaded.model)(absent)).all()
 
 
-@pytest.mark.parametrize("which", ["tri", "video"])
+@pytest.mark.parametrize("which", ["tri", pytest.param("video", marks=pytest.mark.heavy)])
 def test_branches_are_found_in_the_graph(which, request, tmp_path):
     pkg = request.getfixturevalue(which)
     loaded = load_model(pkg)
@@ -145,7 +145,7 @@ def compress(pkg: Path, tmp: Path, stages: list[dict], max_drop: float):
     return run_cli("compress", "--recipe", str(tmp / "r.yaml"), "--out", "run", "--json", cwd=tmp)
 
 
-@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+@pytest.mark.parametrize("backend", ["onnx", pytest.param("openvino", marks=pytest.mark.heavy)])
 def test_accuracy_aware_int8_meets_a_one_point_budget(tri, tmp_path, backend):
     r = compress(tri, tmp_path, [{"kind": "quantize", "backend": backend, "accuracy_aware": True}], 1.0)
     assert r.code == 0, r.stderr  # a relative --out works with every backend

@@ -119,6 +119,7 @@ def test_runner_rejects_other_devices(fp32):
         load_runner(fp32, device="cuda")
 
 
+@pytest.mark.heavy
 def test_float_modules_keep_branches_out_of_int8(model, fp32, int8, avdigits_io, test_feeds, tmp_path):
     """The accuracy-aware loop's exclusions reach the XNNPACK quantizer: with every branch and the fusion floated,
     the program computes far closer to FP32 than the fully quantized one (ops at the model's top level, outside

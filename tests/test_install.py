@@ -17,7 +17,7 @@ from edgekit.models import build_fusion_model
 
 from .conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def test_a_base_install_exports_onnx_int8(tmp_path, avdigits):

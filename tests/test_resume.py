@@ -17,7 +17,7 @@ import yaml
 from edgekit import api
 from edgekit.training import TrainConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # make test's reruns: test_compress
 
 RECIPE = {
     "stages": [

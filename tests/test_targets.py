@@ -12,18 +12,17 @@ from edgekit import api
 from edgekit.artifact import load_artifact
 from edgekit.data import with_modalities
 from edgekit.evaluation import torch_predict
-from edgekit.formats import load_runner
+from edgekit.formats import FORMATS, load_runner
 from edgekit.hardware import _shipped, host_profile
 from edgekit.loading import load_model
 
 from .conftest import run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # make test exports through test_compress, test_validate
 
-HERE = [("onnx", "fp32"), ("onnx", "int8"), ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"),
-        ("ort-mobile", "fp32"), ("ort-mobile", "int8")]  # fmt: skip
-if importlib.util.find_spec("executorch"):
-    HERE += [("executorch", "fp32"), ("executorch", "int8")]
+# Every format of the registry whose runtime runs here (and is installed), at every precision it has.
+HERE = [(f.name, p) for f in FORMATS.values() if f.runs_here and importlib.util.find_spec(f.runtime[0])
+        for p in f.precisions]  # fmt: skip
 # Largest accuracy drop (points) a format may show on the test split and still pass the contract.
 MAX_DROP = {"fp32": 0.25, "fp16": 0.5, "int8": 1.5}
 

@@ -49,6 +49,7 @@ def test_onnx_teacher_matches_torch_on_real_data(reference_teacher, test_split, 
         assert abs(s.accuracy - torch_meta["subsets"][name]["accuracy"]) <= one_sample, name
 
 
+@pytest.mark.heavy
 def test_video_audio_model_trains(tmp_path):
     result = api.train("attention", "small", "avdigits-video", tmp_path / "va", TrainConfig(epochs=6, patience=6))
     subsets = result["test"]["subsets"]
