@@ -324,9 +324,8 @@ class QuantizeStage(Stage):
             meta = {"max_drop": max_drop, "costs": graph_costs(hub, c.io)}
             ex = ExportContext(c.model, c.io, hub, ctx.profile, parent, calib, work, meta, c.branches, None, search)
             ctx.log(f"branches ({ex.job.branches.method}): {', '.join(ex.job.branches.labels.values())}")
-            ctx.log(
-                f"quantizing ({fmt.name}, {self.samples} calibration samples, accuracy-aware: {self.accuracy_aware})"
-            )
+            within = f", searching what stays float for a drop within {max_drop} points" if search else ""
+            ctx.log(f"quantizing ({fmt.name}, {self.samples} calibration samples{within})")
             try:
                 art = fmt.build(ex, "int8", tmp / f"{fmt.name}-int8")
             except BudgetError as e:
