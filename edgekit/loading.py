@@ -173,16 +173,19 @@ def read_manifest(directory: Path) -> PackageManifest:
 
 
 def run_model(path: Path) -> Path:
-    """A compress run directory stands for the last model its stages produced (the float student)."""
+    """A compress run directory stands for the last model its stages produced (the float student), or the model
+    it started from when it only quantized."""
     report = path / "report.json"
     if not report.is_file() or (path / MANIFEST).is_file():
         return path
     try:
-        stages = [Path(s["path"]) for s in json.loads(report.read_text())["stages"] if "path" in s]
+        recorded = json.loads(report.read_text())
+        stages = [Path(s["path"]) for s in recorded["stages"] if "path" in s]
+        source = Path(str(recorded.get("model", "")))
     except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: JSON syntax, ints past 4300 digits
         raise UsageError(f"{report} is malformed ({type(e).__name__})", "rerun edgekit compress") from e
-    packages = [p for p in stages if (p / MANIFEST).is_file()]
-    if not packages:
+    packages = [p for p in stages if (p / MANIFEST).is_file()] or [source]  # a quantize-only run: its source
+    if not (packages[-1] / MANIFEST).is_file():
         raise UsageError(f"compress run {path} has no model stage", "export its artifacts directly, or the teacher")
     return packages[-1]
 
