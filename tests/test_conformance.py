@@ -154,6 +154,7 @@ def test_accuracy_aware_int8_meets_a_one_point_budget(tri, tmp_path, backend):
     assert "branches (graph reachability): image (vis), text (words), audio (ear)" in r.stderr
 
 
+@pytest.mark.heavy
 def test_prune_distill_int8_per_branch(tri, tmp_path):
     ratios = {"image": 0.5, "text": 0.5, "fusion": 0.5}
     stages = [{"kind": "prune", "branch_ratios": ratios, "head_ratio": 0.5},

@@ -77,6 +77,7 @@ def test_student_learns_with_labels_soft_targets_and_projected_features(avdigits
     assert not any(k.startswith("projection") for k in student.state_dict())
 
 
+@pytest.mark.heavy
 def test_pure_distillation_makes_the_student_agree_with_the_teacher(avdigits_io, data, teacher):
     student = _student(avdigits_io)
     distill(teacher, student, avdigits_io, *data, replace(FAST, alpha=1.0))

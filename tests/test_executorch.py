@@ -58,6 +58,7 @@ def logits(artifact, feeds):
     return load_runner(load_artifact(artifact.directory), threads=2).run(feeds)["logits"]
 
 
+@pytest.mark.heavy
 def test_fp32_matches_torch_on_real_samples(fp32, model, test_feeds):
     want = torch_predict(model)(test_feeds)
     assert len(np.unique(want.argmax(-1))) >= 4, "the reference predicts too few classes for agreement to mean much"
@@ -67,6 +68,7 @@ def test_fp32_matches_torch_on_real_samples(fp32, model, test_feeds):
     assert np.mean(got.argmax(-1) == want.argmax(-1)) == 1.0
 
 
+@pytest.mark.heavy
 def test_int8_agrees_with_torch_and_is_smaller(int8, fp32, model, test_feeds):
     want = torch_predict(model)(test_feeds)
     got = logits(int8, test_feeds)
@@ -76,6 +78,7 @@ def test_int8_agrees_with_torch_and_is_smaller(int8, fp32, model, test_feeds):
     assert int8.path.stat().st_size < 0.5 * fp32.path.stat().st_size
 
 
+@pytest.mark.heavy
 def test_manifest_records_hashes_delegation_and_dims(fp32, int8, avdigits_io):
     for art in (fp32, int8):
         m = json.loads((art.directory / MANIFEST).read_text())
@@ -95,6 +98,7 @@ def test_manifest_records_hashes_delegation_and_dims(fp32, int8, avdigits_io):
     assert int8.meta["quantization"]["calibration"]["samples"] == 32
 
 
+@pytest.mark.heavy
 def test_manifest_hash_catches_a_modified_pte(fp32, tmp_path):
     copy = shutil.copytree(fp32.directory, tmp_path / "copy")
     data = bytearray((copy / "model.pte").read_bytes())
@@ -104,6 +108,7 @@ def test_manifest_hash_catches_a_modified_pte(fp32, tmp_path):
         load_artifact(copy)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("batch", [1, 7, 16, 64])
 @pytest.mark.parametrize("seq", [1, 16, 32])
 def test_batches_and_lengths_other_than_the_traced_ones(fp32, int8, model, test_feeds, avdigits_io, batch, seq):
@@ -114,6 +119,7 @@ def test_batches_and_lengths_other_than_the_traced_ones(fp32, int8, model, test_
     assert np.median(np.abs(logits(int8, feeds) - want).max(-1)) < INT8_MEDIAN_ERROR
 
 
+@pytest.mark.heavy
 def test_runner_rejects_other_devices(fp32):
     with pytest.raises(UsageError, match="CPU"):
         load_runner(fp32, device="cuda")

@@ -38,6 +38,7 @@ def test_package_records_the_same_test_scores(reference_teacher, teacher_eval):
     assert meta["train"]["epochs"] == TrainConfig().epochs
 
 
+@pytest.mark.heavy
 def test_onnx_teacher_matches_torch_on_real_data(reference_teacher, test_split, tmp_path):
     loaded = load_model(reference_teacher)
     sess = ort.InferenceSession(str(export_onnx(loaded.model, loaded.io, tmp_path / "t.onnx")))

@@ -49,6 +49,7 @@ def run(tmp_path_factory, reference_teacher):
 # -- the estimator ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_costs_count_the_teachers_macs_exactly(reference_teacher, tmp_path):
     from edgekit.loading import load_model
     from edgekit.stages.prune import measure
