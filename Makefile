@@ -33,12 +33,15 @@ demo: setup
 
 # `make test` leaves out the tests marked `heavy` (the pretrained encoders, the every-format contract, kill-and-resume,
 # a fresh base install, more export targets, the bench smoke test), to stay under 20 minutes on 2 cores; one real
-# end-to-end path (compress -> INT8 -> validate -> export of the run) stays in it. `make test-all` runs every
-# test. Both print the slowest tests.
+# end-to-end path (compress -> INT8 -> validate -> export of the run) stays in it. The suite uses about one core
+# (CLI subprocesses, Python between kernels), so it runs in two workers, a test file each (module fixtures are built
+# once); the caches they share (AV-digits, the reference teacher) are built first, by one process.
+# `make test-all` runs every test. Both print the slowest tests.
 test: setup
 	$(VENV)/bin/ruff check edgekit tests scripts
 	$(VENV)/bin/ruff format --check edgekit tests scripts
-	$(PY) -m pytest -m "not heavy" --durations=15
+	$(PY) scripts/reference_teacher.py
+	$(PY) -m pytest -m "not heavy" -n 2 --dist loadfile --durations=15
 
 test-all: setup
 	$(PY) -m pytest --durations=15
