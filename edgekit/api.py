@@ -134,11 +134,14 @@ def recorded_int8(model: Path) -> RunInt8 | None:
     artifacts = json.loads(report.read_text()).get("artifacts") or []
     if not artifacts:
         return None
-    art = load_artifact(Path(artifacts[-1]["path"]).parent, verify=False)
-    q, calib, recipe = art.meta.get("quantization") or {}, art.meta.get("calibration") or {}, load_recipe(recipe_file)
-    if "float_nodes" not in q or "samples" not in calib:
+    recorded = Path(artifacts[-1]["path"]).parent  # stages/<stage>/<format>-int8, written relative to compress's cwd
+    art = load_artifact(model / "stages" / recorded.parent.name / recorded.name, verify=False)
+    calib, recipe = art.meta.get("calibration") or {}, load_recipe(recipe_file)
+    # Runs written before the one INT8 path kept the exclusions beside the quantization record, not in it.
+    kept = (art.meta.get("quantization") or {}).get("float_nodes", art.meta.get("float_nodes"))
+    if kept is None or "samples" not in calib:
         raise UsageError(f"{art.directory} does not record its INT8 exclusions", "rerun edgekit compress")
-    return RunInt8(tuple(q["float_nodes"]), recipe.data.name, recipe.data.calibration, int(calib["samples"]),
+    return RunInt8(tuple(kept), recipe.data.name, recipe.data.calibration, int(calib["samples"]),
                    int(calib.get("seed", recipe.seed)))  # fmt: skip
 
 
