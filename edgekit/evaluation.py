@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from itertools import combinations
 
 import numpy as np
 import torch
 from torch import nn
 
 from .data import FeedDataset, with_modalities
+from .data.adapter import modality_subsets
 from .io import IOSpec
 
 Predict = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -34,6 +34,8 @@ class EvalReport:
     subsets: dict[str, Scores] = field(default_factory=dict)  # "image+audio" -> scores, IOSpec order
     samples: int = 0
     nonfinite: tuple[str, ...] = ()  # subsets whose outputs held NaN or inf: their scores mean nothing
+    # per-sample correctness by subset, in data order: what paired intervals (stats.py) compare
+    correct: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -53,14 +55,6 @@ def scores(pred: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -
         if np.sum(labels == c):  # classes absent from the labels do not count
             f1s.append(2 * tp / denom if denom else 0.0)
     return Scores(float(np.mean(pred == labels)), float(np.mean(f1s)) if f1s else 0.0)
-
-
-def modality_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """All modalities first, then each alone, then each pair (when that is not already 'all')."""
-    out = [modalities] + [(m,) for m in modalities]
-    if len(modalities) > 2:
-        out += list(combinations(modalities, 2))
-    return out if len(modalities) > 1 else [modalities]
 
 
 def _flat(out: object) -> list[torch.Tensor]:
@@ -121,5 +115,7 @@ def evaluate(
             preds[s].append(logits.argmax(-1))
     y_all = np.concatenate(labels)
     n_classes = io.outputs[0].shape[-1] if isinstance(io.outputs[0].shape[-1], int) else None
-    table = {"+".join(s): scores(np.concatenate(p), y_all, n_classes) for s, p in preds.items()}
-    return EvalReport(table["+".join(mods)], table, len(y_all), tuple("+".join(s) for s in subsets if s in bad))
+    flat = {"+".join(s): np.concatenate(p) for s, p in preds.items()}
+    table = {k: scores(p, y_all, n_classes) for k, p in flat.items()}
+    bad_names = tuple("+".join(s) for s in subsets if s in bad)
+    return EvalReport(table["+".join(mods)], table, len(y_all), bad_names, {k: p == y_all for k, p in flat.items()})

@@ -61,6 +61,9 @@ class Budgets(Frozen):
     """95th-percentile latency at batch 1, in milliseconds."""
     size_mb: pydantic.PositiveFloat | None = None
     """Largest artifact size, in MB."""
+    max_subset_drop: pydantic.NonNegativeFloat | dict[str, pydantic.NonNegativeFloat] | None = None
+    """Largest accuracy drop from the teacher with modalities missing, in points, measured on `data.test` with the
+    deployed artifact: one limit for every modality subset, or per subset (`{audio: 5, image+audio: 2}`)."""
 
 
 class Recipe(Frozen):

@@ -24,13 +24,30 @@ h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #d6dae3;padding:.25em .6em;text-align:right}
 th{background:#f2f4f8}td:first-child,th:first-child{text-align:left}code,pre{background:#f5f6f8;font-size:12px}
 pre{padding:.8em;overflow:auto}.pass{color:#14772d}.fail{color:#b3261e}.lineage li{margin:.2em 0}
-.estimated{font-style:italic;color:#6a4c00}.error{color:#b3261e;font-weight:bold}figure{margin:1em 0}
+.estimated,.proxy,.unverified{font-style:italic;color:#6a4c00}.error{color:#b3261e;font-weight:bold}figure{margin:1em 0}
 """
-STATUS = {"pass": "pass", "fail": "fail: a budget", "error": "error: no artifact or run"}
+STATUS = {"pass": "pass", "fail": "fail: a budget", "unverified": "unverified: only the device decides",
+          "error": "error: no artifact or run"}  # fmt: skip
 
 
 def num(value: Any, spec: str) -> str:
     return "-" if value is None or isinstance(value, jinja2.Undefined) else format(value, spec)
+
+
+def ci(interval: Any, spec: str) -> str:
+    return "-" if not interval or isinstance(interval, jinja2.Undefined) else "[{}, {}]".format(
+        *(format(x, spec) for x in interval))  # fmt: skip
+
+
+def notes(row: dict[str, Any]) -> list[str]:
+    """A validation row's unverified and open checks, and what its intervals say of the budgets."""
+    checks = row.get("checks", [])
+    out = [f"{c['budget']} unverified: {c.get('why', '')}" for c in checks if c.get("status") == "unverified"]
+    out += [f"{c['budget']}: {c['note']}" for c in checks if "note" in c]
+    out += [f"not checked here: {b}" for b in row.get("unchecked", [])]
+    subsets = row.get("subsets") or {}
+    out += [f"{k} only {num(v.get('drop'), '+.2f')} pts {ci(v.get('drop_ci'), '+.2f')}" for k, v in subsets.items()]
+    return out
 
 
 def pyplot() -> Any:
@@ -60,10 +77,11 @@ def pareto_svg(validations: list[dict[str, Any]], baseline: float | None) -> str
         for row in v["rows"]:
             if row.get("accuracy") is None or row.get("p50_ms") is None:
                 continue
-            est = row.get("latency_source") == "estimated"
+            source = row.get("latency_source")
+            est = source != "measured"  # estimated, or measured on another host (a proxy)
             ax.scatter(row["p50_ms"], 100 * row["accuracy"], marker="o" if not est else "^",
                        facecolors="none" if est else None, label=None)  # fmt: skip
-            label = f"{row['format']}/{row['precision']} ({v['profile']}{', est.' if est else ''})"
+            label = f"{row['format']}/{row['precision']} ({v['profile']}{f', {source}' if est else ''})"
             xy = (row["p50_ms"], 100 * row["accuracy"])
             ax.annotate(label, xy, fontsize=7, xytext=(4, 3), textcoords="offset points")
             points.append((row["p50_ms"], 100 * row["accuracy"]))
@@ -74,7 +92,7 @@ def pareto_svg(validations: list[dict[str, Any]], baseline: float | None) -> str
     if baseline is not None:
         ax.axhline(100 * baseline, color="#14772d", ls="--", lw=1, label="FP32 baseline accuracy")
     ax.set_xscale("log")
-    ax.set_xlabel("p50 latency at batch 1, ms (log; ▲ = estimated)")
+    ax.set_xlabel("p50 latency at batch 1, ms (log; ▲ = estimated or proxy, not the device)")
     ax.set_ylabel("test accuracy, %")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -119,6 +137,8 @@ def render(run_dir: Path) -> Path:
         validations=validations,
         status=STATUS,
         num=num,
+        ci=ci,
+        notes=notes,
         sensitivities=sensitivities,
         # Charts are SVG that matplotlib drew, its text as paths: the only markup not escaped.
         pareto=Markup(pareto_svg(validations, baseline)) if validations else None,

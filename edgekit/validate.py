@@ -1,7 +1,11 @@
 """Validation of artifacts against a hardware profile: accuracy in the artifact's own runtime on the test
-split, on this CPU, and against the accuracy recorded where it was built (INT8 kernels differ between CPUs);
-latency (measured here when this host satisfies the profile, taken from an `edgekit profile` JSON run on the
-device, or else estimated and labelled so); size and peak RAM; each gated by a budget.
+split, with 95% intervals, per modality subset, on this CPU, and against the accuracy recorded where it was built
+(INT8 kernels differ between CPUs); latency measured on the profile's device (here, or from an `edgekit profile`
+JSON run there), else measured on another host (a proxy) or estimated, each labelled so; size and peak RAM.
+
+Each budget's check is `pass`, `fail`, `unverified` (only the device can decide: a proxy measurement, or an
+estimate whose calibration interval straddles the budget) or `open` (no value can be had here). A row passes only
+when nothing failed and nothing is unverified.
 
 Latency is measured in a child `edgekit profile` process, one per artifact, so that its peak RAM is the
 artifact's own and not that of the artifacts validated before it."""
@@ -19,7 +23,7 @@ from typing import Any
 from .artifact import Artifact, load_artifact, sha256_file
 from .data import load_split
 from .errors import EdgeKitError, UsageError
-from .evaluation import evaluate, torch_predict
+from .evaluation import EvalReport, evaluate, torch_predict
 from .formats import accuracy_runner, get_format
 from .fsutil import write_json
 from .hardware import Budgets, HardwareProfile, resolve_profile
@@ -30,13 +34,9 @@ from .models import FACTORY as ZOO_FACTORY
 from .profiling.host import host_info
 from .runtimes import predict_fn
 from .stages.prune import FACTORY as PRUNED_FACTORY
+from .stats import budget_note, paired_drop, wilson
 
 Log = Callable[[str], None]
-
-
-def host_matches(profile: HardwareProfile, host: dict[str, Any]) -> bool:
-    """Whether a measurement here stands for the profile's device: a CPU profile whose ISA this host has."""
-    return profile.kind == "cpu" and bool(profile.cpu_isa) and set(profile.cpu_isa) <= set(host["isa"])
 
 
 def saturating(art: Artifact) -> bool:
@@ -94,43 +94,138 @@ def measure_here(art: Artifact, threads: int, duration: float) -> dict[str, Any]
     return json.loads(p.stdout)
 
 
+def device_facts(measured: dict[str, Any]) -> dict[str, Any]:
+    """The identity facts of the host a measurement ran on (files from before they were recorded: CPU facts)."""
+    host = measured["host"]
+    return host.get("identity") or {"cpu_model": host.get("cpu"), "cpus": host.get("usable_cores"),
+                                    "isa": host.get("isa", [])}  # fmt: skip
+
+
 def latency(art: Artifact, profile: HardwareProfile, measured: dict[str, Any] | None) -> dict[str, Any]:
-    """p50/p95 at batch 1 and model RAM from a measurement, else the roofline estimate."""
+    """p50/p95 at batch 1 and model RAM: `measured` on the profile's device, `proxy` when measured on another host,
+    else the roofline estimate; the estimate (with its calibration interval) comes along unless measured."""
+    costs = art.meta.get("costs") or (graph_costs(art.path, art.io) if art.path.suffix == ".onnx" else None)
+    est = estimate(costs, profile, art.precision) if costs else None
     if measured:
         r = next((x for x in measured["results"] if x["batch"] == 1), measured["results"][0])  # budgets are at batch 1
-        return {"p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"], "latency_source": "measured",
-                "batch": r["batch"], "peak_ram_mb": round(r["peak_rss_mb"] - measured["rss_before_load_mb"], 1),
-                "measured_on": measured["host"]["cpu"], "measurements": measured.get("file", "here"),
-                "ops": measured.get("ops")}  # fmt: skip
-    costs = art.meta.get("costs") or (graph_costs(art.path, art.io) if art.path.suffix == ".onnx" else None)
-    if not costs:
+        why_not = profile.not_the_device(device_facts(measured))
+        row = {"p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"], "batch": r["batch"],
+               "latency_source": "proxy" if why_not else "measured",
+               "peak_ram_mb": round(r["peak_rss_mb"] - measured["rss_before_load_mb"], 1),
+               "measured_on": measured["host"]["cpu"], "measurements": measured.get("file", "here"),
+               "ops": measured.get("ops")}  # fmt: skip
+        if why_not:
+            row["not_the_device"] = why_not
+    elif est:
+        row = {"p50_ms": est["estimate_ms"], "p95_ms": est["estimate_ms"], "latency_source": "estimated", "batch": 1,
+               "peak_ram_mb": None}  # fmt: skip
+    else:
         return {"p50_ms": None, "p95_ms": None, "latency_source": None, "peak_ram_mb": None}
-    est = estimate(costs, profile, art.precision)
-    return {"p50_ms": est["estimate_ms"], "p95_ms": est["estimate_ms"], "latency_source": "estimated", "batch": 1,
-            "floor_ms": est["floor_ms"], "peak_ram_mb": None, "estimate": est}  # fmt: skip
+    if est and row["latency_source"] != "measured":
+        row["estimate"] = est
+    return row
+
+
+def accuracy_fields(art_eval: EvalReport, base: EvalReport | None) -> dict[str, Any]:
+    """Accuracy with its 95% interval and, against the baseline on the same samples, the drop with its paired
+    interval; the same per modality subset."""
+    n, full = art_eval.samples, next(iter(art_eval.subsets))
+
+    def one(name: str) -> dict[str, Any]:
+        acc = art_eval.subsets[name].accuracy
+        out: dict[str, Any] = {"accuracy": acc, "accuracy_ci": wilson(int(art_eval.correct[name].sum()), n)}
+        if base is not None and name in base.subsets:
+            out["drop"] = round(100 * (base.subsets[name].accuracy - acc), 2)
+            out["drop_ci"] = paired_drop(base.correct[name], art_eval.correct[name])
+        return out
+
+    main = one(full)
+    row = {"accuracy": main["accuracy"], "accuracy_ci": main["accuracy_ci"], "samples": n,
+           "accuracy_drop": main.get("drop"), "drop_ci": main.get("drop_ci")}  # fmt: skip
+    row["subsets"] = {name: one(name) for name in art_eval.subsets if name != full}
+    return row
+
+
+def _check(budget: str, limit: float, value: float | None, status: str, why: str | None = None) -> dict[str, Any]:
+    c = {"budget": budget, "limit": limit, "value": value, "status": status,
+         "ok": {"pass": True, "fail": False}.get(status)}  # fmt: skip
+    return {**c, "why": why} if why else c
+
+
+def latency_check(row: dict[str, Any], limit: float) -> dict[str, Any]:
+    """Measured on the device: its p95 decides. Otherwise the estimate's interval: pass only when the pessimistic
+    end fits, fail when even the optimistic end does not, unverified in between (a proxy measurement never
+    decides)."""
+    source, est = row["latency_source"], row.get("estimate")
+    if source == "measured":
+        return _check("latency_p95_ms", limit, row["p95_ms"], "pass" if row["p95_ms"] <= limit else "fail")
+    proxy = (f"measured {row['p95_ms']:.3f} ms on {row['measured_on']}, not the device ({row['not_the_device']}); "
+             if source == "proxy" else "")  # fmt: skip
+    if est is None:
+        status = "unverified" if proxy else "open"
+        return _check("latency_p95_ms", limit, None, status, f"{proxy}no estimate" if proxy else None)
+    low, high = est["interval_ms"]
+    cal = est["calibration"]
+    span = (f"{proxy}estimated {est['estimate_ms']:.3f} ms, {low:.3f}-{high:.3f} ms by the estimator's calibration "
+            f"({cal['low']}-{cal['high']}x on {cal['points']} {cal['kind']} points)")  # fmt: skip
+    status = "pass" if high <= limit else "fail" if low > limit else "unverified"
+    return _check("latency_p95_ms", limit, high, status, span)
+
+
+def subset_check(row: dict[str, Any], limit: float | dict[str, float]) -> dict[str, Any]:
+    """The worst modality-subset drop against `max_subset_drop` (one limit for all, or per subset)."""
+    limits = limit if isinstance(limit, dict) else {name: limit for name in row.get("subsets", {})}
+    unknown = sorted(set(limits) - set(row.get("subsets", {})))
+    if unknown:
+        raise UsageError(f"max_subset_drop names subset(s) {', '.join(unknown)} this model has not",
+                         f"use one of: {', '.join(row.get('subsets', {})) or 'none (one modality)'}")  # fmt: skip
+    drops = {name: row["subsets"][name].get("drop") for name in limits}
+    if not limits or any(d is None for d in drops.values()):
+        return _check("max_subset_drop", limit if not isinstance(limit, dict) else max(limit.values(), default=0),
+                      None, "open")  # fmt: skip
+    worst = max(limits, key=lambda name: drops[name] - limits[name])
+    status = "pass" if drops[worst] <= limits[worst] else "fail"
+    return _check("max_subset_drop", limits[worst], drops[worst], status, f"{worst} only")
 
 
 def checks(row: dict[str, Any], budgets: Budgets) -> list[dict[str, Any]]:
     """One check per budget that is set. A value that cannot be had here (accuracy without a baseline or a
-    runtime, latency without costs, RAM without a measurement) leaves its check open (`ok` None): reported,
-    never passed silently. The accuracy budget also bounds the loss against the build host's accuracy."""
-    pairs = [("max_accuracy_drop", "accuracy_drop"), ("latency_p95_ms", "p95_ms"), ("max_size_mb", "size_mb"),
-             ("max_peak_ram_mb", "peak_ram_mb")]  # fmt: skip
+    runtime, latency without costs, RAM without a measurement) leaves its check `open`: reported, never passed
+    silently. The accuracy budget also bounds the loss against the build host's accuracy."""
     out = []
-    for budget, key in pairs:
-        limit = getattr(budgets, budget)
-        if limit is not None:
-            value = row.get(key)
-            check = {"budget": budget, "limit": limit, "value": value, "ok": None if value is None else value <= limit}
-            if key == "accuracy_drop" and row.get("accuracy_source", "").startswith("proxy"):
-                check["why"] = row["accuracy_source"]  # a proxy's drop gates too, and says it is one
-            out.append(check)
+    if (limit := budgets.max_accuracy_drop) is not None:
+        drop = row.get("accuracy_drop")
+        c = _check("max_accuracy_drop", limit, drop, "open" if drop is None else "pass" if drop <= limit else "fail")
+        if row.get("accuracy_source", "").startswith("proxy"):
+            c["why"] = row["accuracy_source"]  # a proxy's drop gates too, and says it is one
+        if drop is not None and (note := budget_note(drop, row["drop_ci"], limit, row["samples"])):
+            c["note"] = note
+        out.append(c)
+    if budgets.latency_p95_ms is not None:
+        out.append(latency_check(row, budgets.latency_p95_ms))
+    if (limit := budgets.max_size_mb) is not None:
+        out.append(_check("max_size_mb", limit, row.get("size_mb"), "pass" if row["size_mb"] <= limit else "fail"))
+    if (limit := budgets.max_peak_ram_mb) is not None:
+        ram = row.get("peak_ram_mb")
+        if ram is None:
+            out.append(_check("max_peak_ram_mb", limit, None, "open"))
+        elif row["latency_source"] == "proxy":
+            out.append(_check("max_peak_ram_mb", limit, ram, "unverified", "measured on another host"))
+        else:
+            out.append(_check("max_peak_ram_mb", limit, ram, "pass" if ram <= limit else "fail"))
+    if budgets.max_subset_drop is not None and row.get("subsets"):
+        out.append(subset_check(row, budgets.max_subset_drop))
     if "accuracy_shift" in row and budgets.max_accuracy_drop is not None:
         shift, limit = row["accuracy_shift"], budgets.max_accuracy_drop
         why = f"{shift:.2f} points below its accuracy on the build host ({row['built_on']})"
-        out.append({"budget": "max_accuracy_shift", "limit": limit, "value": shift, "ok": shift <= limit,
-                    "why": f"{why}; {row['cpu_note']}" if "cpu_note" in row else why})  # fmt: skip
+        out.append(_check("max_accuracy_shift", limit, shift, "pass" if shift <= limit else "fail",
+                          f"{why}; {row['cpu_note']}" if "cpu_note" in row else why))  # fmt: skip
     return out
+
+
+def row_status(checks: Sequence[dict[str, Any]]) -> str:
+    statuses = {c["status"] for c in checks}
+    return "fail" if "fail" in statuses else "unverified" if "unverified" in statuses else "pass"
 
 
 def check_measurements(measured: dict[str, dict[str, Any]], artifacts: Sequence[Path]) -> None:
@@ -181,7 +276,7 @@ def validate(
     target: str,
     baseline: Path | None = None,
     measurements: Sequence[Path] = (),
-    budgets: dict[str, float | None] | None = None,
+    budgets: dict[str, Any] | None = None,
     options: Options = Options(),
     log: Log = lambda _: None,
 ) -> dict[str, Any]:
@@ -191,13 +286,13 @@ def validate(
     limits = profile.budgets.model_copy(update={k: v for k, v in (budgets or {}).items() if v is not None})
     measured = read_measurements(measurements)
     host = host_info()
-    here = host_matches(profile, host) and not options.estimate_only
+    not_here = profile.not_the_device(host["identity"])
     test = load_split(options.data, options.split)
-    base_acc = None
+    base: EvalReport | None = None
     baseline = baseline or recorded_source(artifacts, log)
     if baseline is not None:
         loaded = load_model(baseline)
-        base_acc = evaluate(torch_predict(loaded.model), loaded.io, test, per_modality=False).overall.accuracy
+        base = evaluate(torch_predict(loaded.model), loaded.io, test)
     check_measurements(measured, artifacts)
     rows = []
     for path in artifacts:
@@ -215,36 +310,42 @@ def validate(
             threads = options.threads or profile.threads
             if measures := accuracy_runner(art, threads):
                 runner, row["accuracy_source"] = measures
-                log(f"{path}: accuracy on {options.data}/{options.split} ({row['accuracy_source']})")
-                row["accuracy"] = evaluate(predict_fn(runner), art.io, test, per_modality=False).overall.accuracy
-            drop = None if row["accuracy"] is None or base_acc is None else 100 * (base_acc - row["accuracy"])
-            row["accuracy_drop"] = None if drop is None else round(drop, 2)
+                log(f"{path}: accuracy on {options.data}/{options.split}, per modality subset "
+                    f"({row['accuracy_source']})")  # fmt: skip
+                row.update(accuracy_fields(evaluate(predict_fn(runner), art.io, test), base))
             row.update(cpu_shift(art, row["accuracy"], options, host["isa"]))
             if "cpu_note" in row:
                 log(f"{path}: {row['cpu_note']}")
             m = measured.get(sha)
-            if m is None and here and get_format(art.format).runs_here:
-                log(f"{path}: measuring latency here ({host['cpu']})")
-                m = measure_here(art, options.threads or profile.threads, options.duration)
+            if m is None and not options.estimate_only and get_format(art.format).runs_here:
+                what = "" if not_here is None else f", a proxy: this host is not the device ({not_here})"
+                log(f"{path}: measuring latency here ({host['cpu']}{what})")
+                m = measure_here(art, threads, options.duration)
             row.update(latency(art, profile, m))
             row["checks"] = checks(row, limits)
-            row["status"] = "fail" if any(c["ok"] is False for c in row["checks"]) else "pass"
-            row["unchecked"] = [c["budget"] for c in row["checks"] if c["ok"] is None]
+            row["status"] = row_status(row["checks"])
+            row["unchecked"] = [c["budget"] for c in row["checks"] if c["status"] == "open"]
         except EdgeKitError as e:
             row.update(status="error", error=str(e))
         rows.append(row)
     gated = any(v is not None for v in limits.model_dump().values())
+    statuses = {r["status"] for r in rows}
     return {
         "profile": profile.name,
         "resolution": resolution,
-        "baseline": {"model": str(baseline), "accuracy": base_acc} if baseline else None,
+        "baseline": None if base is None else {
+            "model": str(baseline), "accuracy": base.overall.accuracy, "samples": base.samples,
+            "accuracy_ci": wilson(int(next(iter(base.correct.values())).sum()), base.samples),
+            "subsets": {k: v.accuracy for k, v in base.subsets.items()}},
+        "split": f"{options.data}/{options.split}",
         "budgets": limits.model_dump(),
         "gated": gated,
         "host": host,
-        "latency_here": here,
+        "the_device": not_here is None,  # latency measured here counts as `measured`
+        **({"not_the_device": not_here} if not_here else {}),
         "rows": rows,
-        "verdict": "pass" if all(r["status"] == "pass" for r in rows) else "fail",
-    }
+        "verdict": "fail" if statuses & {"fail", "error"} else "unverified" if "unverified" in statuses else "pass",
+    }  # fmt: skip
 
 
 def attach(result: dict[str, Any], run_dir: Path) -> Path:

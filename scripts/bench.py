@@ -3,7 +3,9 @@ of EdgeKit (with their documented defaults), and EdgeKit's artifacts, measured i
 
 Every row is run in its own runtime with the same threads, on the same real test samples. Latency is
 timed in alternating blocks (A B A B ...), twice over, so the document can show how much a repeat moves
-the headline ratios. Writes docs/benchmarks.md (tables, targets, diagnosis) and docs/benchmarks.json.
+the headline ratios. Writes docs/benchmarks.md (tables, targets, diagnosis) and docs/benchmarks.json, each with
+one entry per host: the CPU model and its ISA class (`host_key`), so a run replaces only its own host's results
+and a new host adds its own.
 
     python scripts/bench.py            # the AV-digits reference teacher, recipes/avdigits-x86.yaml
     python scripts/bench.py --help     # your own model package, recipes, sample counts
@@ -12,6 +14,7 @@ the headline ratios. Writes docs/benchmarks.md (tables, targets, diagnosis) and 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +33,7 @@ from edgekit.errors import EdgeKitError
 from edgekit.evaluation import evaluate
 from edgekit.formats import load_runner, op_breakdown
 from edgekit.fsutil import write_json, write_text
-from edgekit.hardware import resolve_profile
+from edgekit.hardware import host_profile, resolve_profile
 from edgekit.hardware.estimator import estimate, graph_costs
 from edgekit.io import IOSpec
 from edgekit.loading import load_model
@@ -56,8 +59,8 @@ class Row:
     produce_s: float | None  # seconds to produce the artifact from the FP32 model
     note: str = ""
     artifact: Artifact | None = None  # for the op breakdown of the row the targets single out
-    model: str = "teacher"  # the network it runs (teacher or the compressed student), for its roofline floor
-    floor_ms: float | None = None  # roofline floor at batch 1 on the --profile device
+    model: str = "teacher"  # the network it runs (teacher or the compressed student), for its roofline time
+    roofline_ms: float | None = None  # roofline time at batch 1 on the --profile device (not a lower bound)
     accuracy: float | None = None
     latency: dict[int, list[np.ndarray]] = field(default_factory=dict)  # batch -> one array per repeat
 
@@ -91,6 +94,47 @@ def onnx_file_runner(path: Path, io: IOSpec, threads: int) -> Runner:
 
 def mb(path: Path) -> float:
     return sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()) / 1e6
+
+
+def isa_class(isa: list[str] | tuple[str, ...]) -> str:
+    """The ISA class of a CPU: the flags that decide which kernels torch and the INT8 runtimes pick, and so its
+    accuracies and speed. Most capable first."""
+    flags = set(isa)
+    if "avx512_vnni" in flags:
+        return "avx512_vnni + amx" if "amx_int8" in flags else "avx512_vnni"
+    if flags & {"avx512f", "avx512bw"}:
+        return "avx512 without vnni"
+    if "avx2" in flags:
+        return "avx2 + avx_vnni" if "avx_vnni" in flags else "avx2 only"
+    if "asimd" in flags:
+        return "asimd" + (" + dotprod" if "asimddp" in flags else "") + (" + i8mm" if "i8mm" in flags else "")
+    return "no SIMD flags known"
+
+
+def host_key(host: Mapping[str, Any]) -> str:
+    """Which results block and JSON entry a run on `host` (edgekit.profiling.host.host_info()) belongs to: the CPU
+    model and its ISA class, e.g. "AMD EPYC, avx512_vnni" or "AMD EPYC, avx2 only". Safe inside an HTML comment."""
+    cpu = " ".join(str(host.get("cpu") or host.get("arch") or "unknown CPU").split())
+    key = f"{cpu}, {isa_class(host.get('isa', []))}"
+    while "--" in key:
+        key = key.replace("--", "-")
+    return key.replace("<", "").replace(">", "")
+
+
+def load_results(path: Path) -> dict[str, dict[str, Any]]:
+    """The per-host results already in OUT.json: {host key: result}. A file from before per-host results (one
+    result with its `host`) becomes that host's entry."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SystemExit(f"bench: {path} cannot be read ({e}); fix or move it, it holds other hosts' results") from e
+    if isinstance(data, dict) and isinstance(data.get("hosts"), dict):
+        return dict(data["hosts"])
+    if isinstance(data, dict) and isinstance(data.get("host"), dict):
+        return {host_key(data["host"]): data}
+    raise SystemExit(f"bench: {path} holds no benchmark results; fix or move it")
 
 
 # -- rows --------------------------------------------------------------------------------------------
@@ -274,8 +318,8 @@ def fidelity(rows: list[Row], io: IOSpec, threads: int, seconds: float, rounds: 
     return {"tool": "benchmark_app", "rows": out}
 
 
-def floors(rows: list[Row], args: argparse.Namespace, io: IOSpec) -> None:
-    """Each row's roofline floor on the profile's device, from the per-kernel costs of the network it runs."""
+def rooflines(rows: list[Row], args: argparse.Namespace, io: IOSpec) -> None:
+    """Each row's roofline time on the profile's device, from the per-kernel costs of the network it runs."""
     profile = resolve_profile(args.profile)[0]
     onnx = {
         "teacher": args.work / "export-onnx-int8" / "onnx-fp32",
@@ -285,7 +329,7 @@ def floors(rows: list[Row], args: argparse.Namespace, io: IOSpec) -> None:
     for row in rows:
         if row.model in costs:
             precision = row.precision if row.precision in ("fp32", "fp16", "int8") else "fp32"
-            row.floor_ms = estimate(costs[row.model], profile, precision)["floor_ms"]
+            row.roofline_ms = estimate(costs[row.model], profile, precision)["roofline_ms"]
 
 
 def measure_accuracy(rows: list[Row], io: IOSpec, test: FeedDataset) -> None:
@@ -340,8 +384,8 @@ def row_dict(row: Row, base: Row) -> dict[str, Any]:
         "size_ratio": round(base.size_mb / row.size_mb, 2),
         "produce_s": None if row.produce_s is None else round(row.produce_s, 1),
         "runs_b1": int(sum(len(x) for x in row.latency[1])),
-        "floor_ms_b1": row.floor_ms,
-        "vs_floor_b1": None if row.floor_ms is None else round(p50(row, 1) / row.floor_ms, 2),
+        "roofline_ms_b1": row.roofline_ms,
+        "vs_roofline_b1": None if row.roofline_ms is None else round(p50(row, 1) / row.roofline_ms, 2),
         "note": row.note,
     }
 
@@ -453,14 +497,17 @@ def fmt(x: float | None, spec: str) -> str:
 def markdown(result: dict[str, Any]) -> str:
     host, rows = result["host"], result["rows"]
     lines = [
+        f"### Host: {host_key(host)}",
+        "",
         f"Measured {result['date']} on **{host['cpu']}** ({host['usable_cores']} usable cores, {host['arch']}; "
         f"ISA {', '.join(host['isa'])}), {host['os']}. Every row ran in its own runtime with "
         f"{result['settings']['threads']} threads on the same real test samples "
         f"({result['settings']['test_samples']} for accuracy). Latency: medians of interleaved blocks "
-        f"(A B A B ...), {result['settings']['repeats']} repeats of {result['settings']['rounds']} rounds each.",
+        f"(A B A B ...), {result['settings']['repeats']} repeats of {result['settings']['rounds']} rounds each. "
+        f"Roofline times (last column) of profile `{result['settings'].get('profile', 'x86')}`.",
         "",
         "| | artifact | runtime | precision | accuracy | drop (pts) | p50 b1 ms | p95 b1 ms | vs eager b1 "
-        "| p50 b16 ms | vs eager b16 | samples/s b16 | size MB | size ratio | produce s | ÷ floor b1 |",
+        "| p50 b16 ms | vs eager b16 | samples/s b16 | size MB | size ratio | produce s | ÷ roofline b1 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows, 1):
@@ -469,16 +516,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {fmt(r['accuracy_drop'], '+.2f')} | {r['p50_ms_b1']:.3f} | {r['p95_ms_b1']:.3f} "
             f"| {r['ratio_vs_eager_b1']:.2f}x | {r['p50_ms_b16']:.3f} | {r['ratio_vs_eager_b16']:.2f}x "
             f"| {r['throughput_b16']:.0f} | {r['size_mb']:.2f} | {r['size_ratio']:.1f}x "
-            f"| {fmt(r['produce_s'], '.1f')} | {fmt(r['vs_floor_b1'], '.1f')} |"
+            f"| {fmt(r['produce_s'], '.1f')} | {fmt(r['vs_roofline_b1'], '.1f')} |"
         )
     notes = [f"- **{r['name']}**: {r['note']}" for r in rows if r["note"]]
-    lines += ["", *notes, "", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += ["", *notes, "", "#### Targets", "", "| target | measured | met |", "|---|---|---|"]
     for name, measured, met in result["targets"]:
         lines.append(f"| {name} | {measured} | {'yes' if met else 'no'} |")
     s = result["stability"]
     lines += [
         "",
-        "### Repeatability",
+        "#### Repeatability",
         "",
         f"The latency measurement ran {len(s['repeats'])} times in this run; the largest change of a headline "
         f"ratio between repeats was **{100 * s['max_relative_change']:.1f}%** (the rule is < 10%).",
@@ -492,7 +539,7 @@ def markdown(result: dict[str, Any]) -> str:
         ops = result["ops_b1"]
         lines += [
             "",
-            f"### Where the time goes: {ops['row']}, batch 1 ({ops['runtime']} profiler)",
+            f"#### Where the time goes: {ops['row']}, batch 1 ({ops['runtime']} profiler)",
             "",
             f"Profiled total {ops['total_ms']:.3f} ms per inference (profiling adds overhead per op).",
             "",
@@ -503,7 +550,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {o['op']} | {o['nodes']} | {o['ms']:.3f} | {100 * o['share']:.1f}% |" for o in ops["by_op_type"][:8]
         ]
     if result.get("fidelity"):
-        lines += ["", "### Fidelity: EdgeKit's timer vs OpenVINO's benchmark_app", "",
+        lines += ["", "#### Fidelity: EdgeKit's timer vs OpenVINO's benchmark_app", "",
                   f"Same artifact, threads and precision; each tool in its own process for "
                   f"{result['settings']['fidelity_s']} s, alternating three times; medians of the per-round "
                   "medians.", "",
@@ -511,19 +558,38 @@ def markdown(result: dict[str, Any]) -> str:
                   "|---|---|---|---|"]  # fmt: skip
         lines += [f"| {f['row']} | {f['benchmark_app_p50_ms']:.3f} | {f['edgekit_p50_ms']:.3f} | {f['ratio']:.2f}x |"
                   for f in result["fidelity"]["rows"]]  # fmt: skip
-    lines += ["", "### Versions", "", ", ".join(f"{k} {v}" for k, v in host["versions"].items())]
+    lines += ["", "#### Versions", "", ", ".join(f"{k} {v}" for k, v in host["versions"].items())]
     return "\n".join(lines)
 
 
-def update_doc(path: Path, generated: str, tag: str = "bench") -> None:
+def update_doc(
+    path: Path, generated: str, tag: str = "bench", key: str | None = None, legacy_key: str | None = None
+) -> None:
     """Replace the document's generated block named `tag` (appending it when absent), keeping the
-    hand-written text around it."""
-    begin, end = f"<!-- {tag}:begin (generated, do not edit) -->", f"<!-- {tag}:end -->"
+    hand-written text around it. With `key` (a host, for the bench results) the block is that host's: its
+    markers carry the key, a run replaces only its own host's block, and a new host's block goes after the last
+    host's. A single block from before per-host blocks becomes `legacy_key`'s (its host, from the old JSON), or
+    else this host's."""
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    plain = f"<!-- {tag}:begin (generated, do not edit) -->", f"<!-- {tag}:end -->"
+    if key is None:
+        begin, end = plain
+    else:
+        begin, end = f"<!-- {tag}:begin {key} -->", f"<!-- {tag}:end {key} -->"
+        head, sep, rest = text.partition(plain[0])
+        body, sep2, tail = rest.partition(plain[1])
+        if sep and sep2:
+            old = legacy_key or key
+            text = f"{head}<!-- {tag}:begin {old} -->{body}<!-- {tag}:end {old} -->{tail}"
     head, sep, rest = text.partition(begin)
     _, sep2, tail = rest.partition(end)
     if not (sep and sep2):
-        head, tail = text.rstrip("\n") + "\n\n", "\n"
+        last = text.rfind(f"<!-- {tag}:end ") if key is not None else -1
+        if last >= 0:  # after the last host's block
+            cut = text.index("-->", last) + 3
+            head, tail = text[:cut] + "\n\n", text[cut:]
+        else:
+            head, tail = text.rstrip("\n") + "\n\n", "\n"
     write_text(path, f"{head}{begin}\n{generated}\n{end}{tail}")
 
 
@@ -542,7 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench", help="artifacts; compress runs resume here")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="writes OUT.md and OUT.json")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--profile", default="x86", help="the profile of this machine (x86: the one it satisfies)")
+    p.add_argument(
+        "--profile",
+        help="the profile of this machine, for the roofline times (default: the x86 profile "
+        "this host's CPU satisfies)",
+    )
     p.add_argument("--calib-samples", type=int, default=300)
     p.add_argument("--test-samples", type=int, default=0, help="0: the whole test split")
     p.add_argument("--val-samples", type=int, default=0, help="for nncf's accuracy control; 0: the whole split")
@@ -551,6 +621,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--fidelity-seconds", type=int, default=3, help="per tool, artifact and round, vs benchmark_app")
     args = p.parse_args(argv)
+    if args.profile is None:
+        args.profile, why = host_profile("x86")
+        if args.profile is None:
+            args.profile, why = "x86-avx512-vnni", f"{why}; its roofline times are only a reference here"
+        print(f"bench: profile {args.profile} ({why})", file=sys.stderr)
+    host = host_info()
+    key = host_key(host)
+    results = load_results(args.out.with_suffix(".json"))  # before the run: a bad file fails now, not in 10 min
+    legacy = next(iter(results)) if len(results) == 1 else None  # the host of a single block from before per-host
 
     start = time.perf_counter()
     teacher = args.model or api.reference_teacher()
@@ -575,16 +654,17 @@ def main(argv: list[str] | None = None) -> int:
     rows += peer_rows(args, io, load_artifact(args.work / "export-onnx-int8" / "onnx-fp32").path, args.work / "peers")
     ek_rows, reports = compress_rows(args, teacher, args.work)
     rows += ek_rows
-    floors(rows, args, io)
+    rooflines(rows, args, io)
     measure_accuracy(rows, io, test)
     measure_latency(rows, io, test, args.rounds, args.block, args.repeats)
     base = rows[0]
     table = [row_dict(r, base) for r in rows]
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "host": host_info(),
+        "host": host,
         "settings": {
             "threads": args.threads,
+            "profile": args.profile,
             "rounds": args.rounds,
             "block_s": args.block,
             "repeats": args.repeats,
@@ -608,9 +688,13 @@ def main(argv: list[str] | None = None) -> int:
     ]:  # where the time of EdgeKit's best artifact goes, for the diagnosis of a missed target
         feeds = with_modalities(io, next(iter(test.batches(1)))[0], io.modalities)
         result["ops_b1"] = {"row": row.name, **(op_breakdown(row.artifact, feeds, runs=50, threads=args.threads) or {})}
-    write_json(args.out.with_suffix(".json"), result)
-    update_doc(args.out.with_suffix(".md"), markdown(result))
-    print(f"bench: wrote {args.out.with_suffix('.md')} and .json in {result['seconds']:.0f} s", file=sys.stderr)
+    write_json(args.out.with_suffix(".json"), {"hosts": {**results, key: result}})
+    update_doc(args.out.with_suffix(".md"), markdown(result), key=key, legacy_key=legacy)
+    print(
+        f"bench: wrote the results of host '{key}' to {args.out.with_suffix('.md')} and .json in "
+        f"{result['seconds']:.0f} s",
+        file=sys.stderr,
+    )
     return 0
 
 

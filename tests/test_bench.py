@@ -1,5 +1,6 @@
 """scripts/bench.py end to end on a tiny model: every row is built and run in its runtime, and the
-Markdown block and JSON it writes have what a later run compares against."""
+Markdown block and JSON it writes have what a later run compares against. The results are kept per host (CPU
+model and ISA class): a run replaces only its own host's block and JSON entry."""
 
 import json
 import subprocess
@@ -12,11 +13,9 @@ import yaml
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
+from edgekit.profiling.host import host_info
 
 from .conftest import ROOT
-
-# heavy: `make bench` runs the full script; `make test-all` runs this smoke test of it.
-pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.openvino, pytest.mark.executorch]
 
 KWARGS = {"arch": "attention", "preset": "small", "vocab_size": 41, "max_len": 32}
 FULL = {
@@ -37,7 +36,69 @@ ROWS = [
 ]  # fmt: skip
 
 
-def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigits):
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import bench
+
+    return bench
+
+
+def test_host_key_names_the_cpu_and_its_isa_class(bench):
+    assert bench.host_key({"cpu": "AMD EPYC", "isa": ["avx2", "fma", "avx512f", "avx512_vnni"]}) == (
+        "AMD EPYC, avx512_vnni"
+    )
+    assert bench.host_key({"cpu": "AMD EPYC", "isa": ["avx", "avx2", "fma"]}) == "AMD EPYC, avx2 only"
+    assert bench.host_key({"cpu": "Xeon", "isa": ["avx512_vnni", "amx_int8"]}) == "Xeon, avx512_vnni + amx"
+    assert bench.host_key({"cpu": "a -- b >", "isa": []}) == "a - b , no SIMD flags known"  # safe in a comment
+
+
+def test_update_doc_keeps_one_block_per_host(bench, tmp_path):
+    doc = tmp_path / "b.md"
+    doc.write_text(
+        "# B\n\nabove\n\n<!-- bench:begin (generated, do not edit) -->\nold run\n<!-- bench:end -->\n\n"
+        "between\n\n<!-- calibration:begin (generated, do not edit) -->\ncal\n<!-- calibration:end -->\n"
+    )
+    bench.update_doc(doc, "ours 1", key="B, avx2 only", legacy_key="A, avx512_vnni")  # the old block is A's
+    bench.update_doc(doc, "C's", key="C, avx512_vnni")
+    bench.update_doc(doc, "ours 2", key="B, avx2 only")
+    bench.update_doc(doc, "cal 2", "calibration")  # scripts/calibrate_estimator.py: one block, not per host
+    assert doc.read_text() == (
+        "# B\n\nabove\n\n<!-- bench:begin A, avx512_vnni -->\nold run\n<!-- bench:end A, avx512_vnni -->\n\n"
+        "<!-- bench:begin B, avx2 only -->\nours 2\n<!-- bench:end B, avx2 only -->\n\n"
+        "<!-- bench:begin C, avx512_vnni -->\nC's\n<!-- bench:end C, avx512_vnni -->\n\n"
+        "between\n\n<!-- calibration:begin (generated, do not edit) -->\ncal 2\n<!-- calibration:end -->\n"
+    )
+
+
+def test_results_json_is_per_host_and_reads_a_single_result_as_its_hosts(bench, tmp_path):
+    path = tmp_path / "b.json"
+    assert bench.load_results(path) == {}
+    old = {"host": {"cpu": "AMD EPYC", "isa": ["avx2", "avx512_vnni"]}, "rows": [1]}
+    path.write_text(json.dumps(old))
+    assert bench.load_results(path) == {"AMD EPYC, avx512_vnni": old}
+    path.write_text(json.dumps({"hosts": {"X, avx2 only": {"rows": [2]}}}))
+    assert bench.load_results(path) == {"X, avx2 only": {"rows": [2]}}
+    path.write_text("{not json")
+    with pytest.raises(SystemExit, match="other hosts' results"):
+        bench.load_results(path)
+
+
+def test_the_committed_results_are_per_host():
+    doc = (ROOT / "docs" / "benchmarks.md").read_text()
+    hosts = json.loads((ROOT / "docs" / "benchmarks.json").read_text())["hosts"]
+    assert hosts and "bench:begin (generated" not in doc
+    for key, result in hosts.items():
+        assert f"<!-- bench:begin {key} -->\n### Host: {key}\n" in doc and f"<!-- bench:end {key} -->" in doc
+        assert {"host", "rows", "targets", "settings"} <= set(result)
+
+
+# heavy: `make bench` runs the full script; `make test-all` runs this smoke test of it.
+@pytest.mark.slow
+@pytest.mark.heavy
+@pytest.mark.openvino
+@pytest.mark.executorch
+def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigits, bench):
     torch.manual_seed(0)
     model = build_fusion_model(**KWARGS).eval()
     save_model_package(model, io_spec(AVDigitsConfig(), 41), tmp_path / "pkg",
@@ -46,8 +107,10 @@ def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigi
     (tmp_path / "ptq.yaml").write_text(yaml.safe_dump(PTQ))
     doc = tmp_path / "out" / "bench.md"
     doc.parent.mkdir()
-    doc.write_text("# Mine\n\nkept above\n\n<!-- bench:begin (generated, do not edit) -->\nold\n"
-                   "<!-- bench:end -->\n\nkept below\n")  # fmt: skip
+    key, other = bench.host_key(host_info()), "Another CPU, avx2 only"
+    doc.write_text(f"# Mine\n\nkept above\n\n<!-- bench:begin {key} -->\nold\n<!-- bench:end {key} -->\n\n"
+                   f"<!-- bench:begin {other} -->\ntheirs\n<!-- bench:end {other} -->\n\nkept below\n")  # fmt: skip
+    (tmp_path / "out" / "bench.json").write_text(json.dumps({"hosts": {other: {"rows": ["theirs"]}}}))
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--model", str(tmp_path / "pkg"),
            "--recipe", str(tmp_path / "full.yaml"), "--ptq-recipe", str(tmp_path / "ptq.yaml"),
            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out" / "bench"), "--calib-samples", "16",
@@ -56,7 +119,9 @@ def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigi
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
 
-    result = json.loads((tmp_path / "out" / "bench.json").read_text())
+    hosts = json.loads((tmp_path / "out" / "bench.json").read_text())["hosts"]
+    assert hosts[other] == {"rows": ["theirs"]} and set(hosts) == {key, other}
+    result = hosts[key]
     rows = {r["name"]: r for r in result["rows"]}
     assert list(rows) == ROWS
     for r in rows.values():
@@ -73,4 +138,7 @@ def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigi
 
     text = doc.read_text()
     assert text.startswith("# Mine\n\nkept above") and text.rstrip().endswith("kept below") and "old" not in text
-    assert "| EdgeKit distill + prune (FP32) |" in text and "### Targets" in text and "### Repeatability" in text
+    ours = text[text.index(f"<!-- bench:begin {key} -->") : text.index(f"<!-- bench:end {key} -->")]
+    assert f"### Host: {key}" in ours and "| EdgeKit distill + prune (FP32) |" in ours
+    assert "#### Targets" in ours and "#### Repeatability" in ours
+    assert text.index(f"<!-- bench:end {key} -->") < text.index(f"<!-- bench:begin {other} -->\ntheirs\n")

@@ -14,10 +14,13 @@ def _arrays(test_split, n=8):
 
 
 def test_samples_are_paired_complete_and_seeded(avdigits_io, test_split):
+    """Every sample holds all inputs; with a modality mask, every 4th has modalities missing, each subset in turn,
+    so the INT8 scales cover the missing-modality case too."""
     calib = calibration_set(avdigits_io, test_split, n=16, seed=3)
-    assert len(calib) == 16 and calib.describe()["seed"] == 3
-    for feeds in calib.feeds:
-        assert set(feeds) == set(avdigits_io.input_names) and feeds["modality_mask"].tolist() == [[1, 1, 1]]
+    assert len(calib) == 16 and calib.describe()["seed"] == 3 and calib.describe()["missing_modalities"] == 4
+    masks = [feeds["modality_mask"].tolist()[0] for feeds in calib.feeds]
+    assert all(set(feeds) == set(avdigits_io.input_names) for feeds in calib.feeds)
+    assert masks[3::4] == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]] and masks.count([1, 1, 1]) == 12
     again = calibration_set(avdigits_io, test_split, n=16, seed=3)
     assert all((a["audio"] == b["audio"]).all() for a, b in zip(calib.feeds, again.feeds, strict=True))
 

@@ -16,6 +16,7 @@ from edgekit.errors import EdgeKitError, UsageError
 from edgekit.evaluation import torch_outputs
 from edgekit.formats import check_request
 from edgekit.hardware import ALIASES, host_profile, parse_profile, profile_names, resolve_profile
+from edgekit.hardware.identity import host_facts
 from edgekit.io import DimRange, IOSpec, TensorSpec
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
@@ -85,9 +86,13 @@ def test_x86_resolves_to_the_profile_this_cpu_satisfies():
     assert name == "x86-avx2" and "avx2, fma" in why
     name, why = host_profile("x86", ("asimd", "asimddp"))
     assert name is None and "lacks avx2, fma" in why
+    # `x86` is this host: the INT8 sizing and budgets of the profile its CPU satisfies, and this host as the device
     p, note = resolve_profile("x86")
     here, _ = host_profile("x86")
-    assert p.name == (here or "x86-avx512-vnni") and "this host's CPU" in note
+    shipped = resolve_profile(here or "x86-avx512-vnni")[0]
+    assert p.name == "x86" and p.cpu_isa == shipped.cpu_isa and p.budgets == shipped.budgets
+    assert p.not_the_device(host_facts()) is None if here else "lacks" in p.not_the_device(host_facts())
+    assert "this host's CPU" in note and f"profile '{shipped.name}'" in note
 
 
 def test_profiles_cli_list_and_show():

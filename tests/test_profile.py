@@ -12,20 +12,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
 
 from edgekit import api
-from edgekit.artifact import load_artifact
+from edgekit.artifact import Artifact, load_artifact
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.errors import UsageError
 from edgekit.formats import load_runner
 from edgekit.hardware.cpu import cpu_facts
+from edgekit.io import DimRange, IOSpec, TensorSpec
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
+from edgekit.profiling import local
 from edgekit.profiling.timing import LatencyStats, interleaved, time_calls
 from edgekit.runtimes import bound_call
 from edgekit.runtimes.ops import summarize
+from edgekit.runtimes.ort import OrtRunner
 
 from .conftest import run_cli
 
@@ -125,6 +130,59 @@ def test_the_timed_call_computes_what_run_computes(exported, name):
     got = result.copy_outputs_to_cpu()[0] if name.startswith("onnx") else np.array(result[0])
     np.testing.assert_allclose(got, next(iter(runner.run(first).values())), rtol=1e-5, atol=1e-5)
     assert not np.allclose(got, next(iter(runner.run(second).values())))
+
+
+class _RecordingRunner(OrtRunner):
+    """A real onnxruntime runner that records its calls, to show which of them the profiler times."""
+
+    events: list[str]
+
+    def run(self, feeds):
+        self.events.append("run")
+        return super().run(feeds)
+
+    def bind(self, feeds):
+        self.events.append("bind")
+        call = super().bind(feeds)
+
+        def timed():
+            self.events.append("call")
+            return call()
+
+        return timed
+
+
+def test_profile_binds_feeds_outside_the_timed_calls(tmp_path, monkeypatch):
+    """Feeds are bound (checked, converted, copied) once per batch size before timing; the timed region holds only
+    the bound calls. The TensorRT runner relies on this to keep its host<->device copies out of the latency."""
+    relu = helper.make_node("Relu", ["x"], ["y"])
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("x", "y")]
+    graph = helper.make_graph([relu], "g", value[:1], value[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)  # one ort reads
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    io = IOSpec((TensorSpec("x", "float32", ("batch", 4)),), (TensorSpec("y", "float32", ("batch", 4)),),
+                {"batch": DimRange(1, 1, 8)})  # fmt: skip
+    Artifact("onnx", "fp32", tmp_path, "model.onnx", io, "").write_manifest()
+    events: list[str] = []
+
+    def runner(art, threads):
+        r = _RecordingRunner(art, threads)
+        r.events = events
+        return r
+
+    def timing(fn, *args, **kwargs):
+        events.append("timing")
+        try:
+            return time_calls(fn, *args, **kwargs)
+        finally:
+            events.append("timed")
+
+    monkeypatch.setattr(local, "load_runner", runner)
+    monkeypatch.setattr(local, "time_calls", timing)
+    out = local.profile(tmp_path, local.Settings(batches=(1, 4), warmup=2, runs=3, ops=False))
+    assert [r["latency_ms"]["runs"] for r in out["results"]] == [3, 3]
+    per_batch = ["bind", "timing", *["call"] * 5, "timed"]
+    assert events == ["run", *per_batch, *per_batch]  # the first inference, then each batch size
 
 
 def test_profile_runs_a_model_package_in_torch_eager(exported):

@@ -226,14 +226,19 @@ def test_report_html_escapes_every_value_of_report_json(tmp_path):
     evil = '<script>alert("x")</script><img src=x onerror=alert(1)>'
     row = {"artifact": f"/runs/{evil}/onnx-int8", "format": "onnx", "precision": "int8", "status": "error",
            "error": evil, "unchecked": [evil]}  # fmt: skip
+    unverified = {"artifact": evil, "status": "unverified", "accuracy_ci": [0.8, 0.9], "drop_ci": [0.1, 0.2],
+                  "checks": [{"budget": evil, "status": "unverified", "why": evil, "note": evil}],
+                  "subsets": {evil: {"accuracy": 0.5, "drop": 1.0, "drop_ci": [0.0, 2.0]}}}  # fmt: skip
     report = {
         "recipe": {"model": evil}, "model": evil, "verdict": {"status": "fail", "accuracy_drop": None},
         "baseline": {"accuracy": 0.9, "params": 10, "macs": None},
         "stages": [{"name": evil, "params": 5, "macs": None, "accuracy": 0.8, "accuracy_drop": 10.0, "seconds": 1,
                     "path": f"/runs/{evil}"}],
         "artifacts": [{"format": evil, "precision": "int8", "size_mb": 1.0, "accuracy": 0.8, "sha256": evil}],
-        "validation": [{"profile": evil, "verdict": "fail", "budgets": {"max_size_mb": evil}, "rows": [row],
-                        "host": {"cpu": evil}}],
+        "validation": [{"profile": evil, "verdict": "fail", "budgets": {"max_size_mb": evil}, "rows": [row, unverified],
+                        "host": {"cpu": evil}, "not_the_device": evil}],
+        "reference": {"model": evil, "search": {"split": evil, "accuracy": 0.9},
+                      "verdict": {"split": evil, "accuracy": 0.9}},
         "versions": {"torch": evil},
     }  # fmt: skip
     (tmp_path / "report.json").write_text(json.dumps(report))

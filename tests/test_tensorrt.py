@@ -9,6 +9,7 @@ import py_compile
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -463,3 +464,101 @@ def test_profile_reports_tensorrt_layer_times(fusion_onnx, io, tmp_path):
     assert [r["batch"] for r in result["results"]] == [1, 4] and result["runtime"].startswith("tensorrt")
     ops = result["ops"]
     assert ops["runs"] == 20 and ops["top_nodes"] and 0 < ops["total_ms"]
+
+
+class _CountingCudart:
+    """cuda-python's runtime module, counting the device allocations and host<->device copies made through it."""
+
+    COUNTED = ("cudaMalloc", "cudaMemcpy", "cudaMemcpyAsync")
+
+    def __init__(self, cudart):
+        self.cudart, self.calls = cudart, Counter()
+
+    def __getattr__(self, name):
+        attr = getattr(self.cudart, name)
+        if name not in self.COUNTED:
+            return attr
+
+        def counted(*args):
+            self.calls[name] += 1
+            return attr(*args)
+
+        return counted
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(fusion_onnx, io, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("engine") / "tensorrt-fp32"
+    write_bundle(fusion_onnx, io, ORIN_NANO, "fp32", out, "p", {})
+    build_engine(out)
+    return out
+
+
+@pytest.mark.tensorrt
+@on_device
+def test_runner_binds_once_per_input_shape(fp32_engine, io):
+    from edgekit.runtimes.tensorrt import TensorRTRunner
+
+    art = load_artifact(fp32_engine)
+    runner = TensorRTRunner(art)
+    cudart = runner.cudart = _CountingCudart(runner.cudart)
+    small, other, large = (io.example_inputs(batch=b, seq=s, seed=b + s) for b, s in [(2, 16), (2, 15), (8, 32)])
+    runner.run(small)
+    bound, mallocs = dict(runner.buffers), cudart.calls["cudaMalloc"]
+    reshaped = []
+    set_shape = runner.io.set_shape
+    runner.io.set_shape = lambda name, shape: reshaped.append(name) or set_shape(name, shape)
+    got = {"other": runner.run(other)}
+    assert reshaped == ["text_ids", "text_mask"] and runner.buffers == bound  # only the changed shapes; none grows
+    reshaped.clear()
+    got["other again"] = runner.run(other)
+    assert not reshaped and runner.buffers == bound and cudart.calls["cudaMalloc"] == mallocs  # same shapes: bound
+    got["large"] = runner.run(large)
+    assert runner.shapes == {n: large[n].shape for n in runner.io.inputs} and runner.buffers != bound
+    got["small"] = runner.run(small)  # back to a smaller shape, in the grown buffers
+    fresh = TensorRTRunner(art)
+    for key, feeds in [("other", other), ("other again", other), ("large", large), ("small", small)]:
+        np.testing.assert_allclose(got[key]["logits"], fresh.run(feeds)["logits"], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.tensorrt
+@on_device
+def test_bound_call_runs_the_bound_feeds_on_the_device(fp32_engine, io):
+    from edgekit.runtimes import bound_call
+    from edgekit.runtimes.tensorrt import TensorRTRunner
+
+    runner = TensorRTRunner(load_artifact(fp32_engine))
+    first, second = (io.example_inputs(batch=4, seed=s) for s in (1, 2))
+    want = runner.run(first)["logits"]
+    call = bound_call(runner, first)
+    call()
+    got = np.empty_like(want)
+    d2h = runner.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    runner._call(runner.cudart.cudaMemcpy(got.ctypes.data, runner.buffers["logits"][0], got.nbytes, d2h))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    runner.run(second)  # replaces the bound feeds on the device: the bound call refuses rather than time them
+    with pytest.raises(UsageError, match="bind the feeds again"):
+        call()
+
+
+@pytest.mark.tensorrt
+@on_device
+def test_profile_times_only_the_engine(fp32_engine, monkeypatch):
+    """`edgekit profile` times enqueue + synchronize: no feed checks and no host<->device copies in the timed calls."""
+    import edgekit.profiling.local as local
+    import edgekit.runtimes.tensorrt as tensorrt_runtime
+
+    cudart, time_calls = _CountingCudart(tensorrt_runtime._cudart()), local.time_calls
+    copies_timed = []
+
+    def timing(fn, *args, **kwargs):
+        before = cudart.calls["cudaMemcpyAsync"]
+        seconds = time_calls(fn, *args, **kwargs)
+        copies_timed.append(cudart.calls["cudaMemcpyAsync"] - before)
+        return seconds
+
+    monkeypatch.setattr(tensorrt_runtime, "_cudart", lambda: cudart)
+    monkeypatch.setattr(local, "time_calls", timing)
+    result = local.profile(fp32_engine, local.Settings(batches=(1, 4), runs=20, ops=False))
+    assert [r["latency_ms"]["runs"] for r in result["results"]] == [20, 20]
+    assert copies_timed == [0, 0] and cudart.calls["cudaMemcpyAsync"] > 0  # run() and bind() copied, outside

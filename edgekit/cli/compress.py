@@ -11,6 +11,7 @@ from rich.table import Table
 from ..compress import compress as run_compress
 from ..recipe import dump_recipe, load_recipe, recipe_from_flags
 from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, err, out
+from .validate import UNVERIFIED
 from .validate import render as render_validation
 
 
@@ -65,3 +66,7 @@ def compress(
         # Exit 1 after the report, which holds the verdict: with --json, stdout stays one JSON object.
         err.print(f"edgekit: error: budget missed: {'; '.join(missed)} (see {run_dir / 'report.json'})", markup=False)
         raise typer.Exit(1)
+    if report["verdict"]["status"] == "unverified":
+        err.print(f"edgekit: unverified: only the device decides {'; '.join(report['verdict']['unverified'])} "
+                  f"(see {run_dir / 'report.json'})", markup=False)  # fmt: skip
+        raise typer.Exit(UNVERIFIED)

@@ -13,6 +13,7 @@ from .. import api
 from ..data.calibration import DEFAULT_SAMPLES
 from ..formats import FormatName
 from .common import JsonOpt, OverwriteOpt, emit, err, out
+from .validate import UNVERIFIED
 from .validate import render as render_validation
 
 
@@ -79,5 +80,6 @@ def export(
             render_validation(result["validation"])
 
     emit(result, as_json, render)
-    if result.get("validation", {}).get("verdict") == "fail":
-        raise typer.Exit(1)
+    verdict = result.get("validation", {}).get("verdict")
+    if verdict in ("fail", "unverified"):
+        raise typer.Exit(1 if verdict == "fail" else UNVERIFIED)

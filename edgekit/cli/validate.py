@@ -10,7 +10,8 @@ from rich.table import Table
 
 from .common import JsonOpt, emit, err, out
 
-STATUS = {"pass": "✅ pass", "fail": "❎ fail", "error": "❌ error"}
+STATUS = {"pass": "✅ pass", "fail": "❎ fail", "unverified": "❔ unverified", "error": "❌ error"}
+UNVERIFIED = 3  # exit code: nothing failed, but a budget only the device can decide was not decided
 
 
 def validate(
@@ -31,6 +32,9 @@ def validate(
     latency_p95_ms: Annotated[float | None, typer.Option(min=0, help="Override the p95 latency budget.")] = None,
     max_size_mb: Annotated[float | None, typer.Option(min=0, help="Override the size budget.")] = None,
     max_peak_ram_mb: Annotated[float | None, typer.Option(min=0, help="Override the peak RAM budget.")] = None,
+    max_subset_drop: Annotated[
+        float | None, typer.Option(min=0, help="Largest drop with modalities missing, for every subset (points).")
+    ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads (default: the profile's).")] = None,
     estimate: Annotated[bool, typer.Option(help="Estimate latency even where it could be measured here.")] = False,
     report: Annotated[
@@ -40,12 +44,13 @@ def validate(
 ) -> None:
     """Prove artifacts against a profile's budgets: accuracy, latency (measured or estimated), size, RAM.
 
-    Exit code 1 when any artifact fails a budget or cannot be run."""
+    Exit code 1 when any artifact fails a budget or cannot be run, 3 when none fails but a budget is unverified
+    (an estimate's interval straddles it, or latency was measured on a host that is not the device)."""
     from ..validate import Options, attach
     from ..validate import validate as run
 
     budgets = {"max_accuracy_drop": max_drop, "latency_p95_ms": latency_p95_ms, "max_size_mb": max_size_mb,
-               "max_peak_ram_mb": max_peak_ram_mb}  # fmt: skip
+               "max_peak_ram_mb": max_peak_ram_mb, "max_subset_drop": max_subset_drop}  # fmt: skip
     options = Options(data=data, threads=threads, estimate_only=estimate)
     log = lambda m: err.print(f"[dim]{m}[/dim]")  # noqa: E731
     result = run(artifacts, profile, baseline, measurements or [], budgets, options, log)
@@ -53,7 +58,7 @@ def validate(
         attach(result, report)
     emit(result, as_json, lambda: render(result))
     if result["verdict"] != "pass":
-        raise typer.Exit(1)
+        raise typer.Exit(UNVERIFIED if result["verdict"] == "unverified" else 1)
 
 
 def cell(value: float | None, spec: str) -> str:
@@ -62,23 +67,44 @@ def cell(value: float | None, spec: str) -> str:
 
 def render(r: dict[str, Any]) -> None:
     out.print(validation_table(r))
+    if not r["the_device"]:
+        out.print(f"this host is not {r['profile']}'s device ({r['not_the_device']}): latency measured here is a proxy")
     if not r["gated"]:
         out.print(f"profile {r['profile']} sets no budgets: the numbers are reported, nothing was gated")
     for row in r["rows"]:
         if row["status"] == "error":
             out.print(f"❌ {row['artifact']}: {row['error']}")
+        name = Path(row["artifact"]).name
+        if row.get("subsets"):
+            cells = "; ".join(subset_cell(k, v) for k, v in row["subsets"].items())
+            out.print(f"  {name}, modalities missing: {cells}")
         for c in row.get("checks", []):
-            if c["ok"] is False:
-                why = f" ({c['why']})" if "why" in c else ""
-                out.print(f"❎ {Path(row['artifact']).name}: {c['budget']} {c['value']:.3f} > {c['limit']}{why}")
+            why = f" ({c['why']})" if "why" in c else ""
+            if c["status"] == "fail":
+                out.print(f"❎ {name}: {c['budget']} {c['value']:.3f} > {c['limit']}{why}")
+            elif c["status"] == "unverified":
+                out.print(f"❔ {name}: {c['budget']} unverified, only the device decides{why}")
+            if "note" in c:
+                out.print(f"⚠ {name}: {c['budget']} {c['note']}")
         if row.get("unchecked"):
-            out.print(f"⚠ {Path(row['artifact']).name}: not checked here, no value: {', '.join(row['unchecked'])}")
+            out.print(f"⚠ {name}: not checked here, no value: {', '.join(row['unchecked'])}")
     out.print(f"verdict: {r['verdict']}")
+
+
+def subset_cell(name: str, s: dict[str, Any]) -> str:
+    drop = f" ({s['drop']:+.2f} {interval(s['drop_ci'], '+.2f')})" if "drop" in s else ""
+    return f"{name} only {s['accuracy']:.4f}{drop}"
+
+
+def interval(ci: list[float] | None, spec: str) -> str:
+    return "-" if not ci else f"[{ci[0]:{spec}}, {ci[1]:{spec}}]"
 
 
 def validation_table(r: dict[str, Any]) -> Table:
     base = r["baseline"]
-    title = f"validation against {r['profile']}" + (f" (baseline accuracy {base['accuracy']:.4f})" if base else "")
+    title = f"validation against {r['profile']} on {r['split']}" + (
+        f" (baseline accuracy {base['accuracy']:.4f}, n={base['samples']})" if base else ""
+    )
     table = Table(title=title)
     for col in (
         "artifact",
@@ -87,7 +113,9 @@ def validation_table(r: dict[str, Any]) -> Table:
         "status",
         "size MB",
         "accuracy",
+        "95% CI",
         "drop",
+        "drop 95% CI",
         "p50 ms",
         "p95 ms",
         "latency",
@@ -98,7 +126,8 @@ def validation_table(r: dict[str, Any]) -> Table:
         table.add_row(
             Path(row["artifact"]).name, row.get("format", "?"), row.get("precision", "?"), STATUS[row["status"]],
             cell(row.get("size_mb"), ".2f"), cell(row.get("accuracy"), ".4f") + proxy,
-            cell(row.get("accuracy_drop"), "+.2f"),
+            interval(row.get("accuracy_ci"), ".4f"), cell(row.get("accuracy_drop"), "+.2f"),
+            interval(row.get("drop_ci"), "+.2f"),
             cell(row.get("p50_ms"), ".3f"), cell(row.get("p95_ms"), ".3f"), row.get("latency_source") or "-",
         )  # fmt: skip
     return table

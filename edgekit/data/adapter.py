@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,14 @@ def with_modalities(io: IOSpec, feeds: Mapping[str, np.ndarray], present: Sequen
             if t.absent is None and is_attention_mask(t) and out[t.name].ndim > 1:
                 out[t.name][:, 0] = 1
     return out
+
+
+def modality_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """All modalities first, then each alone, then each pair (when that is not already 'all')."""
+    out = [modalities] + [(m,) for m in modalities]
+    if len(modalities) > 2:
+        out += list(combinations(modalities, 2))
+    return out if len(modalities) > 1 else [modalities]
 
 
 def is_attention_mask(t: TensorSpec) -> bool:

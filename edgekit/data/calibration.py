@@ -1,8 +1,9 @@
 """Calibration sets: real, paired multimodal samples drawn from a data adapter, never random tensors.
 
 Every sample keeps all of its modalities together (the image, text and audio of one example), since
-the fusion layers' activation ranges depend on their joint statistics. Samples are checked against
-the IOSpec before any backend sees them."""
+the fusion layers' activation ranges depend on their joint statistics. For a model with a `modality_mask`, a
+quarter of the samples have modalities missing (each subset in turn), so the INT8 scales also cover what the
+model computes then. Samples are checked against the IOSpec before any backend sees them."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import numpy as np
 
 from ..errors import UsageError
 from ..io import IOSpec
-from .adapter import FeedDataset, with_modalities
+from .adapter import FeedDataset, modality_subsets, with_modalities
 
 DEFAULT_SAMPLES = 300
+MISSING_EVERY = 4  # with a modality mask, every 4th sample has modalities missing
 
 
 @dataclass(frozen=True)
@@ -24,12 +26,14 @@ class CalibrationSet:
     feeds: tuple[dict[str, np.ndarray], ...]
     source: str
     seed: int
+    missing: int = 0  # samples with modalities missing (models with a modality mask)
 
     def __len__(self) -> int:
         return len(self.feeds)
 
     def describe(self) -> dict[str, object]:
-        return {"samples": len(self.feeds), "source": self.source, "seed": self.seed}
+        return {"samples": len(self.feeds), "source": self.source, "seed": self.seed,
+                "missing_modalities": self.missing}  # fmt: skip
 
 
 def calibration_set(io: IOSpec, data: FeedDataset, n: int = DEFAULT_SAMPLES, seed: int = 0) -> CalibrationSet:
@@ -39,11 +43,15 @@ def calibration_set(io: IOSpec, data: FeedDataset, n: int = DEFAULT_SAMPLES, see
     if len(data) == 0:
         raise UsageError(f"calibration set '{data.name}' is empty", "point calibration at a split with samples")
     order = np.random.default_rng(seed).permutation(len(data))[: min(n, len(data))]
-    feeds, labels = [], set()
-    for i in order:
+    partial = modality_subsets(io.modalities)[1:] if io.has_modality_mask() else []
+    feeds, labels, missing = [], set(), 0
+    for j, i in enumerate(order):
         sample, label = data[int(i)]
         labels.add(label)
-        batched = with_modalities(io, {k: np.asarray(v)[None] for k, v in sample.items()}, io.modalities)
+        present = io.modalities
+        if partial and j % MISSING_EVERY == MISSING_EVERY - 1:
+            present, missing = partial[(j // MISSING_EVERY) % len(partial)], missing + 1
+        batched = with_modalities(io, {k: np.asarray(v)[None] for k, v in sample.items()}, present)
         try:
             io.validate_feeds(batched)
         except UsageError as e:
@@ -60,4 +68,4 @@ def calibration_set(io: IOSpec, data: FeedDataset, n: int = DEFAULT_SAMPLES, see
             f"calibration set '{data.name}' holds only class {labels.pop()} ({len(feeds)} samples)",
             "calibrate on samples that cover every class the model predicts",
         )
-    return CalibrationSet(tuple(feeds), data.name, seed)
+    return CalibrationSet(tuple(feeds), data.name, seed, missing)

@@ -54,10 +54,12 @@ class Format:
 @dataclass(frozen=True)
 class Search:
     """The accuracy-aware INT8 search: keep the layers that cost most accuracy on `val` in float until the drop
-    fits `max_drop` points."""
+    fits `max_drop` points, measured against `reference` (a compress run's teacher on `val`; None: the model being
+    quantized, as `export --max-drop` gives it)."""
 
     val: FeedDataset
     max_drop: float
+    reference: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,9 @@ class ExportContext:
             if self.float_nodes is not None:
                 keep = tuple(self.float_nodes)
             elif self.search is not None:
-                report = find_float_nodes(backend, self.job, self.search.val, self.search.max_drop,
-                                          self.work / f"search-{backend.key}")  # fmt: skip
+                s = self.search
+                report = find_float_nodes(backend, self.job, s.val, s.max_drop, self.work / f"search-{backend.key}",
+                                          s.reference)  # fmt: skip
                 self.sensitivity[backend.key] = report
                 keep = report.float_nodes
             else:

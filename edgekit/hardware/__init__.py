@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ import yaml
 from ..errors import UsageError
 from ..schema_errors import dotted, first_error, load_yaml, one_line, show
 from .cpu import this_cpu
+from .identity import Identity, host_facts
 
 Precision = Literal["fp32", "fp16", "int8"]
 FormatName = Literal["onnx", "openvino", "tensorrt", "executorch", "ort-mobile"]
@@ -32,8 +34,9 @@ ALIASES: dict[str, str] = {
     "android": "android-arm64",
     "raspberry-pi-5": "arm64-cortex-a76",
 }
-# Aliases of a CPU family: the first of these profiles whose ISA this host has (a host's own CPU is the device
-# users mean), else the first one. Most capable first.
+# Aliases of a CPU family that mean *this host*: the first of these profiles whose ISA this host has lends its INT8
+# sizing, peaks and budgets, and this host is the device (its identity is this host's CPU model and CPU count), so
+# latency measured here counts. Most capable first.
 HOST_ALIASES: dict[str, tuple[str, ...]] = {"x86": ("x86-avx512-vnni", "x86-avx2")}
 
 
@@ -52,6 +55,8 @@ class Budgets(_Frozen):
     max_accuracy_drop: pydantic.NonNegativeFloat | None = None  # points
     max_size_mb: pydantic.NonNegativeFloat | None = None
     max_peak_ram_mb: pydantic.NonNegativeFloat | None = None
+    # points lost with modalities missing, per subset ("audio", "image+audio") or one limit for every subset
+    max_subset_drop: pydantic.NonNegativeFloat | dict[str, pydantic.NonNegativeFloat] | None = None
 
 
 class Accelerator(_Frozen):
@@ -83,7 +88,8 @@ class HardwareProfile(_Frozen):
     threads: pydantic.PositiveInt
     # Fixed cost per layer launch or op dispatch, for the roofline estimator.
     launch_overhead_us: pydantic.NonNegativeFloat
-    cpu_isa: tuple[str, ...] = ()  # CPU flags a host needs for its measurements to count for this profile
+    cpu_isa: tuple[str, ...] = ()  # CPU flags its INT8 artifacts are sized for (hardware/cpu.py)
+    identity: Identity | None = None  # what recognises the device itself; None: no host is it
     software: dict[str, str] = {}  # e.g. jetpack, tensorrt, cuda, android_api
     accelerators: tuple[Accelerator, ...] = ()
     budgets: Budgets  # required; an empty mapping means nothing is gated
@@ -97,6 +103,13 @@ class HardwareProfile(_Frozen):
         if missing:
             raise ValueError(f"peak_tops has no figure for precision(s) {missing}")
         return self
+
+    def not_the_device(self, facts: dict[str, object]) -> str | None:
+        """Why a host with these facts (hardware/identity.py) is not this profile's device; None when it is."""
+        if self.identity is None:
+            return f"profile {self.name} names no device identity"
+        lacks = sorted(set(self.cpu_isa) - set(facts.get("isa") or []))  # type: ignore[arg-type]
+        return f"its CPU lacks {', '.join(lacks)}" if lacks else self.identity.mismatch(facts)
 
     @property
     def dla_cores(self) -> int:
@@ -147,7 +160,15 @@ def resolve_profile(target: str) -> tuple[HardwareProfile, str | None]:
         name, why = host_profile(target)
         if name is None:
             name, why = HOST_ALIASES[target][0], f"{why}; using the first"
-        return parse_profile(shipped[name]), f"target '{target}' resolves to profile '{name}' ({why})"
+        model, cpus = this_cpu()[0], host_facts()["cpus"]
+        identity = Identity(cpu_model=f"^{re.escape(model)}$", cpus=cpus)
+        host = parse_profile(shipped[name]).model_copy(
+            update={"name": target, "identity": identity, "description": f"this host ({model}, {cpus} CPUs) as {name}"}
+        )
+        return (
+            host,
+            f"target '{target}' is this host ({model}, {cpus} CPUs) with profile '{name}''s INT8 and budgets ({why})",
+        )
     if target in ALIASES:
         name = ALIASES[target]
         return parse_profile(shipped[name]), f"target '{target}' resolves to profile '{name}'"

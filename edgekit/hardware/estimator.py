@@ -3,9 +3,14 @@
 Each kernel of the model (a convolution, matmul, normalization, pooling or softmax; elementwise and layout
 ops are assumed fused into their neighbours, as every edge runtime does) costs the larger of its compute
 time (2 x MACs at the profile's peak for the precision) and its memory time (activations, weights and
-outputs at the precision's width over the profile's bandwidth). Their sum is the roofline *floor*, the
-time no runtime can beat; the estimate adds the profile's launch overhead per kernel. Recurrent ops (LSTM, GRU)
-count their MACs over every step; their steps run one after another, so their floor is optimistic.
+outputs at the precision's width over the profile's bandwidth). Their sum is the *roofline* time; the estimate
+adds the profile's launch overhead per kernel. The roofline is not a lower bound: runtimes fuse kernels and
+caches serve what this model reads from DRAM, and measured runs come in under it. Recurrent ops (LSTM, GRU) count
+their MACs over every step; their steps run one after another, so their estimate is optimistic.
+
+An estimate is an interval, not a number: calibration.json holds the estimator's error on devices of each kind
+(estimate / measured, from scripts/calibrate_estimator.py), and the interval divides the estimate by its
+largest and smallest ratio. A budget passes on an estimate only when the pessimistic end fits (validate.py).
 
 Per-kernel MACs and bytes come from the ONNX graph at the IOSpec's opt point, with every tensor's shape
 taken from one onnxruntime run (exact, even where ONNX shape inference cannot resolve a dynamic Reshape).
@@ -14,6 +19,8 @@ estimate too."""
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +51,7 @@ FUSED = {
     "IsNaN", "IsInf", "Trilu", "ScatterND", "ReduceSum", "Sign", "Floor", "Ceil", "Round", "Mod", "Pad",
 }  # fmt: skip
 BYTES = {"int8": 1, "fp16": 2, "fp32": 4}
+CALIBRATION = Path(__file__).with_name("calibration.json")
 
 Cost = tuple[str, str, int, int]  # (node, op type, MACs, tensor elements read + written)
 
@@ -101,8 +109,27 @@ def graph_costs(onnx_path: Path, io: IOSpec, batch: int = 1) -> list[Cost]:
     return costs
 
 
+@functools.cache
+def calibration(kind: str) -> dict[str, Any]:
+    """The estimator's error on devices of a kind ("cpu", "gpu"): the smallest and largest estimate / measured
+    ratio over its calibration points, and where they come from."""
+    points = [p for p in json.loads(CALIBRATION.read_text())["points"] if p["kind"] == kind]
+    ratios = [p["estimate_ms"] / p["measured_ms"] for p in points]
+    return {"kind": kind, "low": round(min(ratios), 2), "high": round(max(ratios), 2), "points": len(points),
+            "source": CALIBRATION.name}  # fmt: skip
+
+
 def estimate(costs: Sequence[Sequence[Any]], profile: HardwareProfile, precision: str, top: int = 5) -> dict[str, Any]:
-    """The roofline floor and the estimate (floor + launch overheads) in ms, with the costliest kernels."""
+    """The point estimate (`point`) and the interval the calibration gives the real latency (`interval_ms`:
+    optimistic, pessimistic)."""
+    est = point(costs, profile, precision, top)
+    cal = calibration(profile.kind)
+    ms = est["estimate_ms"]
+    return {**est, "interval_ms": [round(ms / cal["high"], 4), round(ms / cal["low"], 4)], "calibration": cal}
+
+
+def point(costs: Sequence[Sequence[Any]], profile: HardwareProfile, precision: str, top: int = 5) -> dict[str, Any]:
+    """The roofline time and the estimate (roofline + launch overheads) in ms, and the costliest kernels."""
     peak = profile.peak_tops.get(precision) or profile.peak_tops.get("fp16") or profile.peak_tops["fp32"]
     width = BYTES.get(precision, 4)
     rows = []
@@ -110,7 +137,7 @@ def estimate(costs: Sequence[Sequence[Any]], profile: HardwareProfile, precision
         compute = 2 * macs / (peak * 1e12)
         memory = elements * width / (profile.memory_bandwidth_gbs * 1e9)
         rows.append((node, op, max(compute, memory), compute >= memory))
-    floor = sum(r[2] for r in rows)
+    roofline = sum(r[2] for r in rows)
     known = MATMULS | CONVS | MEMORY_KERNELS | set(RECURRENT)
     approximated = sorted({op for _, op, _, _ in costs if op not in known})
     overhead = len(rows) * profile.launch_overhead_us * 1e-6
@@ -119,8 +146,8 @@ def estimate(costs: Sequence[Sequence[Any]], profile: HardwareProfile, precision
         "method": "roofline",
         "profile": profile.name,
         "precision": precision,
-        "floor_ms": round(floor * 1e3, 4),
-        "estimate_ms": round((floor + overhead) * 1e3, 4),
+        "roofline_ms": round(roofline * 1e3, 4),
+        "estimate_ms": round((roofline + overhead) * 1e3, 4),
         "kernels": len(rows),
         # costed by their tensors' bytes alone: ops the estimator has no MAC count for
         **({"approximated": approximated} if approximated else {}),

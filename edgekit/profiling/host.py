@@ -1,5 +1,5 @@
-"""What a measurement ran on: CPU model, ISA flags, cores, OS and library versions. Every profile and
-benchmark records it, so a number is never separated from the machine that produced it."""
+"""What a measurement ran on: CPU model, ISA flags, cores, the device's identity facts, OS and library versions.
+Every profile and benchmark records it, so a number is never separated from the machine that produced it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from ..artifact import versions
 from ..hardware.cpu import this_cpu
+from ..hardware.identity import host_facts
 
 LIBRARIES = ("edgekit", "torch", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "tensorrt", "numpy")
 
@@ -24,5 +25,6 @@ def host_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "os": platform.platform(),
+        "identity": host_facts(),  # what a profile's `identity` is matched against (hardware/identity.py)
         "versions": versions(*LIBRARIES),
     }

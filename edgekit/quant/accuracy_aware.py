@@ -93,6 +93,10 @@ class SensitivityReport:
             "trials": [vars(t) for t in self.trials],
         }  # fmt: skip
 
+    def accepted(self) -> Trial:
+        """The trial whose exclusions were kept: the last that fit (the search stops at the first fit per step)."""
+        return next(t for t in reversed(self.trials) if t.drop <= self.max_drop)
+
     def table(self) -> str:
         rows = [f"{'branch quantized alone':<28}{'drop (pts)':>12}"]
         rows += [

@@ -162,10 +162,11 @@ class ExecuTorchBackend:
         return scope.rpartition(".")[0] if is_bn else scope
 
 
-def find_float_nodes(backend: Backend, job: Int8Job, val: FeedDataset, max_drop: float, work: Path
-                     ) -> SensitivityReport:  # fmt: skip
-    """The accuracy-aware search (quant/accuracy_aware.py) for `backend`, measured on `val`; layers are ranked by
-    their SQNR in onnxruntime's Q/DQ graph of the profile's CPU. Raises BudgetError when nothing fits."""
+def find_float_nodes(backend: Backend, job: Int8Job, val: FeedDataset, max_drop: float, work: Path,
+                     reference: float | None = None) -> SensitivityReport:  # fmt: skip
+    """The accuracy-aware search (quant/accuracy_aware.py) for `backend`, measured on `val` against `reference`
+    (default: the float model's own accuracy there); layers are ranked by their SQNR in onnxruntime's Q/DQ graph of
+    the profile's CPU. Raises BudgetError when nothing fits."""
     work.mkdir(parents=True, exist_ok=True)
 
     def accuracy(predict: Predict) -> float:
@@ -177,5 +178,5 @@ def find_float_nodes(backend: Backend, job: Int8Job, val: FeedDataset, max_drop:
         )
         return layer_sqnr(job.hub, work / "full-int8.onnx", job.calib)
 
-    baseline = accuracy(predict_fn(onnx_runner(job.hub, job.io)))
+    baseline = reference if reference is not None else accuracy(predict_fn(onnx_runner(job.hub, job.io)))
     return accuracy_aware(backend, list(job.units), accuracy, baseline, max_drop, work, rank, job.branches.labels)

@@ -9,7 +9,7 @@ TensorRT 8.5 and 10.x address tensors by name and run with execute_async_v3; eng
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -65,9 +65,10 @@ class _Named:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.context.get_tensor_shape(name))
 
-    def execute(self, pointers: Mapping[str, int], stream: int) -> bool:
-        for name, ptr in pointers.items():
-            self.context.set_tensor_address(name, ptr)
+    def set_address(self, name: str, ptr: int) -> None:
+        self.context.set_tensor_address(name, ptr)  # kept by the context for every later execute_async_v3
+
+    def execute(self, stream: int) -> bool:
         return bool(self.context.execute_async_v3(stream))
 
 
@@ -79,6 +80,7 @@ class _Bindings:
         self.names = [engine.get_binding_name(i) for i in range(engine.num_bindings)]
         self.inputs = [n for i, n in enumerate(self.names) if engine.binding_is_input(i)]
         self.outputs = [n for n in self.names if n not in self.inputs]
+        self.pointers = [0] * len(self.names)
 
     def dtype(self, name: str) -> np.dtype:
         import tensorrt as trt
@@ -95,12 +97,17 @@ class _Bindings:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.context.get_binding_shape(self.names.index(name)))
 
-    def execute(self, pointers: Mapping[str, int], stream: int) -> bool:
-        return bool(self.context.execute_async_v2([pointers[n] for n in self.names], stream))
+    def set_address(self, name: str, ptr: int) -> None:
+        self.pointers[self.names.index(name)] = ptr
+
+    def execute(self, stream: int) -> bool:
+        return bool(self.context.execute_async_v2(self.pointers, stream))
 
 
 class TensorRTRunner:
     """Runs model.engine; feeds are checked against the IOSpec, then against the engine's own shape limits.
+    Input shapes and device buffers are bound once per set of input shapes: a run with the shapes of the last
+    one only copies, executes and copies back.
 
     `device` picks the DLA core of a DLA engine ("dla:1"); by default the core it was built for."""
 
@@ -133,36 +140,71 @@ class TensorRTRunner:
             raise EdgeKitError(f"the engine's inputs {self.io.inputs} differ from the IOSpec's {self.spec.input_names}")
         self.stream = self._call(self.cudart.cudaStreamCreate())
         self.buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, capacity in bytes)
+        self.shapes: dict[str, tuple[int, ...]] = {}  # the input shapes the context and buffers are bound for
+        self.staged: dict[str, np.ndarray] | None = None  # the feeds on the device, which bound calls check
         self.name = f"tensorrt {trt.__version__}" + (f" dla:{dla}" if dla is not None else "")
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._stage(feeds)
+        self._enqueue()
+        outputs = {name: np.empty(self.io.shape(name), self.io.dtype(name)) for name in self.spec.output_names}
+        d2h = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name, arr in outputs.items():
+            ptr = self.buffers[name][0]
+            self._call(self.cudart.cudaMemcpyAsync(arr.ctypes.data, ptr, arr.nbytes, d2h, self.stream))
+        self._call(self.cudart.cudaStreamSynchronize(self.stream))
+        return outputs
+
+    def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
+        """Feeds checked and copied to the device once; each call only enqueues the engine and waits for it, as
+        `trtexec --noDataTransfers` times it, and leaves the outputs on the device. The call shares the runner's
+        context and buffers, so it refuses to run once a later run() or bind() has staged other feeds."""
+        self._stage(feeds)
+        staged = self.staged
+
+        def call() -> None:
+            if self.staged is not staged:
+                raise UsageError("the runner has run other feeds since this call was bound", "bind the feeds again")
+            self._enqueue()
+            self._call(self.cudart.cudaStreamSynchronize(self.stream))
+
+        return call
+
+    def _stage(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Check and cast the feeds, rebind if their shapes changed, and queue their copies to the device."""
         self.spec.validate_feeds(feeds)
-        hosts: dict[str, np.ndarray] = {}
-        for name in self.io.inputs:
-            arr = self._as_engine_type(name, np.asarray(feeds[name]))
+        hosts = {name: self._as_engine_type(name, np.asarray(feeds[name])) for name in self.io.inputs}
+        shapes = {name: arr.shape for name, arr in hosts.items()}
+        self.staged = None  # from here the context and the device inputs change under any bound call
+        if shapes != self.shapes:
+            self._rebind(shapes)
+        h2d = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        for name, arr in hosts.items():
+            ptr = self.buffers[name][0]
+            self._call(self.cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self.stream))
+        self.staged = hosts
+
+    def _rebind(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Set the changed input shapes on the context and bind every tensor to a device buffer large enough."""
+        for name, shape in shapes.items():
             lo, hi = self.io.limits(name)
-            if any(not a <= s <= b for a, s, b in zip(lo, arr.shape, hi, strict=True)):
+            if any(not a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True)):
                 raise UsageError(
-                    f"input '{name}' has shape {arr.shape}; this engine takes {lo} to {hi}",
+                    f"input '{name}' has shape {shape}; this engine takes {lo} to {hi}",
                     "feed a shape inside the engine's profile (a DLA engine takes its opt shape only)",
                 )
-            if not self.io.set_shape(name, arr.shape):
-                raise EdgeKitError(f"TensorRT rejected shape {arr.shape} for input '{name}'")
-            hosts[name] = arr
-        for name in self.io.outputs:
-            hosts[name] = np.empty(self.io.shape(name), self.io.dtype(name))
-        pointers = {name: self._buffer(name, arr.nbytes) for name, arr in hosts.items()}
-        h2d, d2h = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        for name in self.io.inputs:
-            arr = hosts[name]
-            self._call(self.cudart.cudaMemcpyAsync(pointers[name], arr.ctypes.data, arr.nbytes, h2d, self.stream))
-        if not self.io.execute(pointers, int(self.stream)):
+        bound, self.shapes = self.shapes, {}  # a failure part-way leaves the context half-set: rebind all next time
+        for name, shape in shapes.items():
+            if shape != bound.get(name) and not self.io.set_shape(name, shape):
+                raise EdgeKitError(f"TensorRT rejected shape {shape} for input '{name}'")
+        for name in (*self.io.inputs, *self.io.outputs):
+            nbytes = int(np.prod(self.io.shape(name))) * self.io.dtype(name).itemsize
+            self.io.set_address(name, self._buffer(name, nbytes))
+        self.shapes = dict(shapes)
+
+    def _enqueue(self) -> None:
+        if not self.io.execute(int(self.stream)):
             raise EdgeKitError("TensorRT failed to enqueue the engine")
-        for name in self.io.outputs:
-            arr = hosts[name]
-            self._call(self.cudart.cudaMemcpyAsync(arr.ctypes.data, pointers[name], arr.nbytes, d2h, self.stream))
-        self._call(self.cudart.cudaStreamSynchronize(self.stream))
-        return {name: hosts[name] for name in self.spec.output_names}
 
     def _as_engine_type(self, name: str, arr: np.ndarray) -> np.ndarray:
         """TensorRT 8.5 binds int64 ONNX inputs as int32; cast, refusing values that int32 cannot hold."""

@@ -75,6 +75,7 @@ class StageContext:
     calibration: str
     seed: int
     max_drop: float | None  # the recipe's budget, for a quantize stage that sets none
+    reference_val: float  # the teacher's accuracy on `val`: every drop of the run is against the teacher
     profile: HardwareProfile  # the first target's
     teacher: nn.Module
     current: Current
@@ -294,13 +295,14 @@ class QuantizeStage(Stage):
     """Calibration samples drawn from the `data.calibration` split."""
     accuracy_aware: bool = True
     """Measure the quantized model in its runtime on `data.val`, and keep the layers that cost most accuracy in
-    float until the drop is within `max_drop`."""
+    float until its drop from the teacher (on `data.val`, the run's one reference) is within `max_drop`."""
     max_drop: pydantic.NonNegativeFloat | None = None
     """Largest accuracy drop allowed, in points; null: the recipe's `budgets.max_drop`."""
     last: ClassVar[bool] = True  # the stages before it need a float model
 
     def key(self, ctx: StageContext) -> dict[str, Any]:
-        return {"profile": ctx.profile.name}  # INT8 weights are sized for the target's CPU (hardware/cpu.py)
+        # INT8 weights are sized for the target's CPU (hardware/cpu.py); `x86` is this host, whichever CPU it has
+        return {"profile": ctx.profile.name, "cpu_isa": list(ctx.profile.cpu_isa)}
 
     def check(self, ctx: StageContext) -> None:
         calibration_set(ctx.current.io, load_split(ctx.data, ctx.calibration), self.samples, ctx.seed)
@@ -318,7 +320,8 @@ class QuantizeStage(Stage):
             ctx.log("exporting ONNX")
             hub = export_onnx(c.model, c.io, work / "model.onnx", slim=True)
             parent = model_hash(c.model)
-            search = Search(load_split(ctx.data, ctx.val), max_drop) if self.accuracy_aware else None
+            val = load_split(ctx.data, ctx.val)
+            search = Search(val, max_drop, ctx.reference_val) if self.accuracy_aware else None
             calib = functools.partial(calibration_set, c.io, load_split(ctx.data, ctx.calibration), self.samples,
                                       ctx.seed)  # fmt: skip
             meta = {"max_drop": max_drop, "costs": graph_costs(hub, c.io)}
@@ -333,11 +336,15 @@ class QuantizeStage(Stage):
                 ctx.log(e.report.table())
                 raise
             art = art.with_meta(calibration=ex.calib.describe())
+            searched = None
             if ex.sensitivity:
                 (report,) = ex.sensitivity.values()
                 ctx.log(report.table())
                 write_json(tmp / "sensitivity.json", report.as_dict())
                 art = art.with_meta(sensitivity="sensitivity.json")
+                accepted = report.accepted()
+                searched = {"split": ctx.val, "reference": "teacher", "reference_accuracy": report.baseline,
+                            "accuracy": accepted.accuracy, "drop": accepted.drop, "max_drop": max_drop}  # fmt: skip
             kept = art.meta["quantization"]["float_nodes"]
             ctx.log(f"quantized ({fmt.name}, {len(ex.calib)} calibration samples, {len(kept)} node(s) kept in float)")
             art.write_manifest()
@@ -350,6 +357,7 @@ class QuantizeStage(Stage):
             final = where / art.directory.name / art.file
             row = {"name": "quantize", "backend": fmt.name, "path": str(final), "accuracy": acc,
                    "accuracy_source": measured[1], "seconds": round(time.perf_counter() - start, 1),
+                   **({"search": searched} if searched else {}),
                    **model_stats(c.model, c.io, c.mb),
                    "artifact": {"format": fmt.name, "precision": "int8", "path": str(final), "accuracy": acc,
                                 "size_mb": round(art.size_mb(), 3), "sha256": sha256_file(art.path)}}  # fmt: skip
