@@ -25,7 +25,7 @@ from .provenance import data_hashes, provenance, tree_hashes
 from .recipe import Recipe, dump_recipe
 from .stages.steps import Current, Log, StageContext, model_stats, split_accuracy
 from .training import ProgressFn
-from .validate import Options, validate
+from .validate import Options, subset_names, validate
 from .zoo import reference_teacher
 
 REPORT = "report.json"
@@ -86,6 +86,7 @@ def compress(
                        progress=progress)  # fmt: skip
     for stage in recipe.stages:  # bad data or branch names fail before the run directory exists
         stage.check(ctx)
+    subset_names(recipe.budgets.max_subset_drop, io)
     prepare_run_dir(out, text, overwrite)
     ctx.log = log = run_log(out / "compress.log", log)
     for _, note in resolved:
@@ -133,19 +134,23 @@ def compress(
         log(f"validating against {profiles[0].name}")
         report["validation"] = [validate(arts, recipe.targets[0], source, budgets=limits, options=Options(data.name))]
         rows = report["validation"][0]["rows"]
+        gate = next((c for c in rows[0].get("checks", []) if c["budget"] == "max_accuracy_drop"), {})
+        report["verdict"].update(
+            {k: v for k, v in (("drop_ci", rows[0].get("drop_ci")), ("note", gate.get("note"))) if v is not None}
+        )  # the verdict's drop, with its interval on the same samples
         failed = checks_of(rows, "fail") + [f"{Path(r['artifact']).name}: {r['error']}" for r in rows if "error" in r]
         if failed:
             report["verdict"].update(status="fail", failed=failed)
-        elif unverified := checks_of(rows, "unverified"):  # only the device can decide these: never a silent pass
+        elif unverified := checks_of(rows, "unverified", "open"):  # decided nowhere here: never a silent pass
             report["verdict"].update(status="unverified", unverified=unverified)
     write_json(out / REPORT, report)
     return report
 
 
-def checks_of(rows: list[dict[str, Any]], status: str) -> list[str]:
-    """The validation checks with this status, one line each."""
-    return [f"{Path(r['artifact']).name}: {c['budget']} {c['value']} vs {c['limit']}"
-            for r in rows for c in r.get("checks", []) if c["status"] == status]  # fmt: skip
+def checks_of(rows: list[dict[str, Any]], *statuses: str) -> list[str]:
+    """The validation checks with these statuses, one line each."""
+    return [f"{Path(r['artifact']).name}: {c['budget']} {'-' if c['value'] is None else c['value']} vs {c['limit']}"
+            for r in rows for c in r.get("checks", []) if c["status"] in statuses]  # fmt: skip
 
 
 def verdict(report: dict[str, Any], recipe: Recipe, profiles: list) -> dict[str, Any]:

@@ -39,6 +39,11 @@ def ci(interval: Any, spec: str) -> str:
         *(format(x, spec) for x in interval))  # fmt: skip
 
 
+def where(row: dict[str, Any], profile: str) -> str:
+    """Where a row's latency was measured: the profile's device, or another host (a proxy)."""
+    return profile if row.get("latency_source") == "measured" else f"{row.get('measured_on')} (a proxy for {profile})"
+
+
 def notes(row: dict[str, Any]) -> list[str]:
     """A validation row's unverified and open checks, and what its intervals say of the budgets."""
     checks = row.get("checks", [])
@@ -142,7 +147,7 @@ def render(run_dir: Path) -> Path:
         sensitivities=sensitivities,
         # Charts are SVG that matplotlib drew, its text as paths: the only markup not escaped.
         pareto=Markup(pareto_svg(validations, baseline)) if validations else None,
-        op_charts=[Markup(ops_svg(f"{Path(r['artifact']).name} on {p}", r["ops"])) for r, p in slowest],
+        op_charts=[Markup(ops_svg(f"{Path(r['artifact']).name} on {where(r, p)}", r["ops"])) for r, p in slowest],
         recipe_yaml=yaml.safe_dump(report["recipe"], sort_keys=False),
         host_yaml=yaml.safe_dump({"host": host, "versions": report.get("versions")}, sort_keys=False),
     )

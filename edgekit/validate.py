@@ -22,6 +22,7 @@ from typing import Any
 
 from .artifact import Artifact, load_artifact, sha256_file
 from .data import load_split
+from .data.adapter import modality_subsets
 from .errors import EdgeKitError, UsageError
 from .evaluation import EvalReport, evaluate, torch_predict
 from .formats import accuracy_runner, get_format
@@ -29,6 +30,7 @@ from .fsutil import write_json
 from .hardware import Budgets, HardwareProfile, resolve_profile
 from .hardware.cpu import int8_saturates, missing_vnni
 from .hardware.estimator import estimate, graph_costs
+from .io import IOSpec
 from .loading import MANIFEST, load_model, read_manifest
 from .models import FACTORY as ZOO_FACTORY
 from .profiling.host import host_info
@@ -95,7 +97,8 @@ def measure_here(art: Artifact, threads: int, duration: float) -> dict[str, Any]
 
 
 def device_facts(measured: dict[str, Any]) -> dict[str, Any]:
-    """The identity facts of the host a measurement ran on (files from before they were recorded: CPU facts)."""
+    """The identity facts of the host a measurement ran on. A file from before they were recorded has CPU facts
+    only, which recognise no Jetson, Raspberry Pi or phone: measure there again."""
     host = measured["host"]
     return host.get("identity") or {"cpu_model": host.get("cpu"), "cpus": host.get("usable_cores"),
                                     "isa": host.get("isa", [])}  # fmt: skip
@@ -104,8 +107,7 @@ def device_facts(measured: dict[str, Any]) -> dict[str, Any]:
 def latency(art: Artifact, profile: HardwareProfile, measured: dict[str, Any] | None) -> dict[str, Any]:
     """p50/p95 at batch 1 and model RAM: `measured` on the profile's device, `proxy` when measured on another host,
     else the roofline estimate; the estimate (with its calibration interval) comes along unless measured."""
-    costs = art.meta.get("costs") or (graph_costs(art.path, art.io) if art.path.suffix == ".onnx" else None)
-    est = estimate(costs, profile, art.precision) if costs else None
+    row: dict[str, Any] = {"p50_ms": None, "p95_ms": None, "latency_source": None, "peak_ram_mb": None}
     if measured:
         r = next((x for x in measured["results"] if x["batch"] == 1), measured["results"][0])  # budgets are at batch 1
         why_not = profile.not_the_device(device_facts(measured))
@@ -114,22 +116,21 @@ def latency(art: Artifact, profile: HardwareProfile, measured: dict[str, Any] | 
                "peak_ram_mb": round(r["peak_rss_mb"] - measured["rss_before_load_mb"], 1),
                "measured_on": measured["host"]["cpu"], "measurements": measured.get("file", "here"),
                "ops": measured.get("ops")}  # fmt: skip
-        if why_not:
-            row["not_the_device"] = why_not
-    elif est:
-        row = {"p50_ms": est["estimate_ms"], "p95_ms": est["estimate_ms"], "latency_source": "estimated", "batch": 1,
-               "peak_ram_mb": None}  # fmt: skip
-    else:
-        return {"p50_ms": None, "p95_ms": None, "latency_source": None, "peak_ram_mb": None}
-    if est and row["latency_source"] != "measured":
-        row["estimate"] = est
+        if not why_not:
+            return row
+        row["not_the_device"] = why_not
+    costs = art.meta.get("costs") or (graph_costs(art.path, art.io) if art.path.suffix == ".onnx" else None)
+    if costs:
+        row["estimate"] = est = estimate(costs, profile, art.precision)
+        if row["latency_source"] is None:
+            row.update(p50_ms=est["estimate_ms"], p95_ms=est["estimate_ms"], latency_source="estimated", batch=1)
     return row
 
 
-def accuracy_fields(art_eval: EvalReport, base: EvalReport | None) -> dict[str, Any]:
+def accuracy_fields(art_eval: EvalReport, base: EvalReport | None, io: IOSpec) -> dict[str, Any]:
     """Accuracy with its 95% interval and, against the baseline on the same samples, the drop with its paired
-    interval; the same per modality subset."""
-    n, full = art_eval.samples, next(iter(art_eval.subsets))
+    interval; the same per modality subset (those whose outputs were not finite are marked)."""
+    n, full = art_eval.samples, "+".join(io.modalities)
 
     def one(name: str) -> dict[str, Any]:
         acc = art_eval.subsets[name].accuracy
@@ -137,7 +138,7 @@ def accuracy_fields(art_eval: EvalReport, base: EvalReport | None) -> dict[str, 
         if base is not None and name in base.subsets:
             out["drop"] = round(100 * (base.subsets[name].accuracy - acc), 2)
             out["drop_ci"] = paired_drop(base.correct[name], art_eval.correct[name])
-        return out
+        return {**out, "nonfinite": True} if name in art_eval.nonfinite else out
 
     main = one(full)
     row = {"accuracy": main["accuracy"], "accuracy_ci": main["accuracy_ci"], "samples": n,
@@ -146,7 +147,7 @@ def accuracy_fields(art_eval: EvalReport, base: EvalReport | None) -> dict[str, 
     return row
 
 
-def _check(budget: str, limit: float, value: float | None, status: str, why: str | None = None) -> dict[str, Any]:
+def _check(budget: str, limit: Any, value: float | None, status: str, why: str | None = None) -> dict[str, Any]:
     c = {"budget": budget, "limit": limit, "value": value, "status": status,
          "ok": {"pass": True, "fail": False}.get(status)}  # fmt: skip
     return {**c, "why": why} if why else c
@@ -154,44 +155,53 @@ def _check(budget: str, limit: float, value: float | None, status: str, why: str
 
 def latency_check(row: dict[str, Any], limit: float) -> dict[str, Any]:
     """Measured on the device: its p95 decides. Otherwise the estimate's interval: pass only when the pessimistic
-    end fits, fail when even the optimistic end does not, unverified in between (a proxy measurement never
-    decides)."""
+    end fits, fail when even the optimistic end does not, unverified in between or without calibration. A proxy
+    measurement never decides, but where it contradicts the estimate's decision, that decision is unverified."""
     source, est = row["latency_source"], row.get("estimate")
     if source == "measured":
         return _check("latency_p95_ms", limit, row["p95_ms"], "pass" if row["p95_ms"] <= limit else "fail")
     proxy = (f"measured {row['p95_ms']:.3f} ms on {row['measured_on']}, not the device ({row['not_the_device']}); "
              if source == "proxy" else "")  # fmt: skip
-    if est is None:
-        status = "unverified" if proxy else "open"
-        return _check("latency_p95_ms", limit, None, status, f"{proxy}no estimate" if proxy else None)
+    if est is None or est["interval_ms"] is None:
+        why = "no estimate" if est is None else f"no {est['profile']} calibration points"
+        return _check("latency_p95_ms", limit, None, "unverified", f"{proxy}{why}")
     low, high = est["interval_ms"]
     cal = est["calibration"]
-    span = (f"{proxy}estimated {est['estimate_ms']:.3f} ms, {low:.3f}-{high:.3f} ms by the estimator's calibration "
-            f"({cal['low']}-{cal['high']}x on {cal['points']} {cal['kind']} points)")  # fmt: skip
+    why = (f"{proxy}estimated {est['estimate_ms']:.3f} ms, {low:.3f}-{high:.3f} ms by the estimator's calibration "
+           f"({cal['low']}-{cal['high']}x on {cal['points']} {cal['kind']} {cal['precision']} points)")  # fmt: skip
     status = "pass" if high <= limit else "fail" if low > limit else "unverified"
-    return _check("latency_p95_ms", limit, high, status, span)
+    if proxy and status != "unverified" and (row["p95_ms"] <= limit) != (status == "pass"):
+        status, why = "unverified", f"{why}; the proxy contradicts the estimate"
+    return _check("latency_p95_ms", limit, high, status, why)
+
+
+def subset_names(limit: float | dict[str, float] | None, io: IOSpec) -> None:
+    """Refuse a per-subset `max_subset_drop` that names a subset the model does not have, before any work."""
+    names = ["+".join(s) for s in modality_subsets(io.modalities)[1:]]
+    unknown = sorted(set(limit) - set(names)) if isinstance(limit, dict) else []
+    if unknown:
+        raise UsageError(f"max_subset_drop names subset(s) {', '.join(unknown)} this model has not",
+                         f"use one of: {', '.join(names) or 'none (the model has one modality)'}")  # fmt: skip
 
 
 def subset_check(row: dict[str, Any], limit: float | dict[str, float]) -> dict[str, Any]:
-    """The worst modality-subset drop against `max_subset_drop` (one limit for all, or per subset)."""
-    limits = limit if isinstance(limit, dict) else {name: limit for name in row.get("subsets", {})}
-    unknown = sorted(set(limits) - set(row.get("subsets", {})))
-    if unknown:
-        raise UsageError(f"max_subset_drop names subset(s) {', '.join(unknown)} this model has not",
-                         f"use one of: {', '.join(row.get('subsets', {})) or 'none (one modality)'}")  # fmt: skip
-    drops = {name: row["subsets"][name].get("drop") for name in limits}
+    """The worst modality-subset drop against `max_subset_drop` (one limit for all, or per subset); open without
+    per-subset drops (no baseline or no runtime here)."""
+    subsets = row.get("subsets") or {}
+    limits = limit if isinstance(limit, dict) else dict.fromkeys(subsets, limit)
+    drops = {name: subsets.get(name, {}).get("drop") for name in limits}
     if not limits or any(d is None for d in drops.values()):
-        return _check("max_subset_drop", limit if not isinstance(limit, dict) else max(limit.values(), default=0),
-                      None, "open")  # fmt: skip
+        return _check("max_subset_drop", limit, None, "open")
     worst = max(limits, key=lambda name: drops[name] - limits[name])
     status = "pass" if drops[worst] <= limits[worst] else "fail"
     return _check("max_subset_drop", limits[worst], drops[worst], status, f"{worst} only")
 
 
-def checks(row: dict[str, Any], budgets: Budgets) -> list[dict[str, Any]]:
-    """One check per budget that is set. A value that cannot be had here (accuracy without a baseline or a
-    runtime, latency without costs, RAM without a measurement) leaves its check `open`: reported, never passed
-    silently. The accuracy budget also bounds the loss against the build host's accuracy."""
+def checks(row: dict[str, Any], budgets: Budgets, subsets: bool) -> list[dict[str, Any]]:
+    """One check per budget that is set. A value that cannot be had here leaves its check `open` (accuracy
+    without a baseline or a runtime) or `unverified` (latency or RAM only the device can give): reported, never
+    passed. The accuracy budget also bounds the loss against the build host's accuracy. `subsets`: whether the
+    model has more than one modality."""
     out = []
     if (limit := budgets.max_accuracy_drop) is not None:
         drop = row.get("accuracy_drop")
@@ -206,14 +216,13 @@ def checks(row: dict[str, Any], budgets: Budgets) -> list[dict[str, Any]]:
     if (limit := budgets.max_size_mb) is not None:
         out.append(_check("max_size_mb", limit, row.get("size_mb"), "pass" if row["size_mb"] <= limit else "fail"))
     if (limit := budgets.max_peak_ram_mb) is not None:
-        ram = row.get("peak_ram_mb")
-        if ram is None:
-            out.append(_check("max_peak_ram_mb", limit, None, "open"))
-        elif row["latency_source"] == "proxy":
-            out.append(_check("max_peak_ram_mb", limit, ram, "unverified", "measured on another host"))
-        else:
+        ram, source = row.get("peak_ram_mb"), row["latency_source"]
+        if source == "measured":
             out.append(_check("max_peak_ram_mb", limit, ram, "pass" if ram <= limit else "fail"))
-    if budgets.max_subset_drop is not None and row.get("subsets"):
+        else:
+            why = "measured on another host" if source == "proxy" else "no measurement on the device"
+            out.append(_check("max_peak_ram_mb", limit, ram, "unverified", why))
+    if budgets.max_subset_drop is not None and subsets:
         out.append(subset_check(row, budgets.max_subset_drop))
     if "accuracy_shift" in row and budgets.max_accuracy_drop is not None:
         shift, limit = row["accuracy_shift"], budgets.max_accuracy_drop
@@ -224,8 +233,9 @@ def checks(row: dict[str, Any], budgets: Budgets) -> list[dict[str, Any]]:
 
 
 def row_status(checks: Sequence[dict[str, Any]]) -> str:
+    """fail when a check fails; else unverified when a gated budget was not decided here (unverified or open)."""
     statuses = {c["status"] for c in checks}
-    return "fail" if "fail" in statuses else "unverified" if "unverified" in statuses else "pass"
+    return "fail" if "fail" in statuses else "unverified" if statuses & {"unverified", "open"} else "pass"
 
 
 def check_measurements(measured: dict[str, dict[str, Any]], artifacts: Sequence[Path]) -> None:
@@ -287,6 +297,12 @@ def validate(
     measured = read_measurements(measurements)
     host = host_info()
     not_here = profile.not_the_device(host["identity"])
+    for path in artifacts:  # a subset name no artifact's model has is a usage error, found before any work
+        try:
+            io = load_artifact(Path(path), verify=False).io
+        except EdgeKitError:
+            continue  # reported on the artifact's own row
+        subset_names(limits.max_subset_drop, io)
     test = load_split(options.data, options.split)
     base: EvalReport | None = None
     baseline = baseline or recorded_source(artifacts, log)
@@ -312,7 +328,7 @@ def validate(
                 runner, row["accuracy_source"] = measures
                 log(f"{path}: accuracy on {options.data}/{options.split}, per modality subset "
                     f"({row['accuracy_source']})")  # fmt: skip
-                row.update(accuracy_fields(evaluate(predict_fn(runner), art.io, test), base))
+                row.update(accuracy_fields(evaluate(predict_fn(runner), art.io, test), base, art.io))
             row.update(cpu_shift(art, row["accuracy"], options, host["isa"]))
             if "cpu_note" in row:
                 log(f"{path}: {row['cpu_note']}")
@@ -322,7 +338,7 @@ def validate(
                 log(f"{path}: measuring latency here ({host['cpu']}{what})")
                 m = measure_here(art, threads, options.duration)
             row.update(latency(art, profile, m))
-            row["checks"] = checks(row, limits)
+            row["checks"] = checks(row, limits, len(art.io.modalities) > 1)
             row["status"] = row_status(row["checks"])
             row["unchecked"] = [c["budget"] for c in row["checks"] if c["status"] == "open"]
         except EdgeKitError as e:
@@ -335,7 +351,7 @@ def validate(
         "resolution": resolution,
         "baseline": None if base is None else {
             "model": str(baseline), "accuracy": base.overall.accuracy, "samples": base.samples,
-            "accuracy_ci": wilson(int(next(iter(base.correct.values())).sum()), base.samples),
+            "accuracy_ci": wilson(round(base.overall.accuracy * base.samples), base.samples),
             "subsets": {k: v.accuracy for k, v in base.subsets.items()}},
         "split": f"{options.data}/{options.split}",
         "budgets": limits.model_dump(),

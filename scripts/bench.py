@@ -34,7 +34,7 @@ from edgekit.evaluation import evaluate
 from edgekit.formats import load_runner, op_breakdown
 from edgekit.fsutil import write_json, write_text
 from edgekit.hardware import host_profile, resolve_profile
-from edgekit.hardware.estimator import estimate, graph_costs
+from edgekit.hardware.estimator import graph_costs, point
 from edgekit.io import IOSpec
 from edgekit.loading import load_model
 from edgekit.profiling.host import host_info
@@ -61,6 +61,7 @@ class Row:
     artifact: Artifact | None = None  # for the op breakdown of the row the targets single out
     model: str = "teacher"  # the network it runs (teacher or the compressed student), for its roofline time
     roofline_ms: float | None = None  # roofline time at batch 1 on the --profile device (not a lower bound)
+    estimate_ms: float | None = None  # the estimator's point estimate there: what calibrate_estimator.py compares
     accuracy: float | None = None
     latency: dict[int, list[np.ndarray]] = field(default_factory=dict)  # batch -> one array per repeat
 
@@ -329,7 +330,8 @@ def rooflines(rows: list[Row], args: argparse.Namespace, io: IOSpec) -> None:
     for row in rows:
         if row.model in costs:
             precision = row.precision if row.precision in ("fp32", "fp16", "int8") else "fp32"
-            row.roofline_ms = estimate(costs[row.model], profile, precision)["roofline_ms"]
+            e = point(costs[row.model], profile, precision)
+            row.roofline_ms, row.estimate_ms = e["roofline_ms"], e["estimate_ms"]
 
 
 def measure_accuracy(rows: list[Row], io: IOSpec, test: FeedDataset) -> None:
@@ -385,6 +387,7 @@ def row_dict(row: Row, base: Row) -> dict[str, Any]:
         "produce_s": None if row.produce_s is None else round(row.produce_s, 1),
         "runs_b1": int(sum(len(x) for x in row.latency[1])),
         "roofline_ms_b1": row.roofline_ms,
+        "estimate_ms_b1": row.estimate_ms,
         "vs_roofline_b1": None if row.roofline_ms is None else round(p50(row, 1) / row.roofline_ms, 2),
         "note": row.note,
     }
@@ -610,8 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
         "--profile",
-        help="the profile of this machine, for the roofline times (default: the x86 profile "
-        "this host's CPU satisfies)",
+        help="the profile of this machine, for the roofline times (default: the x86 profile this host's CPU satisfies)",
     )
     p.add_argument("--calib-samples", type=int, default=300)
     p.add_argument("--test-samples", type=int, default=0, help="0: the whole test split")

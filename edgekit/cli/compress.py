@@ -54,8 +54,9 @@ def compress(
             table.add_row(s["name"], *cells, f"{s['seconds']:.1f}", "yes" if s["cached"] else "")
         out.print(table)
         v = report["verdict"]
-        gate = f" (drop {v['accuracy_drop']:.2f}, budget {v['max_drop']})" if v["gated"] else " (nothing gated)"
-        out.print(f"verdict: {v['status']}{gate}")
+        ci = f" [95% CI {v['drop_ci'][0]:+.2f}, {v['drop_ci'][1]:+.2f}]" if "drop_ci" in v else ""
+        gate = f" (drop {v['accuracy_drop']:.2f}{ci}, budget {v['max_drop']})" if v["gated"] else " (nothing gated)"
+        out.print(f"verdict: {v['status']}{gate}" + (f"; {v['note']}" if v.get("gated") and "note" in v else ""))
         for validation in report.get("validation", []):
             render_validation(validation)
 

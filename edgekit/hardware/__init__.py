@@ -107,7 +107,7 @@ class HardwareProfile(_Frozen):
     def not_the_device(self, facts: dict[str, object]) -> str | None:
         """Why a host with these facts (hardware/identity.py) is not this profile's device; None when it is."""
         if self.identity is None:
-            return f"profile {self.name} names no device identity"
+            return f"profile {self.name} names no device identity (docs/hardware-profiles.md#identity)"
         lacks = sorted(set(self.cpu_isa) - set(facts.get("isa") or []))  # type: ignore[arg-type]
         return f"its CPU lacks {', '.join(lacks)}" if lacks else self.identity.mismatch(facts)
 
@@ -160,7 +160,8 @@ def resolve_profile(target: str) -> tuple[HardwareProfile, str | None]:
         name, why = host_profile(target)
         if name is None:
             name, why = HOST_ALIASES[target][0], f"{why}; using the first"
-        model, cpus = this_cpu()[0], host_facts()["cpus"]
+        facts = host_facts()
+        model, cpus = facts["cpu_model"], facts["cpus"]
         identity = Identity(cpu_model=f"^{re.escape(model)}$", cpus=cpus)
         host = parse_profile(shipped[name]).model_copy(
             update={"name": target, "identity": identity, "description": f"this host ({model}, {cpus} CPUs) as {name}"}

@@ -110,22 +110,28 @@ def graph_costs(onnx_path: Path, io: IOSpec, batch: int = 1) -> list[Cost]:
 
 
 @functools.cache
-def calibration(kind: str) -> dict[str, Any]:
-    """The estimator's error on devices of a kind ("cpu", "gpu"): the smallest and largest estimate / measured
-    ratio over its calibration points, and where they come from."""
-    points = [p for p in json.loads(CALIBRATION.read_text())["points"] if p["kind"] == kind]
-    ratios = [p["estimate_ms"] / p["measured_ms"] for p in points]
-    return {"kind": kind, "low": round(min(ratios), 2), "high": round(max(ratios), 2), "points": len(points),
-            "source": CALIBRATION.name}  # fmt: skip
+def calibration(kind: str, precision: str) -> dict[str, Any] | None:
+    """The estimator's error on devices of a kind ("cpu", "gpu") at a precision: the smallest and largest estimate /
+    measured ratio over the points measured on a profile's own device (at any precision when this one has none),
+    rounded outwards; None when there are none."""
+    points = json.loads(CALIBRATION.read_text())["points"] if CALIBRATION.is_file() else []
+    on_device = [p for p in points if p["kind"] == kind and p["device"] and p["measured_ms"] > 0]
+    same = [p for p in on_device if p["precision"] == precision]
+    if not on_device:
+        return None
+    ratios = [p["estimate_ms"] / p["measured_ms"] for p in same or on_device]
+    return {"kind": kind, "precision": precision if same else "any", "low": math.floor(100 * min(ratios)) / 100,
+            "high": math.ceil(100 * max(ratios)) / 100, "points": len(ratios), "source": CALIBRATION.name}  # fmt: skip
 
 
 def estimate(costs: Sequence[Sequence[Any]], profile: HardwareProfile, precision: str, top: int = 5) -> dict[str, Any]:
     """The point estimate (`point`) and the interval the calibration gives the real latency (`interval_ms`:
-    optimistic, pessimistic)."""
+    optimistic, pessimistic; None without calibration points for the profile's kind)."""
     est = point(costs, profile, precision, top)
-    cal = calibration(profile.kind)
+    cal = calibration(profile.kind, precision)
     ms = est["estimate_ms"]
-    return {**est, "interval_ms": [round(ms / cal["high"], 4), round(ms / cal["low"], 4)], "calibration": cal}
+    interval = None if cal is None else [round(ms / cal["high"], 4), round(ms / cal["low"], 4)]
+    return {**est, "interval_ms": interval, "calibration": cal}
 
 
 def point(costs: Sequence[Sequence[Any]], profile: HardwareProfile, precision: str, top: int = 5) -> dict[str, Any]:

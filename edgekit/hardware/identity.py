@@ -66,7 +66,10 @@ def _l4t(release: str | None) -> str | None:
 def _getprop(name: str) -> str | None:
     if shutil.which("getprop") is None:
         return None
-    p = subprocess.run(["getprop", name], capture_output=True, text=True, timeout=10, check=False)
+    try:
+        p = subprocess.run(["getprop", name], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
     return p.stdout.strip() or None
 
 

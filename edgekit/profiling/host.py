@@ -8,22 +8,20 @@ import platform
 from typing import Any
 
 from ..artifact import versions
-from ..hardware.cpu import this_cpu
 from ..hardware.identity import host_facts
 
 LIBRARIES = ("edgekit", "torch", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "tensorrt", "numpy")
 
 
 def host_info() -> dict[str, Any]:
-    model, isa = this_cpu()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    facts = host_facts()
     return {
         "hostname": platform.node(),
-        "cpu": model,
+        "cpu": facts["cpu_model"],
         "arch": platform.machine(),
-        "isa": list(isa),
+        "isa": facts["isa"],
         "cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": facts["cpus"],
         "os": platform.platform(),
         "identity": host_facts(),  # what a profile's `identity` is matched against (hardware/identity.py)
         "versions": versions(*LIBRARIES),

@@ -70,7 +70,7 @@ class Backend(Protocol):
 class Trial:
     float_parts: tuple[str, ...]  # branches ("audio") or layers ("audio: branches.audio.features.0.1") in float
     accuracy: float
-    drop: float  # points vs the float baseline
+    drop: float  # points vs the reference (the float model, or a compress run's teacher)
 
 
 @dataclass
@@ -98,7 +98,8 @@ class SensitivityReport:
         return next(t for t in reversed(self.trials) if t.drop <= self.max_drop)
 
     def table(self) -> str:
-        rows = [f"{'branch quantized alone':<28}{'drop (pts)':>12}"]
+        rows = [f"drops in points against the reference (accuracy {self.baseline:.4f})", ""]
+        rows += [f"{'branch quantized alone':<28}{'drop (pts)':>12}"]
         rows += [
             f"{self.labels.get(b, b):<28.28}{d:>12.2f}"
             for b, d in sorted(self.branch_drop.items(), key=lambda x: -x[1])

@@ -18,6 +18,7 @@ from ..artifact import Artifact
 from ..branches import Branches, discover, module_branches
 from ..data import FeedDataset
 from ..data.calibration import CalibrationSet
+from ..errors import EdgeKitError
 from ..evaluation import evaluate
 from ..hardware import HardwareProfile
 from ..hardware.cpu import int8_saturates
@@ -178,5 +179,11 @@ def find_float_nodes(backend: Backend, job: Int8Job, val: FeedDataset, max_drop:
         )
         return layer_sqnr(job.hub, work / "full-int8.onnx", job.calib)
 
-    baseline = reference if reference is not None else accuracy(predict_fn(onnx_runner(job.hub, job.io)))
+    float_accuracy = accuracy(predict_fn(onnx_runner(job.hub, job.io)))
+    spent = 0.0 if reference is None else round(100 * (reference - float_accuracy), 2)
+    if spent > max_drop:  # the stages before INT8 spent the budget: no exclusion can win it back
+        raise EdgeKitError(f"the float model already loses {spent:.2f} points on val against the reference, over "
+                           f"max_drop {max_drop}: INT8 has no budget left",
+                           "recover accuracy first (distill longer, prune less) or raise max_drop")  # fmt: skip
+    baseline = float_accuracy if reference is None else reference
     return accuracy_aware(backend, list(job.units), accuracy, baseline, max_drop, work, rank, job.branches.labels)

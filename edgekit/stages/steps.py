@@ -301,8 +301,13 @@ class QuantizeStage(Stage):
     last: ClassVar[bool] = True  # the stages before it need a float model
 
     def key(self, ctx: StageContext) -> dict[str, Any]:
-        # INT8 weights are sized for the target's CPU (hardware/cpu.py); `x86` is this host, whichever CPU it has
-        return {"profile": ctx.profile.name, "cpu_isa": list(ctx.profile.cpu_isa)}
+        # INT8 weights are sized for the target's CPU (hardware/cpu.py); `x86` is this host, whichever CPU it has.
+        # The search's budget may come from the recipe's budgets, outside this stage's settings.
+        return {"profile": ctx.profile.name, "cpu_isa": list(ctx.profile.cpu_isa), "max_drop": self.budget(ctx)}
+
+    def budget(self, ctx: StageContext) -> float:
+        """Its `max_drop`, else the recipe's, else 1 point."""
+        return next(d for d in (self.max_drop, ctx.max_drop, 1.0) if d is not None)
 
     def check(self, ctx: StageContext) -> None:
         calibration_set(ctx.current.io, load_split(ctx.data, ctx.calibration), self.samples, ctx.seed)
@@ -313,7 +318,7 @@ class QuantizeStage(Stage):
     def run(self, ctx: StageContext, where: Path) -> dict[str, Any]:
         c, start = ctx.current, time.perf_counter()
         fmt = get_format(ctx.profile.exports[0].format if self.backend == "auto" else self.backend)
-        max_drop = self.max_drop if self.max_drop is not None else (ctx.max_drop or 1.0)
+        max_drop = self.budget(ctx)
         with atomic_dir(where) as tmp:
             work = tmp / "work"
             work.mkdir()
