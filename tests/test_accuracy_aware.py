@@ -9,11 +9,12 @@ import pytest
 from edgekit.branches import discover
 from edgekit.data import FeedDataset, load_split
 from edgekit.data.calibration import calibration_set
+from edgekit.errors import EdgeKitError
 from edgekit.evaluation import evaluate
 from edgekit.hardware import resolve_profile
 from edgekit.loading import load_model
 from edgekit.quant.accuracy_aware import BudgetError, accuracy_aware, layer_sqnr, quant_units
-from edgekit.quant.backends import Int8Job, OnnxQDQBackend
+from edgekit.quant.backends import Int8Job, OnnxQDQBackend, find_float_nodes
 from edgekit.quant.onnx_qdq import CPU, TENSORRT, quantize_qdq
 from edgekit.runtimes import onnx_runner, predict_fn
 from edgekit.targets.onnx import export_onnx, module_scope
@@ -168,3 +169,15 @@ def test_qdq_schemes_keep_the_attention_mask_in_float(teacher_onnx, tmp_path, sc
     activation_zp = {init[n.input[2]].data_type for n in qdq if n.op_type == "QuantizeLinear"}
     uint8, int8 = onnx.TensorProto.UINT8, onnx.TensorProto.INT8
     assert activation_zp == ({int8} if scheme.symmetric_activations else {uint8})
+
+
+def test_search_against_a_reference_the_float_model_already_misses_stops_first(hostile, tmp_path):
+    """One reference: a compress run's search measures drops against the teacher. When the float model it
+    quantizes already loses more than the budget there (pruning and distillation spent it), no exclusion can win it
+    back, and the search says so before any trial."""
+    path, io, val, calib = hostile
+    job = Int8Job(None, io, path, calib, resolve_profile("x86-avx512-vnni")[0])
+    float_accuracy = evaluate(predict_fn(onnx_runner(path, io)), io, val, per_modality=False).overall.accuracy
+    with pytest.raises(EdgeKitError, match=r"the float model already loses 2\.00 points on val against the reference"):
+        find_float_nodes(OnnxQDQBackend(job, CPU), job, val, 1.0, tmp_path, reference=float_accuracy + 0.02)
+    assert not list(tmp_path.glob("trial-*"))

@@ -16,7 +16,7 @@ SHORT = {  # the x86 recipe's shape, shortened: light pruning, one epoch of reco
         {"kind": "quantize", "backend": "onnx", "samples": 64},
     ],
     "targets": ["x86"],
-    "budgets": {"max_drop": 2.0},
+    "budgets": {"max_drop": 3.0},  # one reference: pruning and one epoch of distillation spend about 2 points
 }
 
 
@@ -44,7 +44,10 @@ def test_report_has_baseline_stages_artifacts_and_verdict(short_run):
     art = report["artifacts"][0]
     assert {"format", "path", "precision", "accuracy", "accuracy_drop", "size_mb", "sha256"} <= set(art)
     assert art["format"] == "onnx" and art["precision"] == "int8"
-    assert report["verdict"]["status"] == "pass" and report["verdict"]["accuracy_drop"] <= 2.0
+    assert report["verdict"]["status"] == "pass" and report["verdict"]["accuracy_drop"] <= 3.0
+    # one reference: the INT8 search spent what was left of the budget against the teacher on val
+    search = report["stages"][-1]["search"]
+    assert search["reference_accuracy"] == report["reference"]["search"]["accuracy"] and search["drop"] <= 3.0
     assert (tmp / "run" / "recipe.yaml").is_file() and (tmp / "run" / "compress.log").is_file()
 
 

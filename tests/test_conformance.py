@@ -233,7 +233,7 @@ def test_export_and_validate(which, data, target, request, tmp_path):
     pkg = request.getfixturevalue(which)
     r = run_cli("export", "--model", str(pkg), "--target", target, "--data", data, "--out", str(tmp_path / target),
                 "--json")  # fmt: skip
-    assert r.code in (0, 1), r.stderr  # 1: a budget failed, which the validation rows say
+    assert r.code in (0, 1, 3), r.stderr  # 1: a budget failed, 3: one only the device decides; the rows say which
     result = json.loads(r.stdout)
     rows = {(a["format"], a["precision"]): a for a in result["artifacts"]}
     for row in rows.values():  # every artifact that runs here is measured in its runtime; FP32 matches torch
@@ -250,9 +250,10 @@ def test_export_and_validate(which, data, target, request, tmp_path):
         trt = next(r for r in validation["rows"] if (r["format"], r["precision"]) == ("tensorrt", "int8"))
         gate = next(c for c in trt["checks"] if c["budget"] == "max_accuracy_drop")
         assert gate["ok"] is not None and gate["why"].startswith("proxy")  # the proxy's drop gates, labelled
-    assert {r["status"] for r in validation["rows"]} <= {"pass", "fail"}, validation["rows"]
-    if r.code == 1:
-        assert validation["verdict"] == "fail"
+        # Its engine's latency and RAM are the device's to measure: the bundle never passes here.
+        assert trt["status"] in ("unverified", "fail") and trt["latency_source"] == "estimated"
+    assert {r["status"] for r in validation["rows"]} <= {"pass", "fail", "unverified"}, validation["rows"]
+    assert validation["verdict"] == {0: "pass", 1: "fail", 3: "unverified"}[r.code]
 
 
 def test_a_layer_tensorrt_cannot_parse_is_named_before_any_work(video, tmp_path):
