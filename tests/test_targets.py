@@ -61,7 +61,8 @@ def test_artifact_matches_its_source_in_its_own_runtime(everything_here, referen
 def test_export_json_and_jetson_bundle_via_cli(reference_teacher, tmp_path):
     r = run_cli("export", "--model", str(reference_teacher), "--target", "jetson", "--out", str(tmp_path / "j"),
                 "--json")  # fmt: skip
-    assert r.code == 0, r.stderr
+    assert r.code in (1, 3), r.stderr  # without the device, the bundle's latency and RAM are never a pass
+    assert json.loads(r.stdout)["validation"]["verdict"] == {1: "fail", 3: "unverified"}[r.code]
     assert "resolves to profile 'jetson-orin-nano-8gb'" in r.stderr
     result = json.loads(r.stdout)
     rows = {(a["format"], a["precision"]): a for a in result["artifacts"]}
