@@ -46,7 +46,7 @@ def paired_drop(reference: np.ndarray, candidate: np.ndarray, seed: int = 0) -> 
 def budget_note(drop: float, interval: tuple[float, float], limit: float, n: int) -> str | None:
     """What a verdict on a drop point estimate should add when its interval crosses the budget."""
     lo, hi = interval
-    if not lo <= limit < hi and not lo < limit <= hi:
+    if lo == hi or not lo <= limit <= hi:
         return None
     side = "within budget" if drop <= limit else "over budget"
     return f"{side}, not significant at n={n}: the 95% interval [{lo:+.2f}, {hi:+.2f}] crosses {limit}"

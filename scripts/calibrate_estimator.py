@@ -44,6 +44,7 @@ from edgekit.models import FACTORY, build_fusion_model
 from edgekit.profiling.timing import LatencyStats, time_calls
 from edgekit.runtimes import bound_call
 from edgekit.targets.onnx import export_onnx
+from edgekit.validate import device_facts
 from edgekit.zoo import reference_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,9 +136,7 @@ def bench_points(bench: Path, teacher_kernels: int) -> list[dict[str, Any]]:
     profile = resolve_profile(CPU_PROFILE)[0]
     points = []
     for key, result in json.loads(bench.read_text())["hosts"].items():
-        host = result["host"]
-        facts = host.get("identity") or {"cpu_model": host["cpu"], "cpus": host["usable_cores"], "isa": host["isa"]}
-        if profile.not_the_device(facts) or result["settings"].get("threads") != profile.threads:
+        if profile.not_the_device(device_facts(result)) or result["settings"].get("threads") != profile.threads:
             continue
         for row in result["rows"]:
             if row["runtime"] not in ("onnxruntime", "openvino") or row["precision"] not in ("fp32", "int8"):
