@@ -8,18 +8,24 @@ checkpoint. `report.json` is written last: a run directory without it is not com
 from __future__ import annotations
 
 import copy
+import functools
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from .artifact import model_hash, versions
-from .branches import module_branches
+from .branches import ModuleBranches, module_branches
 from .data import load_split
 from .errors import EdgeKitError, UsageError
 from .evaluation import torch_predict
 from .fsutil import check_writable, content_hash, write_json, write_text
-from .hardware import resolve_profile
+from .hardware import HardwareProfile, resolve_profile
+from .io import IOSpec
 from .loading import load_model, portable_factory
 from .provenance import data_hashes, provenance, tree_hashes
 from .recipe import Recipe, dump_recipe
@@ -63,27 +69,73 @@ def run_log(path: Path, echo: Log) -> Log:
     return log
 
 
+@dataclass
+class Start:
+    """What every run of one model on one dataset starts from, loaded once (a search runs many)."""
+
+    source: Path
+    teacher: nn.Module
+    io: IOSpec
+    labels: tuple[str, ...]
+    factory: str
+    kwargs: dict[str, Any]
+    branches: dict[str, list[str]]
+    mb: ModuleBranches
+    sha: str  # of the teacher's weights
+    reference_val: float  # the teacher on val: the search's reference
+    base_acc: float  # the teacher on test: the verdict's
+
+    @classmethod
+    def load(cls, recipe: Recipe) -> Start:
+        source = reference_teacher() if recipe.model == "reference-teacher" else Path(recipe.model)
+        loaded = load_model(source)
+        if loaded.manifest is None:
+            raise UsageError(f"{source} is not a model package", "pass a model package directory as the recipe's model")
+        data = recipe.data
+        for split in {data.train, data.val, data.test, data.calibration}:  # a missing split fails now, not mid-run
+            load_split(data.name, split)
+        teacher, io = loaded.model, loaded.io
+        accuracy = functools.partial(split_accuracy, torch_predict(teacher), io, data.name)
+        return cls(source, teacher, io, loaded.labels, portable_factory(loaded.manifest.factory, source),
+                   dict(loaded.manifest.kwargs), dict(loaded.manifest.branches),
+                   module_branches(teacher, io, loaded.manifest.branches), model_hash(teacher),
+                   accuracy(data.val), accuracy(data.test))  # fmt: skip
+
+    def context(self, recipe: Recipe, profile: HardwareProfile, checkpoints: Path,
+                progress: ProgressFn | None = None) -> StageContext:  # fmt: skip
+        """A stage context whose current model is a fresh copy of the teacher."""
+        current = Current(copy.deepcopy(self.teacher), self.io, self.labels, self.factory, dict(self.kwargs),
+                          dict(self.branches), self.mb)  # fmt: skip
+        d = recipe.data
+        return StageContext(d.name, d.train, d.val, d.test, d.calibration, recipe.seed, recipe.budgets.max_drop,
+                            self.reference_val, profile, self.teacher, current, checkpoints,
+                            progress=progress)  # fmt: skip
+
+
+def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) -> Iterator[tuple[dict[str, Any], Path]]:
+    """Run (or reuse) the recipe's stages in `stages/NN-kind-KEY`, yielding each one's report row and directory.
+    KEY chains every stage's settings onto the teacher's weights, the data and the seed, so two runs that share a
+    prefix of stages share its directories."""
+    key = content_hash({"model": start.sha, "data": recipe.data.model_dump(), "seed": recipe.seed})
+    for i, stage in enumerate(recipe.stages, 1):
+        key = content_hash({"previous": key, "stage": stage.model_dump(mode="json"), **stage.key(ctx)})
+        where = stages / f"{i:02d}-{stage.kind}-{key}"
+        cached = (where / "stage.json").is_file()
+        ctx.log(f"stage {i} ({stage.kind}): {'cached, reusing ' + str(where) if cached else 'running'}")
+        row = stage.reuse(ctx, where) if cached else stage.run(ctx, where)
+        row.update(cached=cached, accuracy_drop=round(100 * (start.base_acc - row["accuracy"]), 2))
+        yield row, where
+
+
 def compress(
     recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lambda _: None, progress: ProgressFn | None = None
 ) -> dict[str, Any]:
     text = dump_recipe(recipe)
     resolved = [resolve_profile(t) for t in recipe.targets]
     profiles = [p for p, _ in resolved]
-    source = reference_teacher() if recipe.model == "reference-teacher" else Path(recipe.model)
-    loaded = load_model(source)
-    if loaded.manifest is None:
-        raise UsageError(f"{source} is not a model package", "pass a model package directory as the recipe's model")
-    teacher, io, data = loaded.model, loaded.io, recipe.data
-    for split in {data.train, data.val, data.test, data.calibration}:  # a missing split fails now, not mid-run
-        load_split(data.name, split)
-    mb = module_branches(teacher, io, loaded.manifest.branches)
-    factory = portable_factory(loaded.manifest.factory, Path(source))
-    current = Current(copy.deepcopy(teacher), io, loaded.labels, factory, dict(loaded.manifest.kwargs),
-                      dict(loaded.manifest.branches), mb)  # fmt: skip
-    reference_val = split_accuracy(torch_predict(teacher), io, data.name, data.val)
-    ctx = StageContext(data.name, data.train, data.val, data.test, data.calibration, recipe.seed,
-                       recipe.budgets.max_drop, reference_val, profiles[0], teacher, current, out / "checkpoints",
-                       progress=progress)  # fmt: skip
+    start = Start.load(recipe)
+    data, io = recipe.data, start.io
+    ctx = start.context(recipe, profiles[0], out / "checkpoints", progress)
     for stage in recipe.stages:  # bad data or branch names fail before the run directory exists
         stage.check(ctx)
     subset_names(recipe.budgets.max_subset_drop, io)
@@ -92,34 +144,24 @@ def compress(
     for _, note in resolved:
         if note:
             log(note)
-    teacher_sha = model_hash(teacher)
-    key = content_hash({"model": teacher_sha, "data": data.model_dump(), "seed": recipe.seed})
     splits = {data.train, data.val, data.test, data.calibration}
-    base_acc = split_accuracy(torch_predict(teacher), io, data.name, data.test)
     report: dict[str, Any] = {
-        "recipe": recipe.model_dump(mode="json"), "model": str(source),
-        "baseline": {"accuracy": base_acc, **model_stats(teacher, io, mb)},
+        "recipe": recipe.model_dump(mode="json", exclude={"search"}), "model": str(start.source),
+        "baseline": {"accuracy": start.base_acc, **model_stats(start.teacher, io, start.mb)},
         # One reference for every drop: the teacher as given; the INT8 search spends the budget on val, the
         # verdict and validation on test.
-        "reference": {"model": "the teacher as given", "search": {"split": data.val, "accuracy": reference_val},
-                      "verdict": {"split": data.test, "accuracy": base_acc}},
+        "reference": {"model": "the teacher as given", "search": {"split": data.val, "accuracy": start.reference_val},
+                      "verdict": {"split": data.test, "accuracy": start.base_acc}},
         "stages": [], "artifacts": [],
         "versions": versions("torch", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "torch-pruning"),
-        "provenance": provenance(recipe.seed, teacher_sha, data_hashes(data.name, splits)),
+        "provenance": provenance(recipe.seed, start.sha, data_hashes(data.name, splits)),
     }  # fmt: skip
     outputs: dict[str, str] = {}
     report["provenance"]["outputs"] = outputs
     try:
-        for i, stage in enumerate(recipe.stages, 1):
-            key = content_hash({"previous": key, "stage": stage.model_dump(mode="json"), **stage.key(ctx)})
-            where = out / "stages" / f"{i:02d}-{stage.kind}-{key}"
-            cached = (where / "stage.json").is_file()
-            log(f"stage {i} ({stage.kind}): {'cached, reusing ' + str(where) if cached else 'running'}")
-            row = stage.reuse(ctx, where) if cached else stage.run(ctx, where)
-            if "artifact" in row:
-                report["artifacts"].append(row["artifact"])
-            row.update(cached=cached, accuracy_drop=round(100 * (base_acc - row["accuracy"]), 2))
+        for row, where in run_stages(recipe, start, ctx, out / "stages"):
             report["stages"].append(row)
+            report["artifacts"] += [row["artifact"]] if "artifact" in row else []
             outputs.update({f"stages/{where.name}/{k}": v for k, v in tree_hashes(where).items()})
     except EdgeKitError as e:  # a failed run still says what it measured, and why it stopped
         report["verdict"] = {"status": "fail", "error": str(e), **(e.details or {})}
@@ -132,7 +174,8 @@ def compress(
         limits = {"max_accuracy_drop": b.max_drop, "latency_p95_ms": b.latency_p95_ms, "max_size_mb": b.size_mb,
                   "max_subset_drop": b.max_subset_drop}  # fmt: skip
         log(f"validating against {profiles[0].name}")
-        report["validation"] = [validate(arts, recipe.targets[0], source, budgets=limits, options=Options(data.name))]
+        report["validation"] = [validate(arts, recipe.targets[0], start.source, budgets=limits,
+                                         options=Options(data.name))]  # fmt: skip
         rows = report["validation"][0]["rows"]
         gate = next((c for c in rows[0].get("checks", []) if c["budget"] == "max_accuracy_drop"), {})
         report["verdict"].update(

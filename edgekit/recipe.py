@@ -10,19 +10,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, TypeVar, Union
 
 import pydantic
 import yaml
 
 from .data import is_adapter_spec
 from .errors import UsageError
+from .formats import Int8Format
 from .hardware import alias_names, profile_names
 from .schema_errors import Loc, did_you_mean, dotted, first_error, load_yaml, show
-from .stages.steps import STAGES, Frozen, Stage
+from .stages.steps import STAGES, Frozen, Part, Ratio, Stage
 
 # The stages' union comes from their registry (stages/steps.py): a new stage class is a new recipe kind.
 AnyStage = Stage
+T = TypeVar("T")
 RecipeStage = Annotated[Union[tuple(STAGES.values())], pydantic.Field(discriminator="kind")]  # type: ignore[valid-type]  # noqa: UP007
 
 
@@ -66,6 +68,32 @@ class Budgets(Frozen):
     deployed artifact: one limit for every modality subset, or per subset (`{audio: 5, image+audio: 2}`)."""
 
 
+Choices = Annotated[tuple[T, ...], pydantic.Field(min_length=1)]
+
+
+class SearchSpace(Frozen):
+    """What `edgekit search` chooses from, per trial; narrow it to search less. Every choice becomes a stage of
+    the trial's recipe, so a point of the front is a recipe that `edgekit compress` reproduces."""
+
+    prune_ratios: Choices[Ratio] = (0.0, 0.25, 0.5, 0.75)
+    """Share of channels removed, chosen per branch (0: the branch keeps its width)."""
+    branches: tuple[Part, ...] | None = None
+    """Branches whose ratio is searched; the others keep their width. Null: every branch the model has, and
+    `fusion`."""
+    head_ratios: Choices[Ratio] = (0.0, 0.5)
+    """Share of attention heads removed, chosen once for every attention layer (searched only where the model has
+    attention)."""
+    distill_epochs: Choices[pydantic.PositiveInt] = (5, 20)
+    """Distillation epochs after pruning (early stopping may end sooner); a trial that prunes nothing is not
+    distilled."""
+    formats: tuple[Int8Format, ...] | None = None  # type: ignore[valid-type]
+    """INT8 formats to choose from; null: the first target's INT8 formats. What stays float is searched per layer
+    by the quantize stage's accuracy-aware loop within `budgets.max_drop`."""
+    probe_epochs: pydantic.PositiveInt = 3
+    """A trial whose drop on `data.val` after this many distillation epochs is further over `budgets.max_drop`
+    than the most any finished trial recovered after that epoch is stopped there (pruned)."""
+
+
 class Recipe(Frozen):
     """A compression run: the model, the data, the stages in order, the targets and the budgets."""
 
@@ -86,6 +114,8 @@ class Recipe(Frozen):
     """Seed of every random choice: calibration sampling, and distillation unless its stage sets one."""
     out: str | None = None
     """Run directory; null: the command's default."""
+    search: SearchSpace | None = None
+    """What `edgekit search` may choose from (ignored by `compress`); null: the defaults of `search`."""
 
     @pydantic.field_validator("stages")
     @classmethod
@@ -145,7 +175,8 @@ def _names_no_code(recipe: Recipe, path: Path) -> Recipe:
 
 def dump_recipe(recipe: Recipe) -> str:
     """YAML with every default filled in, fields in declaration order: exactly what a run will do."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    exclude = {"search"} if recipe.search is None else set()  # a compress recipe need not mention the search
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude=exclude), sort_keys=False)
 
 
 def _names(value: str | Sequence[str]) -> list[str]:

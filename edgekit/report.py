@@ -154,3 +154,47 @@ def render(run_dir: Path) -> Path:
     out = run_dir / "report.html"
     write_text(out, page)
     return out
+
+
+def search_svg(result: dict[str, Any]) -> str:
+    """Accuracy drop on val vs p95 latency for every trial with a result (marker area: size), the Pareto front of
+    the feasible ones joined, the chosen point and the recipe's own point marked."""
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.2))
+    done = [t for t in result["trials"] if t.get("values")]
+    on_front = {p["number"] for p in result["front"]}
+    for group, color, label in ((False, "#9aa3b5", "trial"), (True, "#4f6bd8", "Pareto front (feasible)")):
+        pts = [t for t in done if (t["number"] in on_front) == group]
+        if pts:
+            xs, ys = [t["values"]["latency_p95_ms"] for t in pts], [t["values"]["val_drop"] for t in pts]
+            sizes = [20 + 30 * t["values"]["size_mb"] for t in pts]
+            ax.scatter(xs, ys, s=sizes, color=color, alpha=0.7, label=label)
+    front = sorted((p["values"]["latency_p95_ms"], p["values"]["val_drop"]) for p in result["front"])
+    if len(front) > 1:
+        ax.step(*zip(*front, strict=True), where="post", color="#4f6bd8", lw=1)
+    for t in done:
+        mark = "chosen" if t["number"] == result.get("chosen") else t.get("origin")
+        if mark:
+            xy = (t["values"]["latency_p95_ms"], t["values"]["val_drop"])
+            ax.annotate(f"#{t['number']} {mark}", xy, fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.axhline(result["budgets"]["max_drop"], color="#b3261e", ls="--", lw=1, label="max_drop")
+    ax.set_xlabel(f"p95 latency at batch 1, ms ({result['latency_source']})")
+    ax.set_ylabel("accuracy drop on val, points")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    return svg(fig)
+
+
+def render_search(search_dir: Path) -> Path:
+    """search.html beside search.json: the front over all trials, and every trial's row."""
+    path = Path(search_dir) / "search.json"
+    if not path.is_file():
+        raise UsageError(f"{search_dir} has no search.json", "pass a directory `edgekit search` wrote")
+    result = json.loads(path.read_text())
+    env = jinja2.Environment(loader=jinja2.PackageLoader("edgekit", "templates"), autoescape=True)
+    page = env.get_template("search.html.j2").render(
+        css=CSS, result=result, num=num, front={p["number"]: p for p in result["front"]},
+        plot=Markup(search_svg(result)) if any(t.get("values") for t in result["trials"]) else None,
+    )  # fmt: skip
+    out = Path(search_dir) / "search.html"
+    write_text(out, page)
+    return out

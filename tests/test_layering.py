@@ -33,6 +33,7 @@ LAYERS = (
     {"profiling", "provenance"},
     {"validate"},
     {"compress"},
+    {"search"},
     {"api"},
     {"report", "cli", "__main__"},
 )  # fmt: skip

@@ -14,7 +14,7 @@ from typer._click.exceptions import UsageError as ClickUsageError  # typer 0.29 
 
 from .. import __version__
 from ..errors import EdgeKitError
-from . import build, compress, data, evaluate, export, profile, profiles, recipe, report, train, validate
+from . import build, compress, data, evaluate, export, profile, profiles, recipe, report, search, train, validate
 from .common import stdout_for_json
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(data.app, name="data")
 app.command("train")(train.train)
 app.command("eval")(evaluate.eval_cmd)
 app.command("compress")(compress.compress)
+app.command("search")(search.search)
 app.command("export")(export.export)
 app.command("profile")(profile.profile)
 app.command("validate")(validate.validate)

@@ -164,6 +164,11 @@ def _hf_keep(attn: nn.Module, out: nn.Linear, keep: Sequence[int]) -> None:
     attn.num_attention_heads, attn.all_head_size = len(keep), len(idx)
 
 
+def has_heads(model: nn.Module) -> bool:
+    """Whether `model` has an attention layer whose heads `prune_heads` can remove."""
+    return any(is_hf_attention(m) or isinstance(m, nn.MultiheadAttention | PrunedAttention) for m in model.modules())
+
+
 def prune_heads(model: nn.Module, ratio: float, p: float = 2.0) -> dict[str, tuple[int, int]]:
     """Remove the least important heads (ranked per layer) of every attention layer of `model`: an
     nn.MultiheadAttention becomes a PrunedAttention, a Hugging Face one is cut in place. Returns {layer name:
