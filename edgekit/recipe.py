@@ -314,8 +314,9 @@ def reference_markdown() -> str:
         *_section("The recipe (top level)", schema),
     ]
     for name, p in schema["properties"].items():
-        if "$ref" in p:
-            lines += _section(f"`{name}`", defs[_ref(p)])
+        optional = next((x for x in p.get("anyOf", []) if "$ref" in x), None)  # a section that may be null
+        if "$ref" in p or optional:
+            lines += _section(f"`{name}`", defs[_ref(optional or p)])
         elif "discriminator" in p.get("items", {}):
             key = p["items"]["discriminator"]["propertyName"]
             lines += [

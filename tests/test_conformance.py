@@ -19,6 +19,7 @@ from edgekit.evaluation import evaluate, torch_predict
 from edgekit.io import IOSpec
 from edgekit.loading import load_model, save_model_package
 from edgekit.quant.accuracy_aware import quant_units
+from edgekit.recipe import load_recipe
 from edgekit.targets.onnx import export_onnx
 from edgekit.training import TrainConfig, train_classifier
 
@@ -152,6 +153,25 @@ def test_accuracy_aware_int8_meets_a_one_point_budget(tri, tmp_path, backend):
     report = json.loads(r.stdout)
     assert report["verdict"]["status"] == "pass" and report["stages"][-1]["accuracy_drop"] <= 1.0
     assert "branches (graph reachability): image (vis), text (words), audio (ear)" in r.stderr
+
+
+def test_search_finds_a_front_on_a_model_it_has_never_seen(tri, tmp_path):
+    """`edgekit search` on the user's own model: its branches, the heads of its own text Transformer, a GRU branch
+    pruned, distilled and quantized inside a trial, and a front whose recipes name the model package."""
+    recipe = {"model": str(tri), "targets": ["x86"], "budgets": {"max_drop": 2.0, "latency_p95_ms": 1000.0},
+              "search": {"prune_ratios": [0.0, 0.5], "branches": ["audio", "fusion"], "distill_epochs": [1],
+                         "formats": ["onnx"]}}  # fmt: skip
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    r = run_cli("search", "--recipe", str(tmp_path / "r.yaml"), "--trials", "3", "--out", "s", "--json", cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert list(result["space"]) == ["prune.audio", "prune.fusion", "heads", "distill_epochs", "format"]
+    pruned = [t for t in result["trials"] if any(v > 0 for k, v in t["params"].items() if k.startswith("prune."))]
+    assert pruned and all("values" in t or t["status"] == "pruned" for t in pruned), result["trials"]
+    assert result["front"]
+    for point in result["front"]:
+        again = load_recipe(tmp_path / "s" / point["recipe"])
+        assert again.model == str(tri) and again.stages[-1].backend == "onnx"
 
 
 @pytest.mark.heavy

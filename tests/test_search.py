@@ -20,7 +20,7 @@ from edgekit.compress import Start
 from edgekit.errors import UsageError
 from edgekit.hardware import resolve_profile
 from edgekit.recipe import Recipe, dump_recipe, load_recipe
-from edgekit.search import Limits, recipe_point, space, storage_for, trial_recipe
+from edgekit.search import Limits, recipe_point, space, storage_for, trial_recipe, trial_row
 
 from .conftest import ROOT, run_cli
 
@@ -32,9 +32,9 @@ NARROW = {
 }
 
 
-def write_recipe(tmp: Path, formats: list[str], **extra: object) -> Path:
+def write_recipe(tmp: Path, **space: object) -> Path:
     path = tmp / "search.yaml"
-    path.write_text(yaml.safe_dump({**NARROW, "search": {**NARROW["search"], "formats": formats}, **extra}))
+    path.write_text(yaml.safe_dump({**NARROW, "search": {**NARROW["search"], **space}}))
     return path
 
 
@@ -118,7 +118,7 @@ def trials_of(out: Path) -> list[dict]:
 def test_a_killed_search_resumes_and_its_front_reproduces_with_compress(tmp_path):
     """Trial 0 (the teacher, INT8 only) finishes, the search is killed inside trial 1, and a rerun finishes the
     study without running trial 0 again. Every front point's recipe reproduces its artifact with compress."""
-    recipe, out = write_recipe(tmp_path, ["onnx"]), tmp_path / "search"
+    recipe, out = write_recipe(tmp_path, formats=["onnx"]), tmp_path / "search"
     cmd = [sys.executable, "-m", "edgekit", "search", "--recipe", str(recipe), "--trials", "3", "--out", str(out)]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = out / "search.log"
@@ -158,10 +158,7 @@ def free_port() -> int:
 def test_two_workers_share_a_study_on_a_storage_server_without_repeating_a_trial(tmp_path):
     """Optuna's gRPC storage proxy over SQLite, and two search processes with their own directories: every
     configuration runs once; a worker that draws one already done takes its result (same_as)."""
-    recipe = write_recipe(tmp_path, ["onnx", "openvino"])
-    (tmp_path / "search.yaml").write_text(
-        (tmp_path / "search.yaml").read_text().replace("- 0.5\n", "")
-    )  # prune ratios [0.0]: two configurations, one per format
+    recipe = write_recipe(tmp_path, formats=["onnx", "openvino"], prune_ratios=[0.0])  # two configurations
     port, db = free_port(), tmp_path / "study.db"
     server_code = (
         "import optuna, sys; optuna.storages.run_grpc_proxy_server("
@@ -199,7 +196,10 @@ def test_two_workers_share_a_study_on_a_storage_server_without_repeating_a_trial
     finally:
         server.terminate()
         server.wait()
-    rows = json.loads(results[-1][0])["trials"]
+    import optuna
+
+    name = json.loads(results[0][0])["study"]["name"]  # the study as both left it: read from the server's database
+    rows = [trial_row(t) for t in optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials]
     ran = [t for t in rows if t["status"] in ("feasible", "infeasible") and "same_as" not in t]
     configs = [json.dumps(t["params"], sort_keys=True) for t in ran]
     assert len(configs) == len(set(configs)) == 2, rows
