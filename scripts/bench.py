@@ -26,7 +26,7 @@ import numpy as np
 
 from edgekit import api
 from edgekit.artifact import Artifact, load_artifact
-from edgekit.compress import compress
+from edgekit.compress import Start, compress
 from edgekit.data import FeedDataset, load_split, with_modalities
 from edgekit.data.calibration import calibration_set
 from edgekit.errors import EdgeKitError
@@ -43,6 +43,8 @@ from edgekit.quant.onnx_qdq import ort_reader
 from edgekit.recipe import load_recipe
 from edgekit.runtimes import Runner, predict_fn
 from edgekit.runtimes.torch import TorchRunner
+from edgekit.search import Options as SearchOptions
+from edgekit.search import recipe_point, search, space
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCHES = (1, 16)
@@ -602,6 +604,70 @@ def stability(rows: list[Row], repeats: int) -> dict[str, Any]:
     return {"repeats": reps, "max_relative_change": round(change, 4)}
 
 
+def search_bench(args: argparse.Namespace, key: str) -> int:
+    """`--search 30m`: `edgekit search` for the x86 profile this host is, with the hand-written recipe's budgets
+    and its own configuration tried first; then that configuration and every point of the front timed side by
+    side (interleaved blocks, batch 1), and the answer: does a point the search found beat the recipe (lower p50
+    at an equal or lower test drop)?"""
+    recipe = load_recipe(args.recipe)
+    profile, _ = resolve_profile(recipe.targets[0])
+    start = Start.load(recipe)
+    point = recipe_point(recipe, space(recipe, start, profile), profile)
+    if point is None:
+        raise SystemExit(f"bench: {args.recipe} is not a point of the search space")
+    out = args.work / f"search-{key}"
+    budget = float(args.search.rstrip("m")) * 60
+    result = search(recipe, out, SearchOptions(time_budget_s=budget, seed_points=(point,)),
+                    lambda m: print(m, file=sys.stderr))  # fmt: skip
+    trials = {t["number"]: t for t in result["trials"]}
+    hand = next(t for t in result["trials"] if t.get("origin") == "the recipe's own" and "artifact" in t)
+    timed = {f"#{t['number']}": t for t in [hand, *result["front"]]}
+    io = start.io
+    feeds = with_modalities(io, next(iter(load_split(recipe.data.name, "test").batches(1)))[0], io.modalities)
+    calls = {}
+    for name, t in timed.items():
+        runner = load_runner(load_artifact(Path(t["artifact"]["path"]).parent), threads=args.threads)
+        calls[name] = (lambda r: lambda: r.run(feeds))(runner)
+    seconds = interleaved(calls, args.rounds, args.block)
+    rows = [{"trial": n, "origin": t.get("origin") or ("front" if n != f"#{hand['number']}" else ""),
+             "params": t["params"], "val_drop": t["values"]["val_drop"], "test_drop": t["test_drop"],
+             "p50_ms": round(float(np.median(seconds[n])) * 1e3, 4), "size_mb": t["values"]["size_mb"],
+             "macs": t["macs"]} for n, t in timed.items()]  # fmt: skip
+    mine = rows[0]
+    better = [r for r in rows[1:] if r["trial"] != mine["trial"] and r["p50_ms"] < mine["p50_ms"]
+              and r["test_drop"] <= mine["test_drop"]]  # fmt: skip
+    statuses: dict[str, int] = {}
+    for t in trials.values():
+        statuses[t["status"]] = statuses.get(t["status"], 0) + 1
+    summary = {"date": time.strftime("%Y-%m-%d"), "profile": result["profile"], "budget_s": budget,
+               "seconds": result["seconds"], "trials": len(trials), "statuses": statuses,
+               "latency_source": result["latency_source"], "rows": rows,
+               "beats_the_recipe": [r["trial"] for r in better]}  # fmt: skip
+    counts = ", ".join(f"{v} {k}" for k, v in statuses.items())
+    lines = [
+        f"### Search on {key} ({summary['date']}, {result['profile']}, latency {result['latency_source']})", "",
+        f"`edgekit search --recipe {args.recipe.relative_to(ROOT)} --time-budget {args.search}`: {len(trials)} "
+        f"trials in {result['seconds'] / 60:.1f} min ({counts}). Every row below was timed again side by side in "
+        f"one run (interleaved blocks, batch 1, {args.threads} threads); drops are against the teacher.", "",
+        "| trial | what | val drop | test drop | p50 ms | MB | MACs | configuration |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in rows:
+        config = " ".join(f"{k.removeprefix('prune.')}={v}" for k, v in r["params"].items())
+        lines.append(f"| {r['trial']} | {r['origin'] or 'front'} | {r['val_drop']:+.2f} | {r['test_drop']:+.2f} | "
+                     f"{r['p50_ms']:.3f} | {r['size_mb']:.2f} | {r['macs']:,} | {config} |")  # fmt: skip
+    verdict = (f"**Yes**: {', '.join(summary['beats_the_recipe'])} beat the hand-written recipe ({mine['trial']})."
+               if better else f"**No**: no point of the front beats the hand-written recipe ({mine['trial']}) on "
+               "both p50 and test drop.")  # fmt: skip
+    lines += ["", verdict]
+    results = load_results(args.out.with_suffix(".json"))
+    results.setdefault(key, {})["search"] = summary
+    write_json(args.out.with_suffix(".json"), {"hosts": results})
+    update_doc(args.out.with_suffix(".md"), "\n".join(lines), tag="search", key=key)
+    print(f"bench: search block of host '{key}' written; {verdict}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="model package (default: the AV-digits reference teacher)")
@@ -622,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", type=float, default=0.25, help="seconds per block")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--fidelity-seconds", type=int, default=3, help="per tool, artifact and round, vs benchmark_app")
+    p.add_argument("--search", metavar="MINUTES", help="instead: `edgekit search` for this host vs --recipe, e.g. 30m")
     args = p.parse_args(argv)
     if args.profile is None:
         args.profile, why = host_profile("x86")
@@ -630,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: profile {args.profile} ({why})", file=sys.stderr)
     host = host_info()
     key = host_key(host)
+    if args.search:
+        return search_bench(args, key)
     results = load_results(args.out.with_suffix(".json"))  # before the run: a bad file fails now, not in 10 min
     legacy = next(iter(results)) if len(results) == 1 else None  # the host of a single block from before per-host
 

@@ -276,3 +276,21 @@ def test_lowering_for_tensorrt_8_5_keeps_the_numbers(tmp_path, small_model, io, 
     assert check_onnx(lowered, "8.5", dla=False).parses
     cases = check_parity(io, onnx_runner(src, io).run, onnx_runner(tmp_path / "m17.onnx", io).run, test_split)
     assert all(c.passed and c.max_abs < 1e-5 for c in cases)
+
+
+@pytest.mark.openvino
+def test_openvino_converts_an_onnx_file_in_a_directory_with_a_comma(tmp_path):
+    """OVC reads "runs/Xeon, avx512/model.onnx" as two files; EdgeKit's conversion goes through a symlink."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgekit.runtimes.openvino import convert_onnx
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    where = tmp_path / "Intel(R) Xeon(R), avx512_vnni"
+    where.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(where / "model.onnx"))
+    model = convert_onnx(where / "model.onnx")
+    assert [o.get_any_name() for o in model.outputs] == ["y"]

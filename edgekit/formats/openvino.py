@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..artifact import Artifact, versions
 from ..quant.backends import OpenVINOBackend
+from ..runtimes.openvino import convert_onnx
 from ..runtimes.ops import openvino_ops
 from .base import ExportContext, Format
 
@@ -21,9 +22,7 @@ def build(ctx: ExportContext, precision: str, out: Path) -> Artifact:
     else:
         import openvino as ov
 
-        ov.save_model(
-            ov.convert_model(str(ctx.onnx_fp32)), str(out / "model.xml"), compress_to_fp16=precision == "fp16"
-        )
+        ov.save_model(convert_onnx(ctx.onnx_fp32), str(out / "model.xml"), compress_to_fp16=precision == "fp16")
     meta = {**ctx.meta, "quantization": info, "versions": versions("torch", "onnx", "openvino", "nncf")}
     return Artifact("openvino", precision, out, "model.xml", ctx.io, ctx.parent, meta)
 

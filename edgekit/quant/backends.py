@@ -24,6 +24,7 @@ from ..hardware import HardwareProfile
 from ..hardware.cpu import int8_saturates
 from ..io import MODALITY_MASK, IOSpec
 from ..runtimes import Runner, onnx_runner, predict_fn, qdq_emulator
+from ..runtimes.openvino import convert_onnx
 from .accuracy_aware import Backend, Predict, SensitivityReport, Unit, accuracy_aware, layer_sqnr, quant_units
 from .onnx_qdq import Scheme, cpu_scheme, nonfinite_nodes, quantize_qdq
 
@@ -96,7 +97,7 @@ class OpenVINOBackend:
         patterns = [f"^{re.escape(n)}(/.*)?$" for n in sorted(exclude | self.unbounded)]
         floated = {b for b in {u.branch for u in units} if {u.node for u in units if u.branch == b} <= exclude}
         # Auto-generated op names ("MVN_5691") differ between conversions: the branch ops come from this one.
-        model = ov.convert_model(str(self.job.hub))
+        model = convert_onnx(self.job.hub)
         patterns += [f"^{re.escape(op)}$" for op, b in ov_branches(model, self.job.io).items() if b in floated]
         model, info = quantize_openvino(model, self.job.calib, patterns, int8_saturates(self.job.profile.cpu_isa))
         dst.mkdir(parents=True, exist_ok=True)

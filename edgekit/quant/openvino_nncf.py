@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.calibration import CalibrationSet
+from ..runtimes.openvino import convert_onnx
 
 
 def quantize_openvino(
@@ -22,10 +23,9 @@ def quantize_openvino(
     """An INT8 `openvino.Model` of `src_onnx` (a path, or the model converted from it); ops whose OpenVINO names
     match `patterns` stay in float."""
     import nncf
-    import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    model = ov.convert_model(str(src_onnx)) if isinstance(src_onnx, str | Path) else src_onnx
+    model = convert_onnx(Path(src_onnx)) if isinstance(src_onnx, str | Path) else src_onnx
     scope = nncf.IgnoredScope(patterns=list(patterns), validate=False) if patterns else None
     quantized = nncf.quantize(
         model, nncf.Dataset(list(calib.feeds)), subset_size=len(calib), ignored_scope=scope,

@@ -3,7 +3,10 @@ support OpenVINO otherwise runs FP32 models in bf16, which silently changes the 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +16,20 @@ from ..artifact import Artifact
 # of the graph runs in f32, as it was calibrated. FP16 IRs hold fp16 weights; they compute in f16 where
 # the device supports it (OpenVINO falls back to f32 on CPUs without fp16 arithmetic).
 HINTS = {"fp32": "f32", "int8": "f32", "fp16": "f16"}
+
+
+def convert_onnx(path: Path) -> Any:
+    """`openvino.convert_model` of an ONNX file. OVC reads a comma in a path as a list of files
+    ("/runs/Xeon, avx512" -> "/runs/Xeon"), so a directory with one is reached through a comma-free symlink."""
+    import openvino as ov
+
+    path = Path(path)
+    if "," not in str(path.parent):
+        return ov.convert_model(str(path))
+    with tempfile.TemporaryDirectory(prefix="edgekit-ov-") as tmp:
+        link = Path(tmp) / "model"
+        link.symlink_to(path.parent.resolve(), target_is_directory=True)
+        return ov.convert_model(str(link / path.name))
 
 
 class OpenVINORunner:
