@@ -5,8 +5,11 @@ the numbers are always those of the thing being evaluated."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +17,7 @@ from torch import nn
 
 from .data import FeedDataset, with_modalities
 from .data.adapter import modality_subsets
+from .fsutil import cache_root, content_hash, write_json
 from .io import IOSpec
 
 Predict = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -44,6 +48,15 @@ class EvalReport:
             "subsets": {k: v.as_dict() for k, v in self.subsets.items()},
             **({"nonfinite": list(self.nonfinite)} if self.nonfinite else {}),
         }
+
+    def to_cache(self) -> dict[str, Any]:
+        return {**self.as_dict(), "correct": {k: "".join("01"[int(c)] for c in v) for k, v in self.correct.items()}}
+
+    @classmethod
+    def from_cache(cls, d: dict[str, Any]) -> EvalReport:
+        return cls(Scores(d["accuracy"], d["macro_f1"]), {k: Scores(**v) for k, v in d["subsets"].items()},
+                   d["samples"], tuple(d.get("nonfinite", ())),
+                   {k: np.frombuffer(v.encode(), np.uint8) == ord("1") for k, v in d["correct"].items()})  # fmt: skip
 
 
 def scores(pred: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> Scores:
@@ -119,3 +132,22 @@ def evaluate(
     table = {k: scores(p, y_all, n_classes) for k, p in flat.items()}
     bad_names = tuple("+".join(s) for s in subsets if s in bad)
     return EvalReport(table["+".join(mods)], table, len(y_all), bad_names, {k: p == y_all for k, p in flat.items()})
+
+
+def cached_evaluate(predict: Predict, io: IOSpec, data: FeedDataset, data_sha: str | None) -> EvalReport:
+    """`evaluate` per modality subset, cached on disk: a baseline is the same for every artifact validated against
+    it. The key is the data file's sha256 and the model's own outputs on the first samples, which change with its
+    weights and with its code; without a data file (a data adapter) nothing is cached."""
+    if data_sha is None:
+        return evaluate(predict, io, data)
+    feeds, _ = next(iter(data.batches(16)))
+    probe = np.round(np.asarray(predict(with_modalities(io, feeds, io.modalities)), np.float64), 4) + 0.0
+    key = content_hash({"data": data_sha, "io": io.to_dict(), "probe": hashlib.sha256(probe.tobytes()).hexdigest()})
+    path = cache_root() / "evals" / f"{key}.json"
+    try:
+        return EvalReport.from_cache(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: evaluate again
+        pass
+    report = evaluate(predict, io, data)
+    write_json(path, report.to_cache())
+    return report

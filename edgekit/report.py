@@ -6,6 +6,7 @@ per-operator charts for the slowest artifacts, host and versions. The page is se
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -190,10 +191,12 @@ def render_search(search_dir: Path) -> Path:
     if not path.is_file():
         raise UsageError(f"{search_dir} has no search.json", "pass a directory `edgekit search` wrote")
     result = json.loads(path.read_text())
+    charts = importlib.util.find_spec("matplotlib") is not None
     env = jinja2.Environment(loader=jinja2.PackageLoader("edgekit", "templates"), autoescape=True)
     page = env.get_template("search.html.j2").render(
         css=CSS, result=result, num=num, front={p["number"]: p for p in result["front"]},
-        plot=Markup(search_svg(result)) if any(t.get("values") for t in result["trials"]) else None,
+        # The chart needs the report extra (matplotlib); the tables do not.
+        plot=Markup(search_svg(result)) if charts and any(t.get("values") for t in result["trials"]) else None,
     )  # fmt: skip
     out = Path(search_dir) / "search.html"
     write_text(out, page)

@@ -24,7 +24,7 @@ from .artifact import Artifact, load_artifact, sha256_file
 from .data import load_split
 from .data.adapter import modality_subsets
 from .errors import EdgeKitError, UsageError
-from .evaluation import EvalReport, evaluate, torch_predict
+from .evaluation import EvalReport, cached_evaluate, evaluate, torch_predict
 from .formats import accuracy_runner, get_format
 from .fsutil import write_json
 from .hardware import Budgets, HardwareProfile, resolve_profile
@@ -34,6 +34,7 @@ from .io import IOSpec
 from .loading import MANIFEST, load_model, read_manifest
 from .models import FACTORY as ZOO_FACTORY
 from .profiling.host import host_info
+from .provenance import data_hashes
 from .runtimes import predict_fn
 from .stages.prune import FACTORY as PRUNED_FACTORY
 from .stats import budget_note, paired_drop, wilson
@@ -308,7 +309,8 @@ def validate(
     baseline = baseline or recorded_source(artifacts, log)
     if baseline is not None:
         loaded = load_model(baseline)
-        base = evaluate(torch_predict(loaded.model), loaded.io, test)
+        split_sha = data_hashes(options.data, {options.split}).get(options.split)
+        base = cached_evaluate(torch_predict(loaded.model), loaded.io, test, split_sha)
     check_measurements(measured, artifacts)
     rows = []
     for path in artifacts:

@@ -179,3 +179,27 @@ def test_subset_gate_takes_one_limit_or_one_per_subset():
         subset_names({"speech": 1.0}, io)
     subset_names({"image+audio": 1.0, "text": 2.0}, io)  # the model's own subsets
     subset_names(3.0, io)
+
+
+def test_a_baseline_evaluation_is_cached_by_data_and_by_what_the_model_computes(avdigits_io, monkeypatch, tmp_path):
+    """Validating many artifacts of one model evaluates it once; new weights (or new code) are a new entry."""
+    import torch
+
+    from edgekit.data import load_split
+    from edgekit.evaluation import cached_evaluate, evaluate, torch_predict
+    from edgekit.models import build_fusion_model
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+    split = load_split("avdigits", "val").head(96)
+    torch.manual_seed(0)
+    model = build_fusion_model(preset="small")
+    first = cached_evaluate(torch_predict(model), avdigits_io, split, "sha-of-the-split")
+    again = cached_evaluate(torch_predict(model), avdigits_io, split, "sha-of-the-split")
+    assert again == first and again.correct.keys() == first.correct.keys()
+    assert all((again.correct[k] == first.correct[k]).all() for k in first.correct)
+    assert len(list((tmp_path / "evals").iterdir())) == 1
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    changed = cached_evaluate(torch_predict(model), avdigits_io, split, "sha-of-the-split")
+    assert changed == evaluate(torch_predict(model), avdigits_io, split)
+    assert len(list((tmp_path / "evals").iterdir())) == 2
