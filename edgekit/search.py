@@ -127,23 +127,24 @@ class Latency:
     device, else over ssh), else here as a labelled proxy when its runtime runs here, else the estimate. Cached
     per artifact hash and device in `latency.json`."""
 
-    def __init__(self, profile: HardwareProfile, remote: Remote | None, cache: Path) -> None:
+    def __init__(self, profile: HardwareProfile, formats: list[str], remote: Remote | None, cache: Path) -> None:
         self.profile, self.remote, self.cache = profile, remote, cache
         why = profile.not_the_device(host_facts())
-        formats = [FORMATS[e.format] for e in profile.exports]
         if remote is not None:
             self.source, self.device = "measured", f"remote:{remote.name}"
         elif why is None:
             self.source, self.device = "measured", f"{profile.name}:{host_facts()['cpu_model']}"
-        elif all(f.runs_here for f in formats):
+        elif all(FORMATS[f].runs_here for f in formats):
             self.source, self.device = "proxy", f"proxy:{host_facts()['cpu_model']}"
         else:
             self.source, self.device = "estimated", f"estimate:{profile.name}"
+        # A proxy host runs the profile's thread count only as far as its own CPUs go.
+        self.threads = min(profile.threads, host_facts()["cpus"]) if self.source == "proxy" else profile.threads
         self.why = why
 
     def __call__(self, art_dir: Path, sha: str) -> dict[str, Any]:
         cached = json.loads(self.cache.read_text()) if self.cache.is_file() else {}
-        key = content_hash({"sha256": sha, "device": self.device, "threads": self.profile.threads})
+        key = content_hash({"sha256": sha, "device": self.device, "threads": self.threads})
         if key in cached:
             return cached[key]
         if self.source == "estimated":
@@ -152,7 +153,7 @@ class Latency:
             result = {"source": "estimated", "p50_ms": est["estimate_ms"], "p95_ms": hi,
                       "interval_ms": est["interval_ms"]}  # fmt: skip
         else:
-            settings = Settings(batches=(1,), duration=1.5, threads=self.profile.threads, ops=False)
+            settings = Settings(batches=(1,), duration=1.5, threads=self.threads, ops=False)
             run = profile_remote(art_dir, self.remote, settings) if self.remote else profile(art_dir, settings)
             stats = run["results"][0]["latency_ms"]
             result = {"source": self.source, "p50_ms": stats["p50"], "p95_ms": stats["p95"]}
@@ -327,7 +328,7 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
     log = run_log(out / "search.log", log)
     if note:
         log(note)
-    latency = Latency(profile, options.remote, out / "latency.json")
+    latency = Latency(profile, choices["format"], options.remote, out / "latency.json")
     if latency.source != "measured":
         log(f"latency is {latency.source} ({latency.why}): the front is labelled so")
     name = study_name(recipe, profile, choices, limits)

@@ -19,8 +19,9 @@ import yaml
 from edgekit.compress import Start
 from edgekit.errors import UsageError
 from edgekit.hardware import resolve_profile
+from edgekit.hardware.identity import host_facts
 from edgekit.recipe import Recipe, dump_recipe, load_recipe
-from edgekit.search import Limits, recipe_point, space, storage_for, trial_recipe, trial_row
+from edgekit.search import Latency, Limits, recipe_point, space, storage_for, trial_recipe, trial_row
 
 from .conftest import ROOT, run_cli
 
@@ -82,6 +83,16 @@ def test_the_shipped_x86_recipe_is_a_point_of_the_default_space(start):
     assert point == {"prune.image": 0.5, "prune.text": 0.75, "prune.audio": 0.5, "prune.fusion": 0.5, "heads": 0.5,
                      "format": "openvino", "distill_epochs": 20}  # fmt: skip
     assert trial_recipe(recipe, point).stages == recipe.stages  # the same stages: the same cache keys
+
+
+def test_latency_is_measured_on_the_device_else_a_proxy_else_estimated(tmp_path):
+    here, _ = resolve_profile("x86")  # this host, by its identity
+    assert Latency(here, ["openvino"], None, tmp_path / "l.json").source == "measured"
+    android, _ = resolve_profile("android-arm64")
+    proxy = Latency(android, ["executorch"], None, tmp_path / "l.json")
+    assert proxy.source == "proxy" and proxy.why and proxy.threads <= host_facts()["cpus"]
+    jetson, _ = resolve_profile("jetson-orin-nano-8gb")
+    assert Latency(jetson, ["tensorrt"], None, tmp_path / "l.json").source == "estimated"
 
 
 def test_budgets_come_from_the_recipe_then_the_profile():
