@@ -184,14 +184,14 @@ def storage_for(url: str | None, out: Path) -> Any:
         ) from e
 
 
-def requeue_interrupted(study: Any) -> int:
+def requeue_interrupted(study: Any, storage: Any) -> int:
     """Trials a killed search left RUNNING in its own SQLite file: failed, and their configurations queued
     again (their stages resume from the cache and distillation from its epoch checkpoint)."""
     o = optuna()
     stale = study.get_trials(deepcopy=False, states=(o.trial.TrialState.RUNNING,))
     for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
-        study._storage.set_trial_state_values(t._trial_id, o.trial.TrialState.FAIL)
+        storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
+        storage.set_trial_state_values(t._trial_id, o.trial.TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"resumes": t.number})
     return len(stale)
 
@@ -338,7 +338,7 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
     with warnings.catch_warnings():  # experimental since Optuna 3.2, and still the way to name the objectives
         warnings.simplefilter("ignore", o.exceptions.ExperimentalWarning)
         study.set_metric_names(list(OBJECTIVES))
-    if options.storage is None and (n := requeue_interrupted(study)):
+    if options.storage is None and (n := requeue_interrupted(study, storage)):
         log(f"resuming: {n} trial(s) a stopped search left running are queued again")
     if not study.trials:  # the teacher quantized as it is, and the user's own configuration, are tried first
         zero = {k: 0.0 for k in choices if k.startswith("prune.") or k == "heads"}

@@ -140,6 +140,14 @@ def load_results(path: Path) -> dict[str, dict[str, Any]]:
     raise SystemExit(f"bench: {path} holds no benchmark results; fix or move it")
 
 
+def save_results(path: Path, section: str, key: str, value: dict[str, Any]) -> None:
+    """OUT.json's `section` ("hosts": the main bench's results; "searches": --search's) gets `key`'s entry; every
+    other entry and section stays."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["hosts"] = load_results(path)  # a file from before per-host results becomes per-host here
+    write_json(path, {**data, section: {**data.get(section, {}), key: value}})
+
+
 # -- rows --------------------------------------------------------------------------------------------
 
 
@@ -660,9 +668,7 @@ def search_bench(args: argparse.Namespace, key: str) -> int:
                if better else f"**No**: no point of the front beats the hand-written recipe ({mine['trial']}) on "
                "both p50 and test drop.")  # fmt: skip
     lines += ["", verdict]
-    results = load_results(args.out.with_suffix(".json"))
-    results.setdefault(key, {})["search"] = summary
-    write_json(args.out.with_suffix(".json"), {"hosts": results})
+    save_results(args.out.with_suffix(".json"), "searches", key, summary)
     update_doc(args.out.with_suffix(".md"), "\n".join(lines), tag="search", key=key)
     print(f"bench: search block of host '{key}' written; {verdict}", file=sys.stderr)
     return 0
@@ -759,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     ]:  # where the time of EdgeKit's best artifact goes, for the diagnosis of a missed target
         feeds = with_modalities(io, next(iter(test.batches(1)))[0], io.modalities)
         result["ops_b1"] = {"row": row.name, **(op_breakdown(row.artifact, feeds, runs=50, threads=args.threads) or {})}
-    write_json(args.out.with_suffix(".json"), {"hosts": {**results, key: result}})
+    save_results(args.out.with_suffix(".json"), "hosts", key, result)
     update_doc(args.out.with_suffix(".md"), markdown(result), key=key, legacy_key=legacy)
     print(
         f"bench: wrote the results of host '{key}' to {args.out.with_suffix('.md')} and .json in "

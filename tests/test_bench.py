@@ -79,6 +79,10 @@ def test_results_json_is_per_host_and_reads_a_single_result_as_its_hosts(bench, 
     assert bench.load_results(path) == {"AMD EPYC, avx512_vnni": old}
     path.write_text(json.dumps({"hosts": {"X, avx2 only": {"rows": [2]}}}))
     assert bench.load_results(path) == {"X, avx2 only": {"rows": [2]}}
+    bench.save_results(path, "searches", "X, avx2 only", {"trials": 3})  # --search keeps the hosts' results
+    bench.save_results(path, "hosts", "Y, avx2 only", {"rows": [3]})  # and the main bench keeps the searches
+    assert json.loads(path.read_text()) == {"hosts": {"X, avx2 only": {"rows": [2]}, "Y, avx2 only": {"rows": [3]}},
+                                            "searches": {"X, avx2 only": {"trials": 3}}}  # fmt: skip
     path.write_text("{not json")
     with pytest.raises(SystemExit, match="other hosts' results"):
         bench.load_results(path)
