@@ -189,7 +189,7 @@ def test_a_baseline_evaluation_is_cached_by_data_and_by_what_the_model_computes(
     from edgekit.evaluation import cached_evaluate, evaluate, torch_predict
     from edgekit.models import build_fusion_model
 
-    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr("edgekit.evaluation.cache_root", lambda: tmp_path)  # the data stays in the real cache
     split = load_split("avdigits", "val").head(96)
     torch.manual_seed(0)
     model = build_fusion_model(preset="small")
