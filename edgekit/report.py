@@ -159,7 +159,8 @@ def render(run_dir: Path) -> Path:
 
 def search_svg(result: dict[str, Any]) -> str:
     """Accuracy drop on val vs p95 latency for every trial with a result (marker area: size), the Pareto front of
-    the feasible ones joined, the chosen point and the recipe's own point marked."""
+    the feasible ones in colour (not joined: with size as a third objective a point can be on the front though
+    another beats it on these two), the chosen point and the recipe's own point marked."""
     fig, ax = pyplot().subplots(figsize=(7.5, 4.2))
     done = [t for t in result["trials"] if t.get("values")]
     on_front = {p["number"] for p in result["front"]}
@@ -169,9 +170,6 @@ def search_svg(result: dict[str, Any]) -> str:
             xs, ys = [t["values"]["latency_p95_ms"] for t in pts], [t["values"]["val_drop"] for t in pts]
             sizes = [20 + 30 * t["values"]["size_mb"] for t in pts]
             ax.scatter(xs, ys, s=sizes, color=color, alpha=0.7, label=label)
-    front = sorted((p["values"]["latency_p95_ms"], p["values"]["val_drop"]) for p in result["front"])
-    if len(front) > 1:
-        ax.step(*zip(*front, strict=True), where="post", color="#4f6bd8", lw=1)
     for t in done:
         mark = "chosen" if t["number"] == result.get("chosen") else t.get("origin")
         if mark:
