@@ -16,7 +16,9 @@ SHORT = {  # the x86 recipe's shape, shortened: light pruning, one epoch of reco
         {"kind": "quantize", "backend": "onnx", "samples": 64},
     ],
     "targets": ["x86"],
-    "budgets": {"max_drop": 3.0},  # one reference: pruning and one epoch of distillation spend about 2 points
+    # One reference: pruning and one epoch of distillation spend about 2 points. The latency gate is one that load
+    # on a shared host cannot trip (the profile's 10 ms did, at 11 ms, beside a search): these tests check the run.
+    "budgets": {"max_drop": 3.0, "latency_p95_ms": 1000.0},
 }
 
 
