@@ -14,13 +14,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from .artifact import model_hash, versions
 from .branches import ModuleBranches, module_branches
 from .data import load_split
+from .devices import barrier, broadcast, is_main
 from .errors import EdgeKitError, UsageError
 from .evaluation import torch_predict
 from .fsutil import check_writable, content_hash, write_json, write_text
@@ -29,7 +30,7 @@ from .io import IOSpec
 from .loading import load_model, portable_factory
 from .provenance import data_hashes, provenance, tree_hashes
 from .recipe import Recipe, dump_recipe
-from .stages.steps import Current, Log, StageContext, model_stats, split_accuracy
+from .stages.steps import Current, Log, ModelStage, StageContext, model_stats, split_accuracy
 from .training import ProgressFn
 from .validate import Options, subset_names, validate
 from .zoo import reference_teacher
@@ -102,14 +103,14 @@ class Start:
                    accuracy(data.val), accuracy(data.test))  # fmt: skip
 
     def context(self, recipe: Recipe, profile: HardwareProfile, checkpoints: Path,
-                progress: ProgressFn | None = None) -> StageContext:  # fmt: skip
+                progress: ProgressFn | None = None, device: str | None = "cpu") -> StageContext:  # fmt: skip
         """A stage context whose current model is a fresh copy of the teacher."""
         current = Current(copy.deepcopy(self.teacher), self.io, self.labels, self.factory, dict(self.kwargs),
                           dict(self.branches), self.mb)  # fmt: skip
         d = recipe.data
         return StageContext(d.name, d.train, d.val, d.test, d.calibration, recipe.seed, recipe.budgets.max_drop,
                             self.reference_val, profile, self.teacher, current, checkpoints,
-                            progress=progress)  # fmt: skip
+                            progress=progress, device=device)  # fmt: skip
 
 
 def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) -> Iterator[tuple[dict[str, Any], Path]]:
@@ -118,27 +119,42 @@ def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) ->
     prefix of stages share its directories."""
     key = content_hash({"model": start.sha, "data": recipe.data.model_dump(), "seed": recipe.seed})
     for i, stage in enumerate(recipe.stages, 1):
+        if not (is_main() or any(s.distributed for s in recipe.stages[i - 1 :])):
+            return  # under torchrun the other ranks' part ends with the last data-parallel stage
         key = content_hash({"previous": key, "stage": stage.model_dump(mode="json"), **stage.key(ctx)})
         where = stages / f"{i:02d}-{stage.kind}-{key}"
-        cached = (where / "stage.json").is_file()
+        cached = broadcast((where / "stage.json").is_file())  # rank 0's view; waits for every rank
         ctx.log(f"stage {i} ({stage.kind}): {'cached, reusing ' + str(where) if cached else 'running'}")
-        row = stage.reuse(ctx, where) if cached else stage.run(ctx, where)
+        if cached:
+            row = stage.reuse(ctx, where)
+        elif is_main():
+            row = stage.run(ctx, where)
+        elif stage.distributed:
+            cast(ModelStage, stage).transform(ctx, where)  # this rank's share; rank 0 saves the result
+        if not cached:
+            barrier()  # rank 0 has saved the stage
+            row = row if is_main() else stage.reuse(ctx, where)
         row.update(cached=cached, accuracy_drop=round(100 * (start.base_acc - row["accuracy"]), 2))
         yield row, where
 
 
-def compress(
-    recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lambda _: None, progress: ProgressFn | None = None
-) -> dict[str, Any]:
+def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lambda _: None,
+             progress: ProgressFn | None = None, device: str | None = "cpu") -> dict[str, Any]:  # fmt: skip
+    """Run `recipe` into `out`; training stages on `device`. Under torchrun every rank calls this, rank 0 alone
+    writes, and the other ranks return an empty dict after their last data-parallel stage."""
     text = dump_recipe(recipe)
     resolved = [resolve_profile(t) for t in recipe.targets]
     profiles = [p for p, _ in resolved]
     start = Start.load(recipe)
     data, io = recipe.data, start.io
-    ctx = start.context(recipe, profiles[0], out / "checkpoints", progress)
+    ctx = start.context(recipe, profiles[0], out / "checkpoints", progress, device)
     for stage in recipe.stages:  # bad data or branch names fail before the run directory exists
         stage.check(ctx)
     subset_names(recipe.budgets.max_subset_drop, io)
+    if not is_main():
+        for _ in run_stages(recipe, start, ctx, out / "stages"):
+            pass
+        return {}
     prepare_run_dir(out, text, overwrite)
     ctx.log = log = run_log(out / "compress.log", log)
     for _, note in resolved:

@@ -85,13 +85,14 @@ def first_output(out: object) -> torch.Tensor:
 
 
 def torch_predict(model: nn.Module) -> Predict:
+    """Predictions in float32 on the CPU, from a model on whatever device holds its weights."""
     model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
 
     def predict(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         with torch.inference_mode():
-            return first_output(
-                model(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
-            ).numpy()
+            inputs = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in feeds.items()}
+            return first_output(model(**inputs)).float().cpu().numpy()
 
     return predict
 

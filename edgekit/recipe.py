@@ -209,10 +209,12 @@ def recipe_from_flags(
     max_drop: float | None = None,
     out: str | Path | None = None,
     seed: int | None = None,
+    amp: str | None = None,
 ) -> Recipe:
     """`base` (the default recipe if None) with the flags that were given (not None) overriding its fields:
     `data` sets data.name, `stages` is a list of kinds (or one comma list, e.g. "prune,distill,quantize"),
-    `targets` a list of profiles (or a comma list), `max_drop` sets budgets.max_drop."""
+    `targets` a list of profiles (or a comma list), `max_drop` sets budgets.max_drop, `amp` every distill stage's
+    amp."""
     recipe = base if base is not None else Recipe()
     fields = recipe.model_dump()
     if model is not None:
@@ -229,6 +231,13 @@ def recipe_from_flags(
         fields["out"] = str(out)
     if seed is not None:
         fields["seed"] = seed
+    if amp is not None:
+        distills = [stage for stage in fields["stages"] if stage["kind"] == "distill"]
+        if not distills:
+            raise UsageError(f"--amp {amp}: the recipe has no distill stage to train in mixed precision",
+                             "add a distill stage, or leave out --amp")  # fmt: skip
+        for stage in distills:
+            stage["amp"] = amp
     return _validate(fields, "recipe with flags")
 
 

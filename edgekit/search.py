@@ -79,6 +79,7 @@ class Options:
     storage: str | None = None  # an Optuna storage URL, or grpc://host:port; default: SQLite in the run directory
     remote: Remote | None = None  # the profile's device over ssh, for latency
     seed_points: tuple[dict[str, Any], ...] = ()  # configurations to try first (e.g. the hand-written recipe's)
+    device: str | None = "cpu"  # where distillation runs
 
 
 def space(recipe: Recipe, start: Start, profile: HardwareProfile) -> dict[str, list[Any]]:
@@ -111,12 +112,14 @@ def suggest(trial: Any, choices: dict[str, list[Any]]) -> dict[str, Any]:
 
 
 def trial_recipe(base: Recipe, params: dict[str, Any]) -> Recipe:
-    """The recipe that `edgekit compress` reproduces this configuration with."""
+    """The recipe that `edgekit compress` reproduces this configuration with. Its distillation takes the settings
+    of the base recipe's distill stage, if it has one (learning rate, temperature, amp, ...)."""
     ratios = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("prune.") and v > 0}
     stages: list[dict[str, Any]] = []
     if ratios or params.get("heads", 0) > 0:
+        settings = next((s.model_dump() for s in base.stages if s.kind == "distill"), {"kind": "distill"})
         stages.append({"kind": "prune", "branch_ratios": ratios, "head_ratio": params.get("heads", 0.0)})
-        stages.append({"kind": "distill", "student": "pruned", "epochs": params["distill_epochs"]})
+        stages.append({**settings, "student": "pruned", "epochs": params["distill_epochs"]})
     stages.append({"kind": "quantize", "backend": params["format"], "accuracy_aware": True})
     fields = base.model_dump(exclude={"search", "out", "stages"})
     return Recipe.model_validate({**fields, "stages": stages})
@@ -207,9 +210,10 @@ class Objective:
     """One trial: its recipe's stages in the shared cache, then its artifact's latency."""
 
     def __init__(self, recipe: Recipe, start: Start, profile: HardwareProfile, limits: Limits,
-                 choices: dict[str, list[Any]], latency: Latency, out: Path, log: Log) -> None:  # fmt: skip
+                 choices: dict[str, list[Any]], latency: Latency, out: Path, log: Log,
+                 device: str | None = "cpu") -> None:  # fmt: skip
         self.recipe, self.start, self.profile, self.limits = recipe, start, profile, limits
-        self.choices, self.latency, self.out, self.log = choices, latency, out, log
+        self.choices, self.latency, self.out, self.log, self.device = choices, latency, out, log, device
         self.probe = (recipe.search or SearchSpace()).probe_epochs
 
     def __call__(self, trial: Any) -> tuple[float, float, float]:
@@ -248,7 +252,7 @@ class Objective:
     def run(self, trial: Any, params: dict[str, Any]) -> tuple[float, float, float]:
         begin = time.perf_counter()
         recipe = trial_recipe(self.recipe, params)
-        ctx = self.start.context(recipe, self.profile, self.out / "checkpoints", self.watch(trial))
+        ctx = self.start.context(recipe, self.profile, self.out / "checkpoints", self.watch(trial), self.device)
         ctx.log = self.log
         for stage in recipe.stages:
             stage.check(ctx)
@@ -349,7 +353,7 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
             study.enqueue_trial(point, user_attrs={"origin": origin}, skip_if_exists=True)
     sampler_seed += len(study.trials)  # a resumed search or a second worker does not replay the same draws
     study.sampler = o.samplers.TPESampler(seed=sampler_seed, multivariate=True, n_startup_trials=8)
-    objective = Objective(recipe, start, profile, limits, choices, latency, out, log)
+    objective = Objective(recipe, start, profile, limits, choices, latency, out, log, options.device)
     done = len(finished(study))
     begin = time.perf_counter()
 

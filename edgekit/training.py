@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .data import FeedDataset
+from .devices import Amp, Placement, placement
 from .evaluation import evaluate, first_output, torch_predict
 from .io import MODALITY_MASK, IOSpec
 
@@ -28,6 +30,7 @@ class TrainConfig:
     modality_dropout: float = 0.5  # chance each modality is hidden from a training sample (>= 1 kept)
     patience: int = 8  # epochs without a better val accuracy before stopping
     seed: int = 0
+    amp: Amp | None = None  # mixed precision of the forward pass: bf16 or fp16 where the device has it
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,22 @@ def modality_dropout_mask(batch: int, n_mod: int, p: float, gen: torch.Generator
     return keep
 
 
+class Stepper:
+    """One optimizer step from a loss: backward (scaled under fp16), gradients clipped, the schedule advanced."""
+
+    def __init__(self, params: list[nn.Parameter], opt: torch.optim.Optimizer, sched: Any, place: Placement) -> None:
+        self.params, self.opt, self.sched, self.scaler = params, opt, sched, place.scaler()
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)  # clip the true gradients
+        nn.utils.clip_grad_norm_(self.params, 2.0)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+
+
 def train_classifier(
     model: nn.Module,
     io: IOSpec,
@@ -52,8 +71,13 @@ def train_classifier(
     val: FeedDataset,
     cfg: TrainConfig = TrainConfig(),
     progress: ProgressFn | None = None,
+    device: str | None = "cpu",
 ) -> TrainResult:
-    """Train in place and leave the model holding the weights of its best validation epoch."""
+    """Train in place on `device` (None: the best available) and leave the model holding the weights of its best
+    validation epoch, on the device it came from."""
+    place = placement(device, cfg.amp)
+    home = next(model.parameters()).device
+    model.to(place.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     order_rng = np.random.default_rng(cfg.seed)
@@ -61,6 +85,7 @@ def train_classifier(
     steps = cfg.epochs * -(-len(train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.15)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    step = Stepper(list(model.parameters()), opt, sched, place)
     use_mask = io.has_modality_mask() and cfg.modality_dropout > 0
     n_mod = len(io.modalities)
 
@@ -70,15 +95,12 @@ def train_classifier(
         model.train()
         total, count = 0.0, 0
         for feeds, y in train.batches(cfg.batch_size, order_rng.permutation(len(train))):
-            inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k in io.input_names}
+            inputs = {k: v for k, v in feeds.items() if k in io.input_names}
             if use_mask:
                 inputs[MODALITY_MASK] = modality_dropout_mask(len(y), n_mod, cfg.modality_dropout, gen)
-            loss = loss_fn(first_output(model(**inputs)), torch.from_numpy(y))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 2.0)
-            opt.step()
-            sched.step()
+            with place.autocast():
+                loss = loss_fn(first_output(model(**place.tensors(inputs))).float(), place.tensor(y))
+            step(loss)
             total, count = total + loss.item() * len(y), count + len(y)
         val_acc = evaluate(torch_predict(model), io, val, per_modality=False).overall.accuracy
         if progress:
@@ -88,5 +110,5 @@ def train_classifier(
         elif epoch - best[1] >= cfg.patience:
             break
     model.load_state_dict(best[2])
-    model.eval()
+    model.to(home).eval()
     return TrainResult(best_val_accuracy=best[0], best_epoch=best[1], epochs_run=epoch)

@@ -46,15 +46,17 @@ def train(
     out: Path,
     cfg: TrainConfig = TrainConfig(),
     progress: ProgressFn | None = None,
+    device: str | None = "cpu",
 ) -> dict[str, Any]:
-    """Train a zoo model on a dataset, save it as a model package, and evaluate it on the test split."""
+    """Train a zoo model on a dataset (on `device`), save it as a model package, and evaluate it on the test
+    split."""
     io = data_io(data)
     labels = dataset_meta(resolve_data(data)).get("labels") or [str(i) for i in range(io.outputs[0].shape[-1])]  # type: ignore[arg-type]
     kwargs = zoo_kwargs(arch, preset, io, len(labels))
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed determines
     model = build_fusion_model(**kwargs)
     start = time.perf_counter()
-    result = train_classifier(model, io, load_split(data, "train"), load_split(data, "val"), cfg, progress)
+    result = train_classifier(model, io, load_split(data, "train"), load_split(data, "val"), cfg, progress, device)
     seconds = time.perf_counter() - start
     report = evaluate(torch_predict(model), io, load_split(data, "test"))
     meta = {
@@ -79,7 +81,8 @@ def reference_teacher_path() -> Path:
             **REFERENCE,
             "zoo": ZOO_VERSION,
             "data_key": BUILTIN["avdigits"].key(),
-            "train": dataclasses.asdict(TrainConfig()),
+            # Unset options (amp) are left out, so that adding one keeps the cached teacher.
+            "train": {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if v is not None},
         }
     )
     return cache_root() / "models" / f"teacher-{key}"

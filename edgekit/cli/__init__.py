@@ -15,7 +15,7 @@ from typer._click.exceptions import UsageError as ClickUsageError  # typer 0.29 
 from .. import __version__
 from ..errors import EdgeKitError
 from . import build, compress, data, evaluate, export, profile, profiles, recipe, report, search, train, validate
-from .common import stdout_for_json
+from .common import set_argv, stdout_for_json
 
 app = typer.Typer(
     name="edgekit",
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
+    set_argv(args + (["--debug"] if debug else []))
     as_json = "--json" in args
     try:
         with stdout_for_json(as_json):

@@ -22,6 +22,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON ob
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty output directory.")]
 
 
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="Torch device for training: cpu, cuda, cuda:N, mps (default: the best).")
+]
+AmpOpt = Annotated[
+    str | None, typer.Option("--amp", help="Mixed-precision training: bf16 or fp16, where the device has it.")
+]
 RemoteOpt = Annotated[str | None, typer.Option("--remote", help="Run it on this device over ssh: user@host[:port].")]
 SshConfigOpt = Annotated[Path | None, typer.Option("--ssh-config", help="ssh_config file (default: your own).")]
 RemoteEdgekitOpt = Annotated[
@@ -30,6 +36,30 @@ RemoteEdgekitOpt = Annotated[
 RemoteTimeoutOpt = Annotated[
     float, typer.Option("--remote-timeout", min=1, help="Seconds the remote command may take.")
 ]
+
+
+_argv: list[str] = []  # this command's arguments, for relaunching it under torchrun
+
+
+def set_argv(args: list[str]) -> None:
+    _argv[:] = args
+
+
+def argv() -> list[str]:
+    return list(_argv)
+
+
+def without_option(args: list[str], name: str) -> list[str]:
+    """`args` less `name VALUE` and `name=VALUE`."""
+    kept, skip = [], False
+    for a in args:
+        if skip or a.startswith(f"{name}="):
+            skip = False
+        elif a == name:
+            skip = True
+        else:
+            kept.append(a)
+    return kept
 
 
 _json_fd: list[int] = []  # the real stdout while library chatter is redirected to stderr

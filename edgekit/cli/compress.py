@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from ..compress import compress as run_compress
+from ..devices import is_main, launch, placement, process_group
 from ..recipe import dump_recipe, load_recipe, recipe_from_flags
-from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, err, out
+from .common import AmpOpt, DeviceOpt, JsonOpt, OverwriteOpt, argv, emit, epoch_progress, err, out, without_option
 from .validate import UNVERIFIED
 from .validate import render as render_validation
 
@@ -26,22 +27,34 @@ def compress(
     max_drop: Annotated[float | None, typer.Option(min=0.0, help="Accuracy budget in points.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/compress).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random choice.")] = None,
+    device: DeviceOpt = None,
+    amp: AmpOpt = None,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Data-parallel distillation in this many processes (launches torchrun).")
+    ] = 1,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Compress a model: the recipe's stages in order; a rerun of the same recipe resumes."""
+    """Compress a model: the recipe's stages in order; a rerun of the same recipe resumes.
+
+    Distillation runs on --device (with --amp), and data-parallel under torchrun (or --nproc N); rank 0 writes."""
+    where = placement(device, amp).device  # an unusable device or precision fails before any work
     base = load_recipe(recipe_file) if recipe_file else None
     recipe = recipe_from_flags(base, model=model, data=data, stages=stages, targets=target, max_drop=max_drop,
-                               out=out_dir, seed=seed)  # fmt: skip
+                               out=out_dir, seed=seed, amp=amp)  # fmt: skip
     if dry_run:
         print(dump_recipe(recipe), end="")
         return
+    if nproc > 1:
+        raise typer.Exit(launch(nproc, without_option(argv(), "--nproc")))
     run_dir = Path(recipe.out or "runs/compress")
-    with epoch_progress("distill") as progress:
-        report = run_compress(
-            recipe, run_dir, overwrite, lambda m: err.print(m, markup=False, highlight=False), progress
-        )
+    with process_group(where), epoch_progress(f"distill on {where}") as progress:
+        if not is_main():  # a torchrun rank other than 0 trains its share; rank 0 logs, writes and reports
+            run_compress(recipe, run_dir, overwrite, device=str(where))
+            return
+        log = lambda m: err.print(m, markup=False, highlight=False)  # noqa: E731
+        report = run_compress(recipe, run_dir, overwrite, log, progress, str(where))
 
     def render() -> None:
         table = Table(title=f"compress -> {run_dir}")

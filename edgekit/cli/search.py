@@ -12,13 +12,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..compress import Start
+from ..devices import placement
 from ..errors import UsageError
 from ..hardware import resolve_profile
 from ..recipe import load_recipe, recipe_from_flags
 from ..report import render_search
 from ..search import Limits, Options, recipe_point, space
 from ..search import search as run_search
-from .common import JsonOpt, RemoteOpt, SshConfigOpt, emit, err, out
+from .common import AmpOpt, DeviceOpt, JsonOpt, RemoteOpt, SshConfigOpt, emit, err, out
 
 
 def seconds_of(text: str) -> float:
@@ -54,13 +55,16 @@ def search(
     ssh_config: SshConfigOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Search directory (default: runs/search).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the sampler and of every trial.")] = None,
+    device: DeviceOpt = None,
+    amp: AmpOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the search space and stop.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Search per-branch pruning, distillation and INT8 format for the best configurations under the budgets."""
     budget_s = seconds_of(time_budget) if time_budget else None
+    where = placement(device, amp).device  # an unusable device or precision fails before any work
     base = load_recipe(recipe_file) if recipe_file else None
-    recipe = recipe_from_flags(base, model=model, data=data, targets=target, max_drop=max_drop, seed=seed)
+    recipe = recipe_from_flags(base, model=model, data=data, targets=target, max_drop=max_drop, seed=seed, amp=amp)
     budgets = {k: v for k, v in (("latency_p95_ms", latency), ("size_mb", size)) if v is not None}
     recipe = recipe.model_copy(update={"budgets": recipe.budgets.model_copy(update=budgets)})
     profile, _ = resolve_profile(recipe.targets[0])
@@ -72,12 +76,12 @@ def search(
         emit({"profile": profile.name, "space": choices, "budgets": limits.__dict__, "recipe_point": point}, as_json,
              lambda: _print_space(profile.name, choices, limits, point))  # fmt: skip
         return
-    device = None
+    remote_device = None
     if remote:
         from ..profiling.remote import Remote
 
-        device = Remote.parse(remote, config=ssh_config)
-    options = Options(trials, budget_s, storage, device, (point,) if point else ())
+        remote_device = Remote.parse(remote, config=ssh_config)
+    options = Options(trials, budget_s, storage, remote_device, (point,) if point else (), str(where))
     run_dir = Path(recipe.out or out_dir or "runs/search")
     with trial_progress(trials or (None if budget_s else 20), budget_s) as on_trial:
         result = run_search(recipe, run_dir, options, lambda m: err.print(m, markup=False, highlight=False), on_trial)

@@ -10,10 +10,11 @@ from typing import Annotated
 import typer
 
 from .. import api
+from ..devices import placement
 from ..fsutil import check_out_dir
 from ..models import FUSIONS, PRESETS
 from ..training import TrainConfig
-from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, out, subsets_table
+from .common import AmpOpt, DeviceOpt, JsonOpt, OverwriteOpt, emit, epoch_progress, out, subsets_table
 
 Fusion = StrEnum("Fusion", {f: f for f in FUSIONS})
 Preset = StrEnum("Preset", {p: p for p in PRESETS})
@@ -27,14 +28,17 @@ def train(
     epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
     seed: Annotated[int, typer.Option()] = TrainConfig.seed,
     modality_dropout: Annotated[float, typer.Option(min=0.0, max=0.9)] = TrainConfig.modality_dropout,
+    device: DeviceOpt = None,
+    amp: AmpOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a zoo model; the package holds safetensors weights, its IO spec and its test scores."""
     check_out_dir(out_dir, overwrite)
-    cfg = dataclasses.replace(TrainConfig(), epochs=epochs, seed=seed, modality_dropout=modality_dropout)
-    with epoch_progress(f"train {arch.value}/{preset.value}") as progress:
-        result = api.train(arch.value, preset.value, data, out_dir, cfg, progress)
+    cfg = dataclasses.replace(TrainConfig(), epochs=epochs, seed=seed, modality_dropout=modality_dropout, amp=amp)
+    where = placement(device, amp)  # an unusable device or precision fails before any work
+    with epoch_progress(f"train {arch.value}/{preset.value} on {where.device}") as progress:
+        result = api.train(arch.value, preset.value, data, out_dir, cfg, progress, str(where.device))
 
     def render() -> None:
         out.print(subsets_table(f"{arch.value}/{preset.value} on {data} (test split)", result["test"]["subsets"]))

@@ -3,7 +3,12 @@ teacher recovering its accuracy) from the labels, its softened logits and, optio
 
 Every epoch ends with an atomic checkpoint, so an interrupted run called again with the same checkpoint
 directory and config resumes after its last completed epoch and ends with the same weights as an
-uninterrupted one."""
+uninterrupted one.
+
+It runs on any torch device, with optional mixed precision, and data-parallel under torchrun: every process draws
+the same global batch (one shuffle, one set of modality masks), DistributedSampler's rule gives each its share,
+DistributedDataParallel averages the gradients, and rank 0 alone evaluates and writes. A global batch is the
+same whatever the number of processes, so a checkpoint resumes with any number of them."""
 
 from __future__ import annotations
 
@@ -18,13 +23,16 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from ..data import FeedDataset, with_modalities
+from ..devices import Amp, Placement, all_sum, broadcast, is_main, placement, rank, world_size
 from ..errors import UsageError
 from ..evaluation import evaluate, first_output, torch_predict
 from ..fsutil import atomic_path
 from ..io import MODALITY_MASK, IOSpec
-from ..training import ProgressFn, modality_dropout_mask
+from ..training import ProgressFn, Stepper, modality_dropout_mask
 
 CHECKPOINT = "distill-checkpoint.pt"
 
@@ -42,6 +50,7 @@ class DistillConfig:
     modality_dropout: float = 0.5  # as in TrainConfig, and the teacher sees the same masked inputs
     patience: int = 8  # epochs without a better val accuracy before stopping
     seed: int = 0
+    amp: Amp | None = None  # mixed precision of the forward passes: bf16 or fp16 where the device has it
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -75,11 +84,30 @@ def _outputs(model: nn.Module, inputs: dict[str, torch.Tensor], features: bool) 
     return model.classifier(fused), fused
 
 
-def _probe(teacher: nn.Module, student: nn.Module, io: IOSpec, data: FeedDataset, features: bool) -> tuple[int, int]:
+class _Trainee(nn.Module):
+    """The student and the projection as one module: DistributedDataParallel averages the gradients of what one
+    module's forward used."""
+
+    def __init__(self, student: nn.Module, proj: nn.Module, features: bool) -> None:
+        super().__init__()
+        self.student, self.proj, self.features = student, proj, features
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, feats = _outputs(self.student, inputs, self.features)
+        return logits, self.proj(feats)
+
+
+def _share(n: int) -> list[int]:
+    """This process's rows of a global batch of `n` (all of them in a single process)."""
+    return list(DistributedSampler(range(n), num_replicas=world_size(), rank=rank(), shuffle=False))
+
+
+def _probe(teacher: nn.Module, student: nn.Module, io: IOSpec, data: FeedDataset, features: bool,
+           place: Placement) -> tuple[int, int]:  # fmt: skip
     """One forward of both models on real samples, before any training: the class counts must agree.
     Returns the (student, teacher) widths of what `_outputs` gives as features."""
     feeds, _ = next(data.batches(2))
-    inputs = {k: torch.from_numpy(v) for k, v in with_modalities(io, feeds, io.modalities).items()}
+    inputs = place.tensors(with_modalities(io, feeds, io.modalities))
     student.eval()  # a train-mode probe would move BatchNorm statistics
     with torch.no_grad():
         t_logits, t_feats = _outputs(teacher, inputs, features)
@@ -110,7 +138,7 @@ def _fingerprint(cfg: DistillConfig, train: FeedDataset) -> dict[str, object]:
 def _load_checkpoint(path: Path, fingerprint: dict[str, object]) -> dict[str, Any]:
     """Tensors and plain data only (weights_only=True): a checkpoint never runs code when it is read."""
     try:
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(path, weights_only=True, map_location="cpu")
         old = json.loads(saved["config"])
     except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError) as e:
         raise UsageError(
@@ -141,10 +169,12 @@ def distill(
     cfg: DistillConfig = DistillConfig(),
     checkpoint_dir: Path | None = None,
     progress: ProgressFn | None = None,
+    device: str | None = "cpu",
 ) -> DistillResult:
-    """Train `student` in place from `teacher` (put in eval mode, never updated); the student ends holding
-    the weights of its best validation epoch, in eval mode. With `checkpoint_dir`, resume from it if it
-    holds a checkpoint of the same config, and write one there after every epoch."""
+    """Train `student` in place from `teacher` (put in eval mode, never updated) on `device` (None: the best
+    available); the student ends holding the weights of its best validation epoch, in eval mode, and both models
+    end on the devices they came from. With `checkpoint_dir`, resume from it if it holds a checkpoint of the same
+    config, and (rank 0) write one there after every epoch."""
     if teacher is student:
         raise UsageError("the teacher and the student are the same module", "distill into copy.deepcopy(teacher)")
     if not len(train) or not len(val):
@@ -156,17 +186,24 @@ def distill(
                 f"the {role} ({type(model).__name__}) has no forward_features() and classifier for the feature loss",
                 "set feature_weight=0",
             )
-    teacher.eval()
-    s_width, t_width = _probe(teacher, student, io, train, features)
+    place = placement(device, cfg.amp)
+    homes = next(teacher.parameters()).device, next(student.parameters()).device
+    teacher.to(place.device).eval()
+    student.to(place.device)
+    s_width, t_width = _probe(teacher, student, io, train, features, place)
 
     torch.manual_seed(cfg.seed)  # dropout, and the projection's initial weights
     gen = torch.Generator().manual_seed(cfg.seed)  # sample order and modality masks
     # Maps student features onto the teacher's width; trained with the student, never part of it.
     proj: nn.Module = nn.Linear(s_width, t_width) if s_width != t_width else nn.Identity()
+    trainee = _Trainee(student, proj, features).to(place.device)
+    # find_unused_parameters: a user's model may hold weights its forward skips (a Hugging Face pooler).
+    model = DistributedDataParallel(trainee, find_unused_parameters=True) if world_size() > 1 else trainee
     params = [*student.parameters(), *proj.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.15)
+    step = Stepper(params, opt, sched, place)
     stateful = {"student": student, "projection": proj, "optimizer": opt, "scheduler": sched}
     use_mask = io.has_modality_mask() and cfg.modality_dropout > 0
     n_mod = len(io.modalities)
@@ -196,27 +233,29 @@ def distill(
         proj.train()
         total, count = 0.0, 0
         for feeds, y in train.batches(cfg.batch_size, torch.randperm(len(train), generator=gen).tolist()):
-            inputs = {k: torch.from_numpy(v) for k, v in feeds.items() if k in io.input_names}
+            inputs = {k: v for k, v in feeds.items() if k in io.input_names}
             if use_mask:  # one mask for both models: the teacher shows how to cope with what is missing
                 inputs[MODALITY_MASK] = modality_dropout_mask(len(y), n_mod, cfg.modality_dropout, gen)
-            with torch.no_grad():
-                t_logits, t_feats = _outputs(teacher, inputs, features)
-            s_logits, s_feats = _outputs(student, inputs, features)
-            loss = _kd_loss(s_logits, t_logits, torch.from_numpy(y), cfg)
-            if features:
-                loss = loss + cfg.feature_weight * F.mse_loss(proj(s_feats), t_feats)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 2.0)
-            opt.step()
-            sched.step()
-            total, count = total + loss.item() * len(y), count + len(y)
-        val_acc = evaluate(torch_predict(student), io, val, per_modality=False).overall.accuracy
+            mine = _share(len(y))
+            inputs, labels = place.tensors({k: v[mine] for k, v in inputs.items()}), place.tensor(y[mine])
+            with place.autocast():
+                with torch.no_grad():
+                    t_logits, t_feats = _outputs(teacher, inputs, features)
+                s_logits, s_feats = model(inputs)
+                loss = _kd_loss(s_logits.float(), t_logits.float(), labels, cfg)
+                if features:
+                    loss = loss + cfg.feature_weight * F.mse_loss(s_feats.float(), t_feats.float())
+            step(loss)
+            total, count = total + loss.item() * len(mine), count + len(mine)
+        total, count = all_sum([total, count])
+        # Rank 0's weights and BatchNorm statistics are the ones it saves: its accuracy decides for every rank.
+        val_acc = broadcast(evaluate(torch_predict(student), io, val, per_modality=False).overall.accuracy
+                            if is_main() else None)  # fmt: skip
         improved = val_acc > best_acc
         if improved:
             best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(student.state_dict())
         stopped = not improved and epoch - best_epoch >= cfg.patience
-        if path:  # before progress is reported, so a run stopped from the callback keeps this epoch
+        if path and is_main():  # before progress is reported, so a run stopped from the callback keeps this epoch
             _save_checkpoint(
                 path,
                 stateful,
@@ -233,5 +272,6 @@ def distill(
             progress(epoch, cfg.epochs, total / count, val_acc)
 
     student.load_state_dict(best_state)
-    student.eval()
+    student.to(homes[1]).eval()
+    teacher.to(homes[0])
     return DistillResult(best_val_accuracy=best_acc, best_epoch=best_epoch, epochs_run=epoch, resumed_from=resumed_from)

@@ -22,6 +22,7 @@ from ..artifact import accuracy_record, model_hash, sha256_file
 from ..branches import ModuleBranches
 from ..data import load_split
 from ..data.calibration import DEFAULT_SAMPLES, calibration_set
+from ..devices import is_main, placement
 from ..errors import UsageError
 from ..evaluation import evaluate, torch_predict
 from ..formats import ExportContext, Int8Format, Search, accuracy_runner, get_format
@@ -82,6 +83,7 @@ class StageContext:
     checkpoints: Path  # where a stage keeps what lets it resume mid-stage
     log: Log = lambda _: None
     progress: ProgressFn | None = None
+    device: str | None = "cpu"  # where training stages run (edgekit/devices.py); None: the best available
 
 
 # A branch: a modality, `fusion`, or a name from a model package's `branches:` override; the model decides which
@@ -107,6 +109,8 @@ class Stage(Frozen):
 
     kind: str
     last: ClassVar[bool] = False  # must be the recipe's last stage
+    # Run by every process under torchrun, data-parallel (rank 0 alone saves it); other stages run on rank 0 only.
+    distributed: ClassVar[bool] = False
 
     def key(self, ctx: StageContext) -> dict[str, Any]:
         """What its output depends on beyond its settings and the stages before it."""
@@ -235,6 +239,7 @@ class DistillStage(ModelStage):
 
     kind: Literal["distill"] = "distill"
     """Selects this stage."""
+    distributed: ClassVar[bool] = True
     student: Literal["pruned", "small", "teacher"] = "pruned"
     """`pruned`: the model the stages before this one produced (a copy of the teacher when none did), recovering
     the accuracy they cost. A zoo preset name (`small`, `teacher`): a new model of that size, trained from
@@ -262,10 +267,16 @@ class DistillStage(ModelStage):
     """Epochs without a better `data.val` accuracy before training stops."""
     seed: int | None = None
     """Seed of the shuffling and the modality dropout; null: the recipe's `seed`."""
+    amp: Literal["bf16", "fp16"] | None = None
+    """Mixed precision of the forward passes (`bf16`: CPUs, recent GPUs; `fp16`: GPUs, with loss scaling); null:
+    float32. The device is chosen when the run starts (`--device`)."""
 
     def to_config(self, recipe_seed: int) -> DistillConfig:
         fields = self.model_dump(exclude={"kind", "student", "seed"})
         return DistillConfig(**fields, seed=recipe_seed if self.seed is None else self.seed)
+
+    def check(self, ctx: StageContext) -> None:
+        placement(ctx.device, self.amp)  # a device or precision this machine lacks fails now
 
     def transform(self, ctx: StageContext, where: Path) -> dict[str, Any]:
         c = ctx.current
@@ -274,8 +285,10 @@ class DistillStage(ModelStage):
             c.model, c.pruned, c.kwargs = build_fusion_model(**kwargs), False, kwargs
         checkpoints = ctx.checkpoints / where.name
         result = distill(ctx.teacher, c.model, c.io, load_split(ctx.data, ctx.train), load_split(ctx.data, ctx.val),
-                         self.to_config(ctx.seed), checkpoint_dir=checkpoints, progress=ctx.progress)  # fmt: skip
-        shutil.rmtree(checkpoints, ignore_errors=True)
+                         self.to_config(ctx.seed), checkpoint_dir=checkpoints, progress=ctx.progress,
+                         device=ctx.device)  # fmt: skip
+        if is_main():
+            shutil.rmtree(checkpoints, ignore_errors=True)
         return {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                 "resumed_from": result.resumed_from}  # fmt: skip
 

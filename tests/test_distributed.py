@@ -1,0 +1,156 @@
+"""Training on a chosen device, in mixed precision, and data-parallel under torchrun (two CPU processes on gloo),
+on a slice of the real AV-digits data and a small fusion model trained on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from edgekit import api
+from edgekit.cli.common import without_option
+from edgekit.devices import check_amp, resolve_device
+from edgekit.errors import UsageError
+from edgekit.training import TrainConfig
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.slow
+SIZES = {"train": 384, "val": 200, "test": 200}  # distillation's slice; the teacher learns from all of train
+SEEDS = (0, 1, 2)
+
+
+def recipe(data: Path, model: Path, seed: int, epochs: int = 2) -> dict:
+    return {
+        "model": str(model),
+        "data": {"name": str(data)},
+        "stages": [
+            {"kind": "prune", "branch_ratios": {"text": 0.5, "fusion": 0.5}, "head_ratio": 0.5},
+            {"kind": "distill", "student": "pruned", "epochs": epochs, "batch_size": 64},
+        ],
+        "targets": ["x86"],
+        "budgets": {"max_drop": 100.0},  # these tests compare runs; the verdict is not theirs to check
+        "seed": seed,
+    }
+
+
+@pytest.fixture(scope="module")
+def setup(avdigits, tmp_path_factory):
+    """Real AV-digits, sliced, and a small attention-fusion teacher trained on the whole train split."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    data = tmp / "data"
+    data.mkdir()
+    shutil.copy(avdigits / "meta.json", data / "meta.json")
+    for split, n in SIZES.items():
+        with np.load(avdigits / f"{split}.npz") as z:
+            np.savez(data / f"{split}.npz", **{k: z[k][:n] for k in z.files})
+    cfg = TrainConfig(epochs=5, batch_size=64, lr=1e-2, modality_dropout=0.25)
+    assert api.train("attention", "small", "avdigits", tmp / "teacher", cfg)["best_val_accuracy"] > 0.6
+    return tmp, data, tmp / "teacher"
+
+
+def compress(tmp: Path, name: str, body: dict, *extra: str):
+    (tmp / f"{name}.yaml").write_text(yaml.safe_dump(body))
+    r = run_cli("compress", "--recipe", str(tmp / f"{name}.yaml"), "--out", str(tmp / name), "--json", *extra)
+    assert r.code == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def runs(setup):
+    """Single-process runs with three seeds (the run-to-run spread) and a two-process run with the first seed."""
+    tmp, data, teacher = setup
+    single = {s: compress(tmp, f"single-{s}", recipe(data, teacher, s)) for s in SEEDS}
+    ddp = compress(tmp, "ddp", recipe(data, teacher, SEEDS[0]), "--nproc", "2")
+    return tmp, single, ddp
+
+
+def test_two_processes_write_one_consistent_run_directory(runs):
+    tmp, _, ddp = runs
+    run = tmp / "ddp"
+    assert json.loads((run / "report.json").read_text()) == ddp
+    assert [s["name"] for s in ddp["stages"]] == ["prune", "distill"]
+    assert sorted(p.name.split("-")[1] for p in (run / "stages").iterdir()) == ["distill", "prune"]
+    assert not list(run.rglob(".*.tmp")) and not list(run.rglob(".*.old"))  # nothing half-written
+    assert not any((run / "checkpoints").rglob("*.pt"))  # removed once the stage is saved
+    log = (run / "compress.log").read_text()
+    assert log.count("stage 2 (distill): running") == 1  # rank 0 alone writes the log
+    distill = ddp["stages"][1]
+    assert distill["resumed_from"] == 0 and distill["best_epoch"] >= 1
+
+
+def test_two_processes_match_one_within_the_run_to_run_spread(runs):
+    """Same global batch: the two-process student's test accuracy lies within the single-process runs' range
+    over three seeds, widened by one sample."""
+    _, single, ddp = runs
+    accs = [r["stages"][1]["accuracy"] for r in single.values()]
+    one = 1 / SIZES["test"]
+    assert min(accs) - one <= ddp["stages"][1]["accuracy"] <= max(accs) + one, (accs, ddp["stages"][1]["accuracy"])
+
+
+def test_killed_two_process_run_resumes_with_one(setup):
+    """A run killed after its first epoch checkpoint resumes from it in a single process."""
+    tmp, data, teacher = setup
+    (tmp / "kill.yaml").write_text(yaml.safe_dump(recipe(data, teacher, 5, epochs=3)))
+    args = ["compress", "--recipe", str(tmp / "kill.yaml"), "--out", str(tmp / "kill"), "--nproc", "2"]
+    p = subprocess.Popen([sys.executable, "-m", "edgekit", *args], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not list((tmp / "kill" / "checkpoints").rglob("distill-checkpoint.pt")):
+        assert p.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (tmp / "kill" / "report.json").exists()
+    r = run_cli(*without_option(args, "--nproc"), "--json")
+    assert r.code == 0, r.stderr[-2000:]
+    distill = json.loads(r.stdout)["stages"][1]
+    assert 1 <= distill["resumed_from"] < 3 and distill["epochs_run"] == 3
+
+
+def test_mixed_precision_distillation_on_the_cpu(setup):
+    tmp, data, teacher = setup
+    report = compress(tmp, "bf16", recipe(data, teacher, 0, epochs=1), "--amp", "bf16", "--device", "cpu")
+    assert yaml.safe_load((tmp / "bf16" / "recipe.yaml").read_text())["stages"][1]["amp"] == "bf16"
+    assert report["stages"][1]["accuracy"] > 0.5  # ten classes: it learned
+
+
+def test_unusable_device_or_precision_is_one_line(setup):
+    tmp, data, teacher = setup
+    (tmp / "bad.yaml").write_text(yaml.safe_dump(recipe(data, teacher, 0)))
+    for flags, says in ((["--amp", "fp16", "--device", "cpu"], "--amp fp16 is not supported on cpu"),
+                        (["--device", "tpu"], "is not a torch device"),
+                        (["--amp", "int4"], "not a mixed precision")):  # fmt: skip
+        r = run_cli("compress", "--recipe", str(tmp / "bad.yaml"), "--out", str(tmp / "bad"), *flags)
+        assert r.code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    if not torch.cuda.is_available():
+        r = run_cli("compress", "--recipe", str(tmp / "bad.yaml"), "--out", str(tmp / "bad"), "--device", "cuda")
+        assert r.code == 2 and "no usable CUDA device" in r.stderr
+    assert not (tmp / "bad").exists()
+
+
+def test_device_resolution_and_precisions():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    check_amp("bf16", torch.device("cpu"))
+    with pytest.raises(UsageError, match="fp16 is not supported on cpu"):
+        check_amp("fp16", torch.device("cpu"))
+    assert without_option(["a", "--nproc", "2", "b", "--nproc=3"], "--nproc") == ["a", "b"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_distillation_on_a_gpu_in_fp16(setup):
+    tmp, data, teacher = setup
+    report = compress(tmp, "gpu", recipe(data, teacher, 0, epochs=2), "--device", "cuda", "--amp", "fp16")
+    assert report["stages"][1]["accuracy"] > 0.5
