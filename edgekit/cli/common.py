@@ -30,6 +30,12 @@ RemoteEdgekitOpt = Annotated[
 RemoteTimeoutOpt = Annotated[
     float, typer.Option("--remote-timeout", min=1, help="Seconds the remote command may take.")
 ]
+FleetOpt = Annotated[
+    Path | None, typer.Option("--fleet", help="A fleet.yaml: every device runs the artifacts built for its profile.")
+]
+FleetOutOpt = Annotated[
+    Path | None, typer.Option("--out", help="With --fleet: write fleet.json and report.html into this directory.")
+]
 
 
 _json_fd: list[int] = []  # the real stdout while library chatter is redirected to stderr
@@ -93,3 +99,25 @@ def subsets_table(title: str, subsets: dict[str, dict[str, float]]) -> Table:
     for name, s in subsets.items():
         table.add_row(name, f"{s['accuracy']:.3f}", f"{s['macro_f1']:.3f}")
     return table
+
+
+def fleet_table(run: dict[str, Any], title: str) -> Table:
+    """A fleet run for people: one row per device and artifact, its error in place of numbers."""
+    table = Table(title=title)
+    for col in ("device", "profile", "artifact", "status", "p50 ms", "p95 ms", "error"):
+        table.add_column(col, justify="right" if col.endswith("ms") else "left")
+    for r in run["rows"]:
+        ms = [f"{r[k]:.3f}" if r.get(k) is not None else "-" for k in ("p50_ms", "p95_ms")]
+        table.add_row(r["device"] or "-", r["profile"] or "-", Path(r["artifact"]).name, r["status"], *ms,
+                      r.get("error") or "")  # fmt: skip
+    return table
+
+
+def fleet_checks(fleet: Path | None, remote: str | None, out_dir: Path | None) -> None:
+    """--fleet excludes --remote; --out is where a fleet run is written, so it needs --fleet."""
+    from ..errors import UsageError
+
+    if fleet and remote:
+        raise UsageError("--fleet and --remote cannot be combined", "a fleet file names each device's ssh destination")
+    if out_dir and not fleet:
+        raise UsageError("--out is for a fleet run", "pass --fleet fleet.yaml, or redirect --json output")
