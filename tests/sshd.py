@@ -43,6 +43,7 @@ def sshd_server(tmp: Path) -> Iterator[Sshd]:
         if os.environ.get("CI"):
             pytest.fail("sshd is missing: `make setup` installs openssh-server (scripts/system-deps.sh)")
         pytest.skip("sshd is not installed (Debian: openssh-server)")
+    tmp.mkdir(parents=True, exist_ok=True)
     port, user = free_port(), getpass.getuser()
     for key in ("host_key", "user_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True)
@@ -60,10 +61,11 @@ def sshd_server(tmp: Path) -> Iterator[Sshd]:
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(exist_ok=True)  # the privilege-separation directory sshd expects
-    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")], stderr=subprocess.PIPE)
+    with open(tmp / "sshd.log", "wb") as log:  # a file, not a pipe no one reads: its logging never blocks sshd
+        server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")], stderr=log)
     deadline = time.monotonic() + 10
     while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()
+        assert server.poll() is None and time.monotonic() < deadline, (tmp / "sshd.log").read_text()
         time.sleep(0.05)
     found = Sshd(f"{user}@127.0.0.1:{port}", str(tmp / "ssh_config"), server)
     try:
