@@ -82,6 +82,9 @@ def test_two_devices_profile_at_once_and_merge(two, artifact, tmp_path):
     assert saved["rows"] == run["rows"]
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count(">onnx-fp32<") == 2 and a.remote in page and b.remote in page
+    (tmp_path / "out" / "report.html").unlink()
+    r = run_cli("report", str(tmp_path / "out"))  # rendered again from fleet.json alone
+    assert r.code == 0 and (tmp_path / "out" / "report.html").read_text() == page, r.stderr
 
 
 def dying_edgekit(path: Path, listener: int) -> Path:
