@@ -15,6 +15,7 @@ from edgekit import api
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
+from edgekit.validate import read_measurements
 
 from .conftest import ROOT, run_cli
 from .sshd import free_port, sshd_server
@@ -77,7 +78,12 @@ def test_two_devices_profile_at_once_and_merge(two, artifact, tmp_path):
             row["result"]["remote"]["device"] == server.remote
             and row["result"]["results"][0]["latency_ms"]["runs"] == 5
         )
-    assert overlap(run["rows"]) > 0, "the two devices ran one after the other"
+    assert overlap(run["rows"]) > 0.5, "the two devices ran one after the other"
+    measured = tmp_path / "a.json"  # a device's result reads as `validate --measurements` does, as a file or in hand
+    measured.write_text(json.dumps(rows["a"]["result"]))
+    sha = rows["a"]["sha256"]
+    assert read_measurements([measured])[sha]["file"] == str(measured)
+    assert read_measurements([measured, {**rows["b"]["result"], "file": "b"}])[sha]["remote"]["device"] == b.remote
     saved = json.loads((tmp_path / "out" / "fleet.json").read_text())
     assert saved["rows"] == run["rows"]
     page = (tmp_path / "out" / "report.html").read_text()
