@@ -108,8 +108,8 @@ def fleet_table(run: dict[str, Any], title: str) -> Table:
         table.add_column(col, justify="right" if col.endswith("ms") else "left")
     for r in run["rows"]:
         ms = [f"{r[k]:.3f}" if r.get(k) is not None else "-" for k in ("p50_ms", "p95_ms")]
-        table.add_row(r["device"] or "-", r["profile"] or "-", Path(r["artifact"]).name, r["status"], *ms,
-                      r.get("error") or "")  # fmt: skip
+        where = "/".join(Path(r["artifact"]).parts[-2:])  # its export directory too: many are named onnx-fp32
+        table.add_row(r["device"] or "-", r["profile"] or "-", where, r["status"], *ms, r.get("error") or "")
     return table
 
 
