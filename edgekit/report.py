@@ -17,7 +17,7 @@ import yaml
 from markupsafe import Markup
 
 from .errors import UsageError
-from .fsutil import write_text
+from .fsutil import write_json, write_text
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#1d2330;padding:0 1em}
@@ -199,3 +199,27 @@ def render_search(search_dir: Path) -> Path:
     out = Path(search_dir) / "search.html"
     write_text(out, page)
     return out
+
+
+def render_fleet(out_dir: Path) -> Path:
+    """report.html beside a fleet run's fleet.json: every device, and a row per device and artifact."""
+    path = Path(out_dir) / "fleet.json"
+    if not path.is_file():
+        raise UsageError(f"{out_dir} has no fleet.json", "pass a directory `edgekit profile --fleet --out` wrote")
+    try:
+        run = json.loads(path.read_text())
+        _ = run["rows"], run["devices"]
+    except (ValueError, RecursionError, KeyError, TypeError) as e:
+        raise UsageError(f"{path} is malformed ({type(e).__name__}: {e})", "rerun the fleet") from e
+    env = jinja2.Environment(loader=jinja2.PackageLoader("edgekit", "templates"), autoescape=True)
+    env.filters["basename"] = lambda p: Path(str(p)).name
+    page = env.get_template("fleet.html.j2").render(css=CSS, run=run, num=num)
+    out = Path(out_dir) / "report.html"
+    write_text(out, page)
+    return out
+
+
+def write_fleet(run: dict[str, Any], out_dir: Path) -> Path:
+    """A fleet run's fleet.json (canonical) and the report.html rendered from it, each written atomically."""
+    write_json(Path(out_dir) / "fleet.json", run)
+    return render_fleet(out_dir)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ from .hardware.estimator import estimate, graph_costs
 from .io import IOSpec
 from .loading import MANIFEST, load_model, read_manifest
 from .models import FACTORY as ZOO_FACTORY
+from .profiling.fleet import Fleet, profile_fleet
 from .profiling.host import host_info
+from .profiling.local import Settings
 from .provenance import data_hashes
 from .runtimes import predict_fn
 from .stages.prune import FACTORY as PRUNED_FACTORY
@@ -74,14 +76,16 @@ def cpu_shift(art: Artifact, accuracy: float | None, options: Options, isa: Sequ
     return out
 
 
-def read_measurements(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
-    """`edgekit profile --json` results by the sha256 of the artifact file they measured."""
+def read_measurements(paths: Sequence[Path | Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`edgekit profile --json` results by the sha256 of the artifact file they measured: files, or results in
+    hand (a fleet's), whose "file" says where they came from."""
     found = {}
     for path in paths:
         try:
-            m = json.loads(Path(path).read_text())
+            m = {"file": "given", **path} if isinstance(path, Mapping) else {**json.loads(Path(path).read_text()),
+                                                                            "file": str(path)}  # fmt: skip
             _ = m["results"][0]["latency_ms"]["p50"]
-            found[m["artifact"]["sha256"]] = {**m, "file": str(path)}
+            found[m["artifact"]["sha256"]] = m
         except (OSError, ValueError, RecursionError, KeyError, IndexError, TypeError) as e:  # ValueError: JSON syntax
             raise UsageError(f"{path} is not the JSON of `edgekit profile --json` ({type(e).__name__}: {e})") from e
     return found
@@ -286,7 +290,7 @@ def validate(
     artifacts: Sequence[Path],
     target: str,
     baseline: Path | None = None,
-    measurements: Sequence[Path] = (),
+    measurements: Sequence[Path | Mapping[str, Any]] = (),
     budgets: dict[str, Any] | None = None,
     options: Options = Options(),
     log: Log = lambda _: None,
@@ -375,3 +379,38 @@ def attach(result: dict[str, Any], run_dir: Path) -> Path:
     report["validation"] = [v for v in report.get("validation", []) if v["profile"] != result["profile"]] + [result]
     write_json(path, report)
     return path
+
+
+def validate_fleet(
+    fleet: Fleet,
+    artifacts: Sequence[Path],
+    baseline: Path | None = None,
+    budgets: dict[str, Any] | None = None,
+    options: Options = Options(),
+    log: Log = lambda _: None,
+) -> dict[str, Any]:
+    """Each fleet device measures the artifacts built for its profile (`profile_fleet`); each device's
+    measurements are then validated against its own profile, accuracy measured here as `validate` does. Latency
+    comes only from the device: an artifact the device failed to measure is an error row, never measured here."""
+    settings = lambda d: Settings(duration=options.duration, threads=options.threads or d.hardware.threads)  # noqa: E731
+    run = profile_fleet(fleet, artifacts, settings, log)
+    for d in fleet.devices:
+        rows = [r for r in run["rows"] if r["device"] == d.name and r["status"] == "ok"]
+        if not rows:
+            continue
+        measured = [{**r.pop("result"), "file": f"{d.name} ({d.remote.name})"} for r in rows]
+        try:
+            result = validate([Path(r["artifact"]) for r in rows], d.profile, baseline, measured, budgets,
+                              replace(options, estimate_only=True), log)  # fmt: skip
+        except EdgeKitError as e:
+            for r in rows:
+                r.update(status="error", error=str(e))
+            continue
+        checked = {v["artifact"]: v for v in result.pop("rows")}
+        for r in rows:
+            r.update(checked[r["artifact"]])
+        next(x for x in run["devices"] if x["device"] == d.name)["validation"] = result
+    statuses = {r["status"] for r in run["rows"]}
+    run["verdict"] = ("fail" if statuses & {"fail", "error", "no-device"} else
+                      "unverified" if "unverified" in statuses else "pass")  # fmt: skip
+    return run

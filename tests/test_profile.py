@@ -1,14 +1,9 @@
 """edgekit profile: timing statistics, interleaving, host facts, the per-op breakdown from the runtimes' own
 profilers, and the CLI on real exported artifacts (including its bad inputs)."""
 
-import getpass
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +28,7 @@ from edgekit.runtimes.ops import summarize
 from edgekit.runtimes.ort import OrtRunner
 
 from .conftest import run_cli
+from .sshd import free_port, sshd_server
 
 KWARGS = {"arch": "gated", "preset": "small", "vocab_size": 41, "max_len": 32}
 
@@ -225,51 +221,15 @@ def test_corrupt_or_tampered_artifacts_are_refused(exported, tmp_path):
 
 # -- over ssh, against a real OpenSSH server on 127.0.0.1 ----------------------------------------------------
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    """A real sshd on a free port with a temporary host key, user key and client config; stopped afterwards."""
-    if not Path(SSHD).is_file():
-        if os.environ.get("CI"):
-            pytest.fail("sshd is missing: `make setup` installs openssh-server (scripts/system-deps.sh)")
-        pytest.skip("sshd is not installed (Debian: openssh-server)")
-    tmp, port, user = tmp_path_factory.mktemp("sshd"), free_port(), getpass.getuser()
-    for key in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True)
-    shutil.copy(tmp / "user_key.pub", tmp / "authorized_keys")
-    (tmp / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp}/host_key\nPidFile {tmp}/sshd.pid\n"
-        f"AuthorizedKeysFile {tmp}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-    )
-    host_pub = (tmp / "host_key.pub").read_text().split()
-    (tmp / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    (tmp / "ssh_config").write_text(
-        f"Host 127.0.0.1\n  IdentityFile {tmp}/user_key\n  IdentitiesOnly yes\n"
-        f"  UserKnownHostsFile {tmp}/known_hosts\n  StrictHostKeyChecking yes\n"
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(exist_ok=True)  # the privilege-separation directory sshd expects
-    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()
-        time.sleep(0.05)
-    yield {"remote": f"{user}@127.0.0.1:{port}", "config": str(tmp / "ssh_config")}
-    server.terminate()
-    server.wait(10)
+    with sshd_server(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 def remote_cli(sshd, *args, edgekit=str(Path(sys.executable).with_name("edgekit"))):
-    return run_cli(*args, "--remote", sshd["remote"], "--ssh-config", sshd["config"], "--remote-edgekit", edgekit)
+    return run_cli(*args, "--remote", sshd.remote, "--ssh-config", sshd.config, "--remote-edgekit", edgekit)
 
 
 @pytest.mark.ssh
@@ -279,7 +239,7 @@ def test_remote_profile_runs_on_the_device_and_cleans_up(sshd, exported):
     assert r.code == 0, r.stderr
     out = json.loads(r.stdout)
     assert [x["batch"] for x in out["results"]] == [1, 2] and out["results"][0]["latency_ms"]["runs"] == 5
-    assert out["artifact"]["path"] == str(art) and out["remote"]["device"] == sshd["remote"]
+    assert out["artifact"]["path"] == str(art) and out["remote"]["device"] == sshd.remote
     assert out["host"]["versions"]["onnxruntime"] and out["ops"]["by_op_type"]
     there = Path(out["remote"]["path"])
     assert there.name == "onnx-fp32" and not there.parent.exists()  # the device's temporary copy is gone
@@ -294,7 +254,7 @@ def test_remote_without_edgekit_says_so(sshd, exported):
 @pytest.mark.ssh
 def test_unreachable_device_and_bad_remote_spec(sshd, exported):
     art = str(exported / "x86" / "onnx-fp32")
-    r = run_cli("profile", art, "--remote", f"nobody@127.0.0.1:{free_port()}", "--ssh-config", sshd["config"])
+    r = run_cli("profile", art, "--remote", f"nobody@127.0.0.1:{free_port()}", "--ssh-config", sshd.config)
     assert r.code == 1 and "cannot reach nobody@127.0.0.1" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = run_cli("profile", art, "--remote", "me@host:99999")
     assert r.code == 2 and "user@host[:port]" in r.stderr

@@ -340,7 +340,7 @@ def test_remote_extraction_of_a_hostile_archive_fails_in_one_line_inside_its_dir
     outside = tmp_path / "outside"
     outside.mkdir()
     tag = f"edgekit-escape-{uuid.uuid4().hex[:8]}"
-    device = Remote.parse(sshd["remote"], config=Path(sshd["config"]), edgekit=EDGEKIT)
+    device = Remote.parse(sshd.remote, config=Path(sshd.config), edgekit=EDGEKIT)
     with remote_workdir(device) as tmp:
         with pytest.raises(EdgeKitError) as e:
             device.run(UNTAR.format(dir=shlex.quote(tmp)), "copying x", stdin=hostile_tar(outside, tag))
@@ -357,7 +357,7 @@ def test_a_devices_reply_cannot_choose_which_local_file_the_engine_overwrites(ss
                     'echo \'{"engine": "../../manifest.json"}\'\n')  # fmt: skip
     fake.chmod(0o755)
     bundle = artifact(tmp_path / "bundle")
-    device = Remote.parse(sshd["remote"], config=Path(sshd["config"]), edgekit=str(fake))
+    device = Remote.parse(sshd.remote, config=Path(sshd.config), edgekit=str(fake))
     result = build_remote(bundle, device)
     assert result["engine"] == str(bundle / "model.engine") and (bundle / "model.engine").read_text() == "engine"
     recorded = load_artifact(bundle)  # verifies every hash, the engine's included

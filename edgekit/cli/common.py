@@ -36,6 +36,12 @@ RemoteEdgekitOpt = Annotated[
 RemoteTimeoutOpt = Annotated[
     float, typer.Option("--remote-timeout", min=1, help="Seconds the remote command may take.")
 ]
+FleetOpt = Annotated[
+    Path | None, typer.Option("--fleet", help="A fleet.yaml: every device runs the artifacts built for its profile.")
+]
+FleetOutOpt = Annotated[
+    Path | None, typer.Option("--out", help="With --fleet: write fleet.json and report.html into this directory.")
+]
 
 
 _argv: list[str] = []  # this command's arguments, for relaunching it under torchrun
@@ -123,3 +129,25 @@ def subsets_table(title: str, subsets: dict[str, dict[str, float]]) -> Table:
     for name, s in subsets.items():
         table.add_row(name, f"{s['accuracy']:.3f}", f"{s['macro_f1']:.3f}")
     return table
+
+
+def fleet_table(run: dict[str, Any], title: str) -> Table:
+    """A fleet run for people: one row per device and artifact, its error in place of numbers."""
+    table = Table(title=title)
+    for col in ("device", "profile", "artifact", "status", "p50 ms", "p95 ms", "error"):
+        table.add_column(col, justify="right" if col.endswith("ms") else "left")
+    for r in run["rows"]:
+        ms = [f"{r[k]:.3f}" if r.get(k) is not None else "-" for k in ("p50_ms", "p95_ms")]
+        where = "/".join(Path(r["artifact"]).parts[-2:])  # its export directory too: many are named onnx-fp32
+        table.add_row(r["device"] or "-", r["profile"] or "-", where, r["status"], *ms, r.get("error") or "")
+    return table
+
+
+def fleet_checks(fleet: Path | None, remote: str | None, out_dir: Path | None) -> None:
+    """--fleet excludes --remote; --out is where a fleet run is written, so it needs --fleet."""
+    from ..errors import UsageError
+
+    if fleet and remote:
+        raise UsageError("--fleet and --remote cannot be combined", "a fleet file names each device's ssh destination")
+    if out_dir and not fleet:
+        raise UsageError("--out is for a fleet run", "pass --fleet fleet.yaml, or redirect --json output")

@@ -1,5 +1,5 @@
 """edgekit profile: latency, throughput, memory and an op breakdown of an artifact in its own runtime,
-on this machine or, with --remote, on a device over ssh."""
+on this machine, with --remote on a device over ssh, or with --fleet on every device of a fleet at once."""
 
 from __future__ import annotations
 
@@ -9,7 +9,20 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import JsonOpt, RemoteEdgekitOpt, RemoteOpt, RemoteTimeoutOpt, SshConfigOpt, emit, out
+from .common import (
+    FleetOpt,
+    FleetOutOpt,
+    JsonOpt,
+    RemoteEdgekitOpt,
+    RemoteOpt,
+    RemoteTimeoutOpt,
+    SshConfigOpt,
+    emit,
+    err,
+    fleet_checks,
+    fleet_table,
+    out,
+)
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -30,7 +43,10 @@ def parse_shapes(items: list[str]) -> dict[str, int]:
 
 
 def profile(
-    artifact: Annotated[Path, typer.Argument(help="An artifact directory (or a model package: torch eager).")],
+    artifacts: Annotated[
+        list[Path],
+        typer.Argument(help="An artifact directory (or a model package: torch eager); with --fleet, several."),
+    ],
     batch: Annotated[str, typer.Option(help="Batch sizes, comma separated.")] = "1",
     warmup: Annotated[int, typer.Option(min=0, help="Untimed calls before timing each batch size.")] = 10,
     runs: Annotated[int | None, typer.Option(min=1, help="Timed calls per batch size (instead of --duration).")] = None,
@@ -42,15 +58,35 @@ def profile(
     ssh_config: SshConfigOpt = None,
     remote_edgekit: RemoteEdgekitOpt = "edgekit",
     remote_timeout: RemoteTimeoutOpt = 600.0,
+    fleet: FleetOpt = None,
+    out_dir: FleetOutOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Latency percentiles, throughput, peak RSS and slowest ops of an artifact, here or over ssh.
 
     With --remote, EdgeKit must be installed on the device; the artifact is copied to a temporary directory
-    there and removed afterwards."""
+    there and removed afterwards. With --fleet, each device of the fleet file profiles the artifacts built for its
+    profile, all devices at once; exit code 1 when any device or artifact has no result."""
+    from ..errors import UsageError
     from ..profiling.local import Settings
 
+    fleet_checks(fleet, remote, out_dir)
     settings = Settings(parse_ints(batch, "--batch"), warmup, runs, duration, threads, parse_shapes(shape or []), ops)
+    if fleet:
+        from ..profiling.fleet import load_fleet, profile_fleet
+        from ..report import write_fleet
+
+        devices = load_fleet(fleet, remote_edgekit, ssh_config, remote_timeout)
+        run = profile_fleet(devices, artifacts, settings, log=lambda m: err.print(f"[dim]{m}[/dim]"))
+        if out_dir:
+            run["report"] = str(write_fleet(run, out_dir))
+        emit(run, as_json, lambda: out.print(fleet_table(run, f"fleet {fleet.name}: {run['status']}")))
+        if run["status"] != "ok":
+            raise typer.Exit(1)
+        return
+    if len(artifacts) != 1:
+        raise UsageError(f"{len(artifacts)} artifacts given: profile takes one", "or several with --fleet fleet.yaml")
+    artifact = artifacts[0]
     if remote:
         from ..profiling.remote import Remote, profile_remote
 

@@ -1,4 +1,4 @@
-"""edgekit report: render report.html from a run directory's report.json."""
+"""edgekit report: render report.html from a run directory's report.json, or a fleet run's fleet.json."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from .common import JsonOpt, emit, out
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `edgekit compress`.")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory written by `edgekit compress`, or a fleet run's --out.")
+    ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Write RUN_DIR/report.html: recipe, lineage, validation, sensitivity, Pareto plot, op breakdowns."""
-    from ..report import render
+    """Write RUN_DIR/report.html: recipe, lineage, validation, sensitivity, Pareto plot, op breakdowns; for a
+    fleet run's directory (fleet.json, no report.json), its devices and rows."""
+    from ..report import render, render_fleet
 
-    page = render(run_dir)
+    fleet = (run_dir / "fleet.json").is_file() and not (run_dir / "report.json").is_file()
+    page = render_fleet(run_dir) if fleet else render(run_dir)
     emit({"report": str(page)}, as_json, lambda: out.print(f"report written to {page}"))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import JsonOpt, emit, err, out
+from .common import FleetOpt, FleetOutOpt, JsonOpt, emit, err, fleet_checks, fleet_table, out
 
 STATUS = {"pass": "✅ pass", "fail": "❎ fail", "unverified": "❔ unverified", "error": "❌ error"}
 UNVERIFIED = 3  # exit code: nothing failed, but a budget only the device can decide was not decided
@@ -16,7 +16,10 @@ UNVERIFIED = 3  # exit code: nothing failed, but a budget only the device can de
 
 def validate(
     artifacts: Annotated[list[Path], typer.Argument(help="Artifact directories written by `edgekit export`.")],
-    profile: Annotated[str, typer.Option("--profile", "--target", help="Hardware profile name, alias or .yaml.")],
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", "--target", help="Hardware profile name, alias or .yaml (not with --fleet)."),
+    ] = None,
     baseline: Annotated[
         Path | None,
         typer.Option(
@@ -40,19 +43,44 @@ def validate(
     report: Annotated[
         Path | None, typer.Option(help="A compress run directory: record this validation in its report.json.")
     ] = None,
+    fleet: FleetOpt = None,
+    out_dir: FleetOutOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Prove artifacts against a profile's budgets: accuracy, latency (measured or estimated), size, RAM.
 
     Exit code 1 when any artifact fails a budget or cannot be run, 3 when none fails but a budget is unverified
-    (an estimate's interval straddles it, or latency was measured on a host that is not the device)."""
-    from ..validate import Options, attach
+    (an estimate's interval straddles it, or latency was measured on a host that is not the device).
+
+    With --fleet, each device of the fleet file measures the artifacts built for its profile (all devices at once)
+    and each is validated against its device's profile, accuracy measured here."""
+    from ..errors import UsageError
+    from ..validate import Options, attach, validate_fleet
     from ..validate import validate as run
 
+    fleet_checks(fleet, None, out_dir)
+    if fleet and (profile or measurements or report or estimate):
+        raise UsageError("--fleet takes no --profile, --measurements, --report or --estimate",
+                         "each device's profile and measurements come from the fleet")  # fmt: skip
+    if not fleet and not profile:
+        raise UsageError("validate needs --profile", "e.g. --profile x86, or --fleet fleet.yaml")
     budgets = {"max_accuracy_drop": max_drop, "latency_p95_ms": latency_p95_ms, "max_size_mb": max_size_mb,
                "max_peak_ram_mb": max_peak_ram_mb, "max_subset_drop": max_subset_drop}  # fmt: skip
     options = Options(data=data, threads=threads, estimate_only=estimate)
     log = lambda m: err.print(f"[dim]{m}[/dim]")  # noqa: E731
+    if fleet:
+        from ..profiling.fleet import load_fleet
+        from ..report import write_fleet
+
+        fleet_run = validate_fleet(load_fleet(fleet), artifacts, baseline, budgets, options, log)
+        if out_dir:
+            fleet_run["report"] = str(write_fleet(fleet_run, out_dir))
+        title = f"fleet {fleet.name}: {fleet_run['verdict']}"
+        emit(fleet_run, as_json, lambda: out.print(fleet_table(fleet_run, title)))
+        if fleet_run["verdict"] != "pass":
+            raise typer.Exit(UNVERIFIED if fleet_run["verdict"] == "unverified" else 1)
+        return
+    assert profile is not None
     result = run(artifacts, profile, baseline, measurements or [], budgets, options, log)
     if report is not None:
         attach(result, report)

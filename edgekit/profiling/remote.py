@@ -41,6 +41,7 @@ class Remote:
     port: int | None = None
     config: Path | None = None  # an ssh_config file (ssh -F); None: the user's own
     edgekit: str = "edgekit"  # the EdgeKit command on the device, e.g. a venv's bin/edgekit
+    env: tuple[tuple[str, str], ...] = ()  # variables EdgeKit runs with there, e.g. (("PYTHONPATH", "/opt/src"),)
     connect_timeout: int = 10
     timeout: float = 600.0  # for the whole remote command
 
@@ -136,8 +137,14 @@ def push(remote: Remote, local: Path, tmp: str) -> str:
     return f"{tmp}/{local.name}"
 
 
+def edgekit_command(remote: Remote, args: Sequence[str]) -> str:
+    """The device's shell command that runs EdgeKit with `args`, under `env` with the remote's variables."""
+    env = ["env", *(shlex.quote(f"{k}={v}") for k, v in remote.env)] if remote.env else []
+    return " ".join([*env, shell_word(remote.edgekit), *(shlex.quote(a) for a in args)])
+
+
 def edgekit_json(remote: Remote, args: Sequence[str], step: str) -> dict[str, Any]:
-    out = remote.run(" ".join([shell_word(remote.edgekit), *(shlex.quote(a) for a in [*args, "--json"])]), step)
+    out = remote.run(edgekit_command(remote, [*args, "--json"]), step)
     try:
         return json.loads(out.decode())
     except json.JSONDecodeError as e:
