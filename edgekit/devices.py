@@ -156,14 +156,15 @@ def process_group(device: torch.device) -> Iterator[None]:
             dist.destroy_process_group()
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run `edgekit ARGV` in `nproc` processes under torchrun (on this machine) and return its exit status."""
+def launch(nproc: int, argv: Sequence[str], stdout: int | None = None) -> int:
+    """Run `edgekit ARGV` in `nproc` processes under torchrun (on this machine), their output to `stdout` (a file
+    descriptor; None: this process's), and return its exit status."""
     if under_torchrun():
         raise UsageError("--nproc inside torchrun", "pass --nproc or run under torchrun, not both")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "edgekit", *argv]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cpu_share(nproc))))}
-    return subprocess.run(command, env=env, check=False).returncode
+    return subprocess.run(command, env=env, stdout=stdout, check=False).returncode
 
 
 def cpu_share(nproc: int) -> int:

@@ -674,6 +674,68 @@ def search_bench(args: argparse.Namespace, key: str) -> int:
     return 0
 
 
+def ddp_bench(args: argparse.Namespace, key: str) -> int:
+    """`--ddp SEEDS`: distillation in one process against two under torchrun (gloo, one thread each), the same
+    recipe and global batch, SEEDS seeds each: the test accuracy of every run (the run-to-run spread of each) and
+    the seconds per epoch, side by side in one run. A small attention-fusion teacher trained on AV-digits is
+    pruned and recovers on a 384-sample slice of its train split, as in tests/test_distributed.py."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from edgekit.data import resolve_data
+    from edgekit.training import TrainConfig
+
+    work = args.work / "ddp"
+    work.mkdir(parents=True, exist_ok=True)
+    source, data, teacher = Path(resolve_data(args.data)), work / "data", work / "teacher"
+    if not (teacher / "edgekit-model.yaml").is_file():
+        data.mkdir(exist_ok=True)
+        shutil.copy(source / "meta.json", data / "meta.json")
+        for split, n in {"train": 384, "val": 200, "test": 200}.items():
+            with np.load(source / f"{split}.npz") as z:
+                np.savez(data / f"{split}.npz", **{k: z[k][:n] for k in z.files})
+        api.train("attention", "small", args.data, teacher, TrainConfig(epochs=5, lr=1e-2, modality_dropout=0.25))
+    runs: dict[str, list[dict[str, Any]]] = {"1 process": [], "2 processes (torchrun, gloo)": []}
+    for seed in range(args.ddp):
+        for name, nproc in zip(runs, (1, 2), strict=True):
+            body = {"model": str(teacher), "data": {"name": str(data)}, "seed": seed, "targets": ["x86"],
+                    "budgets": {"max_drop": 100.0}, "stages": [
+                        {"kind": "prune", "branch_ratios": {"text": 0.5, "fusion": 0.5}, "head_ratio": 0.5},
+                        {"kind": "distill", "student": "pruned", "epochs": 4, "batch_size": 64}]}  # fmt: skip
+            out = work / f"seed{seed}-nproc{nproc}"
+            (work / "r.yaml").write_text(yaml.safe_dump(body))
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, "-m", "edgekit", "compress", "--recipe", str(work / "r.yaml"), "--out", str(out),
+                   "--nproc", str(nproc), "--json"]  # fmt: skip
+            report = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            distill = report["stages"][1]
+            runs[name].append({"seed": seed, "test_accuracy": distill["accuracy"],
+                               "s_per_epoch": round(distill["seconds"] / distill["epochs_run"], 2)})  # fmt: skip
+            print(f"bench: {name} seed {seed}: {runs[name][-1]}", file=sys.stderr)
+    summary = {"date": time.strftime("%Y-%m-%d"), "seeds": args.ddp, "runs": runs,
+               "accuracy": {k: [round(float(np.mean([r["test_accuracy"] for r in v])), 4),
+                                round(float(np.std([r["test_accuracy"] for r in v])), 4)] for k, v in runs.items()},
+               "s_per_epoch": {k: round(float(np.median([r["s_per_epoch"] for r in v])), 2)
+                               for k, v in runs.items()}}  # fmt: skip
+    one, two = runs
+    lines = [f"### One process against two under torchrun on {key} ({summary['date']})", "",
+             f"Distillation of a pruned small attention-fusion teacher on a 384-sample AV-digits slice, 4 epochs, "
+             f"global batch 64, {args.ddp} seeds each, run in turn; test split slice of 200.", "",
+             "| run | test accuracy per seed | mean ± std | s per epoch (median) |", "|---|---|---|---|"]  # fmt: skip
+    for name, rows in runs.items():
+        accs = ", ".join(f"{r['test_accuracy']:.3f}" for r in rows)
+        mean, std = summary["accuracy"][name]
+        lines.append(f"| {name} | {accs} | {mean:.3f} ± {std:.3f} | {summary['s_per_epoch'][name]:.1f} |")
+    ratio = summary["s_per_epoch"][two] / summary["s_per_epoch"][one]
+    lines += ["", f"Two processes take {ratio:.2f} times the time per epoch of one on this host's CPUs."]
+    save_results(args.out.with_suffix(".json"), "distributed", key, summary)
+    update_doc(args.out.with_suffix(".md"), "\n".join(lines), tag="ddp", key=key)
+    print(f"bench: ddp block of host '{key}' written", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="model package (default: the AV-digits reference teacher)")
@@ -695,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--fidelity-seconds", type=int, default=3, help="per tool, artifact and round, vs benchmark_app")
     p.add_argument("--search", metavar="MINUTES", help="instead: `edgekit search` for this host vs --recipe, e.g. 30m")
+    p.add_argument("--ddp", type=int, metavar="SEEDS", help="instead: distillation in 1 vs 2 processes, SEEDS seeds")
     args = p.parse_args(argv)
     if args.profile is None:
         args.profile, why = host_profile("x86")
@@ -705,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
     key = host_key(host)
     if args.search:
         return search_bench(args, key)
+    if args.ddp:
+        return ddp_bench(args, key)
     results = load_results(args.out.with_suffix(".json"))  # before the run: a bad file fails now, not in 10 min
     legacy = next(iter(results)) if len(results) == 1 else None  # the host of a single block from before per-host
 

@@ -90,11 +90,16 @@ def stdout_for_json(active: bool) -> Iterator[None]:
         os.close(fd)
 
 
+def real_stdout() -> int | None:
+    """The descriptor of the command's stdout while --json points fd 1 at stderr (None: fd 1 is stdout)."""
+    return _json_fd[-1] if _json_fd else None
+
+
 def emit(result: dict[str, Any], as_json: bool, render: Callable[[], None]) -> None:
     if as_json:
         text = json.dumps(result) + "\n"
-        if _json_fd:
-            os.write(_json_fd[-1], text.encode())
+        if (fd := real_stdout()) is not None:
+            os.write(fd, text.encode())
         else:
             print(text, end="")
     else:

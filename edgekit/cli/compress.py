@@ -11,7 +11,19 @@ from rich.table import Table
 from ..compress import compress as run_compress
 from ..devices import is_main, launch, placement, process_group
 from ..recipe import dump_recipe, load_recipe, recipe_from_flags
-from .common import AmpOpt, DeviceOpt, JsonOpt, OverwriteOpt, argv, emit, epoch_progress, err, out, without_option
+from .common import (
+    AmpOpt,
+    DeviceOpt,
+    JsonOpt,
+    OverwriteOpt,
+    argv,
+    emit,
+    epoch_progress,
+    err,
+    out,
+    real_stdout,
+    without_option,
+)
 from .validate import UNVERIFIED
 from .validate import render as render_validation
 
@@ -47,7 +59,7 @@ def compress(
         print(dump_recipe(recipe), end="")
         return
     if nproc > 1:
-        raise typer.Exit(launch(nproc, without_option(argv(), "--nproc")))
+        raise typer.Exit(launch(nproc, without_option(argv(), "--nproc"), real_stdout()))
     run_dir = Path(recipe.out or "runs/compress")
     with process_group(where), epoch_progress(f"distill on {where}") as progress:
         if not is_main():  # a torchrun rank other than 0 trains its share; rank 0 logs, writes and reports
