@@ -11,7 +11,7 @@ import copy
 import functools
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,8 +128,14 @@ def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) ->
 
 
 def compress(
-    recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lambda _: None, progress: ProgressFn | None = None
+    recipe: Recipe,
+    out: Path,
+    overwrite: bool = False,
+    log: Log = lambda _: None,
+    progress: ProgressFn | None = None,
+    on_stage: Callable[[dict[str, Any], Path], None] | None = None,
 ) -> dict[str, Any]:
+    """Run the recipe into `out` and return its report; `on_stage(row, directory)` as each stage ends (tracking)."""
     text = dump_recipe(recipe)
     resolved = [resolve_profile(t) for t in recipe.targets]
     profiles = [p for p, _ in resolved]
@@ -163,6 +169,8 @@ def compress(
             report["stages"].append(row)
             report["artifacts"] += [row["artifact"]] if "artifact" in row else []
             outputs.update({f"stages/{where.name}/{k}": v for k, v in tree_hashes(where).items()})
+            if on_stage:
+                on_stage(row, where)
     except EdgeKitError as e:  # a failed run still says what it measured, and why it stopped
         report["verdict"] = {"status": "fail", "error": str(e), **(e.details or {})}
         write_json(out / REPORT, report)

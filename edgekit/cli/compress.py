@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from .. import tracking
 from ..compress import compress as run_compress
 from ..recipe import dump_recipe, load_recipe, recipe_from_flags
-from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, err, out
+from .common import JsonOpt, MlflowOpt, OverwriteOpt, emit, epoch_progress, err, out
 from .validate import UNVERIFIED
 from .validate import render as render_validation
 
@@ -29,6 +30,7 @@ def compress(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Compress a model: the recipe's stages in order; a rerun of the same recipe resumes."""
     base = load_recipe(recipe_file) if recipe_file else None
@@ -38,10 +40,16 @@ def compress(
         print(dump_recipe(recipe), end="")
         return
     run_dir = Path(recipe.out or "runs/compress")
-    with epoch_progress("distill") as progress:
+    with (
+        tracking.start("compress", mlflow, str(run_dir)) as run,
+        tracking.Compress(run, recipe, run_dir) as tracked,
+        epoch_progress("distill") as progress,
+    ):
         report = run_compress(
-            recipe, run_dir, overwrite, lambda m: err.print(m, markup=False, highlight=False), progress
-        )
+            recipe, run_dir, overwrite, lambda m: err.print(m, markup=False, highlight=False),
+            tracked.epochs(progress), tracked.stage,
+        )  # fmt: skip
+        tracked.report(report, run_dir)
 
     def render() -> None:
         table = Table(title=f"compress -> {run_dir}")
@@ -62,10 +70,9 @@ def compress(
 
     emit(report, as_json, render)
     if report["verdict"]["status"] == "fail":
-        v = report["verdict"]
-        missed = v.get("failed") or [f"accuracy drop {v['accuracy_drop']:.2f} > max_drop {v['max_drop']}"]
         # Exit 1 after the report, which holds the verdict: with --json, stdout stays one JSON object.
-        err.print(f"edgekit: error: budget missed: {'; '.join(missed)} (see {run_dir / 'report.json'})", markup=False)
+        err.print(f"edgekit: error: {tracking.budget_missed(report['verdict'])} (see {run_dir / 'report.json'})",
+                  markup=False)  # fmt: skip
         raise typer.Exit(1)
     if report["verdict"]["status"] == "unverified":
         err.print(f"edgekit: unverified: only the device decides {'; '.join(report['verdict']['unverified'])} "

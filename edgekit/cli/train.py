@@ -9,11 +9,11 @@ from typing import Annotated
 
 import typer
 
-from .. import api
+from .. import api, tracking
 from ..fsutil import check_out_dir
 from ..models import FUSIONS, PRESETS
 from ..training import TrainConfig
-from .common import JsonOpt, OverwriteOpt, emit, epoch_progress, out, subsets_table
+from .common import JsonOpt, MlflowOpt, OverwriteOpt, emit, epoch_progress, out, subsets_table
 
 Fusion = StrEnum("Fusion", {f: f for f in FUSIONS})
 Preset = StrEnum("Preset", {p: p for p in PRESETS})
@@ -29,12 +29,19 @@ def train(
     modality_dropout: Annotated[float, typer.Option(min=0.0, max=0.9)] = TrainConfig.modality_dropout,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Train a zoo model; the package holds safetensors weights, its IO spec and its test scores."""
     check_out_dir(out_dir, overwrite)
     cfg = dataclasses.replace(TrainConfig(), epochs=epochs, seed=seed, modality_dropout=modality_dropout)
-    with epoch_progress(f"train {arch.value}/{preset.value}") as progress:
-        result = api.train(arch.value, preset.value, data, out_dir, cfg, progress)
+    settings = {"arch": arch.value, "preset": preset.value, "data": data, **dataclasses.asdict(cfg)}
+    with (
+        tracking.start("train", mlflow, str(out_dir)) as run,
+        epoch_progress(f"train {arch.value}/{preset.value}") as progress,
+    ):
+        run.params(settings)
+        result = api.train(arch.value, preset.value, data, out_dir, cfg, run.epochs(progress))
+        tracking.train(run, settings, result, out_dir)
 
     def render() -> None:
         out.print(subsets_table(f"{arch.value}/{preset.value} on {data} (test split)", result["test"]["subsets"]))

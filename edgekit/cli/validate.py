@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import JsonOpt, emit, err, out
+from .. import tracking
+from .common import JsonOpt, MlflowOpt, emit, err, out
 
 STATUS = {"pass": "✅ pass", "fail": "❎ fail", "unverified": "❔ unverified", "error": "❌ error"}
 UNVERIFIED = 3  # exit code: nothing failed, but a budget only the device can decide was not decided
@@ -41,6 +42,7 @@ def validate(
         Path | None, typer.Option(help="A compress run directory: record this validation in its report.json.")
     ] = None,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Prove artifacts against a profile's budgets: accuracy, latency (measured or estimated), size, RAM.
 
@@ -53,9 +55,12 @@ def validate(
                "max_peak_ram_mb": max_peak_ram_mb, "max_subset_drop": max_subset_drop}  # fmt: skip
     options = Options(data=data, threads=threads, estimate_only=estimate)
     log = lambda m: err.print(f"[dim]{m}[/dim]")  # noqa: E731
-    result = run(artifacts, profile, baseline, measurements or [], budgets, options, log)
-    if report is not None:
-        attach(result, report)
+    with tracking.start("validate", mlflow, f"validate {profile}") as tracked:
+        tracked.params({"artifacts": ",".join(map(str, artifacts)), "data": data, "estimate": estimate})
+        result = run(artifacts, profile, baseline, measurements or [], budgets, options, log)
+        if report is not None:
+            attach(result, report)
+        tracking.validation(tracked, result, budgets)
     emit(result, as_json, lambda: render(result))
     if result["verdict"] != "pass":
         raise typer.Exit(UNVERIFIED if result["verdict"] == "unverified" else 1)
