@@ -9,20 +9,24 @@ that stops answering later costs a warning, not the work (the rest of the run is
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
+import platform
+import re
 import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import EdgeKitError, UsageError
+from .hardware.identity import host_facts
 from .provenance import git_commit
 
 ENV_URI = "EDGEKIT_MLFLOW_URI"
@@ -46,6 +50,11 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     for k, v in items:
         flat.update(flatten(v, f"{prefix}.{k}" if prefix else k))
     return flat
+
+
+def key(name: str) -> str:
+    """A param, metric or tag name MLflow accepts: other characters (a subset's `+`) become `_`."""
+    return re.sub(r"[^\w\-. :/]", "_", name)[:250]
 
 
 def numbers(values: Mapping[str, Any]) -> dict[str, float]:
@@ -107,13 +116,17 @@ class MlflowRun(Run):
         self.open: list[MlflowRun] = []
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A logging call after the start: its first failure warns once and stops the run's logging."""
+        """A logging call after the start. A call MLflow refuses (a value it does not take) is a warning; a server
+        that does not answer (after MLflow's own retries) stops the run's logging, with one warning."""
         if self.root.broken or not self.run_id:
             return None
         try:
             return fn(*args, **kwargs)
-        except Exception as e:  # MlflowException, a connection error, the server's disk
-            self.root.broken = True
+        except Exception as e:
+            if getattr(e, "error_code", "INTERNAL_ERROR") != "INTERNAL_ERROR":  # the request was answered: refused
+                self.warn(f"MLflow refused {what} ({_first_line(e)})")
+                return None
+            self.root.broken = True  # a connection error, a timeout, a server error
             self.warn(f"MLflow logging stopped, the command goes on ({what}: {_first_line(e)})")
             return None
 
@@ -125,18 +138,18 @@ class MlflowRun(Run):
     def params(self, values: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        self._batch(params=[Param(k[:250], str(v)[:6000]) for k, v in values.items() if v is not None])
+        self._batch(params=[Param(key(k), str(v)[:6000]) for k, v in values.items() if v is not None])
 
     def metrics(self, values: Mapping[str, Any], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._batch(metrics=[Metric(k, v, now, step) for k, v in numbers(values).items()])
+        self._batch(metrics=[Metric(key(k), v, now, step) for k, v in numbers(values).items()])
 
     def tags(self, values: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self._batch(tags=[RunTag(k, str(v)[:8000]) for k, v in values.items() if v is not None])
+        self._batch(tags=[RunTag(key(k), str(v)[:8000]) for k, v in values.items() if v is not None])
 
     def artifact(self, path: Path) -> None:
         if Path(path).is_file():
@@ -162,7 +175,10 @@ class MlflowRun(Run):
                 nested.end(error)
         if error:
             self.tags({ERROR_TAG: error})
-        self._call("set_terminated", self.client.set_terminated, self.run_id, "FAILED" if error else "FINISHED")
+        # MLflow prints the run's URL on stdout as it ends: stdout is the command's result (with --json, one JSON
+        # object), so the command's own run says it on stderr, and only when it succeeded (an error is one line).
+        with contextlib.redirect_stdout(sys.stderr if self is self.root and not error else io.StringIO()):
+            self._call("set_terminated", self.client.set_terminated, self.run_id, "FAILED" if error else "FINISHED")
 
     def fail(self, message: str) -> None:
         self.root.error = message
@@ -187,7 +203,7 @@ def _stderr(message: str) -> None:
     print(f"edgekit: warning: {message}", file=sys.stderr)
 
 
-@contextmanager
+@contextlib.contextmanager
 def start(command: str, uri: str | None, name: str, warn: Warn = _stderr) -> Iterator[Run]:
     """The command's run on `uri` (the --mlflow flag), else on EDGEKIT_MLFLOW_URI; a Run that does nothing when
     neither is set, and on every rank but 0. An exception ends the run FAILED with its one-line error (str() of an
@@ -258,7 +274,8 @@ def provenance_tags(prov: Mapping[str, Any] | None = None, **extra: Any) -> dict
     tags: dict[str, Any] = {
         "edgekit.version": prov.get("edgekit", __version__),
         "edgekit.git_commit": prov["git_commit"] if "git_commit" in prov else git_commit(),
-        "edgekit.seed": prov.get("seed"), "edgekit.host_cpu": host.get("cpu"), "edgekit.host": host.get("hostname"),
+        "edgekit.seed": prov.get("seed"), "edgekit.host_cpu": host.get("cpu") or host_facts()["cpu_model"],
+        "edgekit.host": host.get("hostname") or platform.node(),
         "edgekit.model_sha256": inputs.get("model_sha256"),
         **{f"edgekit.data_sha256.{k}": v for k, v in (inputs.get("data_sha256") or {}).items()},
     }  # fmt: skip
@@ -392,7 +409,8 @@ def search(run: Run, result: dict[str, Any], run_dir: Path) -> None:
         trial = run.child(f"trial-{t['number']:03d}")
         trial.params({**t["params"], **({"origin": t["origin"]} if "origin" in t else {})})
         trial.metrics({**(t.get("values") or {}), "test_drop": t.get("test_drop"), "macs": t.get("macs")})
-        trial.tags({"edgekit.trial_status": t["status"], "edgekit.front": t["number"] in front})
+        trial.tags({"edgekit.trial_status": t["status"], "edgekit.front": t["number"] in front,
+                    "edgekit.reason": t.get("reason")})  # fmt: skip
         trial.end(None if t["status"] != "failed" else str(t.get("error") or "trial failed"))
     chosen = next((p for p in result["front"] if p["number"] == result.get("chosen")), None)
     run.metrics({"trials": len(result["trials"]), "front_size": len(result["front"]), "seconds": result.get("seconds"),

@@ -235,9 +235,44 @@ def test_an_unreachable_server_fails_before_the_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory, avdigits):
+    """AV-digits cut to 200/150/150 samples: a dataset directory `edgekit train` trains on in seconds."""
+    import numpy as np
+
+    out = tmp_path_factory.mktemp("small-data")
+    (out / "meta.json").write_text((avdigits / "meta.json").read_text())
+    for split, n in (("train", 200), ("val", 150), ("test", 150)):
+        with np.load(avdigits / f"{split}.npz") as arrays:
+            np.savez(out / f"{split}.npz", **{k: arrays[k][:n] for k in arrays.files})
+    return out
+
+
+def test_train_logs_settings_every_epoch_and_test_subsets(server, client, small_data, tmp_path):
+    r = edgekit("train", "--arch", "late", "--preset", "small", "--epochs", "2", "--data", str(small_data), "--out",
+                str(tmp_path / "pkg"), "--json", "--mlflow", server, experiment="train")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert "MLflow" not in r.stderr  # no refused or lost logging
+    result = json.loads(r.stdout)
+    (run,), nested = runs(client, "train")
+    assert run.info.status == "FINISHED" and not nested and run.info.run_name == str(tmp_path / "pkg")
+    p = run.data.params
+    assert (p["arch"], p["preset"], p["epochs"], p["data"]) == ("late", "small", "2", str(small_data))
+    loss = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in loss] == [1, 2] and all(m.value > 0 for m in loss)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
+    m = run.data.metrics
+    assert m["params"] == result["params"] and m["best_val_accuracy"] == pytest.approx(result["best_val_accuracy"])
+    both = result["test"]["subsets"]["image+text+audio"]["accuracy"]
+    assert m["test.image_text_audio.accuracy"] == pytest.approx(both)  # `+` is no character MLflow takes in a name
+    assert run.data.tags["edgekit.version"] and run.data.tags["edgekit.arch"] == "late"
+    assert {"edgekit-model.yaml", "train.json"} <= artifact_names(client, run.info.run_id)
+
+
 def test_flatten_and_the_no_op_run():
     assert tracking.flatten({"a": {"b": [1, {"c": None, "d": "x"}]}, "e": True}) == {"a.b.0": "1", "a.b.1.d": "x",
                                                                                     "e": "True"}  # fmt: skip
+    assert tracking.key("test.image+text.accuracy") == "test.image_text.accuracy"
     run = tracking.Run()
     progress = lambda *a: None  # noqa: E731
     assert not run.enabled and run.epochs(progress) is progress and run.child("x") is run
