@@ -32,7 +32,7 @@ from edgekit.runtimes import bound_call
 from edgekit.runtimes.ops import summarize
 from edgekit.runtimes.ort import OrtRunner
 
-from .conftest import run_cli
+from .conftest import free_port, run_cli
 
 KWARGS = {"arch": "gated", "preset": "small", "vocab_size": 41, "max_len": 32}
 
@@ -226,12 +226,6 @@ def test_corrupt_or_tampered_artifacts_are_refused(exported, tmp_path):
 # -- over ssh, against a real OpenSSH server on 127.0.0.1 ----------------------------------------------------
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import yaml
 from edgekit import tracking
 from edgekit.cli import main
 
-from .conftest import ROOT, CliResult
+from .conftest import ROOT, CliResult, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -34,12 +33,6 @@ RECIPE = {
     "targets": ["x86"],
     "budgets": {"max_drop": 100.0, "latency_p95_ms": 1000.0},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
