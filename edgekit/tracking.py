@@ -415,8 +415,17 @@ def search(run: Run, result: dict[str, Any], run_dir: Path) -> None:
     chosen = next((p for p in result["front"] if p["number"] == result.get("chosen")), None)
     run.metrics({"trials": len(result["trials"]), "front_size": len(result["front"]), "seconds": result.get("seconds"),
                  **{f"chosen.{k}": v for k, v in ((chosen or {}).get("values") or {}).items()}})  # fmt: skip
-    run.tags({**provenance_tags(), "edgekit.latency_source": result.get("latency_source"),
-              "edgekit.chosen_trial": result.get("chosen")})  # fmt: skip
+    run.tags(
+        {
+            **provenance_tags(
+                profile=result.get("profile"),
+                data=result.get("data"),
+                model=result.get("model"),
+                latency_source=result.get("latency_source"),
+                chosen_trial=result.get("chosen"),
+            )
+        }
+    )
     artifacts(run, run_dir, "search.json")
     if not result["front"]:
         run.fail(f"no trial met the budgets (see {run_dir / 'search.json'})")
