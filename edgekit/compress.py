@@ -11,7 +11,7 @@ import copy
 import functools
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -139,9 +139,11 @@ def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) ->
 
 
 def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lambda _: None,
-             progress: ProgressFn | None = None, device: str | None = "cpu") -> dict[str, Any]:  # fmt: skip
-    """Run `recipe` into `out`; training stages on `device`. Under torchrun every rank calls this, rank 0 alone
-    writes, and the other ranks return an empty dict after their last data-parallel stage."""
+             progress: ProgressFn | None = None, on_stage: Callable[[dict[str, Any], Path], None] | None = None,
+             device: str | None = "cpu") -> dict[str, Any]:  # fmt: skip
+    """Run `recipe` into `out` and return its report: training stages on `device`, `on_stage(row, directory)` as
+    each stage ends (tracking). Under torchrun every rank calls this, rank 0 alone writes, and the other ranks
+    return an empty dict after their last data-parallel stage."""
     text = dump_recipe(recipe)
     resolved = [resolve_profile(t) for t in recipe.targets]
     profiles = [p for p, _ in resolved]
@@ -179,6 +181,8 @@ def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lamb
             report["stages"].append(row)
             report["artifacts"] += [row["artifact"]] if "artifact" in row else []
             outputs.update({f"stages/{where.name}/{k}": v for k, v in tree_hashes(where).items()})
+            if on_stage:
+                on_stage(row, where)
     except EdgeKitError as e:  # a failed run still says what it measured, and why it stopped
         report["verdict"] = {"status": "fail", "error": str(e), **(e.details or {})}
         write_json(out / REPORT, report)

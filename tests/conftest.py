@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,6 +30,13 @@ def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
         [sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, cwd=cwd, env=env, check=False
     )
     return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a server a test starts (sshd, mlflow)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
 from edgekit.validate import read_measurements
 
-from .conftest import ROOT, run_cli
-from .sshd import free_port, sshd_server
+from .conftest import ROOT, free_port, run_cli
+from .sshd import sshd_server
 
 KWARGS = {"arch": "late", "preset": "small", "vocab_size": 41, "max_len": 32}
 EDGEKIT = str(Path(sys.executable).with_name("edgekit"))

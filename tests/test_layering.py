@@ -35,7 +35,7 @@ LAYERS = (
     {"compress"},
     {"search"},
     {"api"},
-    {"report", "cli", "__main__"},
+    {"report", "tracking", "cli", "__main__"},
 )  # fmt: skip
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

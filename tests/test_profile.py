@@ -27,8 +27,8 @@ from edgekit.runtimes import bound_call
 from edgekit.runtimes.ops import summarize
 from edgekit.runtimes.ort import OrtRunner
 
-from .conftest import run_cli
-from .sshd import free_port, sshd_server
+from .conftest import free_port, run_cli
+from .sshd import sshd_server
 
 KWARGS = {"arch": "gated", "preset": "small", "vocab_size": 41, "max_len": 32}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from edgekit.hardware.identity import host_facts
 from edgekit.recipe import Recipe, dump_recipe, load_recipe
 from edgekit.search import Latency, Limits, recipe_point, space, storage_for, trial_recipe, trial_row
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, free_port, run_cli
 
 # Budgets wide enough that feasibility does not hang on how loaded this shared host is.
 NARROW = {
@@ -157,12 +156,6 @@ def test_a_killed_search_resumes_and_its_front_reproduces_with_compress(tmp_path
     artifact = json.loads(r.stdout)["artifacts"][0]
     assert artifact["sha256"] == point["artifact"]["sha256"]
     assert artifact["accuracy"] == pytest.approx(point["test_accuracy"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.heavy

@@ -20,6 +20,11 @@ err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty output directory.")]
+MlflowOpt = Annotated[
+    str | None,
+    typer.Option("--mlflow", metavar="URI", help="Log this command as an MLflow run there (env EDGEKIT_MLFLOW_URI).",
+                 show_default=False),
+]  # fmt: skip
 
 
 DeviceOpt = Annotated[

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from .. import tracking
 from ..compress import compress as run_compress
 from ..devices import is_main, launch, placement, process_group
 from ..recipe import dump_recipe, load_recipe, recipe_from_flags
@@ -15,6 +16,7 @@ from .common import (
     AmpOpt,
     DeviceOpt,
     JsonOpt,
+    MlflowOpt,
     OverwriteOpt,
     argv,
     emit,
@@ -47,6 +49,7 @@ def compress(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Compress a model: the recipe's stages in order; a rerun of the same recipe resumes.
 
@@ -65,8 +68,13 @@ def compress(
         if not is_main():  # a torchrun rank other than 0 trains its share; rank 0 logs, writes and reports
             run_compress(recipe, run_dir, overwrite, device=str(where))
             return
-        log = lambda m: err.print(m, markup=False, highlight=False)  # noqa: E731
-        report = run_compress(recipe, run_dir, overwrite, log, progress, str(where))
+        with (
+            tracking.start("compress", mlflow, str(run_dir)) as run,
+            tracking.Compress(run, recipe, run_dir) as tracked,
+        ):
+            log = lambda m: err.print(m, markup=False, highlight=False)  # noqa: E731
+            report = run_compress(recipe, run_dir, overwrite, log, tracked.epochs(progress), tracked.stage, str(where))
+            tracked.report(report, run_dir)
 
     def render() -> None:
         table = Table(title=f"compress -> {run_dir}")
@@ -87,10 +95,9 @@ def compress(
 
     emit(report, as_json, render)
     if report["verdict"]["status"] == "fail":
-        v = report["verdict"]
-        missed = v.get("failed") or [f"accuracy drop {v['accuracy_drop']:.2f} > max_drop {v['max_drop']}"]
         # Exit 1 after the report, which holds the verdict: with --json, stdout stays one JSON object.
-        err.print(f"edgekit: error: budget missed: {'; '.join(missed)} (see {run_dir / 'report.json'})", markup=False)
+        err.print(f"edgekit: error: {tracking.budget_missed(report['verdict'])} (see {run_dir / 'report.json'})",
+                  markup=False)  # fmt: skip
         raise typer.Exit(1)
     if report["verdict"]["status"] == "unverified":
         err.print(f"edgekit: unverified: only the device decides {'; '.join(report['verdict']['unverified'])} "

@@ -11,15 +11,16 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .. import tracking
 from ..compress import Start
 from ..devices import placement
 from ..errors import UsageError
 from ..hardware import resolve_profile
-from ..recipe import load_recipe, recipe_from_flags
+from ..recipe import dump_recipe, load_recipe, recipe_from_flags
 from ..report import render_search
 from ..search import Limits, Options, recipe_point, space
 from ..search import search as run_search
-from .common import AmpOpt, DeviceOpt, JsonOpt, RemoteOpt, SshConfigOpt, emit, err, out
+from .common import AmpOpt, DeviceOpt, JsonOpt, MlflowOpt, RemoteOpt, SshConfigOpt, emit, err, out
 
 
 def seconds_of(text: str) -> float:
@@ -59,6 +60,7 @@ def search(
     amp: AmpOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the search space and stop.")] = False,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Search per-branch pruning, distillation and INT8 format for the best configurations under the budgets."""
     budget_s = seconds_of(time_budget) if time_budget else None
@@ -83,9 +85,14 @@ def search(
         remote_device = Remote.parse(remote, config=ssh_config)
     options = Options(trials, budget_s, storage, remote_device, (point,) if point else (), str(where))
     run_dir = Path(recipe.out or out_dir or "runs/search")
-    with trial_progress(trials or (None if budget_s else 20), budget_s) as on_trial:
-        result = run_search(recipe, run_dir, options, lambda m: err.print(m, markup=False, highlight=False), on_trial)
-    result["html"] = str(render_search(run_dir))
+    with tracking.start("search", mlflow, str(run_dir)) as run:
+        run.params({**tracking.flatten(recipe.model_dump(mode="json")), "trials": trials, "time_budget": time_budget})
+        run.text(dump_recipe(recipe), "recipe.yaml")
+        with trial_progress(trials or (None if budget_s else 20), budget_s) as on_trial:
+            result = run_search(recipe, run_dir, options, lambda m: err.print(m, markup=False, highlight=False),
+                                on_trial)  # fmt: skip
+        result["html"] = str(render_search(run_dir))
+        tracking.search(run, result, run_dir)
     emit(result, as_json, lambda: _print_result(result, run_dir))
     if not result["front"]:
         err.print(f"edgekit: error: no trial met the budgets (see {run_dir / 'search.json'})", markup=False)

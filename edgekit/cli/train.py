@@ -9,12 +9,12 @@ from typing import Annotated
 
 import typer
 
-from .. import api
+from .. import api, tracking
 from ..devices import placement
 from ..fsutil import check_out_dir
 from ..models import FUSIONS, PRESETS
 from ..training import TrainConfig
-from .common import AmpOpt, DeviceOpt, JsonOpt, OverwriteOpt, emit, epoch_progress, out, subsets_table
+from .common import AmpOpt, DeviceOpt, JsonOpt, MlflowOpt, OverwriteOpt, emit, epoch_progress, out, subsets_table
 
 Fusion = StrEnum("Fusion", {f: f for f in FUSIONS})
 Preset = StrEnum("Preset", {p: p for p in PRESETS})
@@ -32,13 +32,20 @@ def train(
     amp: AmpOpt = None,
     overwrite: OverwriteOpt = False,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Train a zoo model; the package holds safetensors weights, its IO spec and its test scores."""
     check_out_dir(out_dir, overwrite)
     cfg = dataclasses.replace(TrainConfig(), epochs=epochs, seed=seed, modality_dropout=modality_dropout, amp=amp)
     where = placement(device, amp)  # an unusable device or precision fails before any work
-    with epoch_progress(f"train {arch.value}/{preset.value} on {where.device}") as progress:
-        result = api.train(arch.value, preset.value, data, out_dir, cfg, progress, str(where.device))
+    settings = {"arch": arch.value, "preset": preset.value, "data": data, **dataclasses.asdict(cfg)}
+    with (
+        tracking.start("train", mlflow, str(out_dir)) as run,
+        epoch_progress(f"train {arch.value}/{preset.value} on {where.device}") as progress,
+    ):
+        run.params({**settings, "device": str(where.device)})
+        result = api.train(arch.value, preset.value, data, out_dir, cfg, run.epochs(progress), str(where.device))
+        tracking.train(run, settings, result, out_dir)
 
     def render() -> None:
         out.print(subsets_table(f"{arch.value}/{preset.value} on {data} (test split)", result["test"]["subsets"]))

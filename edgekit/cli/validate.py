@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import FleetOpt, FleetOutOpt, JsonOpt, emit, err, fleet_checks, fleet_table, out
+from .. import tracking
+from .common import FleetOpt, FleetOutOpt, JsonOpt, MlflowOpt, emit, err, fleet_checks, fleet_table, out
 
 STATUS = {"pass": "✅ pass", "fail": "❎ fail", "unverified": "❔ unverified", "error": "❌ error"}
 UNVERIFIED = 3  # exit code: nothing failed, but a budget only the device can decide was not decided
@@ -46,6 +47,7 @@ def validate(
     fleet: FleetOpt = None,
     out_dir: FleetOutOpt = None,
     as_json: JsonOpt = False,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Prove artifacts against a profile's budgets: accuracy, latency (measured or estimated), size, RAM.
 
@@ -68,22 +70,26 @@ def validate(
                "max_peak_ram_mb": max_peak_ram_mb, "max_subset_drop": max_subset_drop}  # fmt: skip
     options = Options(data=data, threads=threads, estimate_only=estimate)
     log = lambda m: err.print(f"[dim]{m}[/dim]")  # noqa: E731
-    if fleet:
-        from ..profiling.fleet import load_fleet
-        from ..report import write_fleet
+    with tracking.start("validate", mlflow, f"validate {profile or fleet}") as tracked:
+        tracked.params({"artifacts": ",".join(map(str, artifacts)), "data": data, "estimate": estimate})
+        if fleet:
+            from ..profiling.fleet import load_fleet
+            from ..report import write_fleet
 
-        fleet_run = validate_fleet(load_fleet(fleet), artifacts, baseline, budgets, options, log)
-        if out_dir:
-            fleet_run["report"] = str(write_fleet(fleet_run, out_dir))
-        title = f"fleet {fleet.name}: {fleet_run['verdict']}"
-        emit(fleet_run, as_json, lambda: out.print(fleet_table(fleet_run, title)))
-        if fleet_run["verdict"] != "pass":
-            raise typer.Exit(UNVERIFIED if fleet_run["verdict"] == "unverified" else 1)
-        return
-    assert profile is not None
-    result = run(artifacts, profile, baseline, measurements or [], budgets, options, log)
-    if report is not None:
-        attach(result, report)
+            fleet_run = validate_fleet(load_fleet(fleet), artifacts, baseline, budgets, options, log)
+            if out_dir:
+                fleet_run["report"] = str(write_fleet(fleet_run, out_dir))
+            tracking.validation(tracked, fleet_run, budgets)
+            title = f"fleet {fleet.name}: {fleet_run['verdict']}"
+            emit(fleet_run, as_json, lambda: out.print(fleet_table(fleet_run, title)))
+            if fleet_run["verdict"] != "pass":
+                raise typer.Exit(UNVERIFIED if fleet_run["verdict"] == "unverified" else 1)
+            return
+        assert profile is not None
+        result = run(artifacts, profile, baseline, measurements or [], budgets, options, log)
+        if report is not None:
+            attach(result, report)
+        tracking.validation(tracked, result, budgets)
     emit(result, as_json, lambda: render(result))
     if result["verdict"] != "pass":
         raise typer.Exit(UNVERIFIED if result["verdict"] == "unverified" else 1)
