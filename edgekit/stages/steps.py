@@ -290,7 +290,7 @@ class DistillStage(ModelStage):
         if is_main():
             shutil.rmtree(checkpoints, ignore_errors=True)
         return {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
-                "resumed_from": result.resumed_from}  # fmt: skip
+                "epochs_run": result.epochs_run, "resumed_from": result.resumed_from}  # fmt: skip
 
 
 @register
