@@ -189,15 +189,17 @@ def storage_for(url: str | None, out: Path) -> Any:
 
 
 def requeue_interrupted(study: Any, storage: Any) -> int:
-    """Trials a killed search left RUNNING in its own SQLite file: failed, and their configurations queued
-    again (their stages resume from the cache and distillation from its epoch checkpoint)."""
+    """Trials a killed search left RUNNING in its own SQLite file: failed, and the configurations they had chosen
+    queued again (their stages resume from the cache and distillation from its epoch checkpoint). Returns how
+    many were queued: a trial killed before it chose one did no work."""
     o = optuna()
     stale = study.get_trials(deepcopy=False, states=(o.trial.TrialState.RUNNING,))
     for t in stale:
         storage.set_trial_user_attr(t._trial_id, "status", "interrupted")
         storage.set_trial_state_values(t._trial_id, o.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"resumes": t.number})
-    return len(stale)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={"resumes": t.number})
+    return sum(1 for t in stale if t.params)
 
 
 def finished(study: Any) -> list[Any]:

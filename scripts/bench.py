@@ -694,7 +694,7 @@ def ddp_bench(args: argparse.Namespace, key: str) -> int:
         data.mkdir(exist_ok=True)
         shutil.copy(source / "meta.json", data / "meta.json")
         for split, n in {"train": 384, "val": 200, "test": 200}.items():
-            with np.load(source / f"{split}.npz") as z:
+            with np.load(source / f"{split}.npz", allow_pickle=False) as z:
                 np.savez(data / f"{split}.npz", **{k: z[k][:n] for k in z.files})
         api.train("attention", "small", args.data, teacher, TrainConfig(epochs=5, lr=1e-2, modality_dropout=0.25))
     runs: dict[str, list[dict[str, Any]]] = {"1 process": [], "2 processes (torchrun, gloo)": []}

@@ -53,7 +53,7 @@ def setup(avdigits, tmp_path_factory):
     data.mkdir()
     shutil.copy(avdigits / "meta.json", data / "meta.json")
     for split, n in SIZES.items():
-        with np.load(avdigits / f"{split}.npz") as z:
+        with np.load(avdigits / f"{split}.npz", allow_pickle=False) as z:
             np.savez(data / f"{split}.npz", **{k: z[k][:n] for k in z.files})
     cfg = TrainConfig(epochs=2, batch_size=64, lr=1e-2, modality_dropout=0.25)  # short: a teacher, not a good one
     assert api.train("attention", "small", "avdigits", tmp / "teacher", cfg)["best_val_accuracy"] > 0.3
@@ -111,6 +111,7 @@ def running(marker: str) -> list[int]:
     return pids
 
 
+@pytest.mark.heavy
 def test_killed_two_process_run_resumes_with_one(setup):
     """A run stopped after its first epoch checkpoint (SIGTERM, as a scheduler or Ctrl-C stops it: torchrun stops
     its workers) resumes from that checkpoint in a single process."""
@@ -135,11 +136,14 @@ def test_killed_two_process_run_resumes_with_one(setup):
     assert 1 <= distill["resumed_from"] < 4 and distill["epochs_run"] == 4
 
 
-def test_mixed_precision_distillation_on_the_cpu(setup):
-    tmp, data, teacher = setup
-    report = compress(tmp, "bf16", recipe(data, teacher, 0, epochs=1), "--amp", "bf16", "--device", "cpu")
+def test_mixed_precision_distillation_on_the_cpu(runs):
+    """bf16 autocast on the CPU: the recipe records it, and the student ends where float32 runs of the same
+    recipe do (within 5 points of the lowest of three seeds)."""
+    tmp, single, _ = runs
+    data, teacher = Path(single[0]["recipe"]["data"]["name"]), Path(single[0]["recipe"]["model"])
+    report = compress(tmp, "bf16", recipe(data, teacher, 0), "--amp", "bf16", "--device", "cpu")
     assert yaml.safe_load((tmp / "bf16" / "recipe.yaml").read_text())["stages"][1]["amp"] == "bf16"
-    assert report["stages"][1]["accuracy"] > 0.5  # ten classes: it learned
+    assert report["stages"][1]["accuracy"] >= min(r["stages"][1]["accuracy"] for r in single.values()) - 0.05
 
 
 def test_unusable_device_or_precision_is_one_line(capsys, tmp_path):

@@ -125,6 +125,7 @@ def trials_of(out: Path) -> list[dict]:
     return json.loads((out / "search.json").read_text())["trials"]
 
 
+@pytest.mark.heavy
 def test_a_killed_search_resumes_and_its_front_reproduces_with_compress(tmp_path):
     """Trial 0 (the teacher, INT8 only) finishes, the search is killed inside trial 1, and a rerun finishes the
     study without running trial 0 again. Every front point's recipe reproduces its artifact with compress."""
@@ -145,7 +146,8 @@ def test_a_killed_search_resumes_and_its_front_reproduces_with_compress(tmp_path
     assert text.count("trial 0: ") == 1  # finished before the kill: not run again
     rows = result["trials"]
     assert len([t for t in rows if t["status"] != "interrupted"]) == 3
-    for stopped in [t for t in rows if t["status"] == "interrupted"]:  # a trial the kill cut short runs again
+    # A trial the kill cut short runs again, unless it was killed before it chose its configuration.
+    for stopped in [t for t in rows if t["status"] == "interrupted" and t["params"]]:
         assert "resuming: 1 trial(s)" in r.stderr
         assert next(t for t in rows if t.get("resumes") == stopped["number"])["params"] == stopped["params"]
     assert result["front"] and (out / "search.html").is_file()

@@ -241,6 +241,7 @@ def small_data(tmp_path_factory, avdigits):
     return out
 
 
+@pytest.mark.heavy
 def test_train_logs_settings_every_epoch_and_test_subsets(server, client, small_data, tmp_path):
     r = edgekit("train", "--arch", "late", "--preset", "small", "--epochs", "2", "--data", str(small_data), "--out",
                 str(tmp_path / "pkg"), "--json", "--mlflow", server, experiment="train")  # fmt: skip
