@@ -32,7 +32,9 @@ demo: setup
 	$(PY) scripts/demo.py
 
 # `make test` leaves out the tests marked `heavy` (the pretrained encoders, the every-format contract, kill-and-resume,
-# a fresh base install, more export targets, the bench smoke test), to stay under 20 minutes on 2 cores; one real
+# a fresh base install, more export targets, the bench smoke test, the multi-seed torchrun and bf16 runs, the search
+# and the TensorRT parse check on the conformance models, MLflow's compress runs), to stay under 20 minutes on 2 cores
+# of any CPU class of the kind (it took 25.8 min of pytest on a Sapphire Rapids before those moved); one real
 # end-to-end path (compress -> INT8 -> validate -> export of the run) stays in it. The suite uses about one core
 # (CLI subprocesses, Python between kernels), so it runs in two workers, a test file each (module fixtures are built
 # once); the caches they share (AV-digits, the reference teacher) are built first, by one process.

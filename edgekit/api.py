@@ -20,7 +20,6 @@ from .formats import FORMATS, ExportContext, Search, ShapeMode, accuracy_runner,
 from .fsutil import atomic_dir, check_out_dir, check_writable, write_json
 from .hardware import HardwareProfile, resolve_profile
 from .hardware.estimator import graph_costs
-from .io import IOSpec
 from .loading import load_model, run_model
 from .models import count_params
 from .recipe import load_recipe
@@ -101,17 +100,13 @@ def plan_exports(
     return plan
 
 
-def max_batch(io: IOSpec, cap: int = 64) -> int:
-    return min(cap, io.dims["batch"].max) if "batch" in io.dims else cap
-
-
 def measured_accuracy(art: Artifact, test: FeedDataset, threads: int | None = None) -> tuple[float, str] | None:
     """Top-1 accuracy of the artifact in its own runtime (or its labelled proxy), and which; None where neither
     runs here."""
     measures = accuracy_runner(art, threads)
     if measures is None:
         return None
-    report = evaluate(predict_fn(measures[0]), art.io, test, max_batch(art.io), per_modality=False)
+    report = evaluate(predict_fn(measures[0]), art.io, test, per_modality=False)
     return report.overall.accuracy, measures[1]
 
 
@@ -120,10 +115,13 @@ class RunInt8:
     """What a compress run's quantize stage decided, so that exporting the run rebuilds the same INT8 model."""
 
     float_nodes: tuple[str, ...]
+    fmt: str  # the format whose backend found them
     data: str
     split: str
     samples: int
     seed: int
+    val: str  # the split its search measured on, against `reference` (the teacher there; None: the model's own)
+    reference: float | None
 
 
 def recorded_int8(model: Path) -> RunInt8 | None:
@@ -141,8 +139,9 @@ def recorded_int8(model: Path) -> RunInt8 | None:
     kept = (art.meta.get("quantization") or {}).get("float_nodes", art.meta.get("float_nodes"))
     if kept is None or "samples" not in calib:
         raise UsageError(f"{art.directory} does not record its INT8 exclusions", "rerun edgekit compress")
-    return RunInt8(tuple(kept), recipe.data.name, recipe.data.calibration, int(calib["samples"]),
-                   int(calib.get("seed", recipe.seed)))  # fmt: skip
+    reference = (json.loads(report.read_text()).get("reference") or {}).get("search") or {}
+    return RunInt8(tuple(kept), art.format, recipe.data.name, recipe.data.calibration, int(calib["samples"]),
+                   int(calib.get("seed", recipe.seed)), recipe.data.val, reference.get("accuracy"))  # fmt: skip
 
 
 def export(
@@ -171,11 +170,13 @@ def export(
     parent = model_hash(loaded.model)
     meta = {"source": str(model), "profile": profile.name, "shapes": o.shapes}
     if run:
-        log(f"INT8 reuses the run's exclusions ({len(run.float_nodes)} node(s) kept in float) and calibration")
         calibrate = lambda: calibration_set(io, load_split(run.data, run.split), run.samples, run.seed)  # noqa: E731
+        # A format the run did not search gets its own search, within --max-drop or the profile's accuracy budget.
+        budget = o.max_drop if o.max_drop is not None else profile.budgets.max_accuracy_drop
+        search = None if budget is None else Search(load_split(run.data, run.val), budget, run.reference)
     else:
         calibrate = lambda: calibration_set(io, load_split(o.data, "train"), o.calib_samples)  # noqa: E731
-    search = Search(load_split(o.data, "val"), o.max_drop) if o.max_drop is not None and run is None else None
+        search = Search(load_split(o.data, "val"), o.max_drop) if o.max_drop is not None else None
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as work, atomic_dir(out) as tmp:
         hub = Path(work) / "model.onnx"
@@ -187,9 +188,11 @@ def export(
         meta["costs"] = graph_costs(hub, io)  # per-kernel MACs and elements: the roofline estimate of any format
         branches = dict(loaded.manifest.branches) if loaded.manifest else {}
         ctx = ExportContext(loaded.model, io, hub, profile, parent, calibrate, Path(work), meta, branches,
-                            run.float_nodes if run else None, search)  # fmt: skip
+                            run.float_nodes if run else None, search, FORMATS[run.fmt] if run else None)  # fmt: skip
         for f, p in [("onnx", "fp32"), *[x for x in plan if x != ("onnx", "fp32")]]:
             log(f"building {f}/{p}")
+            if p == "int8" and (run or search):
+                log(f"{f}/int8: {ctx.int8_plan(FORMATS[f])}")
             start = time.perf_counter()
             art = FORMATS[f].build(ctx, p, tmp / f"{f}-{p}")
             art.write_manifest()
@@ -223,15 +226,19 @@ def export(
             "out": str(out),
             "source": {"accuracy": source_acc, "params": count_params(loaded.model), "sha256": parent},
             "parity": meta["parity"],
-            "int8": "the run's exclusions" if run else ("searched" if search else "plain PTQ"),
+            "int8": {f: ctx.int8_plan(FORMATS[f]) for f, p in plan if p == "int8"}
+            if run
+            else ("searched" if search else "plain PTQ"),
             "artifacts": rows,
         }
         if ctx.sensitivity:
             result["sensitivity"] = {k: s.as_dict() for k, s in ctx.sensitivity.items()}
         write_json(tmp / "export.json", result)
-    if o.validate:  # the profile's own artifacts, proven the way `edgekit validate` does
-        deployed = {(e.format, e.precision) for e in profile.exports}
-        arts = [Path(r["path"]).parent for r in rows if (r["format"], r["precision"]) in deployed]
+    deployed = {(e.format, e.precision) for e in profile.exports}
+    arts = [Path(r["path"]).parent for r in rows if (r["format"], r["precision"]) in deployed]
+    if o.validate and not arts:
+        log(f"validating none: {profile.name} deploys {', '.join(sorted(f'{f}/{p}' for f, p in deployed))}")
+    elif o.validate:  # the profile's own artifacts, proven the way `edgekit validate` does
         log(f"validating {len(arts)} artifact(s) against {profile.name}")
         baseline = run_model(Path(model))
         checks = ValidateOptions(o.data, threads=o.threads)

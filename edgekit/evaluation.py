@@ -118,7 +118,7 @@ def evaluate(
     preds: dict[tuple[str, ...], list[np.ndarray]] = {s: [] for s in subsets}
     labels = []
     bad: set[tuple[str, ...]] = set()
-    for feeds, y in data.batches(batch_size):
+    for feeds, y in data.batches(io.fit_batch(batch_size)):
         if not labels:
             io.validate_feeds(with_modalities(io, feeds, mods))
         labels.append(y)
@@ -141,7 +141,7 @@ def cached_evaluate(predict: Predict, io: IOSpec, data: FeedDataset, data_sha: s
     weights and with its code; without a data file (a data adapter) nothing is cached."""
     if data_sha is None:
         return evaluate(predict, io, data)
-    feeds, _ = next(iter(data.batches(16)))
+    feeds, _ = next(iter(data.batches(io.fit_batch(16))))
     probe = np.round(np.asarray(predict(with_modalities(io, feeds, io.modalities)), np.float64), 4) + 0.0
     key = content_hash({"data": data_sha, "io": io.to_dict(), "probe": hashlib.sha256(probe.tobytes()).hexdigest()})
     path = cache_root() / "evals" / f"{key}.json"

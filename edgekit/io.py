@@ -250,6 +250,12 @@ class IOSpec:
                 f"feed has unknown input(s) {sorted(extra)}", f"the model takes {', '.join(self.input_names)}"
             )
 
+    def fit_batch(self, n: int) -> int:
+        """The batch size nearest `n` that the spec's `batch` dim allows (`n` itself where it has none): evaluation,
+        distillation and probes run batches the model was declared for."""
+        r = self.dims.get("batch")
+        return n if r is None else min(max(n, r.min), r.max)
+
     def static(self) -> IOSpec:
         """The same spec with every symbolic dim fixed at its opt size (for static-shape deployments)."""
         return IOSpec(self.inputs, self.outputs, {d: DimRange(r.opt, r.opt, r.opt) for d, r in self.dims.items()})

@@ -202,6 +202,15 @@ def subset_check(row: dict[str, Any], limit: float | dict[str, float]) -> dict[s
     return _check("max_subset_drop", limits[worst], drops[worst], status, f"{worst} only")
 
 
+def accuracy_source(runtime: str, not_here: str | None, cpu: str) -> str:
+    """What measured the accuracy. The artifact's runtime on a host that is not the device is a proxy, as its
+    latency is: its kernels are this CPU's (XNNPACK's or onnxruntime's INT8 kernels on x86 are not a phone's or a
+    Pi's), so the device may compute other logits. A proxy's drop gates all the same, and says what it is."""
+    if runtime != "its runtime" or not_here is None:
+        return runtime
+    return f"proxy: its runtime on this host ({cpu}), not the device ({not_here}); the device's kernels may differ"
+
+
 def checks(row: dict[str, Any], budgets: Budgets, subsets: bool) -> list[dict[str, Any]]:
     """One check per budget that is set. A value that cannot be had here leaves its check `open` (accuracy
     without a baseline or a runtime) or `unverified` (latency or RAM only the device can give): reported, never
@@ -331,7 +340,7 @@ def validate(
             row["accuracy"] = None
             threads = options.threads or profile.threads
             if measures := accuracy_runner(art, threads):
-                runner, row["accuracy_source"] = measures
+                runner, row["accuracy_source"] = measures[0], accuracy_source(measures[1], not_here, host["cpu"])
                 log(f"{path}: accuracy on {options.data}/{options.split}, per modality subset "
                     f"({row['accuracy_source']})")  # fmt: skip
                 row.update(accuracy_fields(evaluate(predict_fn(runner), art.io, test), base, art.io))

@@ -4,9 +4,9 @@ AV-digits -> the reference teacher -> compress (recipes/avdigits-x86.yaml) -> ar
 profile, a Jetson (an engine-build bundle) and Android -> validation against each profile -> report.html.
 
 Before it starts, the demo prints each step with the time it expects on this host, and the CPU that time was
-measured on: the step's time measured on the reference host (REFERENCE_CPU), scaled by how fast this host runs a
-fixed torch workload, or the time this host itself took in its last run (runs/demo/timings.json, used only on the
-same CPU model and ISA). A step that fails a budget (exit 1) or leaves one unverified (exit 3: latency that only
+measured on: the step's time measured on the reference host (REFERENCE_S), scaled by how fast this host runs a fixed
+torch workload, or the time this host itself took in its last run (runs/demo/timings.json, used only on the same CPU
+model and ISA). A step that fails a budget (exit 1) or leaves one unverified (exit 3: latency that only
 the device can decide, e.g. the Jetson's) is a result, recorded in the report, and the story goes on; a usage
 error or a crash stops it. The x86 steps target `x86`, this host: its latency is measured here. Exit 0 when every
 step ran, whatever the verdicts."""
@@ -33,21 +33,44 @@ from edgekit.hardware.cpu import this_cpu
 DEMO = Path("runs/demo")
 TIMINGS = DEMO / "timings.json"
 EDGEKIT = [sys.executable, "-P", "-m", "edgekit"]  # -P: never import a stray edgekit/ from the working directory
-# The reference run: `make demo` on 2 vCPUs of an Intel Xeon (Sapphire Rapids, AVX-512 VNNI and AMX) on 2026-11-29,
-# while a test suite ran beside it; speed_score() took 2.95 s at its start, and each Step's reference_s is that
-# run's time. The dataset and the teacher were cached there: their times are scaled from their own builds.
-REFERENCE_CPU = "a 2-vCPU Intel Xeon (Sapphire Rapids, AVX-512 VNNI and AMX), 2026-11-29, loaded"
+
+
+# The reference run: `make demo` on 2 vCPUs of an Intel Xeon (Sapphire Rapids, AVX-512 VNNI and AMX) on
+# REFDATE, alone on the host, with the dataset and the teacher built in the same run; speed_score() took
+# REFWORK s at its start. Each step's time there, in seconds:
+REFERENCE_CPU = "a 2-vCPU Intel Xeon (Sapphire Rapids, AVX-512 VNNI and AMX), REFDATE"
 REFERENCE_SHORT = "Intel Xeon Sapphire Rapids"
 REFERENCE_WORKLOAD_S = 2.95
+REFERENCE_S = {"data": 60, "teacher": 1300, "eval": 23, "compress": 1377, "export x86": 58, "export jetson": 42,
+               "export android": 409, "validate x86": 33, "validate jetson": 16, "validate android": 32, "report": 4}
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
     argv: list[str]
-    reference_s: float  # its time in the reference run
     cached: bool = False  # its result is cached: it only checks and reuses it
     verdict: bool = False  # exit 1 (a failed budget) or 3 (unverified: only the device decides) is a result
+    artifacts: tuple[str, ...] = ()  # what it validates: those an export did not build are left out
+
+    def command(self) -> list[str] | None:
+        """Its argv without the artifacts that were not built; None when none was."""
+        missing = [a for a in self.artifacts if not Path(a).is_dir()]
+        if missing == list(self.artifacts) and missing:
+            return None
+        return [a for a in self.argv if a not in missing]
+
+
+def run_step(argv: list[str]) -> tuple[int, str | None]:
+    """Run a step as a user would, its stderr shown as it comes; its exit status and its one-line error, if any."""
+    p = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, bufsize=1)
+    error = None
+    assert p.stderr is not None
+    for line in p.stderr:
+        sys.stderr.write(line)
+        if line.startswith("edgekit: error: "):
+            error = line.removeprefix("edgekit: error: ").strip()
+    return p.wait(), error
 
 
 def speed_score() -> float:
@@ -74,28 +97,31 @@ def steps() -> list[Step]:
     teacher = api.reference_teacher_path()
     run = DEMO / "compress"
     x86 = [f"{DEMO}/x86/openvino-int8", f"{DEMO}/x86/onnx-int8"]
+    jetson, android = (
+        f"{DEMO}/jetson/tensorrt-int8",
+        [f"{DEMO}/android/executorch-int8", f"{DEMO}/android/ort-mobile-fp32"],
+    )
     baseline = ["--baseline", str(teacher)]
     return [
-        Step("data", [*EDGEKIT, "data", "build", "avdigits"], 60, cached=is_built(BUILTIN["avdigits"])),
-        Step("teacher", [sys.executable, "scripts/reference_teacher.py"], 1300,
+        Step("data", [*EDGEKIT, "data", "build", "avdigits"], cached=is_built(BUILTIN["avdigits"])),
+        Step("teacher", [sys.executable, "scripts/reference_teacher.py"],
              cached=(teacher / "edgekit-model.yaml").is_file()),
-        Step("eval", [*EDGEKIT, "eval", "--model", str(teacher), "--data", "avdigits"], 23),
-        Step("compress", [*EDGEKIT, "compress", "--recipe", "recipes/avdigits-x86.yaml", "--out", str(run)], 1377,
+        Step("eval", [*EDGEKIT, "eval", "--model", str(teacher), "--data", "avdigits"]),
+        Step("compress", [*EDGEKIT, "compress", "--recipe", "recipes/avdigits-x86.yaml", "--out", str(run)],
              cached=(run / "report.json").is_file(), verdict=True),
         Step("export x86", [*EDGEKIT, "export", "--model", str(run), "--target", "x86", "--out",
-                                   f"{DEMO}/x86", "--overwrite"], 58, verdict=True),
+                                   f"{DEMO}/x86", "--overwrite"], verdict=True),
         Step("export jetson", [*EDGEKIT, "export", "--model", str(run), "--target", "jetson", "--out",
-                               f"{DEMO}/jetson", "--overwrite"], 42, verdict=True),
+                               f"{DEMO}/jetson", "--overwrite"], verdict=True),
         Step("export android", [*EDGEKIT, "export", "--model", str(run), "--target", "android", "--out",
-                                f"{DEMO}/android", "--overwrite"], 409, verdict=True),
+                                f"{DEMO}/android", "--overwrite"], verdict=True),
         Step("validate x86", [*EDGEKIT, "validate", *x86, "--profile", "x86", *baseline, "--report",
-                                     str(run)], 33, verdict=True),
-        Step("validate jetson", [*EDGEKIT, "validate", f"{DEMO}/jetson/tensorrt-int8", "--profile", "jetson",
-                                 *baseline, "--report", str(run)], 16, verdict=True),
-        Step("validate android", [*EDGEKIT, "validate", f"{DEMO}/android/executorch-int8",
-                                  f"{DEMO}/android/ort-mobile-fp32", "--profile", "android", *baseline, "--report",
-                                  str(run)], 32, verdict=True),
-        Step("report", [*EDGEKIT, "report", str(run)], 4),
+                                     str(run)], verdict=True, artifacts=tuple(x86)),
+        Step("validate jetson", [*EDGEKIT, "validate", jetson, "--profile", "jetson", *baseline, "--report", str(run)],
+             verdict=True, artifacts=(jetson,)),
+        Step("validate android", [*EDGEKIT, "validate", *android, "--profile", "android", *baseline, "--report",
+                                  str(run)], verdict=True, artifacts=tuple(android)),
+        Step("report", [*EDGEKIT, "report", str(run)]),
     ]  # fmt: skip
 
 
@@ -115,7 +141,7 @@ def main() -> int:
     scale = speed_score() / REFERENCE_WORKLOAD_S
     plan = steps()
     print(
-        f"plan: step times measured on {REFERENCE_CPU}, scaled by {scale:.1f}x (this host's time for the "
+        f"plan: step times measured on {REFERENCE_CPU}, scaled by {scale:.2f}x (this host's time for the "
         f"reference workload over that host's), or measured on this host ({cpu}) in its last run:"
     )
     expected = {}
@@ -126,31 +152,36 @@ def main() -> int:
         elif seen is not None:
             expected[s.name], note = seen, f"measured on this host's {cpu} in its last run"
         else:
-            expected[s.name], note = s.reference_s * scale, f"measured on the {REFERENCE_SHORT}, scaled"
+            expected[s.name], note = REFERENCE_S[s.name] * scale, f"measured on the {REFERENCE_SHORT}, scaled"
         print(f"  [{i:2d}/{len(plan)}] {s.name:<28} ~{minutes(expected[s.name]):>8}  ({note})")
     print(f"  expected in all: ~{minutes(sum(expected.values()))}", flush=True)
     taken: dict[str, float] = {}
     failed: list[str] = []
     for i, s in enumerate(plan, 1):
-        print(f"\n[{i}/{len(plan)}] {s.name} (expected ~{minutes(expected[s.name])}): {' '.join(s.argv)}", flush=True)
+        argv = s.command()
+        if argv is None:
+            failed.append(f"{s.name} (nothing to validate: its export built none)")
+            print(f"\n[{i}/{len(plan)}] {s.name}: skipped, its export built none of {', '.join(s.artifacts)}")
+            continue
+        print(f"\n[{i}/{len(plan)}] {s.name} (expected ~{minutes(expected[s.name])}): {' '.join(argv)}", flush=True)
         start = time.perf_counter()
-        p = subprocess.run(s.argv, check=False)
+        code, error = run_step(argv)
         taken[s.name] = round(time.perf_counter() - start, 1)
-        if p.returncode in (1, 3) and s.verdict:
-            failed.append(s.name)
-            what = "a budget failed" if p.returncode == 1 else "a budget is unverified: only the device decides it"
+        if code in (1, 3) and s.verdict:
+            failed.append(f"{s.name} ({error})" if error else s.name)
+            what = "a budget failed" if code == 1 else "a budget is unverified: only the device decides it"
             print(f"[{i}/{len(plan)}] {s.name}: {what} (see above; recorded in the report), "
                   f"{minutes(taken[s.name])}", flush=True)  # fmt: skip
-        elif p.returncode != 0:
-            print(f"[{i}/{len(plan)}] {s.name}: exit {p.returncode}; the demo stops here", file=sys.stderr)
-            return p.returncode
+        elif code != 0:
+            print(f"[{i}/{len(plan)}] {s.name}: exit {code}; the demo stops here", file=sys.stderr)
+            return code
         else:
             print(f"[{i}/{len(plan)}] {s.name}: done in {minutes(taken[s.name])}", flush=True)
     seen = last.get("steps", {}) if same_host else {}
-    write_json(TIMINGS, {"cpu": cpu, "isa": list(isa), "steps": {**seen, **{s.name: taken[s.name] for s in plan
-                                                                                  if not s.cached}}})  # fmt: skip
+    ran = {s.name: taken[s.name] for s in plan if s.name in taken and not s.cached}
+    write_json(TIMINGS, {"cpu": cpu, "isa": list(isa), "steps": {**seen, **ran}})
     print(f"\ndemo done in {minutes(sum(taken.values()))}: {DEMO}/compress/report.html")
-    print(f"budgets failed or unverified in: {', '.join(failed)} (shown in the report)" if failed
+    print(f"budgets failed or unverified in: {'; '.join(failed)} (shown in the report)" if failed
           else "every budget passed")  # fmt: skip
     print(f"(edgekit's cache: {cache_root()})")
     return 0

@@ -1,9 +1,14 @@
-"""The same INT8 artifacts' accuracy on two CPUs: this host, and an AVX2-only CPU without VNNI emulated by QEMU.
+"""The same INT8 artifacts' accuracy on both x86 CPU classes: this host, an AVX2-only CPU without VNNI emulated by
+QEMU, and what a CPU with VNNI computes.
 
 QEMU's user-mode emulator (Debian's qemu-user) runs this very Python under another CPU model: CPUID reports that
 model's flags, so onnxruntime and OpenVINO pick the kernels they would pick there (EPYC-Milan: an AMD Zen 3,
 AVX2 and FMA, no AVX-512, no VNNI). The arithmetic is the emulated CPU's, instruction by instruction; only the
-speed is not. Usage:
+speed is not. QEMU's TCG implements no VNNI instruction (neither 7.2 nor 10.0: VPDPBUSD is an illegal instruction
+under every CPU model), so the VNNI class cannot be emulated on an AVX2-only host. Its arithmetic is exact, though:
+VPDPBUSD adds u8 x s8 products into 32-bit sums that never saturate. The `exact` column is that arithmetic, the
+Q/DQ graph run as written (DequantizeLinear -> float op), on any host: a VNNI CPU's logits equal it to float
+rounding. Usage:
 
     python scripts/isa_accuracy.py ART_DIR... [--cpu EPYC-Milan] [--data avdigits] [--samples N] [--json OUT]
 """
@@ -23,15 +28,16 @@ import numpy as np
 QEMU = "qemu-x86_64"
 
 
-def logits(artifact: str, data: str, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, labels) of the artifact, run in its own runtime, on the first `samples` test samples."""
+def logits(artifact: str, data: str, samples: int | None, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of the artifact, run in its own runtime (`exact`: its Q/DQ ONNX with the INT8 arithmetic
+    in float, as a VNNI CPU computes it), on the first `samples` test samples."""
     from edgekit.artifact import load_artifact
     from edgekit.data import load_split, with_modalities
     from edgekit.formats import load_runner
-    from edgekit.runtimes import predict_fn
+    from edgekit.runtimes import predict_fn, qdq_emulator
 
     art = load_artifact(Path(artifact))
-    predict = predict_fn(load_runner(art, 2))
+    predict = predict_fn(qdq_emulator(art.path, art.io, 2) if exact else load_runner(art, 2))
     out, labels = [], []
     for feeds, y in load_split(data, "test").batches(64):
         out.append(np.asarray(predict(with_modalities(art.io, feeds, art.io.modalities))))
@@ -57,21 +63,26 @@ def emulated(artifacts: list[str], cpu: str, data: str, samples: int | None) -> 
 
 
 def compare(artifacts: list[str], cpu: str = "EPYC-Milan", data: str = "avdigits", samples: int | None = None) -> dict:
-    """Accuracy and logits of each artifact here and on the emulated CPU."""
+    """Accuracy and logits of each ONNX INT8 artifact here, on the emulated CPU and in exact arithmetic (VNNI's).
+    `max_logit_diff` is here against emulated; `*_vs_exact`, the largest logit difference from exact."""
     from edgekit.artifact import load_artifact
-    from edgekit.hardware.cpu import this_cpu
+    from edgekit.hardware.cpu import int8_saturates, this_cpu
 
     there = emulated(artifacts, cpu, data, samples)
     rows = []
     for a in artifacts:
         q = load_artifact(Path(a)).meta.get("quantization") or {}
         here, labels = logits(a, data, samples)
-        acc_here, acc_there = float(np.mean(here.argmax(-1) == labels)), float(np.mean(there[a].argmax(-1) == labels))
+        exact = logits(a, data, samples, exact=True)[0]
+        acc = {k: float(np.mean(v.argmax(-1) == labels)) for k, v in (("here", here), ("emulated", there[a]),
+                                                                         ("exact", exact))}  # fmt: skip
         rows.append({"artifact": a, "weight_bits": q.get("weight_bits"), "scheme": q.get("scheme"),
-                     "samples": len(labels), "here": acc_here, "emulated": acc_there,
-                     "shift_points": round(100 * (acc_here - acc_there), 2),
-                     "max_logit_diff": float(np.abs(here - there[a]).max())})  # fmt: skip
-    return {"host": this_cpu()[0], "emulated": cpu, "rows": rows}
+                     "samples": len(labels), **acc, "shift_points": round(100 * (acc["here"] - acc["emulated"]), 2),
+                     "max_logit_diff": float(np.abs(here - there[a]).max()),
+                     "here_vs_exact": float(np.abs(here - exact).max()),
+                     "emulated_vs_exact": float(np.abs(there[a] - exact).max())})  # fmt: skip
+    host, isa = this_cpu()
+    return {"host": host, "host_saturates": int8_saturates(isa), "emulated": cpu, "rows": rows}
 
 
 def main() -> None:
@@ -90,9 +101,9 @@ def main() -> None:
         return
     result = compare(args.artifacts, args.cpu, args.data, args.samples or None)
     print(f"this host: {result['host']}; emulated: {args.cpu} (qemu-user)")
-    print(f"{'artifact':<48} {'bits':>4} {'here':>7} {'emulated':>9} {'shift':>7} {'max |dlogit|':>12}")
+    print(f"{'artifact':<48} {'bits':>4} {'here':>7} {'emulated':>9} {'exact':>7} {'shift':>7} {'max |dlogit|':>12}")
     for r in result["rows"]:
-        line = f"{r['artifact']:<48} {r['weight_bits']!s:>4} {r['here']:7.4f} {r['emulated']:9.4f}"
+        line = f"{r['artifact']:<48} {r['weight_bits']!s:>4} {r['here']:7.4f} {r['emulated']:9.4f} {r['exact']:7.4f}"
         print(f"{line} {r['shift_points']:+7.2f} {r['max_logit_diff']:12.2e}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

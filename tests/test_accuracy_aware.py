@@ -15,11 +15,15 @@ from edgekit.hardware import resolve_profile
 from edgekit.loading import load_model
 from edgekit.quant.accuracy_aware import BudgetError, accuracy_aware, layer_sqnr, quant_units
 from edgekit.quant.backends import Int8Job, OnnxQDQBackend, find_float_nodes
-from edgekit.quant.onnx_qdq import CPU, TENSORRT, quantize_qdq
+from edgekit.quant.onnx_qdq import CPU, CPU_NO_VNNI, TENSORRT, quantize_qdq
 from edgekit.runtimes import onnx_runner, predict_fn
 from edgekit.targets.onnx import export_onnx, module_scope
 
 pytestmark = pytest.mark.slow
+# The searches quantize with 7-bit weights (x86-avx2's scheme): onnxruntime's INT8 kernels then compute the exact sums
+# on every x86 CPU, with VNNI or without, so a trial's accuracy, and what the search decides, is the same on each class
+# (8-bit weights saturate the pair sums where there is no VNNI: other logits, another search; tests/test_isa.py).
+SCHEME, PROFILE = CPU_NO_VNNI, "x86-avx2"
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +102,7 @@ def test_search_finds_the_hostile_branch(hostile, teacher_onnx, tmp_path):
     """Full INT8 misses the budget; the sensitivity names audio alone; floating audio fits, and nothing of another
     branch stays float."""
     path, io, val, calib = hostile
-    backend = OnnxQDQBackend(Int8Job(None, io, path, calib, resolve_profile("x86-avx512-vnni")[0]), CPU)
+    backend = OnnxQDQBackend(Int8Job(None, io, path, calib, resolve_profile(PROFILE)[0]), SCHEME)
 
     def accuracy(predict):
         return evaluate(predict, io, val, per_modality=False).overall.accuracy
@@ -109,7 +113,7 @@ def test_search_finds_the_hostile_branch(hostile, teacher_onnx, tmp_path):
     units = quant_units(graph, discover(graph, io))
 
     def rank():
-        quantize_qdq(path, tmp_path / "full.onnx", calib, scheme=CPU)
+        quantize_qdq(path, tmp_path / "full.onnx", calib, scheme=SCHEME)
         return layer_sqnr(path, tmp_path / "full.onnx", calib, n=16)
 
     report = accuracy_aware(backend, units, accuracy, baseline, 1.0, tmp_path, rank)
@@ -129,12 +133,10 @@ def test_budget_error_carries_the_sensitivity_table(hostile, tmp_path):
     path, io, val, calib = hostile
     graph = onnx.load(str(path))
     image, audio, head = (last_layer(graph, io, b) for b in ("image", "audio", "fusion"))
-    for node in (image, head):
-        outlier_channel(graph, node)
+    for node in (image, head):  # at 1000x, floating vision and sound left fusion 0.33 points off with 7-bit weights
+        outlier_channel(graph, node, 1e5)
     onnx.save(graph, str(tmp_path / "worse.onnx"))
-    backend = OnnxQDQBackend(
-        Int8Job(None, io, tmp_path / "worse.onnx", calib, resolve_profile("x86-avx512-vnni")[0]), CPU
-    )
+    backend = OnnxQDQBackend(Int8Job(None, io, tmp_path / "worse.onnx", calib, resolve_profile(PROFILE)[0]), SCHEME)
 
     def accuracy(predict):
         return evaluate(predict, io, val, per_modality=False).overall.accuracy
@@ -176,8 +178,8 @@ def test_search_against_a_reference_the_float_model_already_misses_stops_first(h
     quantizes already loses more than the budget there (pruning and distillation spent it), no exclusion can win it
     back, and the search says so before any trial."""
     path, io, val, calib = hostile
-    job = Int8Job(None, io, path, calib, resolve_profile("x86-avx512-vnni")[0])
+    job = Int8Job(None, io, path, calib, resolve_profile(PROFILE)[0])
     float_accuracy = evaluate(predict_fn(onnx_runner(path, io)), io, val, per_modality=False).overall.accuracy
     with pytest.raises(EdgeKitError, match=r"the float model already loses 2\.00 points on val against the reference"):
-        find_float_nodes(OnnxQDQBackend(job, CPU), job, val, 1.0, tmp_path, reference=float_accuracy + 0.02)
+        find_float_nodes(OnnxQDQBackend(job, SCHEME), job, val, 1.0, tmp_path, reference=float_accuracy + 0.02)
     assert not list(tmp_path.glob("trial-*"))

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
+from edgekit.io import DimRange, IOSpec
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
 
@@ -141,3 +143,28 @@ def test_train_writes_a_package_and_refuses_a_used_out_dir(avdigits, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["edgekit-model.yaml", "model.safetensors"]
     r = run_cli("train", "--arch", "early", "--preset", "small", "--epochs", "1", "--out", str(out))
     assert r.code == 2 and "is not empty" in r.stderr and "--overwrite" in r.stderr
+
+
+def test_tables_in_a_log_keep_their_full_width():
+    """Piped into a log with no COLUMNS, a table is printed whole, not cut to 80 columns with ellipses."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    p = subprocess.run([sys.executable, "-m", "edgekit", "profiles", "list"], capture_output=True, text=True,
+                       env=env, check=True)  # fmt: skip
+    assert "…" not in p.stdout and "Snapdragon 8 Gen 3 phone CPU (X4 + 3x A720), ExecuTorch XNNPACK" in p.stdout
+    assert max(len(line) for line in p.stdout.splitlines()) > 80
+
+
+def test_a_model_declared_for_small_batches_is_evaluated_and_exported_in_them(tmp_path):
+    """A user's spec with `batch: {min: 1, opt: 1, max: 8}`, below EdgeKit's default batches (64 to evaluate, 16 to
+    probe a baseline): evaluation, and the export's parity check and accuracy in its runtime, run batches of 8."""
+    io = io_spec(AVDigitsConfig(), 41)
+    small = IOSpec(io.inputs, io.outputs, {**io.dims, "batch": DimRange(1, 1, 8)})
+    assert (small.fit_batch(64), small.fit_batch(2), io.fit_batch(64)) == (8, 2, 64)
+    torch.manual_seed(0)
+    pkg = save_model_package(build_fusion_model(**KWARGS), small, tmp_path / "pkg",
+                             factory="edgekit.models:build_fusion_model", kwargs=KWARGS)  # fmt: skip
+    r = run_cli("eval", "--model", str(pkg), "--data", "avdigits", "--json")
+    assert r.code == 0 and json.loads(r.stdout)["samples"] == 450, r.stderr
+    r = run_cli("export", "--model", str(pkg), "--target", "x86", "--format", "onnx", "--precision", "fp32", "--out",
+                str(tmp_path / "out"), "--json")  # fmt: skip
+    assert r.code == 0, r.stderr

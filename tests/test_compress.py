@@ -73,7 +73,22 @@ def test_export_of_the_run_rebuilds_its_int8_artifact(short_run):
     assert r.code == 0, r.stderr
     result = json.loads(r.stdout)
     row = next(a for a in result["artifacts"] if a["precision"] == "int8")
-    assert result["int8"] == "the run's exclusions" and row["sha256"] == made["sha256"]
+    assert result["int8"]["onnx"].startswith("INT8 reuses the run's exclusions") and row["sha256"] == made["sha256"]
+
+
+def test_export_of_the_run_for_another_format_searches_that_formats_own(short_run):
+    """The run searched onnx's Q/DQ INT8; OpenVINO's INT8 computes otherwise, so its export runs OpenVINO's own
+    search (here within a budget that full INT8 meets: one trial), against the run's reference, and says so."""
+    tmp, _ = short_run
+    r = run_cli("export", "--model", str(tmp / "run"), "--target", "x86", "--format", "openvino", "--precision",
+                "int8", "--max-drop", "100", "--out", str(tmp / "ov"), "--no-validate", "--json")  # fmt: skip
+    assert r.code == 0, r.stderr
+    result = json.loads(r.stdout)
+    plan = result["int8"]["openvino"]
+    assert "the run searched onnx's INT8, not openvino's" in plan and "within 100.0 points" in plan
+    assert "searching what openvino" in r.stderr
+    (table,) = result["sensitivity"].values()
+    assert table["fits"] and table["trials"][0]["float_parts"] == []
 
 
 def test_a_different_recipe_is_refused_unless_overwrite(short_run):

@@ -76,6 +76,7 @@ def runs(setup):
     return tmp, single, ddp
 
 
+@pytest.mark.heavy
 def test_two_processes_write_one_consistent_run_directory(runs):
     tmp, _, ddp = runs
     run = tmp / "ddp"
@@ -90,6 +91,7 @@ def test_two_processes_write_one_consistent_run_directory(runs):
     assert distill["resumed_from"] == 0 and distill["best_epoch"] >= 1
 
 
+@pytest.mark.heavy
 def test_two_processes_match_one_within_the_run_to_run_spread(runs):
     """Same global batch: the two-process student's test accuracy lies within the single-process runs' range
     over three seeds, widened by one sample."""
@@ -136,6 +138,7 @@ def test_killed_two_process_run_resumes_with_one(setup):
     assert 1 <= distill["resumed_from"] < 4 and distill["epochs_run"] == 4
 
 
+@pytest.mark.heavy
 def test_mixed_precision_distillation_on_the_cpu(runs):
     """bf16 autocast on the CPU: the recipe records it, and the student ends where float32 runs of the same
     recipe do (within 5 points of the lowest of three seeds)."""

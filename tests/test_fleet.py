@@ -45,9 +45,9 @@ def two(tmp_path_factory):
         yield a, b
 
 
-def device(name, server, **extra):
-    return {"name": name, "ssh": server.remote, "profile": "x86", "ssh_config": server.config, "edgekit": EDGEKIT,
-            "env": ENV, **extra}  # fmt: skip
+def device(name, server, profile="x86", **extra):
+    return {"name": name, "ssh": server.remote, "profile": str(profile), "ssh_config": server.config,
+            "edgekit": EDGEKIT, "env": ENV, **extra}  # fmt: skip
 
 
 def fleet_file(path, *devices):
@@ -136,9 +136,9 @@ def test_a_device_stopped_mid_run_is_an_error_row_and_the_rest_is_kept(two, arti
 
 
 @pytest.mark.ssh
-def test_validate_each_device_against_its_profile(two, artifact, tmp_path):
+def test_validate_each_device_against_its_profile(two, artifact, tmp_path, x86_here):
     a, b = two
-    fleet = fleet_file(tmp_path / "fleet.yaml", device("a", a), device("b", b))
+    fleet = fleet_file(tmp_path / "fleet.yaml", device("a", a, x86_here), device("b", b, x86_here))
     r = run_cli("validate", str(artifact), "--fleet", str(fleet), "--json", "--out", str(tmp_path / "out"))
     run = json.loads(r.stdout)
     assert r.code == {"pass": 0, "fail": 1, "unverified": 3}[run["verdict"]], r.stderr

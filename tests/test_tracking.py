@@ -114,6 +114,7 @@ def compressed(server, client, tmp_path_factory, reference_teacher):
     return tmp / "run", json.loads(r.stdout), top[0], nested
 
 
+@pytest.mark.heavy
 def test_compress_run_has_recipe_params_metrics_provenance_and_artifacts(compressed, client):
     run_dir, report, run, _ = compressed
     assert run.info.status == "FINISHED" and run.data.tags["edgekit.command"] == "compress"
@@ -142,6 +143,7 @@ def test_compress_run_has_recipe_params_metrics_provenance_and_artifacts(compres
     assert recipe == yaml.safe_load((run_dir / "recipe.yaml").read_text())
 
 
+@pytest.mark.heavy
 def test_each_stage_is_a_nested_run_and_distill_logs_every_epoch(compressed, client):
     _, report, run, nested = compressed
     stages = sorted(nested, key=lambda r: r.info.run_name)
@@ -164,6 +166,7 @@ def test_each_stage_is_a_nested_run_and_distill_logs_every_epoch(compressed, cli
     assert distill.info.start_time <= quantize.info.start_time <= run.info.end_time
 
 
+@pytest.mark.heavy
 def test_a_validation_that_fails_is_a_failed_run_with_its_error(compressed, server, client):
     _, report, _, _ = compressed
     artifact = str(Path(report["artifacts"][0]["path"]).parent)

@@ -20,7 +20,7 @@ from edgekit.hardware.estimator import graph_costs
 from edgekit.hardware.identity import host_facts
 from edgekit.validate import latency_check
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, device_profile_here, run_cli
 
 pytestmark = pytest.mark.slow
 PROFILES = ROOT / "edgekit" / "hardware" / "profiles"
@@ -51,12 +51,8 @@ def rendered(result: dict) -> str:
 
 
 def this_host(directory: Path) -> Path:
-    """HOST's profile with this host as its device: its CPU model and usable CPUs."""
-    spec = yaml.safe_load((PROFILES / f"{HOST or 'x86-avx512-vnni'}.yaml").read_text())
-    identity = {"cpu_model": f"^{re.escape(FACTS['cpu_model'])}$", "cpus": FACTS["cpus"]}
-    path = directory / "this-host.yaml"
-    path.write_text(yaml.safe_dump({**spec, "name": "this-host", "identity": identity}))
-    return path
+    """HOST's profile with this host as its device, and a latency budget no load trips."""
+    return device_profile_here(directory, HOST or "x86-avx512-vnni")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typer._click.exceptions import UsageError as ClickUsageError  # typer 0.29 
 
 from .. import __version__
 from ..errors import EdgeKitError
+from ..noise import set_verbose
 from . import build, compress, data, evaluate, export, profile, profiles, recipe, report, search, train, validate
 from .common import set_argv, stdout_for_json
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     set_argv(args + (["--debug"] if debug else []))
+    set_verbose(debug)
     as_json = "--json" in args
     try:
         with stdout_for_json(as_json):

@@ -15,8 +15,19 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-out = Console()
-err = Console(stderr=True)
+# Where output goes to a log or a pipe, rich would cut every table to 80 columns ("│ ope… │ in… │"): there it prints
+# at full width instead, unless COLUMNS sets one.
+FULL_WIDTH = 1000
+
+
+def console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=FULL_WIDTH if piped else None)
+
+
+out = console()
+err = console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty output directory.")]

@@ -76,8 +76,9 @@ class ExportContext:
     work: Path  # scratch directory for intermediate files
     meta: dict[str, Any] = field(default_factory=dict)  # recorded in every manifest (source, profile, ...)
     branches: Mapping[str, Sequence[str]] = field(default_factory=dict)  # the package's `branches:` override
-    float_nodes: Sequence[str] | None = None  # a compress run's exclusions: reused, not searched again
-    search: Search | None = None  # without either: plain PTQ (nothing kept in float)
+    float_nodes: Sequence[str] | None = None  # a compress run's exclusions, found for `run_format`'s backend
+    search: Search | None = None  # without exclusions that apply: plain PTQ (nothing kept in float)
+    run_format: Format | None = None  # the format whose INT8 the run searched
     built: dict[str, tuple[Path, dict[str, Any]]] = field(default_factory=dict)  # INT8 models, by backend key
     sensitivity: dict[str, SensitivityReport] = field(default_factory=dict)  # searches run, by backend key
 
@@ -96,7 +97,7 @@ class ExportContext:
         assert fmt.int8 is not None, f"{fmt.name} has no INT8 backend"
         backend = fmt.int8(self.job)
         if backend.key not in self.built:
-            if self.float_nodes is not None:
+            if self.float_nodes is not None and self.reuses_run(fmt):
                 keep = tuple(self.float_nodes)
             elif self.search is not None:
                 s = self.search
@@ -110,6 +111,27 @@ class ExportContext:
             info = {**backend.quantize(frozenset(keep), dst), "float_nodes": list(keep)}
             self.built[backend.key] = (dst, info)
         return self.built[backend.key]
+
+    def reuses_run(self, fmt: Format) -> bool:
+        """Whether `fmt`'s INT8 is the backend the run searched (the Q/DQ formats of one scheme share one). Exclusions
+        found for one backend say nothing about another's numerics: its own search decides there."""
+        run = self.run_format
+        return (
+            run is not None
+            and run.int8 is not None
+            and fmt.int8 is not None
+            and (run.int8(self.job).key == fmt.int8(self.job).key)
+        )
+
+    def int8_plan(self, fmt: Format) -> str:
+        """What decides what stays float in `fmt`'s INT8, in words."""
+        if self.float_nodes is not None and self.reuses_run(fmt):
+            return f"INT8 reuses the run's exclusions ({len(self.float_nodes)} node(s) kept in float) and calibration"
+        searched = f"the run searched {self.run_format.name}'s INT8, not {fmt.name}'s: " if self.run_format else ""
+        if self.search is None:
+            return f"{searched}plain PTQ, nothing kept in float (no accuracy budget to search within)"
+        return (f"{searched}searching what {fmt.name}'s INT8 keeps in float for a drop within "
+                f"{self.search.max_drop} points on val")  # fmt: skip
 
     def onnx_for(self, fmt: Format, precision: str) -> tuple[Path, dict[str, Any]]:
         """The ONNX a Q/DQ format packages, and its quantization record: the hub's float graph (FP16 is a runtime

@@ -8,6 +8,7 @@ products into a 16-bit lane and saturates there (255 x 127 x 2 > 32767). With VN
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +40,11 @@ def this_cpu() -> tuple[str, tuple[str, ...]]:
     cpuinfo = Path("/proc/cpuinfo")
     model, isa = cpu_facts(cpuinfo.read_text() if cpuinfo.is_file() else "")
     return model, tuple(isa)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container's or taskset's share, not the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def int8_saturates(isa: Iterable[str]) -> bool:

@@ -5,7 +5,6 @@ of the host it ran on, so a measurements file can be checked against a profile a
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ from typing import Any
 
 import pydantic
 
-from .cpu import this_cpu
+from .cpu import this_cpu, usable_cpus
 
 
 class Identity(pydantic.BaseModel):
@@ -76,10 +75,9 @@ def _getprop(name: str) -> str | None:
 def host_facts() -> dict[str, Any]:
     """What this host offers to a profile's identity (None where it has no such fact)."""
     model, isa = this_cpu()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu_model": model,
-        "cpus": cpus,
+        "cpus": usable_cpus(),
         "isa": list(isa),
         "device_model": _read("/proc/device-tree/model"),
         "l4t": _l4t(_read("/etc/nv_tegra_release")),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.calibration import CalibrationSet
+from ..noise import quiet_loggers
 from ..runtimes.openvino import convert_onnx
 
 
@@ -25,6 +26,7 @@ def quantize_openvino(
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
+    quiet_loggers()  # NNCF's import set its logger to INFO: a line per node
     model = convert_onnx(Path(src_onnx)) if isinstance(src_onnx, str | Path) else src_onnx
     scope = nncf.IgnoredScope(patterns=list(patterns), validate=False) if patterns else None
     quantized = nncf.quantize(

@@ -15,6 +15,8 @@ import torch
 
 from ..artifact import Artifact
 from ..errors import UsageError
+from ..hardware.cpu import usable_cpus
+from ..noise import native_output_quiet
 
 
 class ExecuTorchRunner:
@@ -24,10 +26,11 @@ class ExecuTorchRunner:
 
         if device not in (None, "cpu"):
             raise UsageError(f"ExecuTorch runs .pte files on the CPU here, not on '{device}'", "use device 'cpu'")
-        if threads:
-            _unsafe_reset_threadpool(threads)  # XNNPACK's thread pool is process-wide
         try:
-            self.method = Runtime.get().load_program(artifact.path).load_method("forward")
+            with native_output_quiet():  # its C++ log: cpuinfo's probes, the thread pool's size
+                # XNNPACK's thread pool is process-wide, and sized by default for more CPUs than this process may use
+                _unsafe_reset_threadpool(threads or usable_cpus())
+                self.method = Runtime.get().load_program(artifact.path).load_method("forward")
         except RuntimeError as e:
             raise UsageError(
                 f"ExecuTorch cannot load {artifact.path}: {str(e).splitlines()[0]}",

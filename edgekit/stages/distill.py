@@ -106,7 +106,7 @@ def _probe(teacher: nn.Module, student: nn.Module, io: IOSpec, data: FeedDataset
            place: Placement) -> tuple[int, int]:  # fmt: skip
     """One forward of both models on real samples, before any training: the class counts must agree.
     Returns the (student, teacher) widths of what `_outputs` gives as features."""
-    feeds, _ = next(data.batches(2))
+    feeds, _ = next(data.batches(io.fit_batch(2)))
     inputs = place.tensors(with_modalities(io, feeds, io.modalities))
     student.eval()  # a train-mode probe would move BatchNorm statistics
     with torch.no_grad():
@@ -201,7 +201,8 @@ def distill(
     model = DistributedDataParallel(trainee, find_unused_parameters=True) if world_size() > 1 else trainee
     params = [*student.parameters(), *proj.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * -(-len(train) // cfg.batch_size)
+    batch = io.fit_batch(cfg.batch_size)  # the recipe's batch, within the model's declared batch range
+    steps = cfg.epochs * -(-len(train) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.15)
     step = Stepper(params, opt, sched, place)
     stateful = {"student": student, "projection": proj, "optimizer": opt, "scheduler": sched}
@@ -232,7 +233,7 @@ def distill(
         student.train()
         proj.train()
         total, count = 0.0, 0
-        for feeds, y in train.batches(cfg.batch_size, torch.randperm(len(train), generator=gen).tolist()):
+        for feeds, y in train.batches(batch, torch.randperm(len(train), generator=gen).tolist()):
             inputs = {k: v for k, v in feeds.items() if k in io.input_names}
             if use_mask:  # one mask for both models: the teacher shows how to cope with what is missing
                 inputs[MODALITY_MASK] = modality_dropout_mask(len(y), n_mod, cfg.modality_dropout, gen)
