@@ -42,7 +42,7 @@ REFERENCE_CPU = "a 2-vCPU Intel Xeon (Sapphire Rapids, AVX-512 VNNI and AMX), RE
 REFERENCE_SHORT = "Intel Xeon Sapphire Rapids"
 REFERENCE_WORKLOAD_S = 2.95
 REFERENCE_S = {"data": 60, "teacher": 1300, "eval": 23, "compress": 1377, "export x86": 58, "export jetson": 42,
-               "export android": 409, "validate x86": 33, "validate jetson": 16, "validate android": 32, "report": 4}
+               "export android": 409, "validate x86": 33, "validate jetson": 16, "validate android": 32, "report": 4}  # fmt: skip
 
 
 @dataclass(frozen=True)
