@@ -1,6 +1,7 @@
 """Third-party chatter stays out of a user's output unless they ask for it with --debug: NNCF's INFO line per graph
-node, torchao's warning about kernels it cannot load, ExecuTorch's C++ log lines (cpuinfo, thread pool). None of it
-is about the user's model; where a library fails, its exception still reaches the user as one line."""
+node, torchao's warning about kernels it cannot load (and torch's about the way torchao registers an Enum),
+ExecuTorch's C++ log lines (cpuinfo, thread pool). None of it is about the user's model; where a library fails, its
+exception still reaches the user as one line."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from contextlib import contextmanager
 
 _verbose = [False]
 # Python loggers of libraries that log at import or per node, and the level a user sees from them by default.
-QUIET_LOGGERS = {"nncf": logging.WARNING, "torchao": logging.ERROR}
+QUIET_LOGGERS = {
+    "nncf": logging.WARNING,
+    "torchao": logging.ERROR,
+    "torch.utils._pytree": logging.ERROR,  # torchao's import registers an Enum the way torch now deprecates
+}
 
 
 def set_verbose(verbose: bool) -> None:
