@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import torch
 from torch import nn
 
 from .io import MODALITY_MASK, IOSpec
@@ -65,6 +66,27 @@ def _reachability(model: onnx.ModelProto, io: IOSpec) -> dict[str, str]:
         used_by = {of_node.get(c) for o in node.output for c in consumers.get(o, [])} - {None}
         of_node[node.name] = used_by.pop() if len(used_by) == 1 else FUSION
     return {n.name: of_node[n.name] for n in nodes}
+
+
+def fx_branches(graph: torch.fx.Graph, io: IOSpec) -> dict[str, str]:
+    """The branch of each compute node of a traced torch graph (torch.export's, whose placeholders are the IOSpec's
+    inputs), by the rule `_reachability` applies to the ONNX graph: a node only one modality's inputs reach is that
+    modality's; one the modality mask or several modalities reach is fusion. Nodes no input reaches (weights,
+    constants) are left out. A backend that quantizes the torch graph (PT2E) floats a branch with it: every op of
+    the branch, not only its layers, since the adds, softmaxes and masks between them are quantized too."""
+    deps: dict[str, frozenset[str]] = {}
+    for t in io.inputs:
+        deps[t.name] = frozenset({_MASK}) if t.name == MODALITY_MASK else frozenset({t.modality} - {"other"})
+    out = {}
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            continue
+        sizes = node.op == "call_function" and "sym_size" in str(node.target)  # a size, not the input's data
+        d = frozenset() if sizes else frozenset().union(*(deps.get(i.name, frozenset()) for i in node.all_input_nodes))
+        deps[node.name] = d
+        if d and node.op == "call_function":
+            out[node.name] = next(iter(d)) if len(d) == 1 and _MASK not in d else FUSION
+    return out
 
 
 def _by_prefix(model: onnx.ModelProto, prefixes: Mapping[str, Sequence[str]]) -> dict[str, str]:
@@ -128,11 +150,18 @@ class ModuleBranches:
         return FUSION
 
     def roots(self) -> dict[str, list[str]]:
-        """Each modality branch's outermost modules: those whose parent belongs to another branch, or to none."""
+        """Each modality branch's outermost modules wholly of it: a container of several branches (a ModuleDict of
+        encoders, whose majority is the largest encoder's) is none's, and its children are the roots."""
+
+        def whole(name: str, b: str) -> bool:
+            return self.of_module.get(name) == b and all(
+                o == b for m, o in self.of_module.items() if m.startswith(name + ".")
+            )
+
         out: dict[str, list[str]] = {}
         for name, b in self.of_module.items():
             parent = name.rpartition(".")[0]
-            if b != FUSION and (not parent or self.of_module.get(parent) != b):
+            if b != FUSION and whole(name, b) and not (parent and whole(parent, b)):
                 out.setdefault(b, []).append(name)
         return out
 

@@ -40,9 +40,20 @@ EDGEKIT = [sys.executable, "-P", "-m", "edgekit"]  # -P: never import a stray ed
 # REFWORK s at its start. Each step's time there, in seconds:
 REFERENCE_CPU = "a 2-vCPU Intel Xeon (Sapphire Rapids, AVX-512 VNNI and AMX), REFDATE"
 REFERENCE_SHORT = "Intel Xeon Sapphire Rapids"
-REFERENCE_WORKLOAD_S = 2.95
-REFERENCE_S = {"data": 60, "teacher": 1300, "eval": 23, "compress": 1377, "export x86": 58, "export jetson": 42,
-               "export android": 409, "validate x86": 33, "validate jetson": 16, "validate android": 32, "report": 4}  # fmt: skip
+REFERENCE_WORKLOAD_S = 0.42
+REFERENCE_S = {
+    "data": 19,
+    "teacher": 360,
+    "eval": 6,
+    "compress": 204,
+    "export x86": 31,
+    "export jetson": 26,
+    "export android": 450,
+    "validate x86": 17,
+    "validate jetson": 10,
+    "validate android": 20,
+    "report": 2,
+}
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ def speed_score() -> float:
     times = []
     for _ in range(4):
         start = time.perf_counter()
-        for _ in range(5):
+        for _ in range(20):
             opt.zero_grad()
             (net(x).sum() + attn(tokens).sum()).backward()
             opt.step()

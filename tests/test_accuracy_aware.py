@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgekit.branches import discover
+from edgekit.branches import Branches, ModuleBranches, discover
 from edgekit.data import FeedDataset, load_split
 from edgekit.data.calibration import calibration_set
 from edgekit.errors import EdgeKitError
@@ -183,3 +183,12 @@ def test_search_against_a_reference_the_float_model_already_misses_stops_first(h
     with pytest.raises(EdgeKitError, match=r"the float model already loses 2\.00 points on val against the reference"):
         find_float_nodes(OnnxQDQBackend(job, SCHEME), job, val, 1.0, tmp_path, reference=float_accuracy + 0.02)
     assert not list(tmp_path.glob("trial-*"))
+
+
+def test_a_container_of_several_branches_is_no_branch_root():
+    """The encoders' ModuleDict votes for its largest encoder (text); floating that branch by its roots must not
+    float the others with it (PT2E's fallback floats a failing branch by them)."""
+    of_module = {"branches": "text", "branches.text": "text", "branches.text.enc": "text", "branches.image": "image",
+                 "fusion": "fusion", "fusion.proj.1": "text"}  # fmt: skip
+    mb = ModuleBranches(Branches({}, "graph reachability", {}), of_module, frozenset())
+    assert mb.roots() == {"text": ["branches.text", "fusion.proj.1"], "image": ["branches.image"]}

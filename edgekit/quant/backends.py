@@ -15,7 +15,7 @@ import onnx
 from torch import nn
 
 from ..artifact import Artifact
-from ..branches import Branches, discover, module_branches
+from ..branches import Branches, discover, fx_branches, module_branches
 from ..data import FeedDataset
 from ..data.calibration import CalibrationSet
 from ..errors import EdgeKitError
@@ -148,9 +148,16 @@ class ExecuTorchBackend:
         job = self.job
         scopes = {u.node: u.scope for u in job.units} if exclude else {}
         modules = sorted({self.module_of(scopes[n]) for n in exclude if scopes.get(n)})
+        # A branch whose layers are all excluded is floated whole: the adds, softmaxes and mask products between its
+        # layers too, which PT2E quantizes as well (on the reference student, fusion's cost 6 points with its
+        # layers in float).
+        floated = sorted({u.branch for u in job.units} - {u.branch for u in job.units if u.node not in exclude})
+        modules += [p for b in floated for p in job.overrides.get(b, ())]  # a package's own branch modules
         roots = lambda: module_branches(job.model, job.io, job.overrides).roots()  # noqa: E731 (when PT2E fails)
-        art = export_pte(job.model, job.io, dst, "int8", job.calib, "", {}, float_modules=modules, branch_roots=roots)
-        return dict(art.meta["quantization"])
+        ops = lambda g: [n for n, b in fx_branches(g, job.io).items() if b in floated]  # noqa: E731
+        art = export_pte(job.model, job.io, dst, "int8", job.calib, "", {}, float_modules=modules, branch_roots=roots,
+                         float_ops=ops if floated else None)  # fmt: skip
+        return {**art.meta["quantization"], "float_branches": floated}
 
     def runner(self, dst: Path) -> Runner:
         from ..artifact import load_artifact

@@ -12,7 +12,7 @@ import functools
 import linecache
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,11 @@ def export_pte(
     meta: dict[str, Any],
     float_modules: Sequence[str] = (),
     branch_roots: Callable[[], Mapping[str, Sequence[str]]] | None = None,
+    float_ops: Callable[[torch.fx.Graph], Collection[str]] | None = None,
 ) -> Artifact:
     """Write `out_dir` (model.pte + manifest.json) atomically and return its artifact. INT8 leaves the ops inside
-    `float_modules` (module paths, e.g. "branches.text") in float: the accuracy-aware loop's exclusions. When PT2E
+    `float_modules` (module paths, e.g. "branches.text") and the nodes `float_ops` names in the traced graph (a
+    floated branch's every op: branches.fx_branches) in float: the accuracy-aware loop's exclusions. When PT2E
     fails, `branch_roots` (branch -> its outermost modules) names where: the branch whose modules, kept in float,
     let it through; that branch then stays float (recorded as `quantization.fallback`)."""
     require("executorch", "executorch", "exporting an ExecuTorch .pte")
@@ -60,7 +62,7 @@ def export_pte(
     with warnings.catch_warnings():  # torch's pytree deprecations, raised inside export and lowering
         warnings.simplefilter("ignore", FutureWarning)
         if precision == "int8" and calib is not None:
-            quantize = functools.partial(_quantize, model, io, sample, shapes, calib)
+            quantize = functools.partial(_quantize, model, io, sample, shapes, calib, float_ops)
             model, quantization = _with_fallback(quantize, tuple(float_modules), branch_roots)
         exported = torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes)
         program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
@@ -149,6 +151,7 @@ def _quantize(
     sample: dict[str, torch.Tensor],
     shapes: dict,
     calib: CalibrationSet,
+    float_ops: Callable[[torch.fx.Graph], Collection[str]] | None,
     float_modules: tuple[str, ...],
 ) -> tuple[nn.Module, dict[str, Any]]:
     """PT2E static INT8: symmetric per-channel weights, per-tensor activations observed on every sample."""
@@ -160,9 +163,11 @@ def _quantize(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    if float_modules:  # set_module_name(name, None) is refused in 1.5.1; a node filter does the same
-        quantizer.set_filter_function(lambda node: not _inside(node, float_modules))
-    prepared = prepare_pt2e(torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes).module(), quantizer)
+    traced = torch.export.export(model, (), kwargs=sample, dynamic_shapes=shapes).module()
+    floated = set(float_ops(traced.graph)) if float_ops else set()
+    if float_modules or floated:  # set_module_name(name, None) is refused in 1.5.1; a node filter does the same
+        quantizer.set_filter_function(lambda node: not (node.name in floated or _inside(node, float_modules)))
+    prepared = prepare_pt2e(traced, quantizer)
     _integer_constants(prepared)
     try:
         with torch.no_grad():
