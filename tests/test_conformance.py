@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
-from edgekit.branches import discover
+from edgekit.branches import discover, fx_branches
 from edgekit.data import load_split, resolve_data, with_modalities
 from edgekit.data.adapter import dataset_meta
 from edgekit.evaluation import evaluate, torch_predict
@@ -20,7 +21,7 @@ from edgekit.io import IOSpec
 from edgekit.loading import load_model, save_model_package
 from edgekit.quant.accuracy_aware import quant_units
 from edgekit.recipe import load_recipe
-from edgekit.targets.onnx import export_onnx
+from edgekit.targets.onnx import dynamic_shapes, export_onnx, trace_inputs
 from edgekit.training import TrainConfig, train_classifier
 
 from . import conformance_models
@@ -119,7 +120,10 @@ def test_eval_agrees_with_the_models_own_torch_accuracy(which, request):
     assert np.isfinite(torch_predict(loaded.model)(absent)).all()
 
 
-@pytest.mark.parametrize("which", ["tri", pytest.param("video", marks=pytest.mark.heavy)])
+@pytest.mark.parametrize(
+    "which",
+    ["tri", pytest.param("video", marks=pytest.mark.heavy), pytest.param("pretrained", marks=pytest.mark.heavy)],
+)
 def test_branches_are_found_in_the_graph(which, request, tmp_path):
     pkg = request.getfixturevalue(which)
     loaded = load_model(pkg)
@@ -131,11 +135,27 @@ def test_branches_are_found_in_the_graph(which, request, tmp_path):
     want = {
         "tri": ["image (vis)", "text (words)", "audio (ear)", "fusion (mixer)"],
         "video": ["video (clip)", "audio (speech)", "fusion (head)"],
+        "pretrained": ["image (photo)", "text (prose)", "audio (voice)", "fusion (joint)"],
     }[which]
     assert list(branches.labels.values())[: len(want)] == want, branches.labels
     units = quant_units(graph, branches)
     recurrent = [u for u in units if u.scope.endswith(("rnn", "lstm"))]
     assert recurrent and {u.branch for u in recurrent} == {"audio"}  # the GRU / LSTM is a unit the search can float
+    # The traced torch graph (what PT2E quantizes for ExecuTorch) gets the same branches: a module's ops are its
+    # branch's, and the recurrent cell is audio's.
+    traced = torch.export.export(loaded.model.eval(), (), kwargs=trace_inputs(loaded.io),
+                                 dynamic_shapes=dynamic_shapes(loaded.io)).module().graph  # fmt: skip
+    found = fx_branches(traced, loaded.io)
+    scope = {n.name: [p for p, _ in n.meta.get("nn_module_stack", {}).values()] for n in traced.nodes}
+    target = {n.name: n.target for n in traced.nodes}
+    encoders = {label.split(" (")[1][:-1]: b for b, label in branches.labels.items() if b != "fusion"}
+    for name, b in found.items():
+        tops = {p.split(".")[0] for p in scope[name] if p} & set(encoders)
+        if tops:
+            assert {b} == {encoders[t] for t in tops}, (name, scope[name], b)
+    cells = {b for n, b in found.items() if any(r in str(target[n]) for r in ("gru", "lstm"))}
+    assert cells == {"audio"}, cells
+    assert "fusion" in found.values()
 
 
 def compress(pkg: Path, tmp: Path, stages: list[dict], max_drop: float, profile: Path):
