@@ -242,6 +242,6 @@ def export(
         log(f"validating {len(arts)} artifact(s) against {profile.name}")
         baseline = run_model(Path(model))
         checks = ValidateOptions(o.data, threads=o.threads)
-        result["validation"] = validate(arts, profile.name, baseline, options=checks)
+        result["validation"] = validate(arts, target, baseline, options=checks)  # the same file or name
         write_json(out / "export.json", result)
     return result
