@@ -135,6 +135,22 @@ def evaluate(
     return EvalReport(table["+".join(mods)], table, len(y_all), bad_names, {k: p == y_all for k, p in flat.items()})
 
 
+def evaluate_elsewhere(
+    run_all: Callable[[list[dict[str, np.ndarray]]], list[np.ndarray]], io: IOSpec, data: FeedDataset
+) -> EvalReport:
+    """`evaluate` with the model run somewhere else in one go (a device over ssh): the feeds evaluation asks for are
+    collected first, `run_all` returns their logits in order, and the same code scores them."""
+    asked: list[dict[str, np.ndarray]] = []
+
+    def collect(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        asked.append(dict(feeds))
+        return np.zeros((len(next(iter(feeds.values()))), 1), np.float32)
+
+    evaluate(collect, io, data)
+    answers = iter(run_all(asked))
+    return evaluate(lambda feeds: next(answers), io, data)
+
+
 def cached_evaluate(predict: Predict, io: IOSpec, data: FeedDataset, data_sha: str | None) -> EvalReport:
     """`evaluate` per modality subset, cached on disk: a baseline is the same for every artifact validated against
     it. The key is the data file's sha256 and the model's own outputs on the first samples, which change with its

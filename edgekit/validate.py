@@ -20,11 +20,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .artifact import Artifact, load_artifact, sha256_file
 from .data import load_split
 from .data.adapter import modality_subsets
 from .errors import EdgeKitError, UsageError
-from .evaluation import EvalReport, cached_evaluate, evaluate, torch_predict
+from .evaluation import EvalReport, cached_evaluate, evaluate, evaluate_elsewhere, torch_predict
 from .formats import accuracy_runner, get_format
 from .fsutil import write_json
 from .hardware import Budgets, HardwareProfile, resolve_profile
@@ -36,8 +38,11 @@ from .models import FACTORY as ZOO_FACTORY
 from .profiling.fleet import Fleet, profile_fleet
 from .profiling.host import host_info
 from .profiling.local import Settings
+from .profiling.remote import Remote, build_remote, device_outputs, device_session, measure
+from .profiling.trtexec import TRTEXEC_HINT, from_trtexec, is_trtexec
 from .provenance import data_hashes
 from .runtimes import predict_fn
+from .runtimes.tensorrt import ENGINE
 from .stages.prune import FACTORY as PRUNED_FACTORY
 from .stats import budget_note, paired_drop, wilson
 
@@ -76,11 +81,25 @@ def cpu_shift(art: Artifact, accuracy: float | None, options: Options, isa: Sequ
     return out
 
 
-def read_measurements(paths: Sequence[Path | Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def read_measurements(
+    paths: Sequence[Path | Mapping[str, Any]], artifacts: Sequence[Path] = (), facts: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """`edgekit profile --json` results by the sha256 of the artifact file they measured: files, or results in
-    hand (a fleet's), whose "file" says where they came from."""
-    found = {}
+    hand (a fleet's), whose "file" says where they came from. trtexec's own --exportTimes (and --exportProfile)
+    files are of the one artifact validated, measured on the device `facts` describe."""
+    found, trtexec = {}, [Path(p) for p in paths if not isinstance(p, Mapping) and is_trtexec(Path(p))]
+    if trtexec:
+        if len(artifacts) != 1:
+            raise UsageError(
+                f"trtexec files {', '.join(map(str, trtexec))} name no artifact, and {len(artifacts)} are validated",
+                "validate one artifact with its trtexec files",
+            )
+        art = load_artifact(Path(artifacts[0]), verify=False)
+        m = from_trtexec(trtexec, art, facts)
+        found[m["artifact"]["sha256"]] = m
     for path in paths:
+        if not isinstance(path, Mapping) and Path(path) in trtexec:
+            continue
         try:
             m = {"file": "given", **path} if isinstance(path, Mapping) else {**json.loads(Path(path).read_text()),
                                                                             "file": str(path)}  # fmt: skip
@@ -104,7 +123,7 @@ def measure_here(art: Artifact, threads: int, duration: float) -> dict[str, Any]
 def device_facts(measured: dict[str, Any]) -> dict[str, Any]:
     """The identity facts of the host a measurement ran on. A file from before they were recorded has CPU facts
     only, which recognise no Jetson, Raspberry Pi or phone: measure there again."""
-    host = measured["host"]
+    host = measured["host"] or {}
     return host.get("identity") or {"cpu_model": host.get("cpu"), "cpus": host.get("usable_cores"),
                                     "isa": host.get("isa", [])}  # fmt: skip
 
@@ -116,11 +135,16 @@ def latency(art: Artifact, profile: HardwareProfile, measured: dict[str, Any] | 
     if measured:
         r = next((x for x in measured["results"] if x["batch"] == 1), measured["results"][0])  # budgets are at batch 1
         why_not = profile.not_the_device(device_facts(measured))
+        if why_not and not measured["host"]:
+            why_not = f"no device facts came with it ({TRTEXEC_HINT})"
         row = {"p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"], "batch": r["batch"],
                "latency_source": "proxy" if why_not else "measured",
-               "peak_ram_mb": round(r["peak_rss_mb"] - measured["rss_before_load_mb"], 1),
-               "measured_on": measured["host"]["cpu"], "measurements": measured.get("file", "here"),
-               "ops": measured.get("ops")}  # fmt: skip
+               "peak_ram_mb": None if r["peak_rss_mb"] is None or measured["rss_before_load_mb"] is None else
+               round(r["peak_rss_mb"] - measured["rss_before_load_mb"], 1),
+               "measured_on": (measured["host"] or {}).get("cpu", "?"), "measurements": measured.get("file", "here"),
+               "ops": measured.get("ops"), "energy": r.get("energy"),
+               "device_side": (measured.get("remote") or {}).get("device_side", measured.get("device_side"))
+               }  # fmt: skip
         if not why_not:
             return row
         row["not_the_device"] = why_not
@@ -231,11 +255,15 @@ def checks(row: dict[str, Any], budgets: Budgets, subsets: bool) -> list[dict[st
         out.append(_check("max_size_mb", limit, row.get("size_mb"), "pass" if row["size_mb"] <= limit else "fail"))
     if (limit := budgets.max_peak_ram_mb) is not None:
         ram, source = row.get("peak_ram_mb"), row["latency_source"]
-        if source == "measured":
+        if source == "measured" and ram is not None:
             out.append(_check("max_peak_ram_mb", limit, ram, "pass" if ram <= limit else "fail"))
+        elif source == "measured":  # trtexec reports no memory
+            out.append(_check("max_peak_ram_mb", limit, ram, "unverified", "the measurement has no peak RSS"))
         else:
             why = "measured on another host" if source == "proxy" else "no measurement on the device"
             out.append(_check("max_peak_ram_mb", limit, ram, "unverified", why))
+    if (limit := budgets.max_energy_mj) is not None:
+        out.append(energy_check(row, limit))
     if budgets.max_subset_drop is not None and subsets:
         out.append(subset_check(row, budgets.max_subset_drop))
     if "accuracy_shift" in row and budgets.max_accuracy_drop is not None:
@@ -244,6 +272,21 @@ def checks(row: dict[str, Any], budgets: Budgets, subsets: bool) -> list[dict[st
         out.append(_check("max_accuracy_shift", limit, shift, "pass" if shift <= limit else "fail",
                           f"{why}; {row['cpu_note']}" if "cpu_note" in row else why))  # fmt: skip
     return out
+
+
+def energy_check(row: dict[str, Any], limit: float) -> dict[str, Any]:
+    """Board energy per inference, measured on the device during the timed batch-1 calls (tegrastats); without it
+    the budget is unverified, and says why (no tegrastats, or not measured on the device)."""
+    energy = row.get("energy") or {}
+    mj = energy.get("energy_mj")
+    if row["latency_source"] == "measured" and mj is not None:
+        how = f"{energy['mean_power_mw']:.0f} mW mean {energy['rail']} over {energy['samples']} samples"
+        return _check("max_energy_mj", limit, mj, "pass" if mj <= limit else "fail", how)
+    if row["latency_source"] != "measured":
+        why = energy.get("why") or "not measured on the device"
+    else:
+        why = energy.get("why") or "the measurement has no energy: measure with the agent (edgekit validate --remote)"
+    return _check("max_energy_mj", limit, None, "unverified", why)
 
 
 def row_status(checks: Sequence[dict[str, Any]]) -> str:
@@ -293,6 +336,8 @@ class Options:
     threads: int | None = None  # default: the profile's
     duration: float = 2.0  # seconds of timed calls per measured artifact
     estimate_only: bool = False
+    remote: Remote | None = None  # measure latency, energy and accuracy on this device over ssh
+    device_facts: Mapping[str, Any] | None = None  # the device trtexec measurement files came from
 
 
 def validate(
@@ -308,7 +353,7 @@ def validate(
         raise UsageError("no artifacts to validate", "pass one or more artifact directories")
     profile, resolution = resolve_profile(target)
     limits = profile.budgets.model_copy(update={k: v for k, v in (budgets or {}).items() if v is not None})
-    measured = read_measurements(measurements)
+    measured = read_measurements(measurements, artifacts, options.device_facts)
     host = host_info()
     not_here = profile.not_the_device(host["identity"])
     for path in artifacts:  # a subset name no artifact's model has is a usage error, found before any work
@@ -339,7 +384,12 @@ def validate(
             row.update(format=art.format, precision=art.precision, size_mb=round(art.size_mb(), 3), sha256=sha)
             row["accuracy"] = None
             threads = options.threads or profile.threads
-            if measures := accuracy_runner(art, threads):
+            m = measured.get(sha)
+            if options.remote is not None:
+                log(f"{path}: latency, energy and accuracy on {options.remote.name} ({options.data}/{options.split})")
+                m, art_eval, row["accuracy_source"] = on_device(art, profile, options, threads, test)
+                row.update(accuracy_fields(art_eval, base, art.io))
+            elif measures := accuracy_runner(art, threads):
                 runner, row["accuracy_source"] = measures[0], accuracy_source(measures[1], not_here, host["cpu"])
                 log(f"{path}: accuracy on {options.data}/{options.split}, per modality subset "
                     f"({row['accuracy_source']})")  # fmt: skip
@@ -347,7 +397,6 @@ def validate(
             row.update(cpu_shift(art, row["accuracy"], options, host["isa"]))
             if "cpu_note" in row:
                 log(f"{path}: {row['cpu_note']}")
-            m = measured.get(sha)
             if m is None and not options.estimate_only and get_format(art.format).runs_here:
                 what = "" if not_here is None else f", a proxy: this host is not the device ({not_here})"
                 log(f"{path}: measuring latency here ({host['cpu']}{what})")
@@ -372,11 +421,43 @@ def validate(
         "budgets": limits.model_dump(),
         "gated": gated,
         "host": host,
-        "the_device": not_here is None,  # latency measured here counts as `measured`
-        **({"not_the_device": not_here} if not_here else {}),
+        "the_device": not_here is None or options.remote is not None,  # where latency counts as `measured`
+        **({"not_the_device": not_here} if not_here and options.remote is None else {}),
+        **({"device": options.remote.name} if options.remote else {}),
         "rows": rows,
         "verdict": "fail" if statuses & {"fail", "error"} else "unverified" if "unverified" in statuses else "pass",
     }  # fmt: skip
+
+
+def on_device(
+    art: Artifact, profile: HardwareProfile, options: Options, threads: int, test: Any
+) -> tuple[dict[str, Any], EvalReport, str]:
+    """On `options.remote`: check it is the profile's device, time the artifact (with energy where tegrastats
+    exists), and run the test split's feeds through it there; scored here by the same evaluation code. A TensorRT
+    bundle without an engine gets one built there first (`edgekit build --remote`)."""
+    assert options.remote is not None
+    if art.format == "tensorrt" and not (art.directory / ENGINE).is_file():  # one command from bundle to verdict
+        build_remote(art.directory, options.remote)
+        art = load_artifact(art.directory)
+    with device_session(options.remote) as session:
+        facts = session.agent(["facts"], "reading the device's facts")
+        if why := profile.not_the_device(facts):
+            raise EdgeKitError(f"{options.remote.name} is not {profile.name}'s device: {why}",
+                               "validate against that device's own profile (--target), or match the profile's "
+                               "identity to it (docs/hardware-profiles.md#identity)")  # fmt: skip
+        there = session.push(art.directory)
+        m = measure(session, art.directory, there, Settings(duration=options.duration, threads=threads))
+        runtime = ""
+
+        def run_all(chunks: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+            nonlocal runtime
+            outputs, runtime = device_outputs(session, there, chunks, threads)
+            first = art.io.output_names[0]
+            return [o[first] if first in o else next(iter(o.values())) for o in outputs]
+
+        report = evaluate_elsewhere(run_all, art.io, test)
+    m["file"] = f"{options.remote.name} ({m['remote']['device_side']})"
+    return m, report, f"device: {runtime} on {options.remote.name}"
 
 
 def attach(result: dict[str, Any], run_dir: Path) -> Path:

@@ -63,6 +63,7 @@ class Step:
     cached: bool = False  # its result is cached: it only checks and reuses it
     verdict: bool = False  # exit 1 (a failed budget) or 3 (unverified: only the device decides) is a result
     artifacts: tuple[str, ...] = ()  # what it validates: those an export did not build are left out
+    on_device: str | None = None  # the one command that decides its unverified budgets on the device itself
 
     def command(self) -> list[str] | None:
         """Its argv without the artifacts that were not built; None when none was."""
@@ -132,7 +133,9 @@ def steps() -> list[Step]:
         Step("validate x86", [*EDGEKIT, "validate", *x86, "--profile", "x86", *baseline, "--report",
                                      str(run)], verdict=True, artifacts=tuple(x86)),
         Step("validate jetson", [*EDGEKIT, "validate", jetson, "--profile", "jetson", *baseline, "--report", str(run)],
-             verdict=True, artifacts=(jetson,)),
+             verdict=True, artifacts=(jetson,),
+             on_device=f"edgekit validate {jetson} --target jetson --remote USER@JETSON {' '.join(baseline)} "
+                       f"--report {run}  (builds the engine there; needs only JetPack on the Jetson)"),
         Step("validate android", [*EDGEKIT, "validate", *android, "--profile", "android", *baseline, "--report",
                                   str(run)], verdict=True, artifacts=tuple(android)),
         Step("report", [*EDGEKIT, "report", str(run)]),
@@ -186,6 +189,8 @@ def main() -> int:
             what = "a budget failed" if code == 1 else "a budget is unverified: only the device decides it"
             print(f"[{i}/{len(plan)}] {s.name}: {what} (see above; recorded in the report), "
                   f"{minutes(taken[s.name])}", flush=True)  # fmt: skip
+            if code == 3 and s.on_device:
+                print(f"[{i}/{len(plan)}] to decide it on the device: {s.on_device}", flush=True)
         elif code != 0:
             print(f"[{i}/{len(plan)}] {s.name}: exit {code}; the demo stops here", file=sys.stderr)
             return code

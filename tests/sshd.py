@@ -8,6 +8,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,20 +35,25 @@ class Sshd:
 
 
 @contextmanager
-def sshd_server(tmp: Path) -> Iterator[Sshd]:
-    """A real sshd on a free port with a temporary host key, user key and client config in `tmp`; stopped after."""
+def sshd_server(tmp: Path, user: str | None = None) -> Iterator[Sshd]:
+    """A real sshd on a free port with a temporary host key, user key and client config in `tmp`; stopped after.
+    `user`: log in as that account (a "device" account) instead of this process's."""
     if not Path(SSHD).is_file():
         if os.environ.get("CI"):
             pytest.fail("sshd is missing: `make setup` installs openssh-server (scripts/system-deps.sh)")
         pytest.skip("sshd is not installed (Debian: openssh-server)")
     tmp.mkdir(parents=True, exist_ok=True)
-    port, user = free_port(), getpass.getuser()
+    port, user = free_port(), user or getpass.getuser()
     for key in ("host_key", "user_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / key)], check=True)
-    shutil.copy(tmp / "user_key.pub", tmp / "authorized_keys")
+    # sshd reads the key file as the user logging in: another account needs a directory it can read
+    keys = Path(tempfile.mkdtemp(prefix="edgekit-sshd-keys-")) if user != getpass.getuser() else tmp
+    keys.chmod(0o755)
+    shutil.copy(tmp / "user_key.pub", keys / "authorized_keys")
+    (keys / "authorized_keys").chmod(0o644)
     (tmp / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp}/host_key\nPidFile {tmp}/sshd.pid\n"
-        f"AuthorizedKeysFile {tmp}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"AuthorizedKeysFile {keys}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
     )
     host_pub = (tmp / "host_key.pub").read_text().split()
@@ -68,3 +75,43 @@ def sshd_server(tmp: Path) -> Iterator[Sshd]:
         yield found
     finally:
         found.stop()
+        if keys != tmp:
+            shutil.rmtree(keys, ignore_errors=True)
+
+
+DEVICE_USER = "edgekit-device"
+
+
+def device_account() -> str:
+    """A login on this host with nothing of EdgeKit's: the "device" account (created once; needs root)."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the device account needs root and useradd (CI runs as root)")
+        pytest.skip("creating the device account needs root and useradd")
+    if subprocess.run(["id", DEVICE_USER], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", DEVICE_USER], check=True)
+        subprocess.run(["usermod", "-p", "*", DEVICE_USER], check=True)  # no password, but not locked: keys work
+    return DEVICE_USER
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")  # the device account cannot read this user's interpreter (e.g. under /root)
+
+
+def device_python(directory: Path, packages: tuple[str, ...] = ("numpy", "onnxruntime")) -> Path:
+    """A Python for the device account with `packages` only (linked from this environment, so the system's Python
+    must be this one's version), not EdgeKit: a venv without pip in a directory that account can read."""
+    version = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    if version != str(sys.version_info[:2]):
+        pytest.skip(f"{SYSTEM_PYTHON} is {version or 'missing'}, not this Python's {sys.version_info[:2]}")
+    subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(directory)], check=True)
+    site = next(directory.glob("lib/python3*/site-packages"))
+    here = Path(next(p for p in sys.path if p.endswith("site-packages")))
+    for name in [p for pkg in packages for p in (pkg, f"{pkg}.libs")]:
+        if (here / name).exists():
+            (site / name).symlink_to(here / name)
+    for d in (directory, *directory.parents):
+        if d == Path("/tmp"):
+            break
+        d.chmod(0o755)
+    return directory / "bin" / "python"

@@ -13,11 +13,11 @@ import torch
 from onnx import TensorProto, helper
 
 from edgekit import api
+from edgekit.agent import cpu_facts
 from edgekit.artifact import Artifact, load_artifact
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.errors import UsageError
 from edgekit.formats import load_runner
-from edgekit.hardware.cpu import cpu_facts
 from edgekit.io import DimRange, IOSpec, TensorSpec
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
@@ -228,8 +228,9 @@ def sshd(tmp_path_factory):
         yield server
 
 
-def remote_cli(sshd, *args, edgekit=str(Path(sys.executable).with_name("edgekit"))):
-    return run_cli(*args, "--remote", sshd.remote, "--ssh-config", sshd.config, "--remote-edgekit", edgekit)
+def remote_cli(sshd, *args, edgekit=str(Path(sys.executable).with_name("edgekit")), python="python3"):
+    return run_cli(*args, "--remote", sshd.remote, "--ssh-config", sshd.config, "--remote-edgekit", edgekit,
+                   "--remote-python", python)  # fmt: skip
 
 
 @pytest.mark.ssh
@@ -240,15 +241,18 @@ def test_remote_profile_runs_on_the_device_and_cleans_up(sshd, exported):
     out = json.loads(r.stdout)
     assert [x["batch"] for x in out["results"]] == [1, 2] and out["results"][0]["latency_ms"]["runs"] == 5
     assert out["artifact"]["path"] == str(art) and out["remote"]["device"] == sshd.remote
+    assert out["remote"]["device_side"] == "edgekit"  # installed there: EdgeKit itself ran
     assert out["host"]["versions"]["onnxruntime"] and out["ops"]["by_op_type"]
     there = Path(out["remote"]["path"])
     assert there.name == "onnx-fp32" and not there.parent.exists()  # the device's temporary copy is gone
 
 
 @pytest.mark.ssh
-def test_remote_without_edgekit_says_so(sshd, exported):
-    r = remote_cli(sshd, "profile", str(exported / "x86" / "onnx-fp32"), edgekit="/nonexistent/bin/edgekit")
-    assert r.code == 1 and "EdgeKit is not installed on" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_remote_without_edgekit_or_python_says_so(sshd, exported):
+    r = remote_cli(sshd, "profile", str(exported / "x86" / "onnx-fp32"), edgekit="/nonexistent/bin/edgekit",
+                   python="/nonexistent/bin/python3")  # fmt: skip
+    assert r.code == 1 and "nor Python ('/nonexistent/bin/python3') is on" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.ssh

@@ -25,7 +25,7 @@ from edgekit.data import load_npz_split
 from edgekit.errors import EdgeKitError, UsageError
 from edgekit.io import IOSpec
 from edgekit.loading import read_manifest
-from edgekit.profiling.remote import UNTAR, Remote, build_remote, remote_workdir, shell_word, tar_bytes
+from edgekit.profiling.remote import UNTAR, Remote, build_remote, device_session, shell_word, tar_bytes
 from edgekit.recipe import load_recipe, recipe_from_flags
 from edgekit.report import render as render_report
 from edgekit.validate import recorded_source
@@ -330,8 +330,9 @@ def test_remote_arguments_with_shell_syntax_arrive_literally(sshd, tmp_path, mar
     (tmp_path / name / "model.onnx").write_text("no manifest")
     r = remote_cli(sshd, "profile", str(tmp_path / name), "--runs", "1", "--shape", f"n$(touch {markers[2].name})=1")
     assert r.code == 1 and f"{name} is neither an artifact" in r.stderr, r.stderr  # the device got the name intact
-    r = remote_cli(sshd, "profile", str(tmp_path / name), edgekit=f"{EDGEKIT}; touch {markers[0].name}")
-    assert r.code == 1 and "EdgeKit is not installed on" in r.stderr, r.stderr
+    r = remote_cli(sshd, "profile", str(tmp_path / name), edgekit=f"{EDGEKIT}; touch {markers[0].name}",
+                   python=f"python3; touch {markers[1].name}")  # fmt: skip
+    assert r.code == 1 and "nor Python ('python3; touch" in r.stderr, r.stderr
     assert not any(m.exists() for m in markers)
 
 
@@ -341,7 +342,8 @@ def test_remote_extraction_of_a_hostile_archive_fails_in_one_line_inside_its_dir
     outside.mkdir()
     tag = f"edgekit-escape-{uuid.uuid4().hex[:8]}"
     device = Remote.parse(sshd.remote, config=Path(sshd.config), edgekit=EDGEKIT)
-    with remote_workdir(device) as tmp:
+    with device_session(device) as session:
+        tmp = session.tmp
         with pytest.raises(EdgeKitError) as e:
             device.run(UNTAR.format(dir=shlex.quote(tmp)), "copying x", stdin=hostile_tar(outside, tag))
         assert f"copying x on {device.name} failed" in one_line(e)

@@ -30,7 +30,8 @@ from edgekit.targets.tensorrt import build_engine, gpu_visible, optimization_pro
 from edgekit.targets.tensorrt_ops import ROW_HEADER, TABLES, check_onnx, report_rows
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-BUNDLE_FILES = {"model.onnx", "build_engine.py", "build_engine.sh", "profile.json", "op_report.json", "manifest.json"}
+BUNDLE_FILES = {"model.onnx", "build_engine.py", "build_engine.sh", "edgekit_agent.py", "profile.json",
+                "op_report.json", "manifest.json"}  # fmt: skip
 
 
 def _profile(name: str, tensorrt: str, jetpack: str, dla_cores: int = 0) -> HardwareProfile:
@@ -343,9 +344,16 @@ def _script(bundle: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_build_script_compiles_for_jetpack_python(bundle, tmp_path):
-    py_compile.compile(str(bundle / "build_engine.py"), cfile=str(tmp_path / "b.pyc"), doraise=True)
-    ast.parse((bundle / "build_engine.py").read_text(), feature_version=(3, 8))  # JetPack 5's system Python
+@pytest.mark.parametrize("script", ["build_engine.py", "edgekit_agent.py"])
+def test_bundle_scripts_run_on_jetpack_python(bundle, tmp_path, script):
+    """JetPack 5's system Python is 3.8 (and TensorRT's bindings exist only for it): vermin finds any newer syntax or
+    standard-library use, which ast's feature_version alone does not (str.removeprefix, zip(strict=))."""
+    py_compile.compile(str(bundle / script), cfile=str(tmp_path / "b.pyc"), doraise=True)
+    ast.parse((bundle / script).read_text(), feature_version=(3, 8))
+    vermin = [str(Path(sys.executable).with_name("vermin")), "--target=3.8-", "--no-tips", "--violations",
+              "--eval-annotations"]  # fmt: skip
+    r = subprocess.run([*vermin, str(bundle / script)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout
 
 
 def test_build_script_arguments(bundle, tmp_path):

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import yaml
 
+from edgekit.agent import l4t_release
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.errors import UsageError
 from edgekit.hardware import HardwareProfile, profile_names, resolve_profile
 from edgekit.hardware.estimator import CALIBRATION, calibration, estimate
-from edgekit.hardware.identity import _l4t, host_facts
+from edgekit.hardware.identity import host_facts
 from edgekit.stats import budget_note, paired_drop, samples_for, wilson
 from edgekit.validate import latency_check, row_status, subset_check, subset_names
 
@@ -45,8 +46,8 @@ def test_jetson_identity_is_the_module_and_its_l4t_release():
     assert nano.not_the_device(ORIN) is None
     assert "l4t '35.6.0'" in nano.not_the_device({**ORIN, "l4t": "35.6.0"})
     assert "device_model" in resolve_profile("jetson-agx-orin")[0].not_the_device(ORIN)
-    assert _l4t("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64") == "36.4.3"
-    assert _l4t(None) is None
+    assert l4t_release("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64") == "36.4.3"
+    assert l4t_release(None) is None
 
 
 def test_every_shipped_profile_names_its_device_and_this_host_is_described():

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from .common import JsonOpt, RemoteEdgekitOpt, RemoteOpt, RemoteTimeoutOpt, SshConfigOpt, emit, out
+from .common import (
+    JsonOpt,
+    RemoteEdgekitOpt,
+    RemoteOpt,
+    RemotePythonOpt,
+    RemoteTimeoutOpt,
+    SshConfigOpt,
+    emit,
+    out,
+)
 
 
 def build(
@@ -16,16 +25,19 @@ def build(
     remote: RemoteOpt = None,
     ssh_config: SshConfigOpt = None,
     remote_edgekit: RemoteEdgekitOpt = "edgekit",
+    remote_python: RemotePythonOpt = "python3",
     remote_timeout: RemoteTimeoutOpt = 1800.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Build a bundle's TensorRT engine on the Jetson, here or with --remote over ssh.
 
-    Needs TensorRT and a GPU where it runs; --remote brings the engine back into the bundle."""
+    Needs TensorRT and a GPU where it runs; --remote brings the engine back into the bundle (EdgeKit there, else
+    EdgeKit's agent with the device's TensorRT Python bindings or trtexec)."""
     if remote:
         from ..profiling.remote import Remote, build_remote
 
-        device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, timeout=remote_timeout)
+        device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, python=remote_python,
+                               timeout=remote_timeout)  # fmt: skip
         result = build_remote(bundle, device, dla_core)
     else:
         from ..targets.tensorrt import build_engine

@@ -49,6 +49,10 @@ SshConfigOpt = Annotated[Path | None, typer.Option("--ssh-config", help="ssh_con
 RemoteEdgekitOpt = Annotated[
     str, typer.Option("--remote-edgekit", help="The edgekit command on the device, e.g. ~/venv/bin/edgekit.")
 ]
+RemotePythonOpt = Annotated[
+    str,
+    typer.Option("--remote-python", help="The device's Python, which runs EdgeKit's agent where EdgeKit is not there."),
+]
 RemoteTimeoutOpt = Annotated[
     float, typer.Option("--remote-timeout", min=1, help="Seconds the remote command may take.")
 ]

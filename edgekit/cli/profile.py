@@ -15,6 +15,7 @@ from .common import (
     JsonOpt,
     RemoteEdgekitOpt,
     RemoteOpt,
+    RemotePythonOpt,
     RemoteTimeoutOpt,
     SshConfigOpt,
     emit,
@@ -57,6 +58,7 @@ def profile(
     remote: RemoteOpt = None,
     ssh_config: SshConfigOpt = None,
     remote_edgekit: RemoteEdgekitOpt = "edgekit",
+    remote_python: RemotePythonOpt = "python3",
     remote_timeout: RemoteTimeoutOpt = 600.0,
     fleet: FleetOpt = None,
     out_dir: FleetOutOpt = None,
@@ -64,8 +66,9 @@ def profile(
 ) -> None:
     """Latency percentiles, throughput, peak RSS and slowest ops of an artifact, here or over ssh.
 
-    With --remote, EdgeKit must be installed on the device; the artifact is copied to a temporary directory
-    there and removed afterwards. With --fleet, each device of the fleet file profiles the artifacts built for its
+    With --remote, the artifact is copied to a temporary directory on the device and removed afterwards; EdgeKit
+    runs it there where it is installed, else EdgeKit's agent with the device's own Python (3.8+), numpy and
+    runtime, or trtexec. With --fleet, each device of the fleet file profiles the artifacts built for its
     profile, all devices at once; exit code 1 when any device or artifact has no result."""
     from ..errors import UsageError
     from ..profiling.local import Settings
@@ -90,7 +93,8 @@ def profile(
     if remote:
         from ..profiling.remote import Remote, profile_remote
 
-        device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, timeout=remote_timeout)
+        device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, python=remote_python,
+                               timeout=remote_timeout)  # fmt: skip
         result = profile_remote(artifact, device, settings)
     else:
         from ..profiling.local import profile as profile_local

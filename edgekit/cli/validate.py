@@ -9,7 +9,22 @@ import typer
 from rich.table import Table
 
 from .. import tracking
-from .common import FleetOpt, FleetOutOpt, JsonOpt, MlflowOpt, emit, err, fleet_checks, fleet_table, out
+from .common import (
+    FleetOpt,
+    FleetOutOpt,
+    JsonOpt,
+    MlflowOpt,
+    RemoteEdgekitOpt,
+    RemoteOpt,
+    RemotePythonOpt,
+    RemoteTimeoutOpt,
+    SshConfigOpt,
+    emit,
+    err,
+    fleet_checks,
+    fleet_table,
+    out,
+)
 
 STATUS = {"pass": "✅ pass", "fail": "❎ fail", "unverified": "❔ unverified", "error": "❌ error"}
 UNVERIFIED = 3  # exit code: nothing failed, but a budget only the device can decide was not decided
@@ -29,7 +44,19 @@ def validate(
         ),
     ] = None,
     measurements: Annotated[
-        list[Path] | None, typer.Option(help="`edgekit profile --json` output from the device; repeatable.")
+        list[Path] | None,
+        typer.Option(
+            help="`edgekit profile --json` output from the device, or trtexec's --exportTimes (and "
+            "--exportProfile) JSON; repeatable."
+        ),
+    ] = None,
+    device_facts: Annotated[
+        Path | None,
+        typer.Option(help="With trtexec files: the device's facts (`python3 edgekit_agent.py facts` there)."),
+    ] = None,
+    device_fact: Annotated[
+        list[str] | None,
+        typer.Option(help="With trtexec files: a device fact, e.g. device_model='Jetson Orin Nano'; repeatable."),
     ] = None,
     data: Annotated[str, typer.Option(help="Dataset whose test split measures accuracy.")] = "avdigits",
     max_drop: Annotated[float | None, typer.Option(min=0, help="Override the profile's accuracy budget.")] = None,
@@ -44,6 +71,11 @@ def validate(
     report: Annotated[
         Path | None, typer.Option(help="A compress run directory: record this validation in its report.json.")
     ] = None,
+    remote: RemoteOpt = None,
+    ssh_config: SshConfigOpt = None,
+    remote_edgekit: RemoteEdgekitOpt = "edgekit",
+    remote_python: RemotePythonOpt = "python3",
+    remote_timeout: RemoteTimeoutOpt = 600.0,
     fleet: FleetOpt = None,
     out_dir: FleetOutOpt = None,
     as_json: JsonOpt = False,
@@ -54,13 +86,19 @@ def validate(
     Exit code 1 when any artifact fails a budget or cannot be run, 3 when none fails but a budget is unverified
     (an estimate's interval straddles it, or latency was measured on a host that is not the device).
 
+    With --remote, the device measures latency, energy (tegrastats) and accuracy: it runs the test split's inputs
+    and EdgeKit scores its outputs here; the device must be the profile's (its identity), and needs only its own
+    Python 3.8+, numpy and the runtime (or trtexec), no EdgeKit.
+
     With --fleet, each device of the fleet file measures the artifacts built for its profile (all devices at once)
     and each is validated against its device's profile, accuracy measured here."""
     from ..errors import UsageError
     from ..validate import Options, attach, validate_fleet
     from ..validate import validate as run
 
-    fleet_checks(fleet, None, out_dir)
+    fleet_checks(fleet, remote, out_dir)
+    if remote and (measurements or estimate):
+        raise UsageError("--remote takes no --measurements or --estimate", "the device measures with --remote")
     if fleet and (profile or measurements or report or estimate):
         raise UsageError("--fleet takes no --profile, --measurements, --report or --estimate",
                          "each device's profile and measurements come from the fleet")  # fmt: skip
@@ -68,7 +106,14 @@ def validate(
         raise UsageError("validate needs --profile", "e.g. --profile x86, or --fleet fleet.yaml")
     budgets = {"max_accuracy_drop": max_drop, "latency_p95_ms": latency_p95_ms, "max_size_mb": max_size_mb,
                "max_peak_ram_mb": max_peak_ram_mb, "max_subset_drop": max_subset_drop}  # fmt: skip
-    options = Options(data=data, threads=threads, estimate_only=estimate)
+    device = None
+    if remote:
+        from ..profiling.remote import Remote
+
+        device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, python=remote_python,
+                              timeout=remote_timeout)  # fmt: skip
+    facts = read_facts(device_facts, device_fact or [])
+    options = Options(data=data, threads=threads, estimate_only=estimate, remote=device, device_facts=facts)
     log = lambda m: err.print(f"[dim]{m}[/dim]")  # noqa: E731
     with tracking.start("validate", mlflow, f"validate {profile or fleet}") as tracked:
         tracked.params({"artifacts": ",".join(map(str, artifacts)), "data": data, "estimate": estimate})
@@ -93,6 +138,29 @@ def validate(
     emit(result, as_json, lambda: render(result))
     if result["verdict"] != "pass":
         raise typer.Exit(UNVERIFIED if result["verdict"] == "unverified" else 1)
+
+
+def read_facts(path: Path | None, pairs: list[str]) -> dict[str, Any] | None:
+    """The device's facts for trtexec files: the agent's `facts` JSON, and name=value flags over it."""
+    import json
+
+    from ..errors import UsageError
+
+    facts: dict[str, Any] = {}
+    if path is not None:
+        try:
+            facts = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--device-facts {path} is not readable JSON ({type(e).__name__})",
+                             "write it on the device: python3 edgekit_agent.py facts > facts.json") from e  # fmt: skip
+        if not isinstance(facts, dict):
+            raise UsageError(f"--device-facts {path} is not a JSON object", "pass the agent's `facts` output")
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--device-fact '{pair}' is not name=value", "e.g. --device-fact l4t=36.4.3")
+        facts[name.strip()] = int(value) if name.strip() == "cpus" and value.isdigit() else value
+    return facts or None
 
 
 def cell(value: float | None, spec: str) -> str:
@@ -153,15 +221,19 @@ def validation_table(r: dict[str, Any]) -> Table:
         "p50 ms",
         "p95 ms",
         "latency",
+        "mJ",
     ):
-        table.add_column(col, justify="right" if col in ("size MB", "accuracy", "drop", "p50 ms", "p95 ms") else "left")
+        numeric = col in ("size MB", "accuracy", "drop", "p50 ms", "p95 ms", "mJ")
+        table.add_column(col, justify="right" if numeric else "left")
     for row in r["rows"]:
-        proxy = " (proxy)" if row.get("accuracy_source", "").startswith("proxy") else ""
+        source = row.get("accuracy_source", "")
+        proxy = " (proxy)" if source.startswith("proxy") else " (device)" if source.startswith("device:") else ""
         table.add_row(
             Path(row["artifact"]).name, row.get("format", "?"), row.get("precision", "?"), STATUS[row["status"]],
             cell(row.get("size_mb"), ".2f"), cell(row.get("accuracy"), ".4f") + proxy,
             interval(row.get("accuracy_ci"), ".4f"), cell(row.get("accuracy_drop"), "+.2f"),
             interval(row.get("drop_ci"), "+.2f"),
             cell(row.get("p50_ms"), ".3f"), cell(row.get("p95_ms"), ".3f"), row.get("latency_source") or "-",
+            cell((row.get("energy") or {}).get("energy_mj"), ".2f"),
         )  # fmt: skip
     return table

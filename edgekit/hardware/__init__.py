@@ -55,6 +55,7 @@ class Budgets(_Frozen):
     max_accuracy_drop: pydantic.NonNegativeFloat | None = None  # points
     max_size_mb: pydantic.NonNegativeFloat | None = None
     max_peak_ram_mb: pydantic.NonNegativeFloat | None = None
+    max_energy_mj: pydantic.NonNegativeFloat | None = None  # board energy per inference at batch 1 (tegrastats)
     # points lost with modalities missing, per subset ("audio", "image+audio") or one limit for every subset
     max_subset_drop: pydantic.NonNegativeFloat | dict[str, pydantic.NonNegativeFloat] | None = None
 

@@ -6,14 +6,11 @@ of the host it ran on, so a measurements file can be checked against a profile a
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pydantic
 
-from .cpu import this_cpu, usable_cpus
+from ..agent import identity_facts
 
 
 class Identity(pydantic.BaseModel):
@@ -49,37 +46,7 @@ class Identity(pydantic.BaseModel):
         return None
 
 
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text(errors="replace").strip("\x00\n ") or None
-    except OSError:
-        return None
-
-
-def _l4t(release: str | None) -> str | None:
-    """'# R36 (release), REVISION: 4.3, GCID: ...' -> '36.4.3'."""
-    m = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", release or "")
-    return f"{m[1]}.{m[2]}" if m else None
-
-
-def _getprop(name: str) -> str | None:
-    if shutil.which("getprop") is None:
-        return None
-    try:
-        p = subprocess.run(["getprop", name], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return p.stdout.strip() or None
-
-
 def host_facts() -> dict[str, Any]:
-    """What this host offers to a profile's identity (None where it has no such fact)."""
-    model, isa = this_cpu()
-    return {
-        "cpu_model": model,
-        "cpus": usable_cpus(),
-        "isa": list(isa),
-        "device_model": _read("/proc/device-tree/model"),
-        "l4t": _l4t(_read("/etc/nv_tegra_release")),
-        "android_soc": _getprop("ro.soc.model"),
-    }
+    """What this host offers to a profile's identity (None where it has no such fact): what the device agent reports
+    of a device (edgekit/agent.py), so that a host and a device are recognised alike."""
+    return identity_facts()

@@ -7,10 +7,12 @@ import resource
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..agent import Tegrastats
 from ..artifact import MANIFEST, load_artifact, model_hash, sha256_file
 from ..errors import UsageError
 from ..formats import load_runner, op_breakdown
@@ -29,6 +31,7 @@ class Settings:
     threads: int | None = None
     dims: Mapping[str, int] | None = None  # symbolic dims other than batch, e.g. {"seq": 16}
     ops: bool = True
+    energy: bool = True  # sample tegrastats during the first batch size's timed calls, where it exists
 
     def __post_init__(self) -> None:
         if not self.batches or min(self.batches) < 1:
@@ -109,9 +112,11 @@ def profile(path: Path, settings: Settings = Settings()) -> dict[str, Any]:
             start = time.perf_counter()
             runner.run(feeds)
             first_ms = (time.perf_counter() - start) * 1e3
-        seconds = time_calls(
-            bound_call(runner, feeds), settings.warmup, settings.runs, None if settings.runs else settings.duration
-        )
+        first = not results
+        with Tegrastats() if first and settings.energy else nullcontext() as power:  # a Jetson's board power
+            seconds = time_calls(
+                bound_call(runner, feeds), settings.warmup, settings.runs, None if settings.runs else settings.duration
+            )
         stats = LatencyStats.of(seconds)
         results.append(
             {
@@ -119,6 +124,7 @@ def profile(path: Path, settings: Settings = Settings()) -> dict[str, Any]:
                 "latency_ms": stats.as_dict(),
                 "throughput": round(batch * len(seconds) / float(seconds.sum()), 2),  # samples/s
                 "peak_rss_mb": round(peak_rss_mb(), 1),
+                **({"energy": power.energy(list(seconds * 1e3))} if power else {}),
             }
         )
     ops = None

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from ..agent import usable_cpus
 from ..artifact import Artifact
 from ..errors import UsageError
-from ..hardware.cpu import usable_cpus
 from ..noise import native_output_quiet
 
 

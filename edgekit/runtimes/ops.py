@@ -8,42 +8,17 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..agent import summarize
 from ..artifact import Artifact
 
 OpEvent = tuple[str, str, float]  # (node name, op type, microseconds)
 WARMUP = 2  # profiled runs left out: first-run allocations and kernel selection
-
-
-def summarize(events: Iterable[OpEvent], runs: int, runtime: str, top: int = 10) -> dict[str, Any]:
-    """Mean time per inference by op type and for the slowest nodes, in ms, largest first."""
-    by_node: dict[tuple[str, str], float] = defaultdict(float)
-    for node, op, us in events:
-        by_node[(node, op)] += us
-    by_type: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for (_, op), us in by_node.items():
-        by_type[op][0] += us
-        by_type[op][1] += 1
-    total = sum(t for t, _ in by_type.values()) or 1.0
-    return {
-        "runtime": runtime,
-        "runs": runs,
-        "total_ms": round(total / runs / 1e3, 4),
-        "by_op_type": [
-            {"op": op, "ms": round(t / runs / 1e3, 4), "share": round(t / total, 4), "nodes": int(n)}
-            for op, (t, n) in sorted(by_type.items(), key=lambda kv: -kv[1][0])
-        ],
-        "top_nodes": [
-            {"node": node, "op": op, "ms": round(us / runs / 1e3, 4)}
-            for (node, op), us in sorted(by_node.items(), key=lambda kv: -kv[1])[:top]
-        ],
-    }
 
 
 def ort_ops(art: Artifact, feeds: Mapping[str, np.ndarray], runs: int, threads: int | None) -> dict[str, Any]:

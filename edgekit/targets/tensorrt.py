@@ -26,6 +26,7 @@ from typing import Any
 
 import onnx
 
+from .. import agent
 from ..artifact import Artifact, load_artifact, versions
 from ..errors import EdgeKitError, UsageError
 from ..fsutil import atomic_dir, write_json, write_text
@@ -101,8 +102,11 @@ def write_bundle(
         write_json(tmp / "profile.json", opt_profile)
         write_json(tmp / "op_report.json", report.to_dict())
         write_text(tmp / "build_engine.py", BUILD_SCRIPT)
+        # The device side of `edgekit build/profile/validate --remote`, for a device without EdgeKit; by hand:
+        # `python3 edgekit_agent.py facts > facts.json` for `validate --measurements` of trtexec's files.
+        shutil.copyfile(agent.__file__, tmp / agent.AGENT)
         write_text(tmp / "build_engine.sh", trtexec_script(opt_profile, precision, workspace_mb, dla_core))
-        for script in ("build_engine.py", "build_engine.sh"):
+        for script in ("build_engine.py", "build_engine.sh", agent.AGENT):
             os.chmod(tmp / script, 0o755)
         Artifact("tensorrt", precision, tmp, "model.onnx", io, parent, bundle_meta).write_manifest()
     return Artifact("tensorrt", precision, out_dir, "model.onnx", io, parent, bundle_meta)
