@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from array import array as values_of
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -680,16 +681,18 @@ class TrtexecRuntime:
 
     def __init__(self, bundle: Path, meta: Dict[str, Any], exe: str) -> None:
         self.bundle, self.exe = bundle, exe
-        version = re.search(r"TensorRT version: *(\d+\.\d+\.\d+)", self.call([], check=False))
-        self.version = version.group(1) if version else (tensorrt_version() or "?")
+        dla = meta.get("engine", {}).get("dla_core")
+        self.dla = [] if dla is None else ["--useDLACore={}".format(dla)]
+        banner = subprocess.run([exe, "--help"], check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.version = trtexec_version(banner.stdout.decode(errors="replace")) or tensorrt_version() or "?"
         check_engine(bundle, meta, self.version)
         self.name = "tensorrt {} (trtexec)".format(self.version)
 
-    def call(self, args: Sequence[str], check: bool = True) -> str:
-        cmd = [self.exe, "--loadEngine=" + str(self.bundle / ENGINE), *args]
+    def call(self, args: Sequence[str]) -> str:
+        cmd = [self.exe, "--loadEngine=" + str(self.bundle / ENGINE), *self.dla, *args]
         p = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=3600)
         text = p.stdout.decode(errors="replace")
-        if check and p.returncode != 0:
+        if p.returncode != 0:
             last = [line for line in text.splitlines() if "[E]" in line] or text.splitlines() or ["no output"]
             raise Fail("running trtexec", last[-1].strip(), "run the same trtexec line on the device to see its log")
         return text
@@ -697,8 +700,9 @@ class TrtexecRuntime:
     def with_inputs(self, feeds: Dict[str, Tuple[str, Tuple[int, ...], bytes]], tmp: Path) -> List[str]:
         """--shapes and --loadInputs for raw feeds: trtexec reads each input from a raw file."""
         shapes, loads = [], []
-        for name, (_, shape, raw) in feeds.items():
-            (tmp / (name + ".bin")).write_bytes(raw)
+        for name, (dtype, shape, raw) in feeds.items():
+            narrow = dtype == "int64" and int(self.version.split(".")[0]) < 10  # TensorRT 8 binds int64 as int32
+            (tmp / (name + ".bin")).write_bytes(int32_bytes(raw) if narrow else raw)
             shapes.append("{}:{}".format(name, "x".join(map(str, shape))))
             loads.append("{}:{}".format(name, tmp / (name + ".bin")))
         return ["--shapes=" + ",".join(shapes), "--loadInputs=" + ",".join(loads)]
@@ -725,6 +729,28 @@ class TrtexecRuntime:
             self.call([*self.with_inputs(feeds, tmp), "--iterations=1", "--warmUp=0", "--duration=0",
                        "--exportOutput={}".format(tmp / "out.json")])  # fmt: skip
             return trtexec_outputs(json.loads((tmp / "out.json").read_text()))
+
+
+def int32_bytes(int64_raw: bytes) -> bytes:
+    """Little-endian int64 values as int32 (token ids and masks: far inside int32's range)."""
+    values = values_of("q", int64_raw)
+    if sys.byteorder != "little":
+        values.byteswap()
+    out = values_of("i", values)
+    if sys.byteorder != "little":
+        out.byteswap()
+    return out.tobytes()
+
+
+def trtexec_version(banner: str) -> Optional[str]:
+    """'&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # ...' -> '10.3.0'; TensorRT 8 numbers it major * 1000 +
+    minor * 100 + patch ('v8502' -> '8.5.2'), TensorRT 10 major * 10000 + minor * 100 + patch."""
+    m = re.search(r"\[TensorRT v(\d+)\]", banner)
+    if not m:
+        return None
+    n = int(m.group(1))
+    major, minor, patch = (n // 10000, n // 100 % 100, n % 100) if n >= 10000 else (n // 1000, n // 100 % 10, n % 100)
+    return "{}.{}.{}".format(major, minor, patch)
 
 
 def trtexec_outputs(records: Any) -> Dict[str, Tuple[str, Sequence[int], bytes]]:

@@ -112,6 +112,8 @@ def test_trtexec_exports_parse_as_documented():
     assert ops["total_ms"] == pytest.approx(0.4) and ops["runs"] == 50
     dtype, shape, raw = agent.trtexec_outputs(OUTPUT_10_3)["logits"]
     assert np.frombuffer(raw, dtype).reshape(shape).tolist() == [[0.5, -1.0, 2.0], [0.0, 1.5, -0.25]]
+    assert agent.trtexec_version("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help") == "10.3.0"
+    assert agent.trtexec_version("&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec --help") == "8.5.2"
     for bad in ([], [{"computeMs": 1}], {"latencyMs": 1}):
         with pytest.raises(ValueError):
             agent.trtexec_times(bad)
@@ -126,6 +128,11 @@ def test_npz_without_numpy_round_trips_what_numpy_writes(tmp_path):
     agent.write_npz(tmp_path / "b.npz", raw)  # type: ignore[arg-type]
     with np.load(tmp_path / "b.npz") as back:
         assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
+
+
+def test_int64_inputs_become_int32_for_tensorrt_8():
+    ids = np.array([[0, 41, 7], [2**31 - 1, 1, 0]], np.int64)
+    assert np.array_equal(np.frombuffer(agent.int32_bytes(ids.tobytes()), "<i4").reshape(2, 3), ids)
 
 
 def test_an_engine_from_another_tensorrt_is_refused_in_one_line(tmp_path):

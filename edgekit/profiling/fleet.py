@@ -40,6 +40,7 @@ class Device(pydantic.BaseModel):
     profile: str  # a shipped profile, an alias or a .yaml path (relative to the fleet file)
     ssh_config: Path | None = None  # relative to the fleet file; default --ssh-config, else the user's own
     edgekit: str | None = None  # the EdgeKit command there, e.g. ~/venv/bin/edgekit; default --remote-edgekit
+    python: str | None = None  # the Python that runs EdgeKit's agent where EdgeKit is not there; default python3
     env: dict[str, str] = {}  # variables EdgeKit runs with there, e.g. PYTHONPATH or PATH
     timeout: pydantic.PositiveFloat | None = None  # seconds for all of this device's work; default --remote-timeout
 
@@ -100,7 +101,7 @@ def load_fleet(path: Path, edgekit: str = "edgekit", config: Path | None = None,
         try:
             hardware = resolve_profile(profile)[0]
             remote = Remote.parse(d.ssh, config=ssh_config, edgekit=d.edgekit or edgekit, env=tuple(d.env.items()),
-                                  timeout=d.timeout or timeout)  # fmt: skip
+                                  python=d.python or "python3", timeout=d.timeout or timeout)  # fmt: skip
         except UsageError as e:
             raise UsageError(f"fleet {path}, device {d.name}: {e.message}", e.hint) from e
         devices.append(FleetDevice(d.name, profile, hardware, remote))
