@@ -38,11 +38,10 @@ from .models import FACTORY as ZOO_FACTORY
 from .profiling.fleet import Fleet, profile_fleet
 from .profiling.host import host_info
 from .profiling.local import Settings
-from .profiling.remote import Remote, build_remote, device_outputs, device_session, measure
+from .profiling.remote import Remote, build_in, device_outputs, device_session, measure
 from .profiling.trtexec import TRTEXEC_HINT, from_trtexec, is_trtexec
 from .provenance import data_hashes
 from .runtimes import predict_fn
-from .runtimes.tensorrt import ENGINE
 from .stages.prune import FACTORY as PRUNED_FACTORY
 from .stats import budget_note, paired_drop, wilson
 
@@ -436,15 +435,16 @@ def on_device(
     exists), and run the test split's feeds through it there; scored here by the same evaluation code. A TensorRT
     bundle without an engine gets one built there first (`edgekit build --remote`)."""
     assert options.remote is not None
-    if art.format == "tensorrt" and not (art.directory / ENGINE).is_file():  # one command from bundle to verdict
-        build_remote(art.directory, options.remote)
-        art = load_artifact(art.directory)
     with device_session(options.remote) as session:
         facts = session.agent(["facts"], "reading the device's facts")
         if why := profile.not_the_device(facts):
             raise EdgeKitError(f"{options.remote.name} is not {profile.name}'s device: {why}",
                                "validate against that device's own profile (--target), or match the profile's "
                                "identity to it (docs/hardware-profiles.md#identity)")  # fmt: skip
+        built_there = get_format(art.format).device_build
+        if built_there and not (art.directory / built_there).is_file():  # one command from bundle to verdict
+            build_in(session, art.directory)
+            art = load_artifact(art.directory)
         there = session.push(art.directory)
         m = measure(session, art.directory, there, Settings(duration=options.duration, threads=threads))
         runtime = ""

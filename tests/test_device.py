@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes.util
 import importlib.util
 import json
+import re
 import shutil
 import stat
 import subprocess
@@ -287,6 +288,14 @@ def test_device_without_the_runtime_python_or_tensorrt_says_so_in_one_line(devic
     assert "building the engine: no TensorRT Python bindings and no trtexec on this device" in r.stderr
     assert not (bundle / "model.engine").exists() and not left_on_device()
     load_artifact(bundle)  # the bundle is as it was
+    # validate --remote builds a missing engine there first: the same one line, in the row
+    spec = yaml.safe_load((ROOT / "edgekit/hardware/profiles/jetson-orin-nano-8gb.yaml").read_text())
+    spec["identity"] = {"cpu_model": f"^{re.escape(agent.identity_facts()['cpu_model'])}$"}  # this host as the Orin
+    (tmp_path / "orin-here.yaml").write_text(yaml.safe_dump(spec))
+    r = on_device(device, "validate", str(bundle), "--target", str(tmp_path / "orin-here.yaml"), "--json")
+    row = json.loads(r.stdout)["rows"][0]
+    assert r.code == 1 and "building the engine on" in row["error"] and "no TensorRT Python bindings" in row["error"]
+    assert not (bundle / "model.engine").exists() and not left_on_device()
 
 
 @pytest.mark.ssh

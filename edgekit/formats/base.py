@@ -48,6 +48,7 @@ class Format:
     saturates_without_vnni: bool = False
     op_profiler: OpProfiler | None = None  # per-operator times from the runtime's own profiler
     proxy: Proxy | None = None  # where it cannot run here: a runner of the same graph that can, and its label
+    device_build: str | None = None  # a file only the device can build before the artifact runs (a TensorRT engine)
     summary: str = ""  # one line for the docs' capability table
 
 

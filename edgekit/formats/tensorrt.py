@@ -12,7 +12,7 @@ from ..quant.onnx_qdq import TENSORRT
 from ..runtimes import Runner, onnx_runner, qdq_emulator
 from ..runtimes.ops import tensorrt_ops
 from ..targets.onnx import OPSET, lower_onnx
-from ..targets.tensorrt import write_bundle
+from ..targets.tensorrt import ENGINE, write_bundle
 from ..targets.tensorrt_ops import table_for
 from .base import ExportContext, Format
 
@@ -52,5 +52,6 @@ FORMAT = Format(
     needs=(("onnxslim", "tensorrt"),),
     op_profiler=tensorrt_ops,
     proxy=proxy,
+    device_build=ENGINE,
     summary="a bundle (ONNX, op report, build scripts) whose engine is built on the Jetson; INT8 as explicit Q/DQ",
 )

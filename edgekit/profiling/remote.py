@@ -277,21 +277,19 @@ def device_outputs(
     return outputs, str(info.get("runtime", "?"))
 
 
-def build_remote(bundle: Path, remote: Remote, dla_core: int | None = None) -> dict[str, Any]:
-    """Build a TensorRT engine from a bundle on the device (EdgeKit there, else the agent with the device's TensorRT
+def build_in(session: DeviceSession, bundle: Path, dla_core: int | None = None) -> dict[str, Any]:
+    """Build a bundle's TensorRT engine in a device session (EdgeKit there, else the agent with the device's TensorRT
     Python bindings or trtexec), and bring the engine back into the bundle."""
-    if not bundle.is_dir():
-        raise UsageError(f"{bundle} is not a bundle directory", "pass the tensorrt directory `edgekit export` wrote")
-    with device_session(remote) as session:
-        there = session.push(bundle)
-        dla = ["--dla-core", str(dla_core)] if dla_core is not None else []
-        if session.edgekit:
-            edgekit_json(remote, ["build", there, *dla], "edgekit build")
-        else:
-            session.agent(["build", there, *dla], "building the engine")
-        # The file names are ours, not the device's reply: a reply cannot choose which local file is written.
-        built = remote.run(f"cat {shlex.quote(f'{there}/{ENGINE}')}", "fetching the engine")
-        reply = remote.run(f"cat {shlex.quote(f'{there}/engine.json')}", "fetching the engine's build record")
+    remote = session.remote
+    there = session.push(bundle)
+    dla = ["--dla-core", str(dla_core)] if dla_core is not None else []
+    if session.edgekit:
+        edgekit_json(remote, ["build", there, *dla], "edgekit build")
+    else:
+        session.agent(["build", there, *dla], "building the engine")
+    # The file names are ours, not the device's reply: a reply cannot choose which local file is written.
+    built = remote.run(f"cat {shlex.quote(f'{there}/{ENGINE}')}", "fetching the engine")
+    reply = remote.run(f"cat {shlex.quote(f'{there}/engine.json')}", "fetching the engine's build record")
     try:
         info = json.loads(reply)
     except (ValueError, RecursionError):
@@ -305,3 +303,11 @@ def build_remote(bundle: Path, remote: Remote, dla_core: int | None = None) -> d
     record_engine(bundle, info)  # the local manifest now hashes the fetched engine, as after a local build
     return {"bundle": str(bundle), "engine": str(engine), "device_side": session.side,
             "remote": {"device": remote.name, "path": there}}  # fmt: skip
+
+
+def build_remote(bundle: Path, remote: Remote, dla_core: int | None = None) -> dict[str, Any]:
+    """`edgekit build --remote`: the engine built on the device, brought back into the bundle."""
+    if not bundle.is_dir():
+        raise UsageError(f"{bundle} is not a bundle directory", "pass the tensorrt directory `edgekit export` wrote")
+    with device_session(remote) as session:
+        return build_in(session, bundle, dla_core)
