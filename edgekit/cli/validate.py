@@ -169,8 +169,10 @@ def cell(value: float | None, spec: str) -> str:
 
 def render(r: dict[str, Any]) -> None:
     out.print(validation_table(r))
-    if not r["the_device"]:
-        out.print(f"this host is not {r['profile']}'s device ({r['not_the_device']}): latency measured here is a proxy")
+    here = [x for x in r["rows"] if x.get("measurements") == "here" or x.get("accuracy_source", "").startswith("proxy")]
+    if not r["the_device"] and here:
+        why = r["not_the_device"]
+        out.print(f"this host is not {r['profile']}'s device ({why}): what was measured here is a proxy")
     if not r["gated"]:
         out.print(f"profile {r['profile']} sets no budgets: the numbers are reported, nothing was gated")
     for row in r["rows"]:
