@@ -27,6 +27,7 @@ from .runtimes import onnx_runner, predict_fn
 from .targets.onnx import export_onnx
 from .targets.parity import check_parity, require_parity
 from .targets.parity import summary as parity_summary
+from .tasks import require_gated
 from .validate import Options as ValidateOptions
 from .validate import validate
 from .zoo import reference_teacher, reference_teacher_path, train
@@ -67,7 +68,7 @@ def evaluate_model(
     trust_checkpoint: bool = False,
 ) -> EvalReport:
     loaded = load_model(model, weights, io, trust_checkpoint)
-    return evaluate(torch_predict(loaded.model), loaded.io, load_split(data, split))
+    return evaluate(torch_predict(loaded.model), loaded.io, load_split(data, split), task=loaded.task)
 
 
 # -- export ------------------------------------------------------------------------------------------
@@ -164,6 +165,7 @@ def export(
     check_out_dir(out, overwrite)
     check_writable(out)
     loaded = load_model(model)
+    require_gated(loaded.task, "export")
     run = recorded_int8(Path(model))
     io, test = (loaded.io.static() if o.shapes == "static" else loaded.io), load_split(o.data, "test")
     source_acc = evaluate(torch_predict(loaded.model), io, test, per_modality=False).overall.accuracy

@@ -31,6 +31,7 @@ from .loading import load_model, portable_factory
 from .provenance import data_hashes, provenance, tree_hashes
 from .recipe import Recipe, dump_recipe
 from .stages.steps import Current, Log, ModelStage, StageContext, model_stats, split_accuracy
+from .tasks import require_gated
 from .training import ProgressFn
 from .validate import Options, subset_names, validate
 from .zoo import reference_teacher
@@ -92,6 +93,7 @@ class Start:
         loaded = load_model(source)
         if loaded.manifest is None:
             raise UsageError(f"{source} is not a model package", "pass a model package directory as the recipe's model")
+        require_gated(loaded.task, "compress")
         data = recipe.data
         for split in {data.train, data.val, data.test, data.calibration}:  # a missing split fails now, not mid-run
             load_split(data.name, split)

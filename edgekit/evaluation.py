@@ -19,17 +19,24 @@ from .data import FeedDataset, with_modalities
 from .data.adapter import modality_subsets
 from .fsutil import cache_root, content_hash, write_json
 from .io import IOSpec
+from .tasks import CLASSIFICATION, Task, macro_f1
 
 Predict = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Scores:
-    accuracy: float
-    macro_f1: float
+    """A task's metrics on one set of samples, its primary metric first (tasks.py)."""
+
+    values: dict[str, float]
+
+    @property
+    def accuracy(self) -> float:
+        """Classification's accuracy: what the gates read (they refuse other tasks first, tasks.require_gated)."""
+        return self.values["accuracy"]
 
     def as_dict(self) -> dict[str, float]:
-        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1}
+        return dict(self.values)
 
 
 @dataclass(frozen=True)
@@ -38,15 +45,19 @@ class EvalReport:
     subsets: dict[str, Scores] = field(default_factory=dict)  # "image+audio" -> scores, IOSpec order
     samples: int = 0
     nonfinite: tuple[str, ...] = ()  # subsets whose outputs held NaN or inf: their scores mean nothing
-    # per-sample correctness by subset, in data order: what paired intervals (stats.py) compare
+    # per-sample correctness by subset, in data order (classification): what paired intervals (stats.py) compare
     correct: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    task: str = "classification"
+    warnings: tuple[str, ...] = ()  # scores that likely mean nothing, and why
 
     def as_dict(self) -> dict[str, object]:
         return {
             **self.overall.as_dict(),
+            "task": self.task,
             "samples": self.samples,
             "subsets": {k: v.as_dict() for k, v in self.subsets.items()},
             **({"nonfinite": list(self.nonfinite)} if self.nonfinite else {}),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
     def to_cache(self) -> dict[str, Any]:
@@ -54,20 +65,16 @@ class EvalReport:
 
     @classmethod
     def from_cache(cls, d: dict[str, Any]) -> EvalReport:
-        return cls(Scores(d["accuracy"], d["macro_f1"]), {k: Scores(**v) for k, v in d["subsets"].items()},
-                   d["samples"], tuple(d.get("nonfinite", ())),
-                   {k: np.frombuffer(v.encode(), np.uint8) == ord("1") for k, v in d["correct"].items()})  # fmt: skip
+        subsets = {k: Scores(v) for k, v in d["subsets"].items()}
+        overall = Scores({k: v for k, v in d.items() if k in next(iter(d["subsets"].values()), {})})
+        return cls(overall, subsets, d["samples"], tuple(d.get("nonfinite", ())),
+                   {k: np.frombuffer(v.encode(), np.uint8) == ord("1") for k, v in d["correct"].items()},
+                   d.get("task", "classification"), tuple(d.get("warnings", ())))  # fmt: skip
 
 
-def scores(pred: np.ndarray, labels: np.ndarray, n_classes: int | None = None) -> Scores:
-    n = n_classes or int(max(pred.max(initial=0), labels.max(initial=0)) + 1)
-    f1s = []
-    for c in range(n):
-        tp = np.sum((pred == c) & (labels == c))
-        denom = np.sum(pred == c) + np.sum(labels == c)
-        if np.sum(labels == c):  # classes absent from the labels do not count
-            f1s.append(2 * tp / denom if denom else 0.0)
-    return Scores(float(np.mean(pred == labels)), float(np.mean(f1s)) if f1s else 0.0)
+def scores(pred: np.ndarray, labels: np.ndarray) -> Scores:
+    """Classification's scores of predicted classes."""
+    return Scores({"accuracy": float(np.mean(pred == labels)), "macro_f1": macro_f1(pred, labels)})
 
 
 def _flat(out: object) -> list[torch.Tensor]:
@@ -111,11 +118,17 @@ def torch_outputs(model: nn.Module, io: IOSpec) -> Callable[[Mapping[str, np.nda
 
 
 def evaluate(
-    predict: Predict, io: IOSpec, data: FeedDataset, batch_size: int = 64, per_modality: bool = True
+    predict: Predict,
+    io: IOSpec,
+    data: FeedDataset,
+    batch_size: int = 64,
+    per_modality: bool = True,
+    task: Task = CLASSIFICATION,
 ) -> EvalReport:
+    """The task's metrics of `predict`'s first output on `data`, overall and per modality subset."""
     mods = io.modalities
     subsets = modality_subsets(mods) if per_modality else [mods]
-    preds: dict[tuple[str, ...], list[np.ndarray]] = {s: [] for s in subsets}
+    outs: dict[tuple[str, ...], list[np.ndarray]] = {s: [] for s in subsets}
     labels = []
     bad: set[tuple[str, ...]] = set()
     for feeds, y in data.batches(io.fit_batch(batch_size)):
@@ -123,16 +136,36 @@ def evaluate(
             io.validate_feeds(with_modalities(io, feeds, mods))
         labels.append(y)
         for s in subsets:
-            logits = np.asarray(predict(with_modalities(io, feeds, s)))
-            if not np.isfinite(logits).all():
+            out = np.asarray(predict(with_modalities(io, feeds, s)))
+            if not np.isfinite(out).all():
                 bad.add(s)
-            preds[s].append(logits.argmax(-1))
-    y_all = np.concatenate(labels)
-    n_classes = io.outputs[0].shape[-1] if isinstance(io.outputs[0].shape[-1], int) else None
-    flat = {"+".join(s): np.concatenate(p) for s, p in preds.items()}
-    table = {k: scores(p, y_all, n_classes) for k, p in flat.items()}
+            outs[s].append(out.argmax(-1) if task is CLASSIFICATION else out)  # classes: keep only the decision
+    y_all = task.labels(np.concatenate(labels), data.name or "the data's")
+    flat = {"+".join(s): np.concatenate(o) for s, o in outs.items()}
+    if task is CLASSIFICATION:
+        table = {k: scores(p, y_all) for k, p in flat.items()}
+        correct = {k: p == y_all for k, p in flat.items()}
+    else:
+        table = {k: Scores(task.score(o, y_all)) for k, o in flat.items()}
+        correct = {}
+    full = "+".join(mods)
     bad_names = tuple("+".join(s) for s in subsets if s in bad)
-    return EvalReport(table["+".join(mods)], table, len(y_all), bad_names, {k: p == y_all for k, p in flat.items()})
+    warnings = nonsense(task, table[full], outputs=flat[full], width=io.outputs[0].shape[-1])
+    return EvalReport(table[full], table, len(y_all), bad_names, correct, task.name, warnings)
+
+
+def nonsense(task: Task, overall: Scores, outputs: np.ndarray, width: object) -> tuple[str, ...]:
+    """Why the scores likely mean nothing: one output column under classification (argmax is always 0), or a
+    model whose outputs are the same for every sample."""
+    found = []
+    if task is CLASSIFICATION and width == 1:
+        found.append("the model's output has one column under task classification, so argmax is always class 0: "
+                     "declare task: regression (or multilabel) in edgekit-model.yaml")  # fmt: skip
+    if len(outputs) > 1 and np.all(outputs == outputs[:1]):
+        what = "predicts the same class" if task is CLASSIFICATION else "gives the same output"
+        found.append(f"the model {what} for every sample ({task.primary} {overall.values[task.primary]:.4f}): "
+                     "check its weights, inputs and task")  # fmt: skip
+    return tuple(found)
 
 
 def evaluate_elsewhere(

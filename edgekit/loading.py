@@ -25,6 +25,7 @@ from .errors import UsageError
 from .fsutil import atomic_dir, atomic_path
 from .io import IOSpec
 from .schema_errors import load_yaml
+from .tasks import CLASSIFICATION, Task, get_task
 
 MANIFEST = "edgekit-model.yaml"
 WEIGHTS = "model.safetensors"
@@ -35,7 +36,7 @@ class PackageManifest(pydantic.BaseModel, extra="forbid"):
     factory: str
     kwargs: dict[str, Any] = {}
     weights: str | None = WEIGHTS
-    task: str = "classification"
+    task: str = "classification"  # a task of tasks.py: what the labels are and how outputs are scored
     labels: list[str] = []
     io: dict[str, Any]
     # branch name -> module prefixes: overrides the branches found in the graph (edgekit/branches.py)
@@ -49,6 +50,10 @@ class LoadedModel:
     io: IOSpec
     labels: tuple[str, ...]
     manifest: PackageManifest | None  # None when given as flags
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.manifest.task) if self.manifest else CLASSIFICATION
 
 
 def import_object(spec: str, base_dir: Path | None = None) -> Callable[..., Any]:
@@ -166,10 +171,15 @@ def read_manifest(directory: Path) -> PackageManifest:
     if not path.is_file():
         raise UsageError(f"{directory} is not a model package: no {MANIFEST}", "see docs/bring-your-own-model.md")
     try:  # load_yaml: a SafeLoader whose bad values (`!!int x`) fail as YAMLErrors too
-        return PackageManifest.model_validate(load_yaml(path.read_text()))
+        manifest = PackageManifest.model_validate(load_yaml(path.read_text()))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, pydantic.ValidationError) as e:
         first = str(e).splitlines()
         raise UsageError(f"{path} is malformed: {' '.join(first[:3])}") from e
+    try:
+        get_task(manifest.task)  # before any factory code runs
+    except UsageError as e:
+        raise UsageError(f"{path}: {e.message}", e.hint) from e
+    return manifest
 
 
 def run_model(path: Path) -> Path:

@@ -44,6 +44,7 @@ from .provenance import data_hashes
 from .runtimes import predict_fn
 from .stages.prune import FACTORY as PRUNED_FACTORY
 from .stats import budget_note, paired_drop, wilson
+from .tasks import require_gated
 
 Log = Callable[[str], None]
 
@@ -366,6 +367,7 @@ def validate(
     baseline = baseline or recorded_source(artifacts, log)
     if baseline is not None:
         loaded = load_model(baseline)
+        require_gated(loaded.task, "validate")
         split_sha = data_hashes(options.data, {options.split}).get(options.split)
         base = cached_evaluate(torch_predict(loaded.model), loaded.io, test, split_sha)
     check_measurements(measured, artifacts)

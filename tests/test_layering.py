@@ -22,7 +22,7 @@ PACKAGE = ROOT / "edgekit"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = (
     {"edgekit", "agent", "errors", "schema_errors", "fsutil", "noise", "io", "hardware", "artifact", "models",
-     "loading", "data", "evaluation", "stats", "devices", "training", "zoo"},  # types, data, torch models
+     "loading", "data", "tasks", "evaluation", "stats", "devices", "training", "zoo"},  # types, data, torch models
     {"runtimes"},  # run a file: onnxruntime, OpenVINO, ExecuTorch, TensorRT, torch
     {"targets"},  # write a file: torch -> ONNX, lowering, ExecuTorch, TensorRT bundles
     {"branches"},  # the fusion model's branches, in the torch and the ONNX graph

@@ -147,13 +147,19 @@ def epoch_progress(description: str) -> Iterator[Callable[[int, int, float, floa
 
 
 def subsets_table(title: str, subsets: dict[str, dict[str, float]]) -> Table:
+    """A task's metrics (the columns, its primary first) per modality subset (the rows)."""
     table = Table(title=title)
     table.add_column("modalities")
-    table.add_column("accuracy", justify="right")
-    table.add_column("macro-F1", justify="right")
+    metrics = list(next(iter(subsets.values()), {}))
+    for name in metrics:
+        table.add_column(METRIC_NAMES.get(name, name), justify="right")
     for name, s in subsets.items():
-        table.add_row(name, f"{s['accuracy']:.3f}", f"{s['macro_f1']:.3f}")
+        table.add_row(name, *(f"{s[m]:.3f}" for m in metrics))
     return table
+
+
+METRIC_NAMES = {"macro_f1": "macro-F1", "map": "mAP", "micro_f1": "micro-F1", "mae": "MAE", "rmse": "RMSE",
+                "pearson_r": "Pearson r", "ccc": "CCC"}  # fmt: skip
 
 
 def fleet_table(run: dict[str, Any], title: str) -> Table:

@@ -1,4 +1,5 @@
-"""edgekit eval: accuracy and macro-F1 of a model, overall and per modality subset."""
+"""edgekit eval: a model's scores by its task (accuracy and macro-F1, MAE, RMSE and r, mAP), overall and per modality
+subset."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def eval_cmd(
     """Evaluate on a dataset split; subsets are keyed by modalities joined with '+'."""
     report = api.evaluate_model(model, data, split, weights, io, trust_checkpoint)
     result = {"model": model, "data": data, "split": split, **report.as_dict()}
-    title = f"{Path(model).name or model} on {data}/{split} ({report.samples} samples)"
+    title = f"{Path(model).name or model} on {data}/{split} ({report.task}, {report.samples} samples)"
     emit(result, as_json, lambda: out.print(subsets_table(title, result["subsets"])))
+    for warning in report.warnings:
+        err.print(f"warning: {warning}")
     for subset in report.nonfinite:
         err.print(f"warning: outputs with only {subset} present hold NaN or inf; its scores mean nothing "
                   "(declare the missing inputs' `absent` value in the IO spec)")  # fmt: skip

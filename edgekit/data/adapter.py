@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import UsageError
 from ..io import MODALITY_MASK, IOSpec, TensorSpec
 
-Sample = tuple[dict[str, np.ndarray], int]
+Sample = tuple[dict[str, np.ndarray], Any]  # (feeds, label): a class index, float target(s) or a multi-hot row
 
 
 class FeedDataset:
@@ -40,12 +40,14 @@ class FeedDataset:
     def batches(
         self, batch_size: int, indices: Sequence[int] | None = None
     ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        """Stacked feeds and labels, `batch_size` samples at a time (the last batch may be smaller)."""
+        """Stacked feeds and labels, `batch_size` samples at a time (the last batch may be smaller). Labels keep
+        their type (float targets stay float, multi-hot rows stay rows); integer labels are int64."""
         order = list(range(len(self))) if indices is None else list(indices)
         for start in range(0, len(order), batch_size):
             samples = [self[i] for i in order[start : start + batch_size]]
             feeds = {k: np.stack([s[0][k] for s in samples]) for k in samples[0][0]}
-            yield feeds, np.array([s[1] for s in samples], np.int64)
+            labels = np.asarray([s[1] for s in samples])
+            yield feeds, labels.astype(np.int64) if labels.dtype.kind in "iub" else labels
 
 
 def from_arrays(arrays: Mapping[str, np.ndarray], labels: np.ndarray, name: str = "") -> FeedDataset:
@@ -54,7 +56,7 @@ def from_arrays(arrays: Mapping[str, np.ndarray], labels: np.ndarray, name: str 
     bad = [k for k, v in arrays.items() if len(v) != n]
     if bad:
         raise UsageError(f"dataset {name or ''} arrays {bad} do not have {n} samples like 'label'")
-    return FeedDataset(range(n), lambda i: ({k: v[i] for k, v in arrays.items()}, int(labels[i])), name)
+    return FeedDataset(range(n), lambda i: ({k: v[i] for k, v in arrays.items()}, labels[i]), name)
 
 
 def load_npz_split(directory: Path, split: str) -> FeedDataset:
@@ -76,7 +78,8 @@ def load_npz_split(directory: Path, split: str) -> FeedDataset:
             "save each split with np.savez from numeric arrays",
         ) from e
     if "label" not in arrays:
-        raise UsageError(f"{path} has no 'label' array", "add the integer class labels as 'label'")
+        raise UsageError(f"{path} has no 'label' array", "add the labels as 'label' (class indices, float targets or "
+                         "multi-hot rows, as the model's task takes)")  # fmt: skip
     labels = arrays.pop("label")
     if len(labels) == 0:
         raise UsageError(f"{path} holds zero samples", "write at least one sample per split")
