@@ -123,6 +123,12 @@ def render(r: dict[str, Any]) -> None:
         f"load {r['load_s'] * 1e3:.1f} ms, first inference {r['first_inference_ms']:.1f} ms; "
         f"host {host['cpu']} ({host['usable_cores']} cores, {' '.join(host['isa'][-4:])})"
     )
+    energy = r["results"][0].get("energy")
+    if energy and energy.get("energy_mj") is not None:
+        how = f"{energy['mean_power_mw']:.0f} mW mean {energy['rail']}, {energy['samples']} tegrastats samples"
+        out.print(f"energy at batch {r['results'][0]['batch']}: {energy['energy_mj']:.3f} mJ per inference ({how})")
+    elif energy:
+        out.print(f"energy: not measured ({energy['why']})")
     if r.get("ops"):
         ops = Table(title=f"slowest op types at batch {r['results'][0]['batch']} ({r['ops']['runtime']} profiler)")
         for col in ("op type", "nodes", "ms", "share"):
