@@ -175,10 +175,10 @@ def export(
         calibrate = lambda: calibration_set(io, load_split(run.data, run.split), run.samples, run.seed)  # noqa: E731
         # A format the run did not search gets its own search, within --max-drop or the profile's accuracy budget.
         budget = o.max_drop if o.max_drop is not None else profile.budgets.max_accuracy_drop
-        search = None if budget is None else Search(load_split(run.data, run.val), budget, run.reference)
+        search = None if budget is None else Search.points(load_split(run.data, run.val), budget, run.reference)
     else:
         calibrate = lambda: calibration_set(io, load_split(o.data, "train"), o.calib_samples)  # noqa: E731
-        search = Search(load_split(o.data, "val"), o.max_drop) if o.max_drop is not None else None
+        search = Search.points(load_split(o.data, "val"), o.max_drop) if o.max_drop is not None else None
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as work, atomic_dir(out) as tmp:
         hub = Path(work) / "model.onnx"

@@ -30,8 +30,8 @@ from .io import IOSpec
 from .loading import load_model, portable_factory
 from .provenance import data_hashes, provenance, tree_hashes
 from .recipe import Recipe, dump_recipe
-from .stages.steps import Current, Log, ModelStage, StageContext, model_stats, split_accuracy
-from .tasks import require_gated
+from .stages.steps import Current, Log, ModelStage, StageContext, model_stats, split_score
+from .tasks import Gate, Task, gate_for
 from .training import ProgressFn
 from .validate import Options, subset_names, validate
 from .zoo import reference_teacher
@@ -84,8 +84,10 @@ class Start:
     branches: dict[str, list[str]]
     mb: ModuleBranches
     sha: str  # of the teacher's weights
-    reference_val: float  # the teacher on val: the search's reference
-    base_acc: float  # the teacher on test: the verdict's
+    task: Task
+    gate: Gate  # the recipe's budget on one metric of the task (limit None: none set there)
+    reference_val: float  # the teacher's gated metric on val: the search's reference
+    base_acc: float  # the teacher's gated metric on test: the verdict's
 
     @classmethod
     def load(cls, recipe: Recipe) -> Start:
@@ -93,16 +95,18 @@ class Start:
         loaded = load_model(source)
         if loaded.manifest is None:
             raise UsageError(f"{source} is not a model package", "pass a model package directory as the recipe's model")
-        require_gated(loaded.task, "compress")
-        data = recipe.data
+        data, task, b = recipe.data, loaded.task, recipe.budgets
         for split in {data.train, data.val, data.test, data.calibration}:  # a missing split fails now, not mid-run
             load_split(data.name, split)
         teacher, io = loaded.model, loaded.io
-        accuracy = functools.partial(split_accuracy, torch_predict(teacher), io, data.name)
+        score = functools.partial(split_score, torch_predict(teacher), io, data.name, task=task)
+        if task.user:  # a package's metric learns its direction from its first score
+            score(data.val, metric=task.user.name)
+        gate = gate_for(task, b.max_drop, b.max_metric_drop)
         return cls(source, teacher, io, loaded.labels, portable_factory(loaded.manifest.factory, source),
                    dict(loaded.manifest.kwargs), dict(loaded.manifest.branches),
-                   module_branches(teacher, io, loaded.manifest.branches), model_hash(teacher),
-                   accuracy(data.val), accuracy(data.test))  # fmt: skip
+                   module_branches(teacher, io, loaded.manifest.branches), model_hash(teacher), task, gate,
+                   score(data.val, metric=gate.metric), score(data.test, metric=gate.metric))  # fmt: skip
 
     def context(self, recipe: Recipe, profile: HardwareProfile, checkpoints: Path,
                 progress: ProgressFn | None = None, device: str | None = "cpu") -> StageContext:  # fmt: skip
@@ -110,7 +114,7 @@ class Start:
         current = Current(copy.deepcopy(self.teacher), self.io, self.labels, self.factory, dict(self.kwargs),
                           dict(self.branches), self.mb)  # fmt: skip
         d = recipe.data
-        return StageContext(d.name, d.train, d.val, d.test, d.calibration, recipe.seed, recipe.budgets.max_drop,
+        return StageContext(d.name, d.train, d.val, d.test, d.calibration, recipe.seed, self.task, self.gate,
                             self.reference_val, profile, self.teacher, current, checkpoints,
                             progress=progress, device=device)  # fmt: skip
 
@@ -136,7 +140,8 @@ def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) ->
         if not cached:
             barrier()  # rank 0 has saved the stage
             row = row if is_main() else stage.reuse(ctx, where)
-        row.update(cached=cached, accuracy_drop=round(100 * (start.base_acc - row["accuracy"]), 2))
+        m = row["metric"]
+        row.update({"cached": cached, f"{m}_drop": start.gate.worsening(start.base_acc, row[m])})
         yield row, where
 
 
@@ -150,7 +155,7 @@ def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lamb
     resolved = [resolve_profile(t) for t in recipe.targets]
     profiles = [p for p, _ in resolved]
     start = Start.load(recipe)
-    data, io = recipe.data, start.io
+    data, io, gate = recipe.data, start.io, start.gate
     ctx = start.context(recipe, profiles[0], out / "checkpoints", progress, device)
     for stage in recipe.stages:  # bad data or branch names fail before the run directory exists
         stage.check(ctx)
@@ -167,11 +172,12 @@ def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lamb
     splits = {data.train, data.val, data.test, data.calibration}
     report: dict[str, Any] = {
         "recipe": recipe.model_dump(mode="json", exclude={"search"}), "model": str(start.source),
-        "baseline": {"accuracy": start.base_acc, **model_stats(start.teacher, io, start.mb)},
+        "task": start.task.name, "metric": gate.metric, "unit": gate.unit, "higher_is_better": gate.higher_is_better,
+        "baseline": {gate.metric: start.base_acc, **model_stats(start.teacher, io, start.mb)},
         # One reference for every drop: the teacher as given; the INT8 search spends the budget on val, the
         # verdict and validation on test.
-        "reference": {"model": "the teacher as given", "search": {"split": data.val, "accuracy": start.reference_val},
-                      "verdict": {"split": data.test, "accuracy": start.base_acc}},
+        "reference": {"model": "the teacher as given", "search": {"split": data.val, gate.metric: start.reference_val},
+                      "verdict": {"split": data.test, gate.metric: start.base_acc}},
         "stages": [], "artifacts": [],
         "versions": versions("torch", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "torch-pruning"),
         "provenance": provenance(recipe.seed, start.sha, data_hashes(data.name, splits)),
@@ -193,15 +199,16 @@ def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lamb
     if report["artifacts"]:  # the artifact, proven against the first target the way `edgekit validate` does
         arts = [Path(a["path"]).parent for a in report["artifacts"]]
         b = recipe.budgets
-        limits = {"max_accuracy_drop": b.max_drop, "latency_p95_ms": b.latency_p95_ms, "max_size_mb": b.size_mb,
+        limits = {"max_accuracy_drop": b.max_drop, "max_metric_drop": b.max_metric_drop,
+                  "latency_p95_ms": b.latency_p95_ms, "max_size_mb": b.size_mb,
                   "max_subset_drop": b.max_subset_drop}  # fmt: skip
         log(f"validating against {profiles[0].name}")
         report["validation"] = [validate(arts, recipe.targets[0], start.source, budgets=limits,
                                          options=Options(data.name))]  # fmt: skip
         rows = report["validation"][0]["rows"]
-        gate = next((c for c in rows[0].get("checks", []) if c["budget"] == "max_accuracy_drop"), {})
+        check = next((c for c in rows[0].get("checks", []) if c.get("metric") == gate.metric), {})
         report["verdict"].update(
-            {k: v for k, v in (("drop_ci", rows[0].get("drop_ci")), ("note", gate.get("note"))) if v is not None}
+            {k: v for k, v in (("drop_ci", rows[0].get("drop_ci")), ("note", check.get("note"))) if v is not None}
         )  # the verdict's drop, with its interval on the same samples
         failed = checks_of(rows, "fail") + [f"{Path(r['artifact']).name}: {r['error']}" for r in rows if "error" in r]
         if failed:
@@ -219,15 +226,21 @@ def checks_of(rows: list[dict[str, Any]], *statuses: str) -> list[str]:
 
 
 def verdict(report: dict[str, Any], recipe: Recipe, profiles: list) -> dict[str, Any]:
-    """Pass when the final model's test accuracy drop from the teacher fits the budget (recipe, else profile)."""
+    """Pass when the final model's gated metric on test is within budget of the teacher's: the recipe's
+    `max_metric_drop` or `max_drop`, else the profile's accuracy budget (points of accuracy or mAP). A metric in
+    its own unit (MAE) with no budget on it is unverified, never a silent pass."""
     final = report["stages"][-1] if report["stages"] else None
-    limit = recipe.budgets.max_drop
-    if limit is None:
+    b, metric = recipe.budgets, report["metric"]
+    limit = (b.max_metric_drop or {}).get(metric, b.max_drop)
+    if limit is None and report["unit"] == "points":
         limit = profiles[0].budgets.max_accuracy_drop
     if final is None or limit is None:
-        return {"status": "pass", "gated": [], "note": "nothing was gated"}
-    drop = final["accuracy_drop"]
+        if final is None or report["unit"] == "points":
+            return {"status": "pass", "gated": [], "note": "nothing was gated"}
+        return {"status": "unverified", "gated": [], "note": f"no budget on {metric}: set budgets.max_metric_drop"}
+    drop = final[f"{metric}_drop"]
     if final.get("artifact"):
-        final["artifact"]["accuracy_drop"] = drop
-    ok = drop <= limit
-    return {"status": "pass" if ok else "fail", "gated": ["max_drop"], "accuracy_drop": drop, "max_drop": limit}
+        final["artifact"][f"{metric}_drop"] = drop
+    gated = "max_metric_drop" if b.max_metric_drop else "max_drop"
+    return {"status": "pass" if drop <= limit else "fail", "gated": [gated], "metric": metric,
+            f"{metric}_drop": drop, "max_drop": limit, "unit": report["unit"]}  # fmt: skip

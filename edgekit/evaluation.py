@@ -1,4 +1,5 @@
-"""Accuracy and macro-F1, overall and per modality subset, for anything that maps feeds to logits.
+"""A task's metrics (accuracy and macro-F1, MAE and r, mAP, a package's own), overall and per modality subset,
+for anything that maps feeds to outputs.
 
 The predict function is the only thing that changes between torch and the deployed runtimes, so
 the numbers are always those of the thing being evaluated."""
@@ -32,8 +33,11 @@ class Scores:
 
     @property
     def accuracy(self) -> float:
-        """Classification's accuracy: what the gates read (they refuse other tasks first, tasks.require_gated)."""
+        """Classification's accuracy (export and search gate it; tasks.require_gated refuses other tasks there)."""
         return self.values["accuracy"]
+
+    def __getitem__(self, metric: str) -> float:
+        return self.values[metric]
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.values)
@@ -49,6 +53,10 @@ class EvalReport:
     correct: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
     task: str = "classification"
     warnings: tuple[str, ...] = ()  # scores that likely mean nothing, and why
+    # the first outputs by subset and the labels, in data order: what a metric's paired interval resamples (not
+    # cached: a cached report gates accuracy alone)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    labels: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -139,37 +147,38 @@ def evaluate(
             out = np.asarray(predict(with_modalities(io, feeds, s)))
             if not np.isfinite(out).all():
                 bad.add(s)
-            outs[s].append(out.argmax(-1) if task is CLASSIFICATION else out)  # classes: keep only the decision
+            outs[s].append(out)
     y_all = task.labels(np.concatenate(labels), data.name or "the data's")
     flat = {"+".join(s): np.concatenate(o) for s, o in outs.items()}
-    if task is CLASSIFICATION:
-        table = {k: scores(p, y_all) for k, p in flat.items()}
-        correct = {k: p == y_all for k, p in flat.items()}
-    else:
-        table = {k: Scores(task.score(o, y_all)) for k, o in flat.items()}
-        correct = {}
+    table = {k: Scores(task.score(o, y_all)) for k, o in flat.items()}
+    classes = task.name == "classification"
+    correct = {k: o.argmax(-1) == y_all for k, o in flat.items()} if classes else {}
     full = "+".join(mods)
     bad_names = tuple("+".join(s) for s in subsets if s in bad)
     warnings = nonsense(task, table[full], outputs=flat[full], width=io.outputs[0].shape[-1])
-    return EvalReport(table[full], table, len(y_all), bad_names, correct, task.name, warnings)
+    return EvalReport(table[full], table, len(y_all), bad_names, correct, task.name, warnings, flat, y_all)
 
 
 def nonsense(task: Task, overall: Scores, outputs: np.ndarray, width: object) -> tuple[str, ...]:
     """Why the scores likely mean nothing: one output column under classification (argmax is always 0), or a
     model whose outputs are the same for every sample."""
     found = []
-    if task is CLASSIFICATION and width == 1:
+    if task.name == "classification" and width == 1:
         found.append("the model's output has one column under task classification, so argmax is always class 0: "
                      "declare task: regression (or multilabel) in edgekit-model.yaml")  # fmt: skip
-    if len(outputs) > 1 and np.all(outputs == outputs[:1]):
-        what = "predicts the same class" if task is CLASSIFICATION else "gives the same output"
+    decisions = outputs.argmax(-1) if task.name == "classification" else outputs
+    if len(outputs) > 1 and np.all(decisions == decisions[:1]):
+        what = "predicts the same class" if task.name == "classification" else "gives the same output"
         found.append(f"the model {what} for every sample ({task.primary} {overall.values[task.primary]:.4f}): "
                      "check its weights, inputs and task")  # fmt: skip
     return tuple(found)
 
 
 def evaluate_elsewhere(
-    run_all: Callable[[list[dict[str, np.ndarray]]], list[np.ndarray]], io: IOSpec, data: FeedDataset
+    run_all: Callable[[list[dict[str, np.ndarray]]], list[np.ndarray]],
+    io: IOSpec,
+    data: FeedDataset,
+    task: Task = CLASSIFICATION,
 ) -> EvalReport:
     """`evaluate` with the model run somewhere else in one go (a device over ssh): the feeds evaluation asks for are
     collected first, `run_all` returns their logits in order, and the same code scores them."""
@@ -179,17 +188,20 @@ def evaluate_elsewhere(
         asked.append(dict(feeds))
         return np.zeros((len(next(iter(feeds.values()))), 1), np.float32)
 
-    evaluate(collect, io, data)
+    evaluate(collect, io, data, task=CLASSIFICATION)  # collects feeds only: no metric runs on the zeros
     answers = iter(run_all(asked))
-    return evaluate(lambda feeds: next(answers), io, data)
+    return evaluate(lambda feeds: next(answers), io, data, task=task)
 
 
-def cached_evaluate(predict: Predict, io: IOSpec, data: FeedDataset, data_sha: str | None) -> EvalReport:
+def cached_evaluate(
+    predict: Predict, io: IOSpec, data: FeedDataset, data_sha: str | None, task: Task = CLASSIFICATION
+) -> EvalReport:
     """`evaluate` per modality subset, cached on disk: a baseline is the same for every artifact validated against
     it. The key is the data file's sha256 and the model's own outputs on the first samples, which change with its
-    weights and with its code; without a data file (a data adapter) nothing is cached."""
-    if data_sha is None:
-        return evaluate(predict, io, data)
+    weights and with its code. Only what gates accuracy is cached (`data_sha` None: nothing): another metric's
+    paired interval needs every output, and a package's metric is its own code."""
+    if data_sha is None or task is not CLASSIFICATION:
+        return evaluate(predict, io, data, task=task)
     feeds, _ = next(iter(data.batches(io.fit_batch(16))))
     probe = np.round(np.asarray(predict(with_modalities(io, feeds, io.modalities)), np.float64), 4) + 0.0
     key = content_hash({"data": data_sha, "io": io.to_dict(), "probe": hashlib.sha256(probe.tobytes()).hexdigest()})

@@ -25,7 +25,7 @@ from .errors import UsageError
 from .fsutil import atomic_dir, atomic_path
 from .io import IOSpec
 from .schema_errors import load_yaml
-from .tasks import CLASSIFICATION, Task, get_task
+from .tasks import CLASSIFICATION, Task, UserMetric, get_task
 
 MANIFEST = "edgekit-model.yaml"
 WEIGHTS = "model.safetensors"
@@ -37,6 +37,7 @@ class PackageManifest(pydantic.BaseModel, extra="forbid"):
     kwargs: dict[str, Any] = {}
     weights: str | None = WEIGHTS
     task: str = "classification"  # a task of tasks.py: what the labels are and how outputs are scored
+    metric: str | None = None  # the package's own metric, pkg.mod:fn or metrics.py:fn (tasks.UserMetric)
     labels: list[str] = []
     io: dict[str, Any]
     # branch name -> module prefixes: overrides the branches found in the graph (edgekit/branches.py)
@@ -50,22 +51,20 @@ class LoadedModel:
     io: IOSpec
     labels: tuple[str, ...]
     manifest: PackageManifest | None  # None when given as flags
-
-    @property
-    def task(self) -> Task:
-        return get_task(self.manifest.task) if self.manifest else CLASSIFICATION
+    task: Task = CLASSIFICATION
 
 
-def import_object(spec: str, base_dir: Path | None = None) -> Callable[..., Any]:
-    """Resolve 'pkg.module:function' or 'file.py:function' (a path relative to base_dir or the cwd)."""
+def import_object(spec: str, base_dir: Path | None = None, what: str = "factory") -> Callable[..., Any]:
+    """Resolve 'pkg.module:function' or 'file.py:function' (a path relative to base_dir or the cwd): a package's
+    `what` (its factory, or its metric)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise UsageError(f"'{spec}' is not a factory path", "write it as pkg.module:function or model.py:function")
+        raise UsageError(f"'{spec}' is not a {what} path", "write it as pkg.module:function or model.py:function")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name) if base_dir is None else base_dir / module_name
             if not path.is_file():
-                raise UsageError(f"factory file not found: {path}", "check the path in --model or edgekit-model.yaml")
+                raise UsageError(f"{what} file not found: {path}", "check the path in --model or edgekit-model.yaml")
             name = f"edgekit_user_{path.stem}_{abs(hash(path.resolve()))}"
             mod_spec = importlib.util.spec_from_file_location(name, path)
             assert mod_spec and mod_spec.loader
@@ -78,7 +77,7 @@ def import_object(spec: str, base_dir: Path | None = None) -> Callable[..., Any]
         raise
     except Exception as e:  # the user's module failed to import: name it and its error
         raise UsageError(
-            f"factory '{spec}' does not import: {type(e).__name__}: {e}", "check the module path and its imports"
+            f"{what} '{spec}' does not import: {type(e).__name__}: {e}", "check the module path and its imports"
         ) from e
     obj = getattr(module, attr, None)
     if not callable(obj):
@@ -214,17 +213,19 @@ def load_model(
         spec = IOSpec.load(io) if io else IOSpec.from_dict(manifest.io)
         wfile = weights or (path / manifest.weights if manifest.weights else None)
         net = build_model(manifest.factory, manifest.kwargs, path)
-        labels = tuple(manifest.labels)
+        labels, task = tuple(manifest.labels), get_task(manifest.task)
+        if manifest.metric:
+            task = task.with_metric(UserMetric(manifest.metric, import_object(manifest.metric, path, "metric")))
     elif ":" in str(model) and not path.exists():
         if io is None:
             raise UsageError("a factory model needs its IO spec", "pass --io io.yaml")
-        manifest, spec, wfile, labels = None, IOSpec.load(io), weights, ()
+        manifest, spec, wfile, labels, task = None, IOSpec.load(io), weights, (), CLASSIFICATION
         net = build_model(str(model), {})
     else:
         raise UsageError(f"model not found: {model}", "pass a model package directory or pkg.module:factory")
     if wfile is not None:
         apply_state_dict(net, load_state_dict(wfile, trust_checkpoint), wfile)
-    return LoadedModel(net.eval(), spec, labels, manifest)
+    return LoadedModel(net.eval(), spec, labels, manifest, task)
 
 
 def save_model_package(

@@ -58,14 +58,20 @@ class Budgets(Frozen):
     """What the result must meet on every target; null: the target profile's own budget."""
 
     max_drop: pydantic.NonNegativeFloat | None = None
-    """Largest accuracy drop from the teacher, in points, measured on `data.test` with the deployed artifact."""
+    """Largest accuracy drop from the teacher, in points, measured on `data.test` with the deployed artifact (a
+    multilabel model's mAP points)."""
+    max_metric_drop: dict[str, pydantic.NonNegativeFloat] | None = None
+    """Instead of `max_drop`: one metric of the model's task and how much worse than the teacher it may get, in
+    that metric's own unit (`{mae: 0.05}`, `{ccc: 0.02}`, or a package's own `metric:`); the verdict, the INT8
+    search and validation all gate it. A regression model needs it to be gated at all."""
     latency_p95_ms: pydantic.PositiveFloat | None = None
     """95th-percentile latency at batch 1, in milliseconds."""
     size_mb: pydantic.PositiveFloat | None = None
     """Largest artifact size, in MB."""
     max_subset_drop: pydantic.NonNegativeFloat | dict[str, pydantic.NonNegativeFloat] | None = None
-    """Largest accuracy drop from the teacher with modalities missing, in points, measured on `data.test` with the
-    deployed artifact: one limit for every modality subset, or per subset (`{audio: 5, image+audio: 2}`)."""
+    """Largest accuracy drop from the teacher with modalities missing, in points (in the metric's unit under
+    `max_metric_drop`), measured on `data.test` with the deployed artifact: one limit for every modality subset,
+    or per subset (`{audio: 5, image+audio: 2}`)."""
 
 
 Choices = Annotated[tuple[T, ...], pydantic.Field(min_length=1)]
@@ -210,11 +216,12 @@ def recipe_from_flags(
     out: str | Path | None = None,
     seed: int | None = None,
     amp: str | None = None,
+    max_metric_drop: dict[str, float] | None = None,
 ) -> Recipe:
     """`base` (the default recipe if None) with the flags that were given (not None) overriding its fields:
     `data` sets data.name, `stages` is a list of kinds (or one comma list, e.g. "prune,distill,quantize"),
-    `targets` a list of profiles (or a comma list), `max_drop` sets budgets.max_drop, `amp` every distill stage's
-    amp."""
+    `targets` a list of profiles (or a comma list), `max_drop` sets budgets.max_drop (and
+    `max_metric_drop` budgets.max_metric_drop), `amp` every distill stage's amp."""
     recipe = base if base is not None else Recipe()
     fields = recipe.model_dump()
     if model is not None:
@@ -227,6 +234,8 @@ def recipe_from_flags(
         fields["targets"] = _names(targets)
     if max_drop is not None:
         fields["budgets"]["max_drop"] = max_drop
+    if max_metric_drop is not None:
+        fields["budgets"]["max_metric_drop"] = max_metric_drop
     if out is not None:
         fields["out"] = str(out)
     if seed is not None:

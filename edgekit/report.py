@@ -75,31 +75,35 @@ def svg(fig: Any) -> str:
     return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: inline SVG needs neither
 
 
-def pareto_svg(validations: list[dict[str, Any]], baseline: float | None) -> str:
-    """Accuracy vs p50 latency for every validated artifact; the frontier joins the points not beaten on both."""
+def pareto_svg(validations: list[dict[str, Any]], baseline: float | None, metric: str = "accuracy",
+               higher_is_better: bool = True) -> str:  # fmt: skip
+    """The gated metric (accuracy, MAE, ...) vs p50 latency for every validated artifact; the frontier joins the
+    points not beaten on both (faster, and better in the metric's direction)."""
     fig, ax = pyplot().subplots(figsize=(7.5, 4.2))
+    scale = 100 if metric == "accuracy" else 1
     points = []
     for v in validations:
         for row in v["rows"]:
-            if row.get("accuracy") is None or row.get("p50_ms") is None:
+            if row.get(metric) is None or row.get("p50_ms") is None:
                 continue
             source = row.get("latency_source")
             est = source != "measured"  # estimated, or measured on another host (a proxy)
-            ax.scatter(row["p50_ms"], 100 * row["accuracy"], marker="o" if not est else "^",
-                       facecolors="none" if est else None, label=None)  # fmt: skip
+            xy = (row["p50_ms"], scale * row[metric])
+            ax.scatter(*xy, marker="o" if not est else "^", facecolors="none" if est else None, label=None)
             label = f"{row['format']}/{row['precision']} ({v['profile']}{f', {source}' if est else ''})"
-            xy = (row["p50_ms"], 100 * row["accuracy"])
             ax.annotate(label, xy, fontsize=7, xytext=(4, 3), textcoords="offset points")
-            points.append((row["p50_ms"], 100 * row["accuracy"]))
-    frontier = [p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in points)]
+            points.append(xy)
+    sign = 1 if higher_is_better else -1
+    frontier = [p for p in points if not any(q[0] <= p[0] and sign * q[1] >= sign * p[1] and q != p for q in points)]
     if len(frontier) > 1:
         xs, ys = zip(*sorted(frontier), strict=True)
         ax.step(xs, ys, where="post", color="#888", lw=1, label="Pareto frontier")
     if baseline is not None:
-        ax.axhline(100 * baseline, color="#14772d", ls="--", lw=1, label="FP32 baseline accuracy")
+        ax.axhline(scale * baseline, color="#14772d", ls="--", lw=1, label=f"FP32 baseline {metric}")
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency at batch 1, ms (log; ▲ = estimated or proxy, not the device)")
-    ax.set_ylabel("test accuracy, %")
+    better = "higher" if higher_is_better else "lower"
+    ax.set_ylabel("test accuracy, %" if metric == "accuracy" else f"test {metric} ({better} is better)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
@@ -123,7 +127,9 @@ def render(run_dir: Path) -> Path:
         raise UsageError(f"{run_dir} has no report.json", "pass a run directory `edgekit compress` wrote")
     try:
         report = json.loads(path.read_text())
-        baseline = report["baseline"]["accuracy"]
+        metric = report.get("metric", "accuracy")
+        baseline = report["baseline"][metric]
+        higher = report.get("higher_is_better", True)
     except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: JSON syntax, ints past 4300 digits
         raise UsageError(f"{path} is malformed ({type(e).__name__}: {e})", "rerun edgekit compress") from e
     validations = report.get("validation", [])
@@ -147,7 +153,7 @@ def render(run_dir: Path) -> Path:
         notes=notes,
         sensitivities=sensitivities,
         # Charts are SVG that matplotlib drew, its text as paths: the only markup not escaped.
-        pareto=Markup(pareto_svg(validations, baseline)) if validations else None,
+        pareto=Markup(pareto_svg(validations, baseline, metric, higher)) if validations else None,
         op_charts=[Markup(ops_svg(f"{Path(r['artifact']).name} on {where(r, p)}", r["ops"])) for r, p in slowest],
         recipe_yaml=yaml.safe_dump(report["recipe"], sort_keys=False),
         host_yaml=yaml.safe_dump({"host": host, "versions": report.get("versions")}, sort_keys=False),

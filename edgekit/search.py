@@ -34,6 +34,7 @@ from .profiling.remote import Remote, profile_remote
 from .recipe import Recipe, SearchSpace, dump_recipe
 from .stages.heads import has_heads
 from .stages.prune import parts_of
+from .tasks import require_gated
 from .validate import subset_names
 
 Log = Callable[[str], None]
@@ -327,6 +328,7 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
     o = optuna()
     profile, note = resolve_profile(recipe.targets[0])
     start = Start.load(recipe)
+    require_gated(start.task, "search")
     subset_names(recipe.budgets.max_subset_drop, start.io)
     choices, limits = space(recipe, start, profile), Limits.of(recipe, profile)
     trials = options.trials if options.trials is not None or options.time_budget_s else 20

@@ -6,11 +6,14 @@ samples. A verdict reports the interval with the point estimate and says when th
 - An accuracy gets the Wilson score interval, which stays inside [0, 1] and is sound near 100%.
 - A drop compares two models on the *same* samples, so only the samples where they disagree carry information.
   Its interval is a paired bootstrap: resample the samples (both models together), recompute the drop. It is
-  seeded, so a rerun reports the same interval."""
+  seeded, so a rerun reports the same interval.
+- Any other metric (MAE, mAP, a package's own) gets the same paired bootstrap on the two models' outputs, the
+  metric recomputed on each resample: none of them has a closed form that holds for all."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -43,13 +46,37 @@ def paired_drop(reference: np.ndarray, candidate: np.ndarray, seed: int = 0) -> 
     return round(float(lo), 2), round(float(hi), 2)
 
 
+def paired_interval(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    labels: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    worsening: Callable[[float, float], float],
+    seed: int = 0,
+    resamples: int = RESAMPLES // 2,
+) -> tuple[float, float]:
+    """95% paired-bootstrap interval of `worsening(metric(reference), metric(candidate))`, both models' outputs
+    resampled together with the labels."""
+    if len(reference) != len(candidate) or len(reference) != len(labels):
+        raise ValueError(f"paired samples differ in length: {len(reference)}, {len(candidate)}, {len(labels)}")
+    if np.array_equal(reference, candidate):
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(labels), len(labels))
+        draws.append(worsening(metric(reference[i], labels[i]), metric(candidate[i], labels[i])))
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return round(float(lo), 6), round(float(hi), 6)
+
+
 def budget_note(drop: float, interval: tuple[float, float], limit: float, n: int) -> str | None:
     """What a verdict on a drop point estimate should add when its interval crosses the budget."""
     lo, hi = interval
     if lo == hi or not lo <= limit <= hi:
         return None
     side = "within budget" if drop <= limit else "over budget"
-    return f"{side}, not significant at n={n}: the 95% interval [{lo:+.2f}, {hi:+.2f}] crosses {limit}"
+    return f"{side}, not significant at n={n}: the 95% interval [{lo:+.4g}, {hi:+.4g}] crosses {limit}"
 
 
 def samples_for(limit_points: float, disagreement: float) -> int:

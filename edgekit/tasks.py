@@ -1,16 +1,21 @@
-"""What a model predicts and how it is scored: a small registry of tasks, declared in a model package (`task:`).
+"""What a model predicts and how it is scored: a small registry of tasks, declared in a model package (`task:`),
+and the gate that a budget puts on one of their metrics.
 
 Each task checks and types a split's labels (float targets stay float, multi-hot stays multi-hot), and scores a
 model's first output against them with scikit-learn's and SciPy's metrics, its primary metric first.
-Classification is argmax accuracy and macro-F1, as EdgeKit always scored. The gates (compress, export, validate,
-search) take classification only so far, and refuse another task in one line instead of gating an argmax that
-means nothing."""
+Classification is argmax accuracy and macro-F1, as EdgeKit always scored. A package may add its own metric
+(`metric: pkg.mod:fn`), which then comes first.
+
+A `Gate` is one metric with a limit on how much worse it may get, in that metric's direction: `max_drop` counts
+points of a fraction (accuracy, mAP), `max_metric_drop: {mae: 0.05}` the metric's own unit. compress and
+validate gate every task; export and search gate classification only so far (`require_gated`)."""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -20,18 +25,86 @@ Scorer = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 Labeler = Callable[[np.ndarray, str], np.ndarray]
 
 
+# The built-in metrics: name -> (higher is better, a fraction in [0, 1] that `max_drop` counts in points)
+METRICS: dict[str, tuple[bool, bool]] = {
+    "accuracy": (True, True), "macro_f1": (True, True), "map": (True, True), "micro_f1": (True, True),
+    "mae": (False, False), "rmse": (False, False), "pearson_r": (True, False), "ccc": (True, False),
+}  # fmt: skip
+
+
+class UserMetric:
+    """A package's own metric, `metric: pkg.mod:fn` (or `metrics.py:fn` beside the package): fn(outputs, labels)
+    returns (value, "higher" | "lower"), the direction in which the value is better. The direction is learned from
+    its first call (every gate scores its reference first) and must not change."""
+
+    def __init__(self, spec: str, fn: Callable[[np.ndarray, np.ndarray], Any]) -> None:
+        self.spec, self.fn = spec, fn
+        self.name = spec.rpartition(":")[2]
+        self.higher: bool | None = None
+
+    def __call__(self, outputs: np.ndarray, labels: np.ndarray) -> float:
+        fix = "return (value, 'higher') or (value, 'lower') from it"
+        try:
+            got = self.fn(outputs, labels)
+        except Exception as e:  # the user's code: name it and its error, never a traceback
+            raise UsageError(f"metric '{self.spec}' raised {type(e).__name__}: {e}", "fix the metric function") from e
+        if not (isinstance(got, tuple) and len(got) == 2 and got[1] in ("higher", "lower")):
+            raise UsageError(f"metric '{self.spec}' returned {got!r}, not (value, 'higher' or 'lower')", fix)
+        try:
+            value = float(got[0])
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"metric '{self.spec}' returned the value {got[0]!r}, not a number", fix) from e
+        if not np.isfinite(value):
+            raise UsageError(
+                f"metric '{self.spec}' returned {value} on {len(outputs)} samples",
+                "make it finite for every subset of the data (guard empty classes and divisions)",
+            )
+        higher = got[1] == "higher"
+        if self.higher is not None and higher != self.higher:
+            raise UsageError(f"metric '{self.spec}' changed its direction between calls", "return one direction")
+        self.higher = higher
+        return value
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
-    metrics: tuple[str, ...]  # what eval reports, the primary first
-    higher_is_better: bool  # of the primary metric
+    builtin: tuple[str, ...]  # the task's own metrics, its primary first
     labels: Labeler  # a split's labels, checked and typed (the split's name goes into the error)
-    score: Scorer  # (the model's first output for every sample, the labels) -> {metric: value}
+    scorer: Scorer  # (the model's first output for every sample, the labels) -> {metric: value}
     summary: str
+    user: UserMetric | None = None  # the package's own metric, which then comes first
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """What eval reports, the primary first."""
+        return (self.user.name, *self.builtin) if self.user else self.builtin
 
     @property
     def primary(self) -> str:
         return self.metrics[0]
+
+    def score(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        own = self.scorer(outputs, labels)
+        return {self.user.name: self.user(outputs, labels), **own} if self.user else own
+
+    def metric(self, name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+        """One metric alone, for resampling it (stats.paired_interval)."""
+        if self.user and name == self.user.name:
+            return self.user
+        return lambda outputs, labels: self.scorer(outputs, labels)[name]
+
+    def higher_is_better(self, name: str) -> bool:
+        if self.user and name == self.user.name:
+            if self.user.higher is None:
+                raise RuntimeError(f"metric '{name}' has not been scored yet, so its direction is unknown")
+            return self.user.higher
+        return METRICS[name][0]
+
+    def with_metric(self, user: UserMetric) -> Task:
+        if user.name in self.builtin:
+            raise UsageError(f"metric '{user.spec}' is named like the built-in {user.name}", "rename the function")
+        return replace(self, user=user)
 
 
 def bad_labels(split: str, labels: np.ndarray, task: str, needs: str, fix: str) -> UsageError:
@@ -124,16 +197,16 @@ def multilabel_scores(outputs: np.ndarray, labels: np.ndarray) -> dict[str, floa
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task("classification", ("accuracy", "macro_f1"), True, class_labels, classification_scores,
+        Task("classification", ("accuracy", "macro_f1"), class_labels, classification_scores,
              "one class per sample: argmax accuracy and macro-F1"),
-        Task("multilabel", ("map", "micro_f1"), True, multi_hot_labels, multilabel_scores,
+        Task("multilabel", ("map", "micro_f1"), multi_hot_labels, multilabel_scores,
              "any number of labels per sample (multi-hot, one logit each): mAP and micro-F1 at probability 0.5"),
-        Task("regression", ("mae", "rmse", "pearson_r", "ccc"), False, target_labels, regression_scores,
+        Task("regression", ("mae", "rmse", "pearson_r", "ccc"), target_labels, regression_scores,
              "one or more float targets: MAE, RMSE, Pearson's r and the concordance correlation"),
     )
 }  # fmt: skip
 CLASSIFICATION = TASKS["classification"]
-GATED = ("classification",)  # what compress, export, validate and search gate so far
+GATED = ("classification",)  # what export and search gate so far
 
 
 def get_task(name: str) -> Task:
@@ -146,7 +219,71 @@ def get_task(name: str) -> Task:
 
 def require_gated(task: Task, verb: str) -> None:
     """Refuse to gate a task by a metric that means nothing for it (an argmax of regression outputs)."""
-    if task.name not in GATED:
-        raise UsageError(f"{verb} gates classification models only so far; this model's task is {task.name}",
-                         f"`edgekit eval` scores it ({', '.join(task.metrics)}); see docs/bring-your-own-model.md"
-                         "#tasks")  # fmt: skip
+    if task.name not in GATED or task.user:
+        what = f"task {task.name}" + (f" with metric {task.user.name}" if task.user else "")
+        raise UsageError(
+            f"{verb} gates classification by accuracy only so far; this model's is {what}",
+            "compress and validate gate every task and metric; see docs/bring-your-own-model.md#tasks",
+        )
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A budget on one metric: how much worse than the reference it may get, in its own direction. `scale` 100
+    counts a fraction's change in points (`max_drop`), 1 in the metric's own unit (`max_metric_drop`)."""
+
+    metric: str
+    higher_is_better: bool
+    limit: float | None  # None: reported, not gated
+    scale: float = 100.0
+
+    @property
+    def unit(self) -> str:
+        return "points" if self.scale == 100 else self.metric
+
+    @property
+    def budget(self) -> str:
+        """The budget's name, as a recipe writes it."""
+        return "max_drop" if self.scale == 100 else f"max_metric_drop.{self.metric}"
+
+    def worsening(self, reference: float, candidate: float) -> float:
+        """How much worse `candidate` is than `reference`, in the gate's unit (negative: better)."""
+        diff = reference - candidate if self.higher_is_better else candidate - reference
+        return round(self.scale * diff, 2 if self.scale == 100 else 6)
+
+    def fits(self, worsening: float) -> bool:
+        return self.limit is None or worsening <= self.limit
+
+    def describe(self) -> str:
+        if self.scale == 100:
+            return f"a drop within {self.limit} points" + ("" if self.metric == "accuracy" else f" of {self.metric}")
+        return f"{self.metric} worse by at most {self.limit}"
+
+
+def gate_for(task: Task, max_drop: float | None = None, max_metric_drop: dict[str, float] | None = None,
+             default_points: float | None = None) -> Gate:  # fmt: skip
+    """The gate a budget puts on `task`: `max_metric_drop` names one metric (a package's own too) and its limit in
+    that metric's unit; else `max_drop` (else `default_points`) is points of the task's fraction metric, accuracy
+    or mAP. A regression without `max_metric_drop` is scored but not gated."""
+    if max_metric_drop:
+        if len(max_metric_drop) != 1:
+            raise UsageError(f"max_metric_drop names {len(max_metric_drop)} metrics; it gates one",
+                             f"keep one of {', '.join(max_metric_drop)}")  # fmt: skip
+        ((name, limit),) = max_metric_drop.items()
+        if name not in task.metrics:
+            close = difflib.get_close_matches(name, task.metrics, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UsageError(f"max_metric_drop names metric '{name}', which task {task.name} does not score",
+                             f"{hint}use one of {', '.join(task.metrics)}")  # fmt: skip
+        return Gate(name, task.higher_is_better(name), float(limit), 1.0)
+    points = max_drop if max_drop is not None else default_points
+    fraction = next((m for m in task.metrics if METRICS.get(m, (True, False))[1]), None)  # accuracy, mAP
+    if fraction is None:
+        primary = task.primary
+        if max_drop is not None:
+            raise UsageError(
+                f"max_drop counts points of a fraction such as accuracy; task {task.name}'s {primary} is not one",
+                f"write max_metric_drop: {{{primary}: LIMIT}} in {primary}'s own unit",
+            )
+        return Gate(primary, task.higher_is_better(primary), None, 1.0)
+    return Gate(fraction, True, points)

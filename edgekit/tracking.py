@@ -350,11 +350,10 @@ class Compress:
         if not run.enabled:
             return
         final = report["stages"][-1] if report["stages"] else report["baseline"]
-        base = report["baseline"]
-        run.metrics({"baseline.accuracy": base.get("accuracy"), "baseline.params": base.get("params"),
-                     "baseline.macs": base.get("macs"), "accuracy": final.get("accuracy"),
-                     "accuracy_drop": v.get("accuracy_drop"), "params": final.get("params"),
-                     "macs": final.get("macs")})  # fmt: skip
+        base, m = report["baseline"], report.get("metric", "accuracy")  # the gated metric names its keys
+        run.metrics({f"baseline.{m}": base.get(m), "baseline.params": base.get("params"),
+                     "baseline.macs": base.get("macs"), m: final.get(m), f"{m}_drop": v.get(f"{m}_drop"),
+                     "params": final.get("params"), "macs": final.get("macs")})  # fmt: skip
         for validation in report.get("validation", []):
             for i, row in enumerate(validation["rows"]):
                 values = latency_metrics(row)
@@ -368,13 +367,17 @@ class Compress:
 
 def budget_missed(verdict: dict[str, Any]) -> str:
     """A failed compress verdict in one line, as the CLI prints it."""
-    missed = verdict.get("failed") or [f"accuracy drop {verdict['accuracy_drop']:.2f} > max_drop {verdict['max_drop']}"]
+    m = verdict.get("metric", "accuracy")
+    missed = verdict.get("failed") or [
+        f"{m} drop {verdict[f'{m}_drop']:.4g} > {verdict['gated'][0]} {verdict['max_drop']}"
+    ]
     return f"budget missed: {'; '.join(missed)}"
 
 
 def latency_metrics(row: dict[str, Any]) -> dict[str, Any]:
     """A validation row's numbers: accuracy, drop, latency p50/p95, size, peak RAM."""
-    keys = {"accuracy": "artifact_accuracy", "accuracy_drop": "artifact_accuracy_drop", "p50_ms": "latency_p50_ms",
+    m = row.get("metric", "accuracy")
+    keys = {m: f"artifact_{m}", f"{m}_drop": f"artifact_{m}_drop", "p50_ms": "latency_p50_ms",
             "p95_ms": "latency_p95_ms", "size_mb": "size_mb", "peak_ram_mb": "peak_ram_mb"}  # fmt: skip
     return {name: row.get(k) for k, name in keys.items()}
 

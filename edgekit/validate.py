@@ -43,8 +43,8 @@ from .profiling.trtexec import TRTEXEC_HINT, from_trtexec, is_trtexec
 from .provenance import data_hashes
 from .runtimes import predict_fn
 from .stages.prune import FACTORY as PRUNED_FACTORY
-from .stats import budget_note, paired_drop, wilson
-from .tasks import require_gated
+from .stats import budget_note, paired_drop, paired_interval, wilson
+from .tasks import CLASSIFICATION, Gate, Task, gate_for
 
 Log = Callable[[str], None]
 
@@ -156,24 +156,39 @@ def latency(art: Artifact, profile: HardwareProfile, measured: dict[str, Any] | 
     return row
 
 
-def accuracy_fields(art_eval: EvalReport, base: EvalReport | None, io: IOSpec) -> dict[str, Any]:
-    """Accuracy with its 95% interval and, against the baseline on the same samples, the drop with its paired
-    interval; the same per modality subset (those whose outputs were not finite are marked)."""
-    n, full = art_eval.samples, "+".join(io.modalities)
+def accuracy_fields(art_eval: EvalReport, base: EvalReport | None, io: IOSpec, gate: Gate, task: Task) -> dict:
+    """The gated metric (accuracy with its 95% interval) and, against the baseline on the same samples, how much
+    worse it got, in the gate's unit, with its paired interval; the same per modality subset (those whose outputs
+    were not finite are marked). Keys are the metric's: `accuracy`, `accuracy_drop`; `mae`, `mae_drop`."""
+    n, full, metric = art_eval.samples, "+".join(io.modalities), gate.metric
 
     def one(name: str) -> dict[str, Any]:
-        acc = art_eval.subsets[name].accuracy
-        out: dict[str, Any] = {"accuracy": acc, "accuracy_ci": wilson(int(art_eval.correct[name].sum()), n)}
+        value = art_eval.subsets[name][metric]
+        out: dict[str, Any] = {metric: value}
+        if metric == "accuracy" and name in art_eval.correct:
+            out["accuracy_ci"] = wilson(int(art_eval.correct[name].sum()), n)
         if base is not None and name in base.subsets:
-            out["drop"] = round(100 * (base.subsets[name].accuracy - acc), 2)
-            out["drop_ci"] = paired_drop(base.correct[name], art_eval.correct[name])
+            out["drop"] = gate.worsening(base.subsets[name][metric], value)
+            if gate.scale == 100 and metric == "accuracy":
+                out["drop_ci"] = paired_drop(base.correct[name], art_eval.correct[name])
+            else:
+                assert art_eval.labels is not None
+                out["drop_ci"] = paired_interval(base.outputs[name], art_eval.outputs[name], art_eval.labels,
+                                                 task.metric(metric), gate.worsening)  # fmt: skip
         return {**out, "nonfinite": True} if name in art_eval.nonfinite else out
 
     main = one(full)
-    row = {"accuracy": main["accuracy"], "accuracy_ci": main["accuracy_ci"], "samples": n,
-           "accuracy_drop": main.get("drop"), "drop_ci": main.get("drop_ci")}  # fmt: skip
+    row = {"metric": metric, metric: main[metric], "samples": n, f"{metric}_drop": main.get("drop"),
+           "drop_ci": main.get("drop_ci"), "scores": art_eval.overall.as_dict()}  # fmt: skip
+    if "accuracy_ci" in main:
+        row["accuracy_ci"] = main["accuracy_ci"]
     row["subsets"] = {name: one(name) for name in art_eval.subsets if name != full}
     return row
+
+
+def validation_gate(task: Task, budgets: Budgets) -> Gate:
+    """The accuracy budget's gate: `max_metric_drop`, else `max_accuracy_drop` points of accuracy (mAP)."""
+    return gate_for(task, None, budgets.max_metric_drop, default_points=budgets.max_accuracy_drop)
 
 
 def _check(budget: str, limit: Any, value: float | None, status: str, why: str | None = None) -> dict[str, Any]:
@@ -235,20 +250,26 @@ def accuracy_source(runtime: str, not_here: str | None, cpu: str) -> str:
     return f"proxy: its runtime on this host ({cpu}), not the device ({not_here}); the device's kernels may differ"
 
 
-def checks(row: dict[str, Any], budgets: Budgets, subsets: bool) -> list[dict[str, Any]]:
+def checks(row: dict[str, Any], budgets: Budgets, subsets: bool, gate: Gate) -> list[dict[str, Any]]:
     """One check per budget that is set. A value that cannot be had here leaves its check `open` (accuracy
     without a baseline or a runtime) or `unverified` (latency or RAM only the device can give): reported, never
-    passed. The accuracy budget also bounds the loss against the build host's accuracy. `subsets`: whether the
-    model has more than one modality."""
+    passed. The accuracy budget (`gate`: accuracy points, or another metric in its unit) also bounds the loss
+    against the build host's accuracy. `subsets`: whether the model has more than one modality."""
     out = []
-    if (limit := budgets.max_accuracy_drop) is not None:
-        drop = row.get("accuracy_drop")
-        c = _check("max_accuracy_drop", limit, drop, "open" if drop is None else "pass" if drop <= limit else "fail")
+    if gate.limit is not None:
+        drop = row.get(f"{gate.metric}_drop")
+        name = "max_accuracy_drop" if gate.scale == 100 else "max_metric_drop"
+        c = _check(name, gate.limit, drop, "open" if drop is None else "pass" if gate.fits(drop) else "fail")
+        c["metric"] = gate.metric
         if row.get("accuracy_source", "").startswith("proxy"):
             c["why"] = row["accuracy_source"]  # a proxy's drop gates too, and says it is one
-        if drop is not None and (note := budget_note(drop, row["drop_ci"], limit, row["samples"])):
+        if drop is not None and (note := budget_note(drop, row["drop_ci"], gate.limit, row["samples"])):
             c["note"] = note
         out.append(c)
+    elif budgets.max_accuracy_drop is not None:  # a profile's points mean nothing for a regression: never a pass
+        out.append(_check("max_accuracy_drop", budgets.max_accuracy_drop, None, "open",
+                          f"points of accuracy do not measure {gate.metric}: set max_metric_drop "
+                          f"(--max-metric-drop {gate.metric}=LIMIT)"))  # fmt: skip
     if budgets.latency_p95_ms is not None:
         out.append(latency_check(row, budgets.latency_p95_ms))
     if (limit := budgets.max_size_mb) is not None:
@@ -266,7 +287,7 @@ def checks(row: dict[str, Any], budgets: Budgets, subsets: bool) -> list[dict[st
         out.append(energy_check(row, limit))
     if budgets.max_subset_drop is not None and subsets:
         out.append(subset_check(row, budgets.max_subset_drop))
-    if "accuracy_shift" in row and budgets.max_accuracy_drop is not None:
+    if "accuracy_shift" in row and gate.metric == "accuracy" and budgets.max_accuracy_drop is not None:
         shift, limit = row["accuracy_shift"], budgets.max_accuracy_drop
         why = f"{shift:.2f} points below its accuracy on the build host ({row['built_on']})"
         out.append(_check("max_accuracy_shift", limit, shift, "pass" if shift <= limit else "fail",
@@ -364,12 +385,15 @@ def validate(
         subset_names(limits.max_subset_drop, io)
     test = load_split(options.data, options.split)
     base: EvalReport | None = None
+    task = CLASSIFICATION  # an artifact alone does not say its task: its baseline package does
     baseline = baseline or recorded_source(artifacts, log)
     if baseline is not None:
         loaded = load_model(baseline)
-        require_gated(loaded.task, "validate")
-        split_sha = data_hashes(options.data, {options.split}).get(options.split)
-        base = cached_evaluate(torch_predict(loaded.model), loaded.io, test, split_sha)
+        task = loaded.task
+        gates_accuracy = task is CLASSIFICATION and not limits.max_metric_drop  # what the cache holds
+        split_sha = data_hashes(options.data, {options.split}).get(options.split) if gates_accuracy else None
+        base = cached_evaluate(torch_predict(loaded.model), loaded.io, test, split_sha, task)
+    gate = validation_gate(task, limits)
     check_measurements(measured, artifacts)
     rows = []
     for path in artifacts:
@@ -383,19 +407,20 @@ def validate(
             check_int8_fit(art, profile)
             sha = sha256_file(art.path)
             row.update(format=art.format, precision=art.precision, size_mb=round(art.size_mb(), 3), sha256=sha)
-            row["accuracy"] = None
+            row.update({"metric": gate.metric, gate.metric: None})
             threads = options.threads or profile.threads
             m = measured.get(sha)
             if options.remote is not None:
                 log(f"{path}: latency, energy and accuracy on {options.remote.name} ({options.data}/{options.split})")
-                m, art_eval, row["accuracy_source"] = on_device(art, profile, options, threads, test)
-                row.update(accuracy_fields(art_eval, base, art.io))
+                m, art_eval, row["accuracy_source"] = on_device(art, profile, options, threads, test, task)
+                row.update(accuracy_fields(art_eval, base, art.io, gate, task))
             elif measures := accuracy_runner(art, threads):
                 runner, row["accuracy_source"] = measures[0], accuracy_source(measures[1], not_here, host["cpu"])
                 log(f"{path}: accuracy on {options.data}/{options.split}, per modality subset "
                     f"({row['accuracy_source']})")  # fmt: skip
-                row.update(accuracy_fields(evaluate(predict_fn(runner), art.io, test), base, art.io))
-            row.update(cpu_shift(art, row["accuracy"], options, host["isa"]))
+                art_eval = evaluate(predict_fn(runner), art.io, test, task=task)
+                row.update(accuracy_fields(art_eval, base, art.io, gate, task))
+            row.update(cpu_shift(art, row.get("accuracy"), options, host["isa"]))
             if "cpu_note" in row:
                 log(f"{path}: {row['cpu_note']}")
             if m is None and not options.estimate_only and get_format(art.format).runs_here:
@@ -403,7 +428,7 @@ def validate(
                 log(f"{path}: measuring latency here ({host['cpu']}{what})")
                 m = measure_here(art, threads, options.duration)
             row.update(latency(art, profile, m))
-            row["checks"] = checks(row, limits, len(art.io.modalities) > 1)
+            row["checks"] = checks(row, limits, len(art.io.modalities) > 1, gate)
             row["status"] = row_status(row["checks"])
             row["unchecked"] = [c["budget"] for c in row["checks"] if c["status"] == "open"]
         except EdgeKitError as e:
@@ -415,9 +440,12 @@ def validate(
         "profile": profile.name,
         "resolution": resolution,
         "baseline": None if base is None else {
-            "model": str(baseline), "accuracy": base.overall.accuracy, "samples": base.samples,
-            "accuracy_ci": wilson(round(base.overall.accuracy * base.samples), base.samples),
-            "subsets": {k: v.accuracy for k, v in base.subsets.items()}},
+            "model": str(baseline), "task": task.name, "metric": gate.metric, gate.metric: base.overall[gate.metric],
+            "samples": base.samples, "scores": base.overall.as_dict(),
+            **({"accuracy_ci": wilson(round(base.overall.accuracy * base.samples), base.samples)}
+               if gate.metric == "accuracy" else {}),
+            "subsets": {k: v[gate.metric] for k, v in base.subsets.items()}},
+        "gate": {"metric": gate.metric, "unit": gate.unit, "limit": gate.limit},
         "split": f"{options.data}/{options.split}",
         "budgets": limits.model_dump(),
         "gated": gated,
@@ -431,7 +459,7 @@ def validate(
 
 
 def on_device(
-    art: Artifact, profile: HardwareProfile, options: Options, threads: int, test: Any
+    art: Artifact, profile: HardwareProfile, options: Options, threads: int, test: Any, task: Task = CLASSIFICATION
 ) -> tuple[dict[str, Any], EvalReport, str]:
     """On `options.remote`: check it is the profile's device, time the artifact (with energy where tegrastats
     exists), and run the test split's feeds through it there; scored here by the same evaluation code. A TensorRT
@@ -457,7 +485,7 @@ def on_device(
             first = art.io.output_names[0]
             return [o[first] if first in o else next(iter(o.values())) for o in outputs]
 
-        report = evaluate_elsewhere(run_all, art.io, test)
+        report = evaluate_elsewhere(run_all, art.io, test, task)
     m["file"] = f"{options.remote.name} ({m['remote']['device_side']})"
     return m, report, f"device: {runtime} on {options.remote.name}"
 

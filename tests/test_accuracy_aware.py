@@ -18,12 +18,14 @@ from edgekit.quant.backends import Int8Job, OnnxQDQBackend, find_float_nodes
 from edgekit.quant.onnx_qdq import CPU, CPU_NO_VNNI, TENSORRT, quantize_qdq
 from edgekit.runtimes import onnx_runner, predict_fn
 from edgekit.targets.onnx import export_onnx, module_scope
+from edgekit.tasks import CLASSIFICATION, Gate
 
 pytestmark = pytest.mark.slow
 # The searches quantize with 7-bit weights (x86-avx2's scheme): onnxruntime's INT8 kernels then compute the exact sums
 # on every x86 CPU, with VNNI or without, so a trial's accuracy, and what the search decides, is the same on each class
 # (8-bit weights saturate the pair sums where there is no VNNI: other logits, another search; tests/test_isa.py).
 SCHEME, PROFILE = CPU_NO_VNNI, "x86-avx2"
+POINT = Gate("accuracy", True, 1.0)  # one point of accuracy
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,7 @@ def test_search_finds_the_hostile_branch(hostile, teacher_onnx, tmp_path):
         quantize_qdq(path, tmp_path / "full.onnx", calib, scheme=SCHEME)
         return layer_sqnr(path, tmp_path / "full.onnx", calib, n=16)
 
-    report = accuracy_aware(backend, units, accuracy, baseline, 1.0, tmp_path, rank)
+    report = accuracy_aware(backend, units, accuracy, baseline, POINT, tmp_path, rank)
     assert report.trials[0].float_parts == () and report.trials[0].drop > 10
     assert max(report.branch_drop, key=report.branch_drop.get) == "audio" and report.branch_drop["audio"] > 10
     assert all(d <= 1.0 for b, d in report.branch_drop.items() if b != "audio"), report.branch_drop
@@ -147,7 +149,7 @@ def test_budget_error_carries_the_sensitivity_table(hostile, tmp_path):
     parts = discover(graph, io, {"vision": ["branches.image", scope[image]], "sound": ["branches.audio", scope[audio]]})
     units = quant_units(graph, parts)
     with pytest.raises(BudgetError) as e:
-        accuracy_aware(backend, units, accuracy, baseline, 1.0, tmp_path / "w")
+        accuracy_aware(backend, units, accuracy, baseline, POINT, tmp_path / "w")
     assert e.value.exit_code == 1 and "most sensitive branch" in str(e.value)
     table = e.value.details["sensitivity"]
     assert not table["fits"] and min(t["drop"] for t in table["trials"]) > 1.0
@@ -180,8 +182,9 @@ def test_search_against_a_reference_the_float_model_already_misses_stops_first(h
     path, io, val, calib = hostile
     job = Int8Job(None, io, path, calib, resolve_profile(PROFILE)[0])
     float_accuracy = evaluate(predict_fn(onnx_runner(path, io)), io, val, per_modality=False).overall.accuracy
-    with pytest.raises(EdgeKitError, match=r"the float model already loses 2\.00 points on val against the reference"):
-        find_float_nodes(OnnxQDQBackend(job, SCHEME), job, val, 1.0, tmp_path, reference=float_accuracy + 0.02)
+    with pytest.raises(EdgeKitError, match=r"the float model is already 2 points worse on val than the reference"):
+        find_float_nodes(OnnxQDQBackend(job, SCHEME), job, val, POINT, CLASSIFICATION, tmp_path,
+                         reference=float_accuracy + 0.02)  # fmt: skip
     assert not list(tmp_path.glob("trial-*"))
 
 

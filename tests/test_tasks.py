@@ -1,7 +1,8 @@
 """Tasks other than classification (edgekit/tasks.py): a regression model written like a user's, trained briefly on
 AV-digits-derived intensities, scored by `edgekit eval` with MAE, RMSE, Pearson's r and the concordance correlation
-per modality subset; labels that keep their type; and one-line errors where labels or the task do not fit. The gates
-(compress, export, validate) refuse other tasks until they gate by the task's own metric."""
+per modality subset; labels that keep their type; and one-line errors where labels or the task do not fit.
+compress and validate gate it by MAE (the verdict, the accuracy-aware INT8 search, every modality subset), or by the
+package's own metric function; export and search refuse it until they gate by the task's metric too."""
 
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def test_the_gates_refuse_a_task_they_cannot_gate_yet(intensity_package, intensi
                 "--data", str(intensity_data))  # fmt: skip
     errors = [line for line in r.stderr.splitlines() if line.startswith("edgekit: error:")]
     assert r.code == 2 and len(errors) == 1 and r.stderr.rstrip().endswith(errors[0]), r.stderr
-    assert "export gates classification models only so far; this model's task is regression" in errors[0]
+    assert "export gates classification by accuracy only so far; this model's is task regression" in errors[0]
     assert not (tmp_path / "x").exists()
 
 
@@ -148,3 +149,134 @@ def test_a_one_column_classifier_is_flagged_not_scored_silently(intensity_packag
 def test_every_task_is_documented():
     doc = (HERE.parent / "docs" / "bring-your-own-model.md").read_text()
     assert all(f"`{name}`" in doc for name in TASKS)
+
+
+MAE_BUDGET = "{max_metric_drop: {mae: 0.01}}"
+
+
+def recipe(tmp_path: Path, pkg: Path, data: Path, budgets: str, target: Path, accuracy_aware: bool = True) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        f"model: {pkg}\ndata: {{name: {data}}}\ntargets: [{target}]\nbudgets: {budgets}\n"
+        f"stages:\n  - {{kind: quantize, backend: openvino, accuracy_aware: {str(accuracy_aware).lower()}}}\n"
+    )
+    return path
+
+
+def compress(tmp_path: Path, name: str, path: Path) -> tuple[object, dict]:
+    out = tmp_path / name
+    r = run_cli("compress", "--recipe", str(path), "--out", str(out), "--json")
+    return r, json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+
+
+@pytest.mark.slow
+def test_compress_gates_a_regression_by_mae_and_the_int8_gate_can_fail(
+    intensity_package, intensity_data, tmp_path, x86_here
+):
+    """Plain INT8 (OpenVINO) quantizes the late fusion's sum of two branch scores to 8 bits over the calibration's
+    range, which costs this model about 0.08 MAE: over a 0.01 budget, so the verdict fails. The MAE-driven search
+    finds that the fusion part alone is what costs it, keeps it in float, and passes on test and in validation."""
+    r, plain = compress(
+        tmp_path,
+        "plain",
+        recipe(
+            tmp_path,
+            intensity_package,
+            intensity_data,
+            "{max_metric_drop: {mae: 0.01}}",
+            x86_here,
+            accuracy_aware=False,
+        ),
+    )
+    v = plain["verdict"]
+    assert r.code == 1 and v["status"] == "fail" and v["metric"] == "mae" and v["mae_drop"] > 0.01, (r.stderr, v)
+    assert plain["stages"][-1]["mae"] > plain["baseline"]["mae"] + 0.01
+    r, searched = compress(
+        tmp_path,
+        "searched",
+        recipe(tmp_path, intensity_package, intensity_data, "{max_metric_drop: {mae: 0.01}}", x86_here),
+    )
+    assert r.code == 0, r.stderr
+    stage, v = searched["stages"][-1], searched["verdict"]
+    assert v["status"] == "pass" and 0 <= v["mae_drop"] <= 0.01 and v["gated"] == ["max_metric_drop"]
+    assert stage["search"]["metric"] == "mae" and stage["search"]["drop"] <= 0.01
+    sensitivity = json.loads((Path(stage["path"]).parents[1] / "sensitivity.json").read_text())
+    assert sensitivity["unit"] == "mae" and sensitivity["trials"][0]["drop"] > 0.01
+    assert max(sensitivity["branch_drop"], key=sensitivity["branch_drop"].get) == "fusion"
+    row = searched["validation"][0]["rows"][0]
+    assert row["metric"] == "mae" and row["status"] == "pass" and set(row["subsets"]) == {"image", "audio"}
+    assert row["drop_ci"][0] <= row["mae_drop"] <= row["drop_ci"][1]
+    check = next(c for c in row["checks"] if c["budget"] == "max_metric_drop")
+    assert check["metric"] == "mae" and check["limit"] == 0.01 and check["status"] == "pass"
+
+    # The profile's accuracy points do not gate MAE: without --max-metric-drop the check is open, never a pass; with
+    # it, validate fails the plain INT8 artifact that the compress verdict failed.
+    def validate(run: dict, *budget: str) -> tuple[int, dict]:
+        r = run_cli("validate", str(Path(run["stages"][-1]["path"]).parent), "--profile", str(x86_here), "--baseline",
+                    str(intensity_package), "--data", str(intensity_data), "--estimate", "--json", *budget)  # fmt: skip
+        return r.code, {c["budget"]: c for c in json.loads(r.stdout)["rows"][0]["checks"]}
+
+    code, checks = validate(searched)
+    gate = checks["max_accuracy_drop"]
+    assert code == 3 and gate["status"] == "open" and "set max_metric_drop" in gate["why"], checks
+    code, checks = validate(plain, "--max-metric-drop", "mae=0.01")
+    assert code == 1 and checks["max_metric_drop"]["status"] == "fail" and checks["max_metric_drop"]["value"] > 0.01
+
+
+METRIC = """import numpy as np
+
+
+def within_tenth(outputs, labels):
+    return float(np.mean(np.abs(outputs[:, 0] - labels) < 0.1)), "higher"
+
+
+def broken(outputs, labels):
+    raise ValueError("no such column")
+
+
+def nan(outputs, labels):
+    return float("nan"), "higher"
+"""
+
+
+@pytest.mark.slow
+def test_a_package_metric_drives_the_int8_search(intensity_package, intensity_data, tmp_path, x86_here):
+    """The user's own metric (share of samples within 0.1 of the target, higher is better) is scored by eval first,
+    gates compress's accuracy-aware search in its own unit, and decides the verdict."""
+    pkg = package_with(intensity_package, tmp_path / "own", metric="metrics.py:within_tenth")
+    (pkg / "metrics.py").write_text(METRIC)
+    r = run_cli("eval", "--model", str(pkg), "--data", str(intensity_data), "--json")
+    out = json.loads(r.stdout)
+    assert r.code == 0 and 0.3 < out["within_tenth"] < 1 and "mae" in out, r.stderr
+    r, report = compress(
+        tmp_path, "own-run", recipe(tmp_path, pkg, intensity_data, "{max_metric_drop: {within_tenth: 0.03}}", x86_here)
+    )
+    assert r.code == 0, r.stderr
+    search = report["stages"][-1]["search"]
+    assert report["metric"] == search["metric"] == "within_tenth" and search["drop"] <= 0.03
+    assert report["verdict"]["gated"] == ["max_metric_drop"] and "within_tenth_drop" in report["verdict"]
+    sensitivity = json.loads((Path(report["stages"][-1]["path"]).parents[1] / "sensitivity.json").read_text())
+    assert sensitivity["metric"] == "within_tenth" and sensitivity["trials"][0]["drop"] > 0.03  # plain INT8 misses
+    assert sensitivity["trials"][-1]["float_parts"] == ["fusion"]  # the late fusion's sum, kept in float, fits
+
+
+def test_bad_metrics_and_budgets_give_one_line_and_write_nothing(intensity_package, intensity_data, tmp_path, x86_here):
+    cases = [
+        ("metrics.py:broken", "{max_metric_drop: {broken: 0.1}}",
+         "metric 'metrics.py:broken' raised ValueError: no such column"),
+        ("metrics.py:nan", "{max_metric_drop: {nan: 0.1}}", "metric 'metrics.py:nan' returned nan on 450 samples"),
+        ("metrics.py:absent", "{max_metric_drop: {mae: 0.1}}", "'metrics.py' has no callable 'absent'"),
+        (None, "{max_metric_drop: {mea: 0.1}}",
+         "max_metric_drop names metric 'mea', which task regression does not score (did you mean 'mae'?"),
+        (None, "{max_drop: 1.0}", "max_drop counts points of a fraction such as accuracy; task regression's mae"),
+        (None, "{}", "the accuracy-aware INT8 search needs a budget on mae (task regression)"),
+    ]  # fmt: skip
+    for i, (metric, budgets, fragment) in enumerate(cases):
+        pkg = package_with(intensity_package, tmp_path / f"p{i}", **({"metric": metric} if metric else {}))
+        (pkg / "metrics.py").write_text(METRIC)
+        out = tmp_path / f"run{i}"
+        r = run_cli(
+            "compress", "--recipe", str(recipe(tmp_path, pkg, intensity_data, budgets, x86_here)), "--out", str(out)
+        )
+        assert r.code == 2 and r.stderr.count("\n") == 1 and fragment in r.stderr, (budgets, r.stderr)
+        assert not out.exists()

@@ -44,6 +44,10 @@ DeviceOpt = Annotated[
 AmpOpt = Annotated[
     str | None, typer.Option("--amp", help="Mixed-precision training: bf16 or fp16, where the device has it.")
 ]
+MetricDropOpt = Annotated[
+    str | None,
+    typer.Option("--max-metric-drop", help="Gate one metric of the model's task in its own unit, e.g. mae=0.05."),
+]
 RemoteOpt = Annotated[str | None, typer.Option("--remote", help="Run it on this device over ssh: user@host[:port].")]
 SshConfigOpt = Annotated[Path | None, typer.Option("--ssh-config", help="ssh_config file (default: your own).")]
 RemoteEdgekitOpt = Annotated[
@@ -128,10 +132,11 @@ def emit(result: dict[str, Any], as_json: bool, render: Callable[[], None]) -> N
 
 @contextmanager
 def epoch_progress(description: str) -> Iterator[Callable[[int, int, float, float], None]]:
-    """A progress bar on stderr for training loops: loss and validation accuracy per epoch."""
+    """A progress bar on stderr for training loops: loss and the validation score per epoch (accuracy, or the
+    metric the run gates)."""
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.3f}  val acc {task.fields[val]:.3f}"), TimeElapsedColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]:.4g}"), TimeElapsedColumn(),
         console=err, transient=False,
     )  # fmt: skip
     task = bar.add_task(description, total=None, loss=float("nan"), val=float("nan"))
@@ -143,7 +148,8 @@ def epoch_progress(description: str) -> Iterator[Callable[[int, int, float, floa
     try:
         yield update
     finally:
-        bar.stop()
+        if bar.live.is_started:  # a bar never shown prints nothing, so an early error stays one line
+            bar.stop()
 
 
 def subsets_table(title: str, subsets: dict[str, dict[str, float]]) -> Table:
@@ -182,3 +188,19 @@ def fleet_checks(fleet: Path | None, remote: str | None, out_dir: Path | None) -
         raise UsageError("--fleet and --remote cannot be combined", "a fleet file names each device's ssh destination")
     if out_dir and not fleet:
         raise UsageError("--out is for a fleet run", "pass --fleet fleet.yaml, or redirect --json output")
+
+
+def metric_drop(flag: str | None) -> dict[str, float] | None:
+    """`--max-metric-drop mae=0.05` as a budget: {metric: how much worse it may get}."""
+    from ..errors import UsageError
+
+    if flag is None:
+        return None
+    name, sep, value = flag.partition("=")
+    try:
+        limit = float(value)
+    except ValueError:
+        limit = -1.0
+    if not sep or not name or limit < 0:
+        raise UsageError(f"--max-metric-drop {flag} is not METRIC=LIMIT", "e.g. --max-metric-drop mae=0.05")
+    return {name: limit}

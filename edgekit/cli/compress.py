@@ -16,12 +16,14 @@ from .common import (
     AmpOpt,
     DeviceOpt,
     JsonOpt,
+    MetricDropOpt,
     MlflowOpt,
     OverwriteOpt,
     argv,
     emit,
     epoch_progress,
     err,
+    metric_drop,
     out,
     real_stdout,
     without_option,
@@ -39,6 +41,7 @@ def compress(
     stages: Annotated[str | None, typer.Option(help="Comma list of stage kinds, e.g. prune,distill,quantize.")] = None,
     target: Annotated[str | None, typer.Option(help="Hardware profile(s), comma separated.")] = None,
     max_drop: Annotated[float | None, typer.Option(min=0.0, help="Accuracy budget in points.")] = None,
+    max_metric_drop: MetricDropOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/compress).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random choice.")] = None,
     device: DeviceOpt = None,
@@ -57,7 +60,8 @@ def compress(
     where = placement(device, amp).device  # an unusable device or precision fails before any work
     base = load_recipe(recipe_file) if recipe_file else None
     recipe = recipe_from_flags(base, model=model, data=data, stages=stages, targets=target, max_drop=max_drop,
-                               out=out_dir, seed=seed, amp=amp)  # fmt: skip
+                               out=out_dir, seed=seed, amp=amp,
+                               max_metric_drop=metric_drop(max_metric_drop))  # fmt: skip
     if dry_run:
         print(dump_recipe(recipe), end="")
         return
@@ -78,17 +82,19 @@ def compress(
 
     def render() -> None:
         table = Table(title=f"compress -> {run_dir}")
-        for col in ("stage", "params", "MACs", "accuracy", "drop (pts)", "seconds", "cached"):
+        b, m = report["baseline"], report.get("metric", "accuracy")
+        drop = "drop (pts)" if report.get("unit", "points") == "points" else f"{m} worse by"
+        for col in ("stage", "params", "MACs", m, drop, "seconds", "cached"):
             table.add_column(col, justify="left" if col == "stage" else "right")
-        b = report["baseline"]
-        table.add_row("baseline", f"{b['params']:,}", f"{b['macs'] or 0:,}", f"{b['accuracy']:.4f}", "", "", "")
+        table.add_row("baseline", f"{b['params']:,}", f"{b['macs'] or 0:,}", f"{b[m]:.4f}", "", "", "")
         for s in report["stages"]:
-            cells = (f"{s['params']:,}", f"{s['macs'] or 0:,}", f"{s['accuracy']:.4f}", f"{s['accuracy_drop']:+.2f}")
+            cells = (f"{s['params']:,}", f"{s['macs'] or 0:,}", f"{s[m]:.4f}", f"{s[m + '_drop']:+.4g}")
             table.add_row(s["name"], *cells, f"{s['seconds']:.1f}", "yes" if s["cached"] else "")
         out.print(table)
         v = report["verdict"]
-        ci = f" [95% CI {v['drop_ci'][0]:+.2f}, {v['drop_ci'][1]:+.2f}]" if "drop_ci" in v else ""
-        gate = f" (drop {v['accuracy_drop']:.2f}{ci}, budget {v['max_drop']})" if v["gated"] else " (nothing gated)"
+        ci = f" [95% CI {v['drop_ci'][0]:+.4g}, {v['drop_ci'][1]:+.4g}]" if "drop_ci" in v else ""
+        what = "drop" if v.get("unit", "points") == "points" else f"{m} worse by"
+        gate = f" ({what} {v[m + '_drop']:.4g}{ci}, budget {v['max_drop']})" if v["gated"] else " (nothing gated)"
         out.print(f"verdict: {v['status']}{gate}" + (f"; {v['note']}" if v.get("gated") and "note" in v else ""))
         for validation in report.get("validation", []):
             render_validation(validation)

@@ -13,6 +13,7 @@ from .common import (
     FleetOpt,
     FleetOutOpt,
     JsonOpt,
+    MetricDropOpt,
     MlflowOpt,
     RemoteEdgekitOpt,
     RemoteOpt,
@@ -23,6 +24,7 @@ from .common import (
     err,
     fleet_checks,
     fleet_table,
+    metric_drop,
     out,
 )
 
@@ -60,6 +62,7 @@ def validate(
     ] = None,
     data: Annotated[str, typer.Option(help="Dataset whose test split measures accuracy.")] = "avdigits",
     max_drop: Annotated[float | None, typer.Option(min=0, help="Override the profile's accuracy budget.")] = None,
+    max_metric_drop: MetricDropOpt = None,
     latency_p95_ms: Annotated[float | None, typer.Option(min=0, help="Override the p95 latency budget.")] = None,
     max_size_mb: Annotated[float | None, typer.Option(min=0, help="Override the size budget.")] = None,
     max_peak_ram_mb: Annotated[float | None, typer.Option(min=0, help="Override the peak RAM budget.")] = None,
@@ -104,7 +107,8 @@ def validate(
                          "each device's profile and measurements come from the fleet")  # fmt: skip
     if not fleet and not profile:
         raise UsageError("validate needs --profile", "e.g. --profile x86, or --fleet fleet.yaml")
-    budgets = {"max_accuracy_drop": max_drop, "latency_p95_ms": latency_p95_ms, "max_size_mb": max_size_mb,
+    budgets = {"max_accuracy_drop": max_drop, "max_metric_drop": metric_drop(max_metric_drop),
+               "latency_p95_ms": latency_p95_ms, "max_size_mb": max_size_mb,
                "max_peak_ram_mb": max_peak_ram_mb, "max_subset_drop": max_subset_drop}  # fmt: skip
     device = None
     if remote:
@@ -180,7 +184,7 @@ def render(r: dict[str, Any]) -> None:
             out.print(f"❌ {row['artifact']}: {row['error']}")
         name = Path(row["artifact"]).name
         if row.get("subsets"):
-            cells = "; ".join(subset_cell(k, v) for k, v in row["subsets"].items())
+            cells = "; ".join(subset_cell(k, v, row.get("metric", "accuracy")) for k, v in row["subsets"].items())
             out.print(f"  {name}, modalities missing: {cells}")
         for c in row.get("checks", []):
             why = f" ({c['why']})" if "why" in c else ""
@@ -195,9 +199,9 @@ def render(r: dict[str, Any]) -> None:
     out.print(f"verdict: {r['verdict']}")
 
 
-def subset_cell(name: str, s: dict[str, Any]) -> str:
-    drop = f" ({s['drop']:+.2f} {interval(s['drop_ci'], '+.2f')})" if "drop" in s else ""
-    return f"{name} only {s['accuracy']:.4f}{drop}"
+def subset_cell(name: str, s: dict[str, Any], metric: str = "accuracy") -> str:
+    drop = f" ({s['drop']:+.4g} {interval(s['drop_ci'], '+.4g')})" if "drop" in s else ""
+    return f"{name} only {metric} {s[metric]:.4f}{drop}"
 
 
 def interval(ci: list[float] | None, spec: str) -> str:
@@ -205,36 +209,25 @@ def interval(ci: list[float] | None, spec: str) -> str:
 
 
 def validation_table(r: dict[str, Any]) -> Table:
-    base = r["baseline"]
+    base, gate = r["baseline"], r.get("gate") or {"metric": "accuracy", "unit": "points"}
+    metric = gate["metric"]
     title = f"validation against {r['profile']} on {r['split']}" + (
-        f" (baseline accuracy {base['accuracy']:.4f}, n={base['samples']})" if base else ""
+        f" (baseline {metric} {base[metric]:.4f}, n={base['samples']})" if base else ""
     )
     table = Table(title=title)
-    for col in (
-        "artifact",
-        "format",
-        "precision",
-        "status",
-        "size MB",
-        "accuracy",
-        "95% CI",
-        "drop",
-        "drop 95% CI",
-        "p50 ms",
-        "p95 ms",
-        "latency",
-        "mJ",
-    ):
-        numeric = col in ("size MB", "accuracy", "drop", "p50 ms", "p95 ms", "mJ")
+    drop = "drop" if gate["unit"] == "points" else f"{metric} worse by"
+    for col in ("artifact", "format", "precision", "status", "size MB", metric, "95% CI", drop, "drop 95% CI",
+                "p50 ms", "p95 ms", "latency", "mJ"):  # fmt: skip
+        numeric = col in ("size MB", metric, drop, "p50 ms", "p95 ms", "mJ")
         table.add_column(col, justify="right" if numeric else "left")
     for row in r["rows"]:
         source = row.get("accuracy_source", "")
         proxy = " (proxy)" if source.startswith("proxy") else " (device)" if source.startswith("device:") else ""
         table.add_row(
             Path(row["artifact"]).name, row.get("format", "?"), row.get("precision", "?"), STATUS[row["status"]],
-            cell(row.get("size_mb"), ".2f"), cell(row.get("accuracy"), ".4f") + proxy,
-            interval(row.get("accuracy_ci"), ".4f"), cell(row.get("accuracy_drop"), "+.2f"),
-            interval(row.get("drop_ci"), "+.2f"),
+            cell(row.get("size_mb"), ".2f"), cell(row.get(metric), ".4f") + proxy,
+            interval(row.get("accuracy_ci"), ".4f"), cell(row.get(f"{metric}_drop"), "+.4g"),
+            interval(row.get("drop_ci"), "+.4g"),
             cell(row.get("p50_ms"), ".3f"), cell(row.get("p95_ms"), ".3f"), row.get("latency_source") or "-",
             cell((row.get("energy") or {}).get("energy_mj"), ".2f"),
         )  # fmt: skip

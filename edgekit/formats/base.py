@@ -23,6 +23,7 @@ from ..io import IOSpec
 from ..quant.accuracy_aware import SensitivityReport
 from ..quant.backends import Backend, Int8Job, find_float_nodes
 from ..runtimes import Runner
+from ..tasks import CLASSIFICATION, Gate, Task
 
 ShapeMode = Literal["dynamic", "static"]
 Builder = Callable[["ExportContext", str, Path], Artifact]
@@ -54,13 +55,19 @@ class Format:
 
 @dataclass(frozen=True)
 class Search:
-    """The accuracy-aware INT8 search: keep the layers that cost most accuracy on `val` in float until the drop
-    fits `max_drop` points, measured against `reference` (a compress run's teacher on `val`; None: the model being
-    quantized, as `export --max-drop` gives it)."""
+    """The accuracy-aware INT8 search: keep the layers that cost most on `val` in float until `task`'s gated metric
+    is within `gate` of `reference` (a compress run's teacher on `val`; None: the model being quantized, as
+    `export --max-drop` gives it)."""
 
     val: FeedDataset
-    max_drop: float
+    gate: Gate
+    task: Task = CLASSIFICATION
     reference: float | None = None
+
+    @classmethod
+    def points(cls, val: FeedDataset, max_drop: float, reference: float | None = None) -> Search:
+        """Classification's search within `max_drop` points of accuracy."""
+        return cls(val, Gate("accuracy", True, max_drop), CLASSIFICATION, reference)
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ class ExportContext:
                 keep = tuple(self.float_nodes)
             elif self.search is not None:
                 s = self.search
-                report = find_float_nodes(backend, self.job, s.val, s.max_drop, self.work / f"search-{backend.key}",
+                report = find_float_nodes(backend, self.job, s.val, s.gate, s.task, self.work / f"search-{backend.key}",
                                           s.reference)  # fmt: skip
                 self.sensitivity[backend.key] = report
                 keep = report.float_nodes
@@ -131,8 +138,7 @@ class ExportContext:
         searched = f"the run searched {self.run_format.name}'s INT8, not {fmt.name}'s: " if self.run_format else ""
         if self.search is None:
             return f"{searched}plain PTQ, nothing kept in float (no accuracy budget to search within)"
-        return (f"{searched}searching what {fmt.name}'s INT8 keeps in float for a drop within "
-                f"{self.search.max_drop} points on val")  # fmt: skip
+        return f"{searched}searching what {fmt.name}'s INT8 keeps in float for {self.search.gate.describe()} on val"
 
     def onnx_for(self, fmt: Format, precision: str) -> tuple[Path, dict[str, Any]]:
         """The ONNX a Q/DQ format packages, and its quantization record: the hub's float graph (FP16 is a runtime

@@ -52,11 +52,13 @@ class Budgets(_Frozen):
     """What an artifact must meet on the device. A missing value is not gated."""
 
     latency_p95_ms: pydantic.NonNegativeFloat | None = None  # at batch 1
-    max_accuracy_drop: pydantic.NonNegativeFloat | None = None  # points
+    max_accuracy_drop: pydantic.NonNegativeFloat | None = None  # points (of accuracy, or a multilabel's mAP)
+    # one metric of the model's task and how much worse it may get in its own unit ({mae: 0.05}; tasks.gate_for)
+    max_metric_drop: dict[str, pydantic.NonNegativeFloat] | None = None
     max_size_mb: pydantic.NonNegativeFloat | None = None
     max_peak_ram_mb: pydantic.NonNegativeFloat | None = None
     max_energy_mj: pydantic.NonNegativeFloat | None = None  # board energy per inference at batch 1 (tegrastats)
-    # points lost with modalities missing, per subset ("audio", "image+audio") or one limit for every subset
+    # lost with modalities missing, in the accuracy gate's unit, per subset ("audio", "image+audio") or one for all
     max_subset_drop: pydantic.NonNegativeFloat | dict[str, pydantic.NonNegativeFloat] | None = None
 
 

@@ -25,11 +25,15 @@ from ..data.calibration import CalibrationSet
 from ..errors import EdgeKitError
 from ..runtimes import Runner, predict_fn
 from ..targets.onnx import module_scope
+from ..tasks import Gate
 from .onnx_qdq import ort_reader
 
 # What some backend quantizes: onnxruntime the compute ops, OpenVINO (NNCF) also the recurrent cells' weights and
-# embedding tables. The search can keep any of them in float.
+# embedding tables; both the inputs of an Add or Mul that joins two activations (a residual, or a late fusion's sum
+# of branch scores, where 8 bits over the calibration's range cost a regression 0.08 MAE). The search can keep any of
+# them in float.
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Gather")
+JOINS = ("Add", "Mul")
 Predict = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
@@ -43,14 +47,18 @@ class Unit:
 
 
 def quant_units(model: onnx.ModelProto, branches: Branches, op_types: tuple[str, ...] = QUANTIZED_OPS) -> list[Unit]:
-    """The nodes a backend quantizes (`op_types`; empty = every node), each labelled with its branch. A Gather
-    counts only on a weight table (an embedding), not on shapes or indices."""
+    """The nodes a backend quantizes (`op_types`, and the joins of two activations; empty = every node), each
+    labelled with its branch. A Gather counts only on a weight table (an embedding), not on shapes or indices."""
     weights = {i.name for i in model.graph.initializer}
-    return [
-        Unit(n.name, branches.of_node[n.name], module_scope(n) or "")
-        for n in model.graph.node
-        if not op_types or (n.op_type in op_types and (n.op_type != "Gather" or n.input[0] in weights))
-    ]
+    constants = weights | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+
+    def quantized(n: onnx.NodeProto) -> bool:
+        if n.op_type in JOINS:
+            return len(n.input) == 2 and not constants & set(n.input)
+        return n.op_type in op_types and (n.op_type != "Gather" or n.input[0] in weights)
+
+    return [Unit(n.name, branches.of_node[n.name], module_scope(n) or "") for n in model.graph.node
+            if not op_types or quantized(n)]  # fmt: skip
 
 
 class Backend(Protocol):
@@ -69,15 +77,15 @@ class Backend(Protocol):
 @dataclass
 class Trial:
     float_parts: tuple[str, ...]  # branches ("audio") or layers ("audio: branches.audio.features.0.1") in float
-    accuracy: float
-    drop: float  # points vs the reference (the float model, or a compress run's teacher)
+    score: float  # the gated metric
+    drop: float  # how much worse than the reference (the float model, or a compress run's teacher), gate's unit
 
 
 @dataclass
 class SensitivityReport:
     backend: str
-    baseline: float
-    max_drop: float
+    baseline: float  # the reference's score
+    gate: Gate
     labels: dict[str, str] = field(default_factory=dict)  # branch -> "audio (aud.lstm)"
     branch_drop: dict[str, float] = field(default_factory=dict)  # drop when only that branch is quantized
     layer_sqnr: list[tuple[str, str, float]] = field(default_factory=list)  # (node, scope, dB), worst first
@@ -87,7 +95,8 @@ class SensitivityReport:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "backend": self.backend, "baseline": self.baseline, "max_drop": self.max_drop, "fits": self.fits,
+            "backend": self.backend, "baseline": self.baseline, "metric": self.gate.metric, "unit": self.gate.unit,
+            "max_drop": self.gate.limit, "fits": self.fits,
             "branch_drop": self.branch_drop, "branch_labels": self.labels, "float_nodes": list(self.float_nodes),
             "top_layers": [{"node": n, "scope": s, "sqnr_db": round(q, 2)} for n, s, q in self.layer_sqnr[:10]],
             "trials": [vars(t) for t in self.trials],
@@ -95,17 +104,19 @@ class SensitivityReport:
 
     def accepted(self) -> Trial:
         """The trial whose exclusions were kept: the last that fit (the search stops at the first fit per step)."""
-        return next(t for t in reversed(self.trials) if t.drop <= self.max_drop)
+        return next(t for t in reversed(self.trials) if self.gate.fits(t.drop))
 
     def table(self) -> str:
-        rows = [f"drops in points against the reference (accuracy {self.baseline:.4f})", ""]
-        rows += [f"{'branch quantized alone':<28}{'drop (pts)':>12}"]
+        g = self.gate
+        unit = "pts" if g.unit == "points" else g.metric
+        rows = [f"how much worse {g.metric} gets, in {g.unit}, against the reference ({g.metric} {self.baseline:.4f})"]
+        rows += ["", f"{'branch quantized alone':<28}{f'drop ({unit})':>14}"]
         rows += [
-            f"{self.labels.get(b, b):<28.28}{d:>12.2f}"
+            f"{self.labels.get(b, b):<28.28}{d:>14.4g}"
             for b, d in sorted(self.branch_drop.items(), key=lambda x: -x[1])
         ]
-        rows += ["", f"{'kept in float':<60}{'drop (pts)':>12}"]
-        rows += [f"{', '.join(t.float_parts) or '(nothing)':<60.60}{t.drop:>12.2f}" for t in self.trials]
+        rows += ["", f"{'kept in float':<60}{f'drop ({unit})':>14}"]
+        rows += [f"{', '.join(t.float_parts) or '(nothing)':<60.60}{t.drop:>14.4g}" for t in self.trials]
         return "\n".join(rows)
 
 
@@ -139,15 +150,17 @@ def layer_sqnr(float_path: Path, qdq_path: Path, calib: CalibrationSet, n: int =
 def accuracy_aware(
     backend: Backend,
     units: list[Unit],
-    accuracy: Callable[[Predict], float],
+    score: Callable[[Predict], float],
     baseline: float,
-    max_drop: float,
+    gate: Gate,
     work: Path,
     rank_layers: Callable[[], dict[str, float]] | None = None,
     labels: Mapping[str, str] | None = None,
 ) -> SensitivityReport:
-    """Find the smallest float exclusion (branches, then layers) whose INT8 drop on val fits `max_drop` points."""
-    report = SensitivityReport(backend.name, baseline, max_drop, dict(labels or {}))
+    """Find the smallest float exclusion (branches, then layers) whose INT8 model on val is within `gate` of
+    `baseline`: `score` is the gated metric of a predict function (accuracy, MAE, a package's own)."""
+    report = SensitivityReport(backend.name, baseline, gate, dict(labels or {}))
+    fits = gate.fits
     branches = list(dict.fromkeys(u.branch for u in units))
     nodes_of = {b: frozenset(u.node for u in units if u.branch == b) for b in branches}
     count = iter(range(1_000_000))
@@ -155,13 +168,13 @@ def accuracy_aware(
     def trial(parts: tuple[str, ...], exclude: frozenset[str], record: bool = True) -> float:
         trial_dir = work / f"trial-{next(count)}"
         backend.quantize(exclude, trial_dir)
-        acc = accuracy(predict_fn(backend.runner(trial_dir)))
-        drop = round(100 * (baseline - acc), 2)
+        value = score(predict_fn(backend.runner(trial_dir)))
+        drop = gate.worsening(baseline, value)
         if record:
-            report.trials.append(Trial(parts, acc, drop))
+            report.trials.append(Trial(parts, value, drop))
         return drop
 
-    if trial((), frozenset()) <= max_drop:
+    if fits(trial((), frozenset())):
         report.fits = True
         return report
     everything = frozenset(u.node for u in units)
@@ -171,7 +184,7 @@ def accuracy_aware(
     for b in sorted(branches, key=lambda x: -report.branch_drop[x])[:-1]:  # all in float is not INT8
         kept.append(b)
         exclude = frozenset().union(*(nodes_of[k] for k in kept))
-        if trial(tuple(kept), exclude) <= max_drop:
+        if fits(trial(tuple(kept), exclude)):
             report.fits = True
             report.float_nodes = tuple(sorted(exclude))
             break
@@ -186,7 +199,7 @@ def accuracy_aware(
         k = 1
         while k < len(ranked):
             parts = (*kept[:-1], *(f"{last}: {scope[n] or n}" for n in ranked[:k]))
-            if trial(parts, rest | frozenset(ranked[:k])) <= max_drop:
+            if fits(trial(parts, rest | frozenset(ranked[:k]))):
                 report.float_nodes = tuple(sorted(rest | frozenset(ranked[:k])))
                 break
             k *= 2
@@ -198,11 +211,12 @@ class BudgetError(EdgeKitError):
 
     def __init__(self, report: SensitivityReport) -> None:
         worst = max(report.branch_drop, key=lambda b: report.branch_drop[b])
+        g = report.gate
         super().__init__(
-            f"INT8 on {report.backend} cannot meet max_drop {report.max_drop} points: best trial lost "
-            f"{min(t.drop for t in report.trials):.2f}; most sensitive branch '{worst}' "
-            f"({report.branch_drop[worst]:.2f} points alone)",
-            "raise max_drop, keep the model in FP16/FP32 for this target, or recover accuracy with distillation",
+            f"INT8 on {report.backend} cannot meet {g.budget} {g.limit} ({g.unit}): best trial lost "
+            f"{min(t.drop for t in report.trials):.4g}; most sensitive branch '{worst}' "
+            f"({report.branch_drop[worst]:.4g} alone)",
+            f"raise {g.budget}, keep the model in FP16/FP32 for this target, or recover accuracy with distillation",
             details={"sensitivity": report.as_dict()},
         )
         self.report = report

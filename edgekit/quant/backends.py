@@ -25,6 +25,7 @@ from ..hardware.cpu import int8_saturates
 from ..io import MODALITY_MASK, IOSpec
 from ..runtimes import Runner, onnx_runner, predict_fn, qdq_emulator
 from ..runtimes.openvino import convert_onnx
+from ..tasks import Gate, Task
 from .accuracy_aware import Backend, Predict, SensitivityReport, Unit, accuracy_aware, layer_sqnr, quant_units
 from .onnx_qdq import Scheme, cpu_scheme, nonfinite_nodes, quantize_qdq
 
@@ -128,8 +129,8 @@ def ov_branches(model: Any, io: IOSpec) -> dict[str, str]:
         d = frozenset().union(*(deps.get(i.get_source_output().get_node().get_friendly_name(), frozenset())
                                 for i in op.inputs()))  # fmt: skip
         deps[name] = frozenset() if op.get_type_name() == "ShapeOf" else d
-        if len(d) == 1 and mask not in d:
-            out[name] = next(iter(d))
+        if d:  # what reads one modality is its branch; what joins several (or reads the mask) is the fusion's
+            out[name] = next(iter(d)) if len(d) == 1 and mask not in d else "fusion"
     return out
 
 
@@ -171,15 +172,15 @@ class ExecuTorchBackend:
         return scope.rpartition(".")[0] if is_bn else scope
 
 
-def find_float_nodes(backend: Backend, job: Int8Job, val: FeedDataset, max_drop: float, work: Path,
+def find_float_nodes(backend: Backend, job: Int8Job, val: FeedDataset, gate: Gate, task: Task, work: Path,
                      reference: float | None = None) -> SensitivityReport:  # fmt: skip
-    """The accuracy-aware search (quant/accuracy_aware.py) for `backend`, measured on `val` against `reference`
-    (default: the float model's own accuracy there); layers are ranked by their SQNR in onnxruntime's Q/DQ graph of
-    the profile's CPU. Raises BudgetError when nothing fits."""
+    """The accuracy-aware search (quant/accuracy_aware.py) for `backend`: `task`'s gated metric measured on `val`
+    against `reference` (default: the float model's own score there); layers are ranked by their SQNR in
+    onnxruntime's Q/DQ graph of the profile's CPU. Raises BudgetError when nothing fits."""
     work.mkdir(parents=True, exist_ok=True)
 
-    def accuracy(predict: Predict) -> float:
-        return evaluate(predict, job.io, val, per_modality=False).overall.accuracy
+    def score(predict: Predict) -> float:
+        return evaluate(predict, job.io, val, per_modality=False, task=task).overall[gate.metric]
 
     def rank() -> dict[str, float]:
         quantize_qdq(
@@ -187,11 +188,11 @@ def find_float_nodes(backend: Backend, job: Int8Job, val: FeedDataset, max_drop:
         )
         return layer_sqnr(job.hub, work / "full-int8.onnx", job.calib)
 
-    float_accuracy = accuracy(predict_fn(onnx_runner(job.hub, job.io)))
-    spent = 0.0 if reference is None else round(100 * (reference - float_accuracy), 2)
-    if spent > max_drop:  # the stages before INT8 spent the budget: no exclusion can win it back
-        raise EdgeKitError(f"the float model already loses {spent:.2f} points on val against the reference, over "
-                           f"max_drop {max_drop}: INT8 has no budget left",
-                           "recover accuracy first (distill longer, prune less) or raise max_drop")  # fmt: skip
-    baseline = float_accuracy if reference is None else reference
-    return accuracy_aware(backend, list(job.units), accuracy, baseline, max_drop, work, rank, job.branches.labels)
+    float_score = score(predict_fn(onnx_runner(job.hub, job.io)))
+    spent = 0.0 if reference is None else gate.worsening(reference, float_score)
+    if not gate.fits(spent):  # the stages before INT8 spent the budget: no exclusion can win it back
+        raise EdgeKitError(f"the float model is already {spent:.4g} {gate.unit} worse on val than the reference, "
+                           f"over {gate.budget} {gate.limit}: INT8 has no budget left",
+                           f"recover accuracy first (distill longer, prune less) or raise {gate.budget}")  # fmt: skip
+    baseline = float_score if reference is None else reference
+    return accuracy_aware(backend, list(job.units), score, baseline, gate, work, rank, job.branches.labels)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..errors import UsageError
 from ..evaluation import evaluate, first_output, torch_predict
 from ..fsutil import atomic_path
 from ..io import MODALITY_MASK, IOSpec
+from ..tasks import CLASSIFICATION, Task
 from ..training import ProgressFn, Stepper, modality_dropout_mask
 
 CHECKPOINT = "distill-checkpoint.pt"
@@ -65,7 +67,7 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class DistillResult:
-    best_val_accuracy: float
+    best_val_accuracy: float  # of the metric early stopping followed: accuracy, or the task's gated metric
     best_epoch: int
     epochs_run: int  # the last completed epoch, counting those run before a resume
     resumed_from: int  # the epoch the checkpoint held when this call started; 0 for a fresh run
@@ -120,9 +122,21 @@ def _probe(teacher: nn.Module, student: nn.Module, io: IOSpec, data: FeedDataset
     return s_feats.shape[-1], t_feats.shape[-1]
 
 
-def _kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
-    """(1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T); T^2 keeps the soft-target
-    gradients on the scale of the hard ones whatever T is (Hinton et al., 2015)."""
+def _kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig,
+             task: str = "classification") -> torch.Tensor:  # fmt: skip
+    """Per task. Classification: (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T); T^2 keeps the
+    soft-target gradients on the scale of the hard ones whatever T is (Hinton et al., 2015). Multilabel: BCE with
+    logits against the labels and the teacher's probabilities. Regression: MSE to the targets and to the teacher's
+    outputs."""
+    if task == "regression":  # MSE to the targets and to the teacher's outputs
+        y = labels.to(s_logits.dtype).reshape(s_logits.shape)
+        return (1 - cfg.alpha) * F.mse_loss(s_logits, y) + cfg.alpha * F.mse_loss(s_logits, t_logits)
+    if task == "multilabel":  # BCE with logits to the multi-hot labels and to the teacher's probabilities
+        y = labels.to(s_logits.dtype).reshape(s_logits.shape)
+        soft = torch.sigmoid(t_logits)
+        return (1 - cfg.alpha) * F.binary_cross_entropy_with_logits(s_logits, y) + (
+            cfg.alpha * F.binary_cross_entropy_with_logits(s_logits, soft)
+        )
     ce = F.cross_entropy(s_logits, labels, label_smoothing=cfg.label_smoothing)
     t = cfg.temperature
     kl = F.kl_div(
@@ -170,6 +184,8 @@ def distill(
     checkpoint_dir: Path | None = None,
     progress: ProgressFn | None = None,
     device: str | None = "cpu",
+    task: Task = CLASSIFICATION,
+    metric: str = "accuracy",
 ) -> DistillResult:
     """Train `student` in place from `teacher` (put in eval mode, never updated) on `device` (None: the best
     available); the student ends holding the weights of its best validation epoch, in eval mode, and both models
@@ -209,7 +225,9 @@ def distill(
     use_mask = io.has_modality_mask() and cfg.modality_dropout > 0
     n_mod = len(io.modalities)
 
-    best_acc, best_epoch, best_state = -1.0, 0, copy.deepcopy(student.state_dict())
+    # early stopping follows `task`'s `metric` on val, in its direction (a lower MAE is better)
+    sign = 1.0 if task.higher_is_better(metric) else -1.0
+    best_acc, best_epoch, best_state = -math.inf, 0, copy.deepcopy(student.state_dict())
     epoch, stopped = 0, False
     fingerprint = _fingerprint(cfg, train)
     path = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
@@ -243,18 +261,18 @@ def distill(
                 with torch.no_grad():
                     t_logits, t_feats = _outputs(teacher, inputs, features)
                 s_logits, s_feats = model(inputs)
-                loss = _kd_loss(s_logits.float(), t_logits.float(), labels, cfg)
+                loss = _kd_loss(s_logits.float(), t_logits.float(), labels, cfg, task.name)
                 if features:
                     loss = loss + cfg.feature_weight * F.mse_loss(s_feats.float(), t_feats.float())
             step(loss)
             total, count = total + loss.item() * len(mine), count + len(mine)
         total, count = all_sum([total, count])
         # Rank 0's weights and BatchNorm statistics are the ones it saves: its accuracy decides for every rank.
-        val_acc = broadcast(evaluate(torch_predict(student), io, val, per_modality=False).overall.accuracy
+        val_acc = broadcast(evaluate(torch_predict(student), io, val, per_modality=False, task=task).overall[metric]
                             if is_main() else None)  # fmt: skip
-        improved = val_acc > best_acc
+        improved = sign * val_acc > best_acc
         if improved:
-            best_acc, best_epoch, best_state = val_acc, epoch, copy.deepcopy(student.state_dict())
+            best_acc, best_epoch, best_state = sign * val_acc, epoch, copy.deepcopy(student.state_dict())
         stopped = not improved and epoch - best_epoch >= cfg.patience
         if path and is_main():  # before progress is reported, so a run stopped from the callback keeps this epoch
             _save_checkpoint(
@@ -275,4 +293,5 @@ def distill(
     student.load_state_dict(best_state)
     student.to(homes[1]).eval()
     teacher.to(homes[0])
-    return DistillResult(best_val_accuracy=best_acc, best_epoch=best_epoch, epochs_run=epoch, resumed_from=resumed_from)
+    return DistillResult(best_val_accuracy=sign * best_acc, best_epoch=best_epoch, epochs_run=epoch,
+                         resumed_from=resumed_from)  # fmt: skip

@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -35,6 +35,7 @@ from ..models import build_fusion_model, count_params
 from ..quant.accuracy_aware import BudgetError
 from ..runtimes import predict_fn
 from ..targets.onnx import export_onnx
+from ..tasks import Gate, Task
 from ..training import ProgressFn
 from .distill import DistillConfig, distill
 from .prune import FACTORY as PRUNED_FACTORY
@@ -75,8 +76,9 @@ class StageContext:
     test: str
     calibration: str
     seed: int
-    max_drop: float | None  # the recipe's budget, for a quantize stage that sets none
-    reference_val: float  # the teacher's accuracy on `val`: every drop of the run is against the teacher
+    task: Task  # what the model predicts and how it is scored (the teacher package's)
+    gate: Gate  # the recipe's budget on one metric (limit None: none set), for a quantize stage that sets none
+    reference_val: float  # the teacher's gated metric on `val`: every drop of the run is against the teacher
     profile: HardwareProfile  # the first target's
     teacher: nn.Module
     current: Current
@@ -135,8 +137,9 @@ def register(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
-def split_accuracy(predict: Callable, io: IOSpec, data: str, split: str) -> float:
-    return evaluate(predict, io, load_split(data, split), per_modality=False).overall.accuracy
+def split_score(predict: Callable, io: IOSpec, data: str, split: str, task: Task, metric: str) -> float:
+    """`task`'s `metric` of `predict` on a split, with every modality present."""
+    return evaluate(predict, io, load_split(data, split), per_modality=False, task=task).overall[metric]
 
 
 def model_stats(model: nn.Module, io: IOSpec, mb: ModuleBranches) -> dict[str, Any]:
@@ -157,8 +160,10 @@ class ModelStage(Stage):
     def run(self, ctx: StageContext, where: Path) -> dict[str, Any]:
         start, c = time.perf_counter(), ctx.current
         extra = self.transform(ctx, where)
-        acc = split_accuracy(torch_predict(c.model), c.io, ctx.data, ctx.test)
-        row = {"name": self.kind, "path": str(where), "accuracy": acc, **model_stats(c.model, c.io, c.mb), **extra}
+        m = ctx.gate.metric
+        value = split_score(torch_predict(c.model), c.io, ctx.data, ctx.test, ctx.task, m)
+        row = {"name": self.kind, "path": str(where), "metric": m, m: value, **model_stats(c.model, c.io, c.mb),
+               **extra}  # fmt: skip
         c.save(where, {"stage": self.kind})  # atomic; stage.json, written last, marks the stage complete
         write_json(where / "stage.json", {**row, "seconds": round(time.perf_counter() - start, 1)})
         return self.reuse(ctx, where)
@@ -253,9 +258,12 @@ class DistillStage(ModelStage):
     weight_decay: pydantic.NonNegativeFloat = _DISTILL.weight_decay
     """Weight decay."""
     temperature: pydantic.PositiveFloat = _DISTILL.temperature
-    """Softens both logit sets so that the teacher's ranking of the wrong classes shows; usually 1 to 8."""
+    """Softens both logit sets so that the teacher's ranking of the wrong classes shows; usually 1 to 8
+    (classification only)."""
     alpha: Share = _DISTILL.alpha
-    """Weight of the distillation loss; 1 - alpha weighs cross-entropy on the labels."""
+    """Weight of the distillation loss; 1 - alpha weighs the loss on the labels. Per task: KL on softened logits
+    and cross-entropy (classification), BCE with logits against the teacher's probabilities and the labels
+    (multilabel), MSE to the teacher's outputs and the targets (regression)."""
     feature_weight: pydantic.NonNegativeFloat = _DISTILL.feature_weight
     """Weight of the MSE between teacher and student fused features; 0 turns it off."""
     label_smoothing: Ratio = _DISTILL.label_smoothing
@@ -264,7 +272,7 @@ class DistillStage(ModelStage):
     """Chance that each modality is hidden from a training sample (one is always kept); both models see the same
     masked inputs."""
     patience: pydantic.PositiveInt = _DISTILL.patience
-    """Epochs without a better `data.val` accuracy before training stops."""
+    """Epochs without a better `data.val` score (accuracy, or the metric the run gates) before training stops."""
     seed: int | None = None
     """Seed of the shuffling and the modality dropout; null: the recipe's `seed`."""
     amp: Literal["bf16", "fp16"] | None = None
@@ -286,10 +294,10 @@ class DistillStage(ModelStage):
         checkpoints = ctx.checkpoints / where.name
         result = distill(ctx.teacher, c.model, c.io, load_split(ctx.data, ctx.train), load_split(ctx.data, ctx.val),
                          self.to_config(ctx.seed), checkpoint_dir=checkpoints, progress=ctx.progress,
-                         device=ctx.device)  # fmt: skip
+                         device=ctx.device, task=ctx.task, metric=ctx.gate.metric)  # fmt: skip
         if is_main():
             shutil.rmtree(checkpoints, ignore_errors=True)
-        return {"best_val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+        return {f"best_val_{ctx.gate.metric}": result.best_val_accuracy, "best_epoch": result.best_epoch,
                 "epochs_run": result.epochs_run, "resumed_from": result.resumed_from}  # fmt: skip
 
 
@@ -307,22 +315,40 @@ class QuantizeStage(Stage):
     samples: pydantic.PositiveInt = DEFAULT_SAMPLES
     """Calibration samples drawn from the `data.calibration` split."""
     accuracy_aware: bool = True
-    """Measure the quantized model in its runtime on `data.val`, and keep the layers that cost most accuracy in
-    float until its drop from the teacher (on `data.val`, the run's one reference) is within `max_drop`."""
+    """Measure the quantized model in its runtime on `data.val`, and keep the layers that cost most in float until
+    the gated metric is within budget of the teacher's (on `data.val`, the run's one reference): `max_drop`
+    points of accuracy (mAP), or the recipe's `budgets.max_metric_drop` in its metric's unit."""
     max_drop: pydantic.NonNegativeFloat | None = None
-    """Largest accuracy drop allowed, in points; null: the recipe's `budgets.max_drop`."""
+    """Largest accuracy drop allowed, in points; null: the recipe's `budgets.max_drop`, else its
+    `budgets.max_metric_drop`, else 1 point."""
     last: ClassVar[bool] = True  # the stages before it need a float model
 
     def key(self, ctx: StageContext) -> dict[str, Any]:
         # INT8 weights are sized for the target's CPU (hardware/cpu.py); `x86` is this host, whichever CPU it has.
         # The search's budget may come from the recipe's budgets, outside this stage's settings.
-        return {"profile": ctx.profile.name, "cpu_isa": list(ctx.profile.cpu_isa), "max_drop": self.budget(ctx)}
+        g = self.budget(ctx)
+        budget = {"max_drop": g.limit} if g.scale == 100 else {"gate": [g.metric, g.limit]}
+        return {"profile": ctx.profile.name, "cpu_isa": list(ctx.profile.cpu_isa), **budget}
 
-    def budget(self, ctx: StageContext) -> float:
-        """Its `max_drop`, else the recipe's, else 1 point."""
-        return next(d for d in (self.max_drop, ctx.max_drop, 1.0) if d is not None)
+    def budget(self, ctx: StageContext) -> Gate:
+        """Its `max_drop`, else the recipe's gate, else 1 point of accuracy (mAP)."""
+        g = ctx.gate
+        if self.max_drop is not None:
+            if g.scale != 100:
+                raise UsageError(
+                    f"the quantize stage's max_drop counts points; this run gates {g.metric}",
+                    f"drop the stage's max_drop and set budgets.max_metric_drop: {{{g.metric}: LIMIT}}",
+                )
+            return replace(g, limit=self.max_drop)
+        return replace(g, limit=1.0) if g.limit is None and g.scale == 100 else g
 
     def check(self, ctx: StageContext) -> None:
+        g = self.budget(ctx)
+        if self.accuracy_aware and g.limit is None:
+            raise UsageError(
+                f"the accuracy-aware INT8 search needs a budget on {g.metric} (task {ctx.task.name})",
+                f"set budgets.max_metric_drop: {{{g.metric}: LIMIT}}, or accuracy_aware: false",
+            )
         calibration_set(ctx.current.io, load_split(ctx.data, ctx.calibration), self.samples, ctx.seed)
 
     def reuse(self, ctx: StageContext, where: Path) -> dict[str, Any]:
@@ -331,7 +357,7 @@ class QuantizeStage(Stage):
     def run(self, ctx: StageContext, where: Path) -> dict[str, Any]:
         c, start = ctx.current, time.perf_counter()
         fmt = get_format(ctx.profile.exports[0].format if self.backend == "auto" else self.backend)
-        max_drop = self.budget(ctx)
+        gate = self.budget(ctx)
         with atomic_dir(where) as tmp:
             work = tmp / "work"
             work.mkdir()
@@ -339,13 +365,13 @@ class QuantizeStage(Stage):
             hub = export_onnx(c.model, c.io, work / "model.onnx", slim=True)
             parent = model_hash(c.model)
             val = load_split(ctx.data, ctx.val)
-            search = Search(val, max_drop, ctx.reference_val) if self.accuracy_aware else None
+            search = Search(val, gate, ctx.task, ctx.reference_val) if self.accuracy_aware else None
             calib = functools.partial(calibration_set, c.io, load_split(ctx.data, ctx.calibration), self.samples,
                                       ctx.seed)  # fmt: skip
-            meta = {"max_drop": max_drop, "costs": graph_costs(hub, c.io)}
+            meta = {"max_drop": gate.limit, "gate": gate.metric, "costs": graph_costs(hub, c.io)}
             ex = ExportContext(c.model, c.io, hub, ctx.profile, parent, calib, work, meta, c.branches, None, search)
             ctx.log(f"branches ({ex.job.branches.method}): {', '.join(ex.job.branches.labels.values())}")
-            within = f", searching what stays float for a drop within {max_drop} points" if search else ""
+            within = f", searching what stays float for {gate.describe()}" if search else ""
             ctx.log(f"quantizing ({fmt.name}, {self.samples} calibration samples{within})")
             try:
                 art = fmt.build(ex, "int8", tmp / f"{fmt.name}-int8")
@@ -361,8 +387,9 @@ class QuantizeStage(Stage):
                 write_json(tmp / "sensitivity.json", report.as_dict())
                 art = art.with_meta(sensitivity="sensitivity.json")
                 accepted = report.accepted()
-                searched = {"split": ctx.val, "reference": "teacher", "reference_accuracy": report.baseline,
-                            "accuracy": accepted.accuracy, "drop": accepted.drop, "max_drop": max_drop}  # fmt: skip
+                searched = {"split": ctx.val, "reference": "teacher", "metric": gate.metric,
+                            f"reference_{gate.metric}": report.baseline, gate.metric: accepted.score,
+                            "drop": accepted.drop, "max_drop": gate.limit}  # fmt: skip
             kept = art.meta["quantization"]["float_nodes"]
             ctx.log(f"quantized ({fmt.name}, {len(ex.calib)} calibration samples, {len(kept)} node(s) kept in float)")
             art.write_manifest()
@@ -370,14 +397,16 @@ class QuantizeStage(Stage):
             measured = accuracy_runner(art)
             if measured is None:
                 raise UsageError(f"INT8 {fmt.name} cannot be measured here", "quantize for a format that runs here")
-            acc = split_accuracy(predict_fn(measured[0]), c.io, ctx.data, ctx.test)
-            art.with_meta(accuracy=accuracy_record(acc, ctx.data, ctx.test)).write_manifest()
+            m = gate.metric
+            value = split_score(predict_fn(measured[0]), c.io, ctx.data, ctx.test, ctx.task, m)
+            if m == "accuracy":  # validate compares it with the accuracy where the artifact runs
+                art.with_meta(accuracy=accuracy_record(value, ctx.data, ctx.test)).write_manifest()
             final = where / art.directory.name / art.file
-            row = {"name": "quantize", "backend": fmt.name, "path": str(final), "accuracy": acc,
+            row = {"name": "quantize", "backend": fmt.name, "path": str(final), "metric": m, m: value,
                    "accuracy_source": measured[1], "seconds": round(time.perf_counter() - start, 1),
                    **({"search": searched} if searched else {}),
                    **model_stats(c.model, c.io, c.mb),
-                   "artifact": {"format": fmt.name, "precision": "int8", "path": str(final), "accuracy": acc,
+                   "artifact": {"format": fmt.name, "precision": "int8", "path": str(final), m: value,
                                 "size_mb": round(art.size_mb(), 3), "sha256": sha256_file(art.path)}}  # fmt: skip
             write_json(tmp / "stage.json", row)
         return row
