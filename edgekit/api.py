@@ -27,7 +27,7 @@ from .runtimes import onnx_runner, predict_fn
 from .targets.onnx import export_onnx
 from .targets.parity import check_parity, require_parity
 from .targets.parity import summary as parity_summary
-from .tasks import require_gated
+from .tasks import Task, gate_for
 from .validate import Options as ValidateOptions
 from .validate import validate
 from .zoo import reference_teacher, reference_teacher_path, train
@@ -84,6 +84,7 @@ class ExportOptions:
     threads: int | None = None  # runtime threads for the accuracy runs
     max_drop: float | None = None  # INT8: search what stays float until the drop on val fits (points)
     validate: bool = False  # validate the profile's artifacts against its budgets at the end
+    max_metric_drop: dict[str, float] | None = None  # instead of max_drop: one metric of the task, in its unit
 
 
 def plan_exports(
@@ -101,14 +102,16 @@ def plan_exports(
     return plan
 
 
-def measured_accuracy(art: Artifact, test: FeedDataset, threads: int | None = None) -> tuple[float, str] | None:
-    """Top-1 accuracy of the artifact in its own runtime (or its labelled proxy), and which; None where neither
-    runs here."""
+def measured_score(
+    art: Artifact, test: FeedDataset, task: Task, metric: str, threads: int | None = None
+) -> tuple[float, str] | None:
+    """`task`'s `metric` (top-1 accuracy, MAE, ...) of the artifact in its own runtime (or its labelled proxy), and
+    which; None where neither runs here."""
     measures = accuracy_runner(art, threads)
     if measures is None:
         return None
-    report = evaluate(predict_fn(measures[0]), art.io, test, per_modality=False)
-    return report.overall.accuracy, measures[1]
+    report = evaluate(predict_fn(measures[0]), art.io, test, per_modality=False, task=task)
+    return report.overall[metric], measures[1]
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class RunInt8:
     samples: int
     seed: int
     val: str  # the split its search measured on, against `reference` (the teacher there; None: the model's own)
-    reference: float | None
+    reference: float | None  # of the metric the run gated
 
 
 def recorded_int8(model: Path) -> RunInt8 | None:
@@ -140,9 +143,11 @@ def recorded_int8(model: Path) -> RunInt8 | None:
     kept = (art.meta.get("quantization") or {}).get("float_nodes", art.meta.get("float_nodes"))
     if kept is None or "samples" not in calib:
         raise UsageError(f"{art.directory} does not record its INT8 exclusions", "rerun edgekit compress")
-    reference = (json.loads(report.read_text()).get("reference") or {}).get("search") or {}
+    record = json.loads(report.read_text())
+    reference = (record.get("reference") or {}).get("search") or {}
     return RunInt8(tuple(kept), art.format, recipe.data.name, recipe.data.calibration, int(calib["samples"]),
-                   int(calib.get("seed", recipe.seed)), recipe.data.val, reference.get("accuracy"))  # fmt: skip
+                   int(calib.get("seed", recipe.seed)), recipe.data.val,
+                   reference.get(record.get("metric", "accuracy")))  # fmt: skip
 
 
 def export(
@@ -165,20 +170,24 @@ def export(
     check_out_dir(out, overwrite)
     check_writable(out)
     loaded = load_model(model)
-    require_gated(loaded.task, "export")
-    run = recorded_int8(Path(model))
+    task, run = loaded.task, recorded_int8(Path(model))
     io, test = (loaded.io.static() if o.shapes == "static" else loaded.io), load_split(o.data, "test")
-    source_acc = evaluate(torch_predict(loaded.model), io, test, per_modality=False).overall.accuracy
+    source = evaluate(torch_predict(loaded.model), io, test, per_modality=False, task=task).overall  # a package
+    # metric learns its direction here, before its gate is made
+    explicit = gate_for(task, o.max_drop, o.max_metric_drop)  # what --max-drop / --max-metric-drop ask for
+    m = explicit.metric
+    source_score = source[m]
     parent = model_hash(loaded.model)
     meta = {"source": str(model), "profile": profile.name, "shapes": o.shapes}
     if run:
         calibrate = lambda: calibration_set(io, load_split(run.data, run.split), run.samples, run.seed)  # noqa: E731
-        # A format the run did not search gets its own search, within --max-drop or the profile's accuracy budget.
-        budget = o.max_drop if o.max_drop is not None else profile.budgets.max_accuracy_drop
-        search = None if budget is None else Search.points(load_split(run.data, run.val), budget, run.reference)
+        # A format the run did not search gets its own search, within the budget given, else the profile's points.
+        gate = explicit if explicit.limit is not None else gate_for(task, None, o.max_metric_drop,
+                                                                    profile.budgets.max_accuracy_drop)  # fmt: skip
+        search = None if gate.limit is None else Search(load_split(run.data, run.val), gate, task, run.reference)
     else:
         calibrate = lambda: calibration_set(io, load_split(o.data, "train"), o.calib_samples)  # noqa: E731
-        search = Search.points(load_split(o.data, "val"), o.max_drop) if o.max_drop is not None else None
+        search = Search(load_split(o.data, "val"), explicit, task) if explicit.limit is not None else None
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as work, atomic_dir(out) as tmp:
         hub = Path(work) / "model.onnx"
@@ -202,11 +211,11 @@ def export(
             if fallback := art.meta.get("quantization", {}).get("fallback"):
                 log(f"{f}/{p}: INT8 failed inside {fallback['branch']} ({', '.join(fallback['modules'])}): "
                     f"{fallback['error']}; that branch stays float")  # fmt: skip
-            measured = measured_accuracy(art, test, o.threads)
+            measured = measured_score(art, test, task, m, o.threads)
             here = measured is not None and measured[1] == "its runtime"
-            if here:
+            if here and m == "accuracy":  # validate compares it with the accuracy where the artifact runs
                 art.with_meta(accuracy=accuracy_record(measured[0], o.data, "test")).write_manifest()
-            acc = measured[0] if here else None
+            value = measured[0] if here else None
             row = {
                 "format": f,
                 "precision": p,
@@ -214,19 +223,28 @@ def export(
                 "sha256": sha256_file(art.path),
                 "size_mb": round(art.size_mb(), 3),
                 "runtime": FORMATS[f].runs_here,
-                "accuracy": acc,
-                "accuracy_drop": None if acc is None else round(100 * (source_acc - acc), 2),
+                "metric": m,
+                m: value,
+                f"{m}_drop": None if value is None else explicit.worsening(source_score, value),
                 "seconds": round(seconds, 1),  # to build it (calibration included), not to measure it
             }
             if measured and not here:  # e.g. TensorRT: its graph runs here
-                row["reference"] = {"runtime": measured[1], "accuracy": measured[0]}
+                row["reference"] = {"runtime": measured[1], m: measured[0]}
             rows.append(row)
         result = {
             "model": str(model),
             "profile": profile.name,
             "resolution": resolution,
             "out": str(out),
-            "source": {"accuracy": source_acc, "params": count_params(loaded.model), "sha256": parent},
+            "task": task.name,
+            "metric": m,
+            "unit": explicit.unit,
+            "source": {
+                m: source_score,
+                "scores": source.as_dict(),
+                "params": count_params(loaded.model),
+                "sha256": parent,
+            },
             "parity": meta["parity"],
             "int8": {f: ctx.int8_plan(FORMATS[f]) for f, p in plan if p == "int8"}
             if run
@@ -244,6 +262,7 @@ def export(
         log(f"validating {len(arts)} artifact(s) against {profile.name}")
         baseline = run_model(Path(model))
         checks = ValidateOptions(o.data, threads=o.threads)
-        result["validation"] = validate(arts, target, baseline, options=checks)  # the same file or name
+        budgets = {"max_metric_drop": o.max_metric_drop}
+        result["validation"] = validate(arts, target, baseline, budgets=budgets, options=checks)  # the same target
         write_json(out / "export.json", result)
     return result

@@ -111,8 +111,9 @@ class Start:
     def context(self, recipe: Recipe, profile: HardwareProfile, checkpoints: Path,
                 progress: ProgressFn | None = None, device: str | None = "cpu") -> StageContext:  # fmt: skip
         """A stage context whose current model is a fresh copy of the teacher."""
+        metric = self.task.user and portable_factory(self.task.user.spec, self.source)
         current = Current(copy.deepcopy(self.teacher), self.io, self.labels, self.factory, dict(self.kwargs),
-                          dict(self.branches), self.mb)  # fmt: skip
+                          dict(self.branches), self.mb, task=self.task.name, metric=metric)  # fmt: skip
         d = recipe.data
         return StageContext(d.name, d.train, d.val, d.test, d.calibration, recipe.seed, self.task, self.gate,
                             self.reference_val, profile, self.teacher, current, checkpoints,
@@ -123,7 +124,14 @@ def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) ->
     """Run (or reuse) the recipe's stages in `stages/NN-kind-KEY`, yielding each one's report row and directory.
     KEY chains every stage's settings onto the teacher's weights, the data and the seed, so two runs that share a
     prefix of stages share its directories."""
-    key = content_hash({"model": start.sha, "data": recipe.data.model_dump(), "seed": recipe.seed})
+    # What a run scores by (distillation stops early on it) joins the key where it is not plain accuracy, so the
+    # directories of classification runs written before tasks existed are still found.
+    scoring = (
+        {}
+        if (start.task.name, start.gate.metric) == ("classification", "accuracy")
+        else {"task": start.task.name, "metric": start.gate.metric, "spec": start.task.user and start.task.user.spec}
+    )
+    key = content_hash({"model": start.sha, "data": recipe.data.model_dump(), "seed": recipe.seed, **scoring})
     for i, stage in enumerate(recipe.stages, 1):
         if not (is_main() or any(s.distributed for s in recipe.stages[i - 1 :])):
             return  # under torchrun the other ranks' part ends with the last data-parallel stage

@@ -33,7 +33,7 @@ class Scores:
 
     @property
     def accuracy(self) -> float:
-        """Classification's accuracy (export and search gate it; tasks.require_gated refuses other tasks there)."""
+        """Classification's accuracy (`edgekit search` gates it; tasks.require_gated refuses other tasks there)."""
         return self.values["accuracy"]
 
     def __getitem__(self, metric: str) -> float:

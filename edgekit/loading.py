@@ -239,6 +239,7 @@ def save_model_package(
     task: str = "classification",
     meta: Mapping[str, Any] | None = None,
     branches: Mapping[str, list[str]] | None = None,
+    metric: str | None = None,
 ) -> Path:
     """Write safetensors weights and edgekit-model.yaml; the directory appears only when complete."""
     from safetensors.torch import save_file
@@ -247,6 +248,7 @@ def save_model_package(
         factory=factory,
         kwargs=dict(kwargs or {}),
         task=task,
+        metric=metric,
         labels=list(labels),
         io=io.to_dict(),
         branches=dict(branches or {}),

@@ -8,7 +8,7 @@ Classification is argmax accuracy and macro-F1, as EdgeKit always scored. A pack
 
 A `Gate` is one metric with a limit on how much worse it may get, in that metric's direction: `max_drop` counts
 points of a fraction (accuracy, mAP), `max_metric_drop: {mae: 0.05}` the metric's own unit. compress and
-validate gate every task; export and search gate classification only so far (`require_gated`)."""
+validate gate every task, and so does export; search gates classification only so far (`require_gated`)."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ TASKS: dict[str, Task] = {
     )
 }  # fmt: skip
 CLASSIFICATION = TASKS["classification"]
-GATED = ("classification",)  # what export and search gate so far
+GATED = ("classification",)  # what search gates so far
 
 
 def get_task(name: str) -> Task:
@@ -223,7 +223,7 @@ def require_gated(task: Task, verb: str) -> None:
         what = f"task {task.name}" + (f" with metric {task.user.name}" if task.user else "")
         raise UsageError(
             f"{verb} gates classification by accuracy only so far; this model's is {what}",
-            "compress and validate gate every task and metric; see docs/bring-your-own-model.md#tasks",
+            "compress, export and validate gate every task and metric; see docs/bring-your-own-model.md#tasks",
         )
 
 
@@ -249,7 +249,7 @@ class Gate:
     def worsening(self, reference: float, candidate: float) -> float:
         """How much worse `candidate` is than `reference`, in the gate's unit (negative: better)."""
         diff = reference - candidate if self.higher_is_better else candidate - reference
-        return round(self.scale * diff, 2 if self.scale == 100 else 6)
+        return round(self.scale * diff, 2 if self.scale == 100 else 6) + 0.0  # + 0.0: never -0.0
 
     def fits(self, worsening: float) -> bool:
         return self.limit is None or worsening <= self.limit

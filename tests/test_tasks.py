@@ -1,8 +1,8 @@
 """Tasks other than classification (edgekit/tasks.py): a regression model written like a user's, trained briefly on
 AV-digits-derived intensities, scored by `edgekit eval` with MAE, RMSE, Pearson's r and the concordance correlation
 per modality subset; labels that keep their type; and one-line errors where labels or the task do not fit.
-compress and validate gate it by MAE (the verdict, the accuracy-aware INT8 search, every modality subset), or by the
-package's own metric function; export and search refuse it until they gate by the task's metric too."""
+compress, export and validate gate it by MAE (the verdict, the accuracy-aware INT8 search, every modality subset),
+or by the package's own metric function; search refuses it until it gates by the task's metric too."""
 
 from __future__ import annotations
 
@@ -100,13 +100,13 @@ def test_eval_scores_a_regression_model_by_its_task_per_modality_subset(intensit
     assert all(col in text.stdout for col in ("MAE", "RMSE", "Pearson r", "CCC", "regression"))
 
 
-def test_the_gates_refuse_a_task_they_cannot_gate_yet(intensity_package, intensity_data, tmp_path):
-    r = run_cli("export", "--model", str(intensity_package), "--target", "x86", "--out", str(tmp_path / "x"),
-                "--data", str(intensity_data))  # fmt: skip
+def test_search_refuses_a_task_it_cannot_gate_yet(intensity_package, intensity_data, tmp_path):
+    r = run_cli("search", "--model", str(intensity_package), "--data", str(intensity_data), "--trials", "1",
+                "--out", str(tmp_path / "s"))  # fmt: skip
     errors = [line for line in r.stderr.splitlines() if line.startswith("edgekit: error:")]
     assert r.code == 2 and len(errors) == 1 and r.stderr.rstrip().endswith(errors[0]), r.stderr
-    assert "export gates classification by accuracy only so far; this model's is task regression" in errors[0]
-    assert not (tmp_path / "x").exists()
+    assert "search gates classification by accuracy only so far; this model's is task regression" in errors[0]
+    assert not (tmp_path / "s").exists()
 
 
 def package_with(src: Path, dst: Path, **manifest: object) -> Path:
@@ -280,3 +280,34 @@ def test_bad_metrics_and_budgets_give_one_line_and_write_nothing(intensity_packa
         )
         assert r.code == 2 and r.stderr.count("\n") == 1 and fragment in r.stderr, (budgets, r.stderr)
         assert not out.exists()
+
+
+@pytest.mark.heavy
+def test_a_regression_goes_from_compress_to_export_and_validation(intensity_package, intensity_data, tmp_path,
+                                                                   x86_here):  # fmt: skip
+    """The user's regression model through distillation (MSE to the teacher and the targets, early stopping on val
+    MAE) and the MAE-driven INT8 search, then exported from the run for x86 (the run's exclusions reused) and for
+    Android (ExecuTorch INT8 searched within --max-metric-drop), and validated with the real CLI. Pruning is left out:
+    channel pruning breaks this model's Conv -> Flatten -> Linear (docs/bring-your-own-model.md#tasks)."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"model: {intensity_package}\ndata: {{name: {intensity_data}}}\ntargets: [{x86_here}]\n"
+                    f"budgets: {{max_metric_drop: {{mae: 0.03}}}}\n"
+                    "stages: [{kind: distill, epochs: 4}, {kind: quantize, backend: openvino}]\n")  # fmt: skip
+    r, report = compress(tmp_path, "run", path)
+    assert r.code == 0 and report["verdict"]["status"] == "pass", r.stderr
+    distilled = report["stages"][0]
+    assert "best_val_mae" in distilled and distilled["mae_drop"] <= 0.03, distilled
+    run = tmp_path / "run"
+    for target, fmt in ((str(x86_here), "openvino"), ("android", "executorch")):
+        r = run_cli("export", "--model", str(run), "--target", target, "--data", str(intensity_data), "--out",
+                    str(tmp_path / fmt), "--max-metric-drop", "mae=0.03", "--no-validate", "--json")  # fmt: skip
+        assert r.code == 0, r.stderr
+        result = json.loads(r.stdout)
+        int8 = next(a for a in result["artifacts"] if (a["format"], a["precision"]) == (fmt, "int8"))
+        assert result["metric"] == "mae" and int8["mae_drop"] <= 0.03, int8  # against the distilled model
+        r = run_cli("validate", str(Path(int8["path"]).parent), "--profile", target, "--baseline",
+                    str(intensity_package), "--data", str(intensity_data), "--max-metric-drop", "mae=0.03",
+                    "--estimate", "--json")  # fmt: skip
+        row = json.loads(r.stdout)["rows"][0]
+        gate = next(c for c in row["checks"] if c["budget"] == "max_metric_drop")
+        assert gate["status"] == "pass" and row["metric"] == "mae", row  # against the teacher

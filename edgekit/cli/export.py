@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import api
 from ..data.calibration import DEFAULT_SAMPLES
 from ..formats import FormatName
-from .common import JsonOpt, OverwriteOpt, emit, err, out
+from .common import JsonOpt, MetricDropOpt, OverwriteOpt, emit, err, metric_drop, out
 from .validate import UNVERIFIED
 from .validate import render as render_validation
 
@@ -44,6 +44,7 @@ def export(
         float | None,
         typer.Option(min=0.0, help="INT8: keep the costliest layers in float until the drop on val fits (points)."),
     ] = None,
+    max_metric_drop: MetricDropOpt = None,
     shapes: Annotated[Shapes, typer.Option(help="dynamic (IOSpec ranges) or static (the opt point).")] = Shapes.dynamic,
     threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads for the accuracy runs.")] = None,
     validate: Annotated[
@@ -53,29 +54,28 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export for a target; every artifact gets a manifest and, where it runs here, its test accuracy."""
-    options = api.ExportOptions(
-        fmt and fmt.value, precision and precision.value, data, calib_samples, shapes.value, threads, max_drop, validate
-    )
+    options = api.ExportOptions(fmt and fmt.value, precision and precision.value, data, calib_samples, shapes.value,
+                                threads, max_drop, validate, metric_drop(max_metric_drop))  # fmt: skip
     result = api.export(model, target, out_dir, options, overwrite, log=lambda m: err.print(f"[dim]{m}[/dim]"))
 
     def render() -> None:
-        src = result["source"]
-        table = Table(title=f"{Path(str(model)).name} for {result['profile']} (source accuracy {src['accuracy']:.4f})")
-        for col in ("format", "precision", "runtime", "size MB", "accuracy", "drop (pts)"):
-            table.add_column(col, justify="right" if col in ("size MB", "accuracy", "drop (pts)") else "left")
+        src, m = result["source"], result["metric"]
+        table = Table(title=f"{Path(str(model)).name} for {result['profile']} (source {m} {src[m]:.4f})")
+        drop_col = "drop (pts)" if result["unit"] == "points" else f"{m} worse by"
+        for col in ("format", "precision", "runtime", "size MB", m, drop_col):
+            table.add_column(col, justify="right" if col in ("size MB", m, drop_col) else "left")
         for a in result["artifacts"]:
-            acc = "builds on device" if a["accuracy"] is None else f"{a['accuracy']:.4f}"
-            if a["accuracy"] is None and "reference" in a:
-                acc = f"({a['reference']['accuracy']:.4f} Q/DQ in ORT)"
-            drop = "" if a["accuracy_drop"] is None else f"{a['accuracy_drop']:+.2f}"
-            table.add_row(a["format"], a["precision"], ", ".join(a["runtime"]) or "-", f"{a['size_mb']:.2f}", acc, drop)
+            value = "builds on device" if a[m] is None else f"{a[m]:.4f}"
+            if a[m] is None and "reference" in a:
+                value = f"({a['reference'][m]:.4f} Q/DQ in ORT)"
+            drop = "" if a[f"{m}_drop"] is None else f"{a[f'{m}_drop']:+.4g}"
+            table.add_row(a["format"], a["precision"], ", ".join(a["runtime"]) or "-", f"{a['size_mb']:.2f}", value,
+                          drop)  # fmt: skip
         out.print(table)
         out.print(f"artifacts in {result['out']} (one directory each, with manifest.json)")
         p = result["parity"]
-        out.print(
-            f"ONNX parity: {p['cases']} cases, max abs error {p['max_abs']:.2e}, "
-            f"min top-1 agreement {p['min_top1_agreement']:.3f}"
-        )
+        top1 = f", min top-1 agreement {p['min_top1_agreement']:.3f}" if result["task"] == "classification" else ""
+        out.print(f"ONNX parity: {p['cases']} cases, max abs error {p['max_abs']:.2e}{top1}")
         if "validation" in result:
             render_validation(result["validation"])
 

@@ -463,6 +463,8 @@ def save_pruned(
     labels: list[str] | tuple[str, ...] = (),
     meta: Mapping[str, Any] | None = None,
     branches: Mapping[str, list[str]] | None = None,
+    task: str = "classification",
+    metric: str | None = None,
 ) -> Path:
     """Write `model` (as pruned by prune() from the model `base` builds) as a model package that
     edgekit.loading.load_model rebuilds."""
@@ -472,4 +474,4 @@ def save_pruned(
     if wrong or len(rebuilt) != len(model.state_dict()):
         raise EdgeKitError(f"the pruned architecture does not rebuild: {', '.join(wrong[:3]) or 'extra tensors'}")
     return save_model_package(model, io, path, factory=FACTORY, kwargs=kwargs, labels=labels, meta=meta,
-                              branches=branches)  # fmt: skip
+                              branches=branches, task=task, metric=metric)  # fmt: skip

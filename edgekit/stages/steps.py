@@ -56,14 +56,17 @@ class Current:
     branches: dict[str, list[str]]  # the package's override of the branches found in the graph, if any
     mb: ModuleBranches  # the teacher's module branches (stages keep module names)
     pruned: bool = False
+    task: str = "classification"  # the teacher's, which every package of the run keeps
+    metric: str | None = None  # the teacher package's own metric, a spec that resolves from anywhere
 
     def save(self, path: Path, meta: dict[str, Any]) -> None:
+        scoring = {"task": self.task, "metric": self.metric}
         if self.pruned:
             save_pruned(self.model, self.io, path, {"factory": self.factory, "kwargs": self.kwargs}, self.labels, meta,
-                        self.branches)  # fmt: skip
+                        self.branches, **scoring)  # fmt: skip
         else:
             save_model_package(self.model, self.io, path, factory=self.factory, kwargs=self.kwargs,
-                               labels=self.labels, meta=meta, branches=self.branches)  # fmt: skip
+                               labels=self.labels, meta=meta, branches=self.branches, **scoring)  # fmt: skip
 
 
 @dataclass
