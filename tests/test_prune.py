@@ -13,6 +13,7 @@ from torch import nn
 from edgekit.data import load_split, with_modalities
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.errors import UsageError
+from edgekit.io import IOSpec
 from edgekit.loading import load_model
 from edgekit.models import FUSIONS, build_fusion_model
 from edgekit.stages.heads import PrunedAttention, head_slices, keep_heads, prune_heads
@@ -94,6 +95,19 @@ def test_video_branch_prunes():
     assert run(result.model, VIDEO_IO.example_torch(batch=2)).shape == (2, 10)
     assert result.parts["video"].params_after < result.parts["video"].params_before
     assert result.parts["audio"].params_after == result.parts["audio"].params_before
+
+
+def test_a_flatten_into_a_linear_prunes_beside_a_recurrent_branch():
+    """A user's CNN branch that flattens [channels, 7, 7] into a Linear, beside a GRU branch: a channel pruned is 49
+    input features of the Linear (torch-pruning alone mapped one per channel here, and the model did not run)."""
+    from .conformance_models import build_intensity
+    from .test_tasks import IO
+
+    io = IOSpec.from_dict(IO)
+    result = prune(build_intensity(), io, PruneConfig(global_ratio=0.3))
+    eye = result.model.eye
+    assert eye[2].out_channels < 32 and eye[5].in_features == eye[2].out_channels * 7 * 7
+    assert run(result.model, io.example_torch(batch=2)).shape == (2, 1)
 
 
 @pytest.mark.parametrize("part", ["image", "text", "audio", "fusion"])

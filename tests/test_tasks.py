@@ -285,18 +285,19 @@ def test_bad_metrics_and_budgets_give_one_line_and_write_nothing(intensity_packa
 @pytest.mark.heavy
 def test_a_regression_goes_from_compress_to_export_and_validation(intensity_package, intensity_data, tmp_path,
                                                                    x86_here):  # fmt: skip
-    """The user's regression model through distillation (MSE to the teacher and the targets, early stopping on val
-    MAE) and the MAE-driven INT8 search, then exported from the run for x86 (the run's exclusions reused) and for
-    Android (ExecuTorch INT8 searched within --max-metric-drop), and validated with the real CLI. Pruning is left out:
-    channel pruning breaks this model's Conv -> Flatten -> Linear (docs/bring-your-own-model.md#tasks)."""
+    """The user's regression model through pruning, distillation (MSE to the teacher and the targets, early stopping
+    on val MAE) and the MAE-driven INT8 search, then exported from the run for x86 (the run's exclusions reused) and
+    for Android (ExecuTorch INT8 searched within --max-metric-drop), and validated with the real CLI."""
     path = tmp_path / "recipe.yaml"
     path.write_text(f"model: {intensity_package}\ndata: {{name: {intensity_data}}}\ntargets: [{x86_here}]\n"
                     f"budgets: {{max_metric_drop: {{mae: 0.03}}}}\n"
-                    "stages: [{kind: distill, epochs: 4}, {kind: quantize, backend: openvino}]\n")  # fmt: skip
+                    "stages: [{kind: prune, pruning_ratio: 0.3}, {kind: distill, epochs: 4},"
+                    " {kind: quantize, backend: openvino}]\n")  # fmt: skip
     r, report = compress(tmp_path, "run", path)
     assert r.code == 0 and report["verdict"]["status"] == "pass", r.stderr
-    distilled = report["stages"][0]
-    assert "best_val_mae" in distilled and distilled["mae_drop"] <= 0.03, distilled
+    pruned, distilled = report["stages"][:2]
+    assert pruned["params"] < 0.5 * report["baseline"]["params"]  # the image branch's Conv -> Flatten -> Linear too
+    assert "best_val_mae" in distilled and distilled["mae_drop"] <= 0.03 < pruned["mae_drop"], report["stages"]
     run = tmp_path / "run"
     for target, fmt in ((str(x86_here), "openvino"), ("android", "executorch")):
         r = run_cli("export", "--model", str(run), "--target", target, "--data", str(intensity_data), "--out",

@@ -270,9 +270,26 @@ def _prune_channels(
             round_to=round_to,
             unwrapped_parameters=[(p, p.dim() - 1) for p in own],
         )
+        _map_flattens(pruner.DG)
         pruner.ignored_layers += _cross_part_layers(model, pruner, mb) + _feeding(pruner, stand_ins)
         with torch.no_grad():
             pruner.step()
+
+
+def _map_flattens(graph: Any) -> None:
+    """Map every flatten of a 4-D tensor (Conv -> Flatten -> Linear: one channel is H*W input features). torch-pruning
+    1.6.1 reads the flatten's input shape under a name torch 2 no longer uses, and its fallback maps no reshape at all
+    once any Linear outputs 3-D (a transformer's, a recurrent stand-in's): the Linear would lose one input feature
+    per channel pruned, and the pruned model would not run."""
+    tp = _tp()
+    was, graph._2d_4d = graph._2d_4d, True
+    try:
+        for node in graph.module2node.values():
+            sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+            if node.type == tp.ops.OPTYPE.RESHAPE and sizes is not None and len(sizes) == 4:
+                tp.dependency.index_mapping.update_reshape_index_mapping(graph, node)
+    finally:
+        graph._2d_4d = was
 
 
 def _feeding(pruner: Any, stand_ins: list[nn.Module]) -> list[nn.Module]:
