@@ -15,7 +15,7 @@ from .data import BUILTIN, AVDigitsConfig, FeedDataset, build_avdigits, dataset_
 from .data.avdigits import SPLITS
 from .data.calibration import DEFAULT_SAMPLES, calibration_set
 from .errors import UsageError
-from .evaluation import EvalReport, evaluate, torch_outputs, torch_predict
+from .evaluation import EvalReport, against, evaluate, torch_outputs, torch_predict
 from .formats import FORMATS, ExportContext, Search, ShapeMode, accuracy_runner, check_request
 from .fsutil import atomic_dir, check_out_dir, check_writable, write_json
 from .hardware import HardwareProfile, resolve_profile
@@ -27,7 +27,7 @@ from .runtimes import onnx_runner, predict_fn
 from .targets.onnx import export_onnx
 from .targets.parity import check_parity, require_parity
 from .targets.parity import summary as parity_summary
-from .tasks import Task, gate_for
+from .tasks import Task, agreement, gate_for
 from .validate import Options as ValidateOptions
 from .validate import validate
 from .zoo import reference_teacher, reference_teacher_path, train
@@ -85,6 +85,7 @@ class ExportOptions:
     max_drop: float | None = None  # INT8: search what stays float until the drop on val fits (points)
     validate: bool = False  # validate the profile's artifacts against its budgets at the end
     max_metric_drop: dict[str, float] | None = None  # instead of max_drop: one metric of the task, in its unit
+    against_teacher: bool = False  # gate agreement with the model's own outputs, not labels (unlabelled data too)
 
 
 def plan_exports(
@@ -172,6 +173,15 @@ def export(
     loaded = load_model(model)
     task, run = loaded.task, recorded_int8(Path(model))
     io, test = (loaded.io.static() if o.shapes == "static" else loaded.io), load_split(o.data, "test")
+    agree = o.against_teacher or not test.labelled  # every split is scored against the model's own outputs
+    if agree:
+        log(f"gating agreement with {model} on {o.data}, not labels")
+        task, test = agreement(task), against(torch_predict(loaded.model), io, test)
+
+    def split(data: str, name: str) -> FeedDataset:
+        found = load_split(data, name)
+        return against(torch_predict(loaded.model), io, found) if agree else found
+
     source = evaluate(torch_predict(loaded.model), io, test, per_modality=False, task=task).overall  # a package
     # metric learns its direction here, before its gate is made
     explicit = gate_for(task, o.max_drop, o.max_metric_drop)  # what --max-drop / --max-metric-drop ask for
@@ -184,10 +194,11 @@ def export(
         # A format the run did not search gets its own search, within the budget given, else the profile's points.
         gate = explicit if explicit.limit is not None else gate_for(task, None, o.max_metric_drop,
                                                                     profile.budgets.max_accuracy_drop)  # fmt: skip
-        search = None if gate.limit is None else Search(load_split(run.data, run.val), gate, task, run.reference)
+        reference = None if agree else run.reference  # agreement: against the model exported, not the run's teacher
+        search = None if gate.limit is None else Search(split(run.data, run.val), gate, task, reference)
     else:
         calibrate = lambda: calibration_set(io, load_split(o.data, "train"), o.calib_samples)  # noqa: E731
-        search = Search(load_split(o.data, "val"), explicit, task) if explicit.limit is not None else None
+        search = Search(split(o.data, "val"), explicit, task) if explicit.limit is not None else None
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as work, atomic_dir(out) as tmp:
         hub = Path(work) / "model.onnx"
@@ -261,7 +272,7 @@ def export(
     elif o.validate:  # the profile's own artifacts, proven the way `edgekit validate` does
         log(f"validating {len(arts)} artifact(s) against {profile.name}")
         baseline = run_model(Path(model))
-        checks = ValidateOptions(o.data, threads=o.threads)
+        checks = ValidateOptions(o.data, threads=o.threads, against_teacher=o.against_teacher)
         budgets = {"max_metric_drop": o.max_metric_drop}
         result["validation"] = validate(arts, target, baseline, budgets=budgets, options=checks)  # the same target
         write_json(out / "export.json", result)

@@ -18,6 +18,7 @@ from torch import nn
 
 from .data import FeedDataset, with_modalities
 from .data.adapter import modality_subsets
+from .errors import UsageError
 from .fsutil import cache_root, content_hash, write_json
 from .io import IOSpec
 from .tasks import CLASSIFICATION, Task, macro_f1
@@ -134,6 +135,10 @@ def evaluate(
     task: Task = CLASSIFICATION,
 ) -> EvalReport:
     """The task's metrics of `predict`'s first output on `data`, overall and per modality subset."""
+    if not data.labelled:
+        raise UsageError(f"{data.name or 'the data'} has no labels ('label')",
+                         "add them, or gate by agreement with the float model: --against-teacher on export and "
+                         "validate (docs/bring-your-own-model.md#without-labels)")  # fmt: skip
     mods = io.modalities
     subsets = modality_subsets(mods) if per_modality else [mods]
     outs: dict[tuple[str, ...], list[np.ndarray]] = {s: [] for s in subsets}
@@ -159,6 +164,14 @@ def evaluate(
     return EvalReport(table[full], table, len(y_all), bad_names, correct, task.name, warnings, flat, y_all)
 
 
+def against(predict: Predict, io: IOSpec, data: FeedDataset, batch_size: int = 64) -> FeedDataset:
+    """`data` labelled with `predict`'s first output on each sample, every modality present: the reference that a
+    gate of agreement with the float model compares with (tasks.agreement)."""
+    outs = [np.asarray(predict(with_modalities(io, feeds, io.modalities)), np.float32)
+            for feeds, _ in data.batches(io.fit_batch(batch_size))]  # fmt: skip
+    return data.relabelled(np.concatenate(outs))
+
+
 def nonsense(task: Task, overall: Scores, outputs: np.ndarray, width: object) -> tuple[str, ...]:
     """Why the scores likely mean nothing: one output column under classification (argmax is always 0), or a
     model whose outputs are the same for every sample."""
@@ -182,15 +195,10 @@ def evaluate_elsewhere(
 ) -> EvalReport:
     """`evaluate` with the model run somewhere else in one go (a device over ssh): the feeds evaluation asks for are
     collected first, `run_all` returns their logits in order, and the same code scores them."""
-    asked: list[dict[str, np.ndarray]] = []
-
-    def collect(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        asked.append(dict(feeds))
-        return np.zeros((len(next(iter(feeds.values()))), 1), np.float32)
-
-    evaluate(collect, io, data, task=CLASSIFICATION)  # collects feeds only: no metric runs on the zeros
+    batch, subsets = 64, modality_subsets(io.modalities)  # evaluate's batches and subsets, in its order
+    asked = [with_modalities(io, feeds, s) for feeds, _ in data.batches(io.fit_batch(batch)) for s in subsets]
     answers = iter(run_all(asked))
-    return evaluate(lambda feeds: next(answers), io, data, task=task)
+    return evaluate(lambda feeds: next(answers), io, data, batch, task=task)
 
 
 def cached_evaluate(

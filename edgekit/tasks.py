@@ -29,6 +29,9 @@ Labeler = Callable[[np.ndarray, str], np.ndarray]
 METRICS: dict[str, tuple[bool, bool]] = {
     "accuracy": (True, True), "macro_f1": (True, True), "map": (True, True), "micro_f1": (True, True),
     "mae": (False, False), "rmse": (False, False), "pearson_r": (True, False), "ccc": (True, False),
+    # agreement with the float model's outputs (no labels, or --against-teacher)
+    "top1_agreement": (True, True), "decision_agreement": (True, True), "rel_error": (False, False),
+    "cosine": (True, False),
 }  # fmt: skip
 
 
@@ -205,6 +208,48 @@ TASKS: dict[str, Task] = {
              "one or more float targets: MAE, RMSE, Pearson's r and the concordance correlation"),
     )
 }  # fmt: skip
+
+
+def reference_outputs(labels: np.ndarray, split: str) -> np.ndarray:
+    if labels.dtype.kind != "f" or labels.ndim not in (1, 2):
+        raise bad_labels(split, labels, "agreement", "the float model's outputs", "relabel the split with them")
+    return labels.astype(np.float64)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine similarity of the rows (1 where both are zero)."""
+    num, den = (a * b).sum(1), np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.where(den > 0, num / np.where(den > 0, den, 1), 1.0)))
+
+
+def agreement_scores(task: str) -> Scorer:
+    def score(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+        out, ref = as_targets(outputs, reference)
+        if task == "classification":
+            return {"top1_agreement": float(np.mean(out.argmax(-1) == ref.argmax(-1))), "cosine": cosine(out, ref)}
+        if task == "multilabel":
+            return {"decision_agreement": float(np.mean((out > 0) == (ref > 0))), "cosine": cosine(out, ref)}
+        scale = float(np.mean(np.abs(ref))) or 1.0
+        return {"rel_error": float(np.mean(np.abs(out - ref))) / scale, "cosine": cosine(out, ref)}
+
+    return score
+
+
+def agreement(task: Task) -> Task:
+    """`task` gated against the float model instead of labels (unlabelled data, or --against-teacher): each
+    sample's label is the float model's output on it, with every modality present. Classification scores top-1
+    agreement, multilabel the agreement of the decisions at probability 0.5, regression (and anything else) the
+    mean absolute difference relative to the mean absolute output; cosine similarity of the outputs besides."""
+    primary = {"classification": "top1_agreement", "multilabel": "decision_agreement"}.get(task.name, "rel_error")
+    return Task(
+        f"{task.name} against the float model",
+        (primary, "cosine"),
+        reference_outputs,
+        agreement_scores(task.name),
+        f"agreement with the float model ({primary}, cosine)",
+    )
+
+
 CLASSIFICATION = TASKS["classification"]
 GATED = ("classification",)  # what search gates so far
 

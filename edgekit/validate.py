@@ -26,7 +26,7 @@ from .artifact import Artifact, load_artifact, sha256_file
 from .data import load_split
 from .data.adapter import modality_subsets
 from .errors import EdgeKitError, UsageError
-from .evaluation import EvalReport, cached_evaluate, evaluate, evaluate_elsewhere, torch_predict
+from .evaluation import EvalReport, against, cached_evaluate, evaluate, evaluate_elsewhere, torch_predict
 from .formats import accuracy_runner, get_format
 from .fsutil import write_json
 from .hardware import Budgets, HardwareProfile, resolve_profile
@@ -44,7 +44,7 @@ from .provenance import data_hashes
 from .runtimes import predict_fn
 from .stages.prune import FACTORY as PRUNED_FACTORY
 from .stats import budget_note, paired_drop, paired_interval, wilson
-from .tasks import CLASSIFICATION, Gate, Task, gate_for
+from .tasks import CLASSIFICATION, Gate, Task, agreement, gate_for
 
 Log = Callable[[str], None]
 
@@ -359,6 +359,7 @@ class Options:
     estimate_only: bool = False
     remote: Remote | None = None  # measure latency, energy and accuracy on this device over ssh
     device_facts: Mapping[str, Any] | None = None  # the device trtexec measurement files came from
+    against_teacher: bool = False  # gate agreement with the baseline's outputs, not labels (unlabelled data too)
 
 
 def validate(
@@ -387,9 +388,15 @@ def validate(
     base: EvalReport | None = None
     task = CLASSIFICATION  # an artifact alone does not say its task: its baseline package does
     baseline = baseline or recorded_source(artifacts, log)
+    if (options.against_teacher or not test.labelled) and baseline is None:
+        raise UsageError(f"gating {options.data}/{options.split} against the float model needs that model",
+                         "pass --baseline PACKAGE (the package the artifacts were exported from)")  # fmt: skip
     if baseline is not None:
         loaded = load_model(baseline)
         task = loaded.task
+        if options.against_teacher or not test.labelled:
+            log(f"gating agreement with {baseline} on {options.data}/{options.split}, not labels")
+            test, task = against(torch_predict(loaded.model), loaded.io, test), agreement(task)
         gates_accuracy = task is CLASSIFICATION and not limits.max_metric_drop  # what the cache holds
         split_sha = data_hashes(options.data, {options.split}).get(options.split) if gates_accuracy else None
         base = cached_evaluate(torch_predict(loaded.model), loaded.io, test, split_sha, task)

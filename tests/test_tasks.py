@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score
 
 from edgekit.io import IOSpec
 from edgekit.loading import save_model_package
-from edgekit.tasks import TASKS, concordance, multilabel_scores, regression_scores
+from edgekit.tasks import TASKS, agreement, concordance, multilabel_scores, regression_scores
 
 from .conformance_models import build_intensity
 from .conftest import run_cli
@@ -312,3 +312,47 @@ def test_a_regression_goes_from_compress_to_export_and_validation(intensity_pack
         row = json.loads(r.stdout)["rows"][0]
         gate = next(c for c in row["checks"] if c["budget"] == "max_metric_drop")
         assert gate["status"] == "pass" and row["metric"] == "mae", row  # against the teacher
+
+
+def test_agreement_with_the_float_model_is_scored_per_task():
+    ref = np.array([[2.0, 0.1], [0.3, 1.0], [1.0, -1.0]])
+    out = np.array([[1.5, 0.2], [0.9, -0.1], [1.2, -0.8]])  # row 2: another class, one decision flipped
+    cls = agreement(TASKS["classification"]).score(out, ref)
+    assert cls["top1_agreement"] == pytest.approx(2 / 3) and 0 < cls["cosine"] < 1
+    assert agreement(TASKS["multilabel"]).score(out, ref)["decision_agreement"] == pytest.approx(5 / 6)
+    reg = agreement(TASKS["regression"]).score(out[:, :1], ref[:, :1])
+    assert reg["rel_error"] == pytest.approx(np.abs(out[:, 0] - ref[:, 0]).mean() / np.abs(ref[:, 0]).mean())
+    assert agreement(TASKS["regression"]).score(ref, ref)["rel_error"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def unlabelled(intensity_data, tmp_path_factory) -> Path:
+    """The intensity data without its labels: what a user has for calibration and validation."""
+    out = tmp_path_factory.mktemp("unlabelled")
+    for split in ("train", "val", "test"):
+        with np.load(intensity_data / f"{split}.npz") as z:
+            np.savez(out / f"{split}.npz", image=z["image"], audio=z["audio"])
+    return out
+
+
+@pytest.mark.slow
+def test_without_labels_export_and_validate_gate_agreement_with_the_float_model(
+    intensity_package, unlabelled, tmp_path, x86_here
+):
+    """No labels: export calibrates, searches and scores against the model's own outputs (relative error for a
+    regression), and validate does the same against the baseline; without a baseline it cannot, and says so."""
+    r = run_cli("export", "--model", str(intensity_package), "--target", str(x86_here), "--data", str(unlabelled),
+                "--out", str(tmp_path / "x"), "--max-metric-drop", "rel_error=0.05", "--json")  # fmt: skip
+    assert r.code in (0, 3), r.stderr  # 3: a budget only the device decides (RAM), never the agreement
+    result = json.loads(r.stdout)
+    assert result["metric"] == "rel_error" and result["source"]["rel_error"] == 0.0
+    int8 = [a for a in result["artifacts"] if a["precision"] == "int8"]
+    assert int8 and all(0 < a["rel_error_drop"] <= 0.05 for a in int8), int8
+    rows = result["validation"]["rows"]
+    gates = [next(c for c in row["checks"] if c["budget"] == "max_metric_drop") for row in rows]
+    assert {g["status"] for g in gates} == {"pass"} and all(g["metric"] == "rel_error" for g in gates)
+    art = str(Path(int8[0]["path"]).parent)
+    r = run_cli("validate", art, "--profile", str(x86_here), "--data", str(unlabelled))
+    assert r.code == 2 and "against the float model needs that model (pass --baseline" in r.stderr, r.stderr
+    r = run_cli("eval", "--model", str(intensity_package), "--data", str(unlabelled))
+    assert r.code == 2 and r.stderr.count("\n") == 1 and "/test has no labels ('label')" in r.stderr

@@ -48,6 +48,14 @@ MetricDropOpt = Annotated[
     str | None,
     typer.Option("--max-metric-drop", help="Gate one metric of the model's task in its own unit, e.g. mae=0.05."),
 ]
+AgainstTeacherOpt = Annotated[
+    bool,
+    typer.Option(
+        "--against-teacher",
+        help="Gate agreement with the float model's outputs instead of labels (the "
+        "default for data without labels): top-1 agreement, or relative error for regression.",
+    ),
+]
 RemoteOpt = Annotated[str | None, typer.Option("--remote", help="Run it on this device over ssh: user@host[:port].")]
 SshConfigOpt = Annotated[Path | None, typer.Option("--ssh-config", help="ssh_config file (default: your own).")]
 RemoteEdgekitOpt = Annotated[

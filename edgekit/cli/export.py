@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import api
 from ..data.calibration import DEFAULT_SAMPLES
 from ..formats import FormatName
-from .common import JsonOpt, MetricDropOpt, OverwriteOpt, emit, err, metric_drop, out
+from .common import AgainstTeacherOpt, JsonOpt, MetricDropOpt, OverwriteOpt, emit, err, metric_drop, out
 from .validate import UNVERIFIED
 from .validate import render as render_validation
 
@@ -45,6 +45,7 @@ def export(
         typer.Option(min=0.0, help="INT8: keep the costliest layers in float until the drop on val fits (points)."),
     ] = None,
     max_metric_drop: MetricDropOpt = None,
+    against_teacher: AgainstTeacherOpt = False,
     shapes: Annotated[Shapes, typer.Option(help="dynamic (IOSpec ranges) or static (the opt point).")] = Shapes.dynamic,
     threads: Annotated[int | None, typer.Option(min=1, help="Runtime threads for the accuracy runs.")] = None,
     validate: Annotated[
@@ -55,7 +56,8 @@ def export(
 ) -> None:
     """Export for a target; every artifact gets a manifest and, where it runs here, its test accuracy."""
     options = api.ExportOptions(fmt and fmt.value, precision and precision.value, data, calib_samples, shapes.value,
-                                threads, max_drop, validate, metric_drop(max_metric_drop))  # fmt: skip
+                                threads, max_drop, validate, metric_drop(max_metric_drop),
+                                against_teacher)  # fmt: skip
     result = api.export(model, target, out_dir, options, overwrite, log=lambda m: err.print(f"[dim]{m}[/dim]"))
 
     def render() -> None:

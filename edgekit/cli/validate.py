@@ -10,6 +10,7 @@ from rich.table import Table
 
 from .. import tracking
 from .common import (
+    AgainstTeacherOpt,
     FleetOpt,
     FleetOutOpt,
     JsonOpt,
@@ -63,6 +64,7 @@ def validate(
     data: Annotated[str, typer.Option(help="Dataset whose test split measures accuracy.")] = "avdigits",
     max_drop: Annotated[float | None, typer.Option(min=0, help="Override the profile's accuracy budget.")] = None,
     max_metric_drop: MetricDropOpt = None,
+    against_teacher: AgainstTeacherOpt = False,
     latency_p95_ms: Annotated[float | None, typer.Option(min=0, help="Override the p95 latency budget.")] = None,
     max_size_mb: Annotated[float | None, typer.Option(min=0, help="Override the size budget.")] = None,
     max_peak_ram_mb: Annotated[float | None, typer.Option(min=0, help="Override the peak RAM budget.")] = None,
@@ -117,7 +119,8 @@ def validate(
         device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, python=remote_python,
                               timeout=remote_timeout)  # fmt: skip
     facts = read_facts(device_facts, device_fact or [])
-    options = Options(data=data, threads=threads, estimate_only=estimate, remote=device, device_facts=facts)
+    options = Options(data=data, threads=threads, estimate_only=estimate, remote=device, device_facts=facts,
+                      against_teacher=against_teacher)  # fmt: skip
     log = lambda m: err.print(f"[dim]{m}[/dim]")  # noqa: E731
     with tracking.start("validate", mlflow, f"validate {profile or fleet}") as tracked:
         tracked.params({"artifacts": ",".join(map(str, artifacts)), "data": data, "estimate": estimate})

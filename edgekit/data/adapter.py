@@ -22,10 +22,12 @@ Sample = tuple[dict[str, np.ndarray], Any]  # (feeds, label): a class index, flo
 
 
 class FeedDataset:
-    def __init__(self, source: Sequence[Any], transform: Callable[[Any], Sample], name: str = "") -> None:
+    def __init__(self, source: Sequence[Any], transform: Callable[[Any], Sample], name: str = "",
+                 labelled: bool = True) -> None:  # fmt: skip
         self.source = source
         self.transform = transform
         self.name = name
+        self.labelled = labelled  # False: its labels are placeholders (a split without 'label')
 
     def __len__(self) -> int:
         return len(self.source)
@@ -35,7 +37,11 @@ class FeedDataset:
 
     def head(self, n: int) -> FeedDataset:
         """The first `n` samples (a smaller run of the same split, e.g. for smoke tests)."""
-        return FeedDataset(self.source[:n], self.transform, self.name)
+        return FeedDataset(self.source[:n], self.transform, self.name, self.labelled)
+
+    def relabelled(self, labels: np.ndarray) -> FeedDataset:
+        """The same feeds with these labels, one per sample (a float model's outputs, to gate agreement with it)."""
+        return FeedDataset(range(len(self)), lambda i: (self[i][0], labels[i]), self.name)
 
     def batches(
         self, batch_size: int, indices: Sequence[int] | None = None
@@ -50,13 +56,15 @@ class FeedDataset:
             yield feeds, labels.astype(np.int64) if labels.dtype.kind in "iub" else labels
 
 
-def from_arrays(arrays: Mapping[str, np.ndarray], labels: np.ndarray, name: str = "") -> FeedDataset:
-    """An adapter over in-memory arrays that share their first (sample) dimension."""
-    n = len(labels)
+def from_arrays(arrays: Mapping[str, np.ndarray], labels: np.ndarray | None, name: str = "") -> FeedDataset:
+    """An adapter over in-memory arrays that share their first (sample) dimension; `labels` None: unlabelled (zeros
+    stand in, and `labelled` says so)."""
+    n = len(labels) if labels is not None else len(next(iter(arrays.values()), []))
     bad = [k for k, v in arrays.items() if len(v) != n]
     if bad:
         raise UsageError(f"dataset {name or ''} arrays {bad} do not have {n} samples like 'label'")
-    return FeedDataset(range(n), lambda i: ({k: v[i] for k, v in arrays.items()}, labels[i]), name)
+    y = np.zeros(n, np.int64) if labels is None else labels
+    return FeedDataset(range(n), lambda i: ({k: v[i] for k, v in arrays.items()}, y[i]), name, labels is not None)
 
 
 def load_npz_split(directory: Path, split: str) -> FeedDataset:
@@ -77,11 +85,8 @@ def load_npz_split(directory: Path, split: str) -> FeedDataset:
             f"{path} is not an .npz of plain arrays ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})",
             "save each split with np.savez from numeric arrays",
         ) from e
-    if "label" not in arrays:
-        raise UsageError(f"{path} has no 'label' array", "add the labels as 'label' (class indices, float targets or "
-                         "multi-hot rows, as the model's task takes)")  # fmt: skip
-    labels = arrays.pop("label")
-    if len(labels) == 0:
+    labels = arrays.pop("label", None)  # unlabelled data gates agreement with the float model (tasks.agreement)
+    if (len(labels) if labels is not None else len(next(iter(arrays.values()), []))) == 0:
         raise UsageError(f"{path} holds zero samples", "write at least one sample per split")
     return from_arrays(arrays, labels, f"{Path(directory).name}/{split}")
 

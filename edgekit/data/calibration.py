@@ -47,7 +47,8 @@ def calibration_set(io: IOSpec, data: FeedDataset, n: int = DEFAULT_SAMPLES, see
     feeds, labels, missing = [], set(), 0
     for j, i in enumerate(order):
         sample, label = data[int(i)]
-        labels.add(label)
+        if data.labelled and np.ndim(label) == 0:  # classes (a multi-hot row, or no labels at all, says nothing)
+            labels.add(label)
         present = io.modalities
         if partial and j % MISSING_EVERY == MISSING_EVERY - 1:
             present, missing = partial[(j // MISSING_EVERY) % len(partial)], missing + 1
