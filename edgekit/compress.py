@@ -39,25 +39,32 @@ from .zoo import reference_teacher
 REPORT = "report.json"
 
 
-def prepare_run_dir(out: Path, recipe_text: str, overwrite: bool) -> None:
-    """A new directory, or the same recipe's earlier run (resumed); another recipe's run only with --overwrite."""
+def check_run_dir(out: Path, recipe_text: str, overwrite: bool) -> bool:
+    """Refuse an --out that is a file, a directory that holds no EdgeKit run, or another recipe's run without
+    --overwrite, before any work; True when `out` holds another recipe's run that --overwrite replaces."""
     check_writable(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} is a file", "choose a directory for --out")
     previous = out / "recipe.yaml"
-    if out.is_dir() and any(out.iterdir()):
-        if not previous.is_file():  # --overwrite replaces an EdgeKit run, never an arbitrary directory
-            raise UsageError(f"{out} is not empty and holds no EdgeKit run", "choose a new or empty --out")
-        same = previous.read_text() == recipe_text
-        if not same and not overwrite:
-            raise UsageError(f"{out} holds a different run", "choose a new --out, or pass --overwrite to replace it")
-        if not same:
-            shutil.rmtree(out)
+    if not (out.is_dir() and any(out.iterdir())):
+        return False
+    if not previous.is_file():  # --overwrite replaces an EdgeKit run, never an arbitrary directory
+        raise UsageError(f"{out} is not empty and holds no EdgeKit run", "choose a new or empty --out")
+    same = previous.read_text() == recipe_text
+    if not same and not overwrite:
+        raise UsageError(f"{out} holds a different run", "choose a new --out, or pass --overwrite to replace it")
+    return not same
+
+
+def prepare_run_dir(out: Path, recipe_text: str, overwrite: bool) -> None:
+    """A new directory, or the same recipe's earlier run (resumed); another recipe's run only with --overwrite."""
+    if check_run_dir(out, recipe_text, overwrite):
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT).unlink(missing_ok=True)  # the run is incomplete until the new report is written
     for stale in [*out.rglob(".*.tmp"), *out.rglob(".*.old")]:  # what a killed run was writing (nested too)
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    write_text(previous, recipe_text)
+    write_text(out / "recipe.yaml", recipe_text)
 
 
 def run_log(path: Path, echo: Log) -> Log:
@@ -160,6 +167,8 @@ def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lamb
     each stage ends (tracking). Under torchrun every rank calls this, rank 0 alone writes, and the other ranks
     return an empty dict after their last data-parallel stage."""
     text = dump_recipe(recipe)
+    if is_main():  # a refused --out fails before the teacher is loaded and scored
+        check_run_dir(out, text, overwrite)
     resolved = [resolve_profile(t) for t in recipe.targets]
     profiles = [p for p, _ in resolved]
     start = Start.load(recipe)

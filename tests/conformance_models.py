@@ -13,7 +13,10 @@ mask. The conformance tests copy this file into model packages as `model.py` and
   No modality_mask. Returns logits.
 - `build_intensity`: a regression model: image (`eye`, a small CNN) and audio (`ear`, a GRU over log-mel frames),
   each with its own scalar head, late-fused by a learned weighting. No modality_mask. Returns one float per sample
-  (`task: regression`)."""
+  (`task: regression`).
+- `build_traits`: a multi-label model: image (`look`, a small CNN pooled to a vector) and audio (`listen`, a 1-D
+  CNN over log-mel frames, mean-pooled over time), their features concatenated into an MLP with two logits ("the
+  digit is even", "the digit is above 4"). No modality_mask (`task: multilabel`)."""
 
 from __future__ import annotations
 
@@ -233,3 +236,22 @@ class Intensity(nn.Module):
 
 def build_intensity() -> Intensity:
     return Intensity()
+
+
+class Traits(nn.Module):
+    """Intermediate fusion by concatenation, two independent yes/no logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.look = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())  # fmt: skip
+        self.listen = nn.Sequential(nn.Conv1d(40, 32, 5, 2, 2), nn.ReLU(), nn.Conv1d(32, 32, 5, 2, 2), nn.ReLU())
+        self.decide = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 2))
+
+    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        sound = self.listen(audio.squeeze(1)).mean(-1)
+        return self.decide(torch.cat([self.look(image), sound], -1))
+
+
+def build_traits() -> Traits:
+    return Traits()

@@ -154,6 +154,7 @@ def test_tables_in_a_log_keep_their_full_width():
     assert max(len(line) for line in p.stdout.splitlines()) > 80
 
 
+@pytest.mark.heavy  # 49 s: make test-all
 def test_a_model_declared_for_small_batches_is_evaluated_and_exported_in_them(tmp_path):
     """A user's spec with `batch: {min: 1, opt: 1, max: 8}`, below EdgeKit's default batches (64 to evaluate, 16 to
     probe a baseline): evaluation, and the export's parity check and accuracy in its runtime, run batches of 8."""

@@ -335,7 +335,7 @@ def unlabelled(intensity_data, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # 47 s: make test-all (the agreement metrics are checked above in make test)
 def test_without_labels_export_and_validate_gate_agreement_with_the_float_model(
     intensity_package, unlabelled, tmp_path, x86_here
 ):
@@ -356,3 +356,53 @@ def test_without_labels_export_and_validate_gate_agreement_with_the_float_model(
     assert r.code == 2 and "against the float model needs that model (pass --baseline" in r.stderr, r.stderr
     r = run_cli("eval", "--model", str(intensity_package), "--data", str(unlabelled))
     assert r.code == 2 and r.stderr.count("\n") == 1 and "/test has no labels ('label')" in r.stderr
+
+
+@pytest.mark.heavy
+def test_a_multilabel_model_goes_through_the_pipeline_gated_by_map(avdigits, tmp_path, x86_here):
+    """A user's multi-label model ("even", "above 4") from AV-digits: eval scores mAP and micro-F1 per subset;
+    compress prunes, distils (BCE against the teacher's probabilities) and quantizes within 3 points of mAP
+    (`max_drop` counts mAP points for this task); exporting the run and validating it gate mAP too."""
+    from .conformance_models import build_traits
+
+    data = tmp_path / "traits"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        with np.load(avdigits / f"{split}.npz") as z:
+            digit = z["label"]
+            np.savez(data / f"{split}.npz", image=z["image"], audio=z["audio"],
+                     label=np.stack([digit % 2 == 0, digit > 4], 1).astype(np.int64))  # fmt: skip
+    torch.manual_seed(0)
+    model = build_traits()
+    with np.load(data / "train.npz") as z:
+        image, audio, y = (torch.from_numpy(z[k]) for k in ("image", "audio", "label"))
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(10):
+        for idx in torch.randperm(len(y)).split(64):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(image[idx], audio[idx]), y[idx].float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    io = {**IO, "outputs": [{"name": "traits", "dtype": "float32", "shape": ["batch", 2]}]}
+    pkg = tmp_path / "traits-pkg"
+    save_model_package(model.eval(), IOSpec.from_dict(io), pkg, factory="model.py:build_traits", task="multilabel",
+                       labels=["even", "above 4"])  # fmt: skip
+    shutil.copy(HERE / "conformance_models.py", pkg / "model.py")
+    r = run_cli("eval", "--model", str(pkg), "--data", str(data), "--json")
+    scores = json.loads(r.stdout)
+    assert r.code == 0 and scores["task"] == "multilabel" and scores["map"] > 0.8, (r.stderr, scores)
+    assert all(set(s) == {"map", "micro_f1"} for s in scores["subsets"].values())
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"model: {pkg}\ndata: {{name: {data}}}\ntargets: [{x86_here}]\nbudgets: {{max_drop: 3.0}}\n"
+                    "stages: [{kind: prune, pruning_ratio: 0.3}, {kind: distill, epochs: 4},"
+                    " {kind: quantize, backend: openvino}]\n")  # fmt: skip
+    r, report = compress(tmp_path, "run", path)
+    assert r.code in (0, 1) and report["metric"] == "map" and report["unit"] == "points", r.stderr
+    pruned, distilled, quantized = report["stages"]
+    assert pruned["params"] < report["baseline"]["params"] and "best_val_map" in distilled
+    assert quantized["search"]["metric"] == "map" and quantized["map"] > 0.8, quantized
+    assert report["verdict"]["status"] == ("pass" if quantized["map_drop"] <= 3.0 else "fail")
+    r = run_cli("export", "--model", str(tmp_path / "run"), "--target", str(x86_here), "--data", str(data),
+                "--out", str(tmp_path / "x86"), "--json")  # fmt: skip
+    result = json.loads(r.stdout)
+    assert result["metric"] == "map" and all(row["metric"] == "map" for row in result["validation"]["rows"])
