@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import torch
 from scipy.stats import pearsonr
 from sklearn.metrics import average_precision_score
+from torch.nn import functional as F
 
 from edgekit.io import IOSpec
 from edgekit.loading import save_model_package
@@ -62,20 +64,24 @@ def intensity_data(avdigits, tmp_path_factory) -> Path:
     return out
 
 
+def train_like_a_user(model: torch.nn.Module, data: Path, loss: Callable, epochs: int, lr: float) -> torch.nn.Module:
+    """The user's own loop: Adam over shuffled batches of 64 of the train split's image and audio."""
+    with np.load(data / "train.npz") as z:
+        image, audio, y = (torch.from_numpy(z[k]) for k in ("image", "audio", "label"))
+    opt = torch.optim.Adam(model.parameters(), lr)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y)).split(64):
+            opt.zero_grad()
+            loss(model(image[idx], audio[idx]), y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def intensity_package(intensity_data, tmp_path_factory) -> Path:
     """The user's regression model, trained for eight epochs with their own loop (MSE), saved as a package."""
     torch.manual_seed(0)
-    model = build_intensity()
-    with np.load(intensity_data / "train.npz") as z:
-        image, audio, y = (torch.from_numpy(z[k]) for k in ("image", "audio", "label"))
-    opt = torch.optim.Adam(model.parameters(), 2e-3)
-    for _ in range(8):
-        for idx in torch.randperm(len(y)).split(64):
-            loss = torch.nn.functional.mse_loss(model(image[idx], audio[idx]).squeeze(1), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = train_like_a_user(build_intensity(), intensity_data, lambda out, y: F.mse_loss(out.squeeze(1), y), 8, 2e-3)
     src = tmp_path_factory.mktemp("pkg-src")
     shutil.copy(HERE / "conformance_models.py", src / "model.py")
     pkg = src / "intensity"
@@ -373,16 +379,8 @@ def test_a_multilabel_model_goes_through_the_pipeline_gated_by_map(avdigits, tmp
             np.savez(data / f"{split}.npz", image=z["image"], audio=z["audio"],
                      label=np.stack([digit % 2 == 0, digit > 4], 1).astype(np.int64))  # fmt: skip
     torch.manual_seed(0)
-    model = build_traits()
-    with np.load(data / "train.npz") as z:
-        image, audio, y = (torch.from_numpy(z[k]) for k in ("image", "audio", "label"))
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(10):
-        for idx in torch.randperm(len(y)).split(64):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(image[idx], audio[idx]), y[idx].float())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = train_like_a_user(build_traits(), data, lambda out, y: F.binary_cross_entropy_with_logits(out, y.float()),
+                              10, 3e-3)  # fmt: skip
     io = {**IO, "outputs": [{"name": "traits", "dtype": "float32", "shape": ["batch", 2]}]}
     pkg = tmp_path / "traits-pkg"
     save_model_package(model.eval(), IOSpec.from_dict(io), pkg, factory="model.py:build_traits", task="multilabel",
