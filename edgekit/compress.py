@@ -29,7 +29,7 @@ from .hardware import HardwareProfile, resolve_profile
 from .io import IOSpec
 from .loading import load_model, portable_factory
 from .provenance import data_hashes, provenance, tree_hashes
-from .recipe import Recipe, dump_recipe
+from .recipe import Recipe, dump_recipe, load_recipe
 from .stages.steps import Current, Log, ModelStage, StageContext, model_stats, split_score
 from .tasks import Gate, Task, gate_for
 from .training import ProgressFn
@@ -50,7 +50,10 @@ def check_run_dir(out: Path, recipe_text: str, overwrite: bool) -> bool:
         return False
     if not previous.is_file():  # --overwrite replaces an EdgeKit run, never an arbitrary directory
         raise UsageError(f"{out} is not empty and holds no EdgeKit run", "choose a new or empty --out")
-    same = previous.read_text() == recipe_text
+    try:  # read as this version reads it: a field added since (its default filled in) is the same recipe
+        same = dump_recipe(load_recipe(previous)) == recipe_text
+    except UsageError:
+        same = False
     if not same and not overwrite:
         raise UsageError(f"{out} holds a different run", "choose a new --out, or pass --overwrite to replace it")
     return not same

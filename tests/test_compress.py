@@ -5,6 +5,8 @@ import json
 import pytest
 import yaml
 
+from edgekit.errors import UsageError
+
 from .conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -112,3 +114,20 @@ def test_unknown_stage_kind_and_bad_ratio_exit_2(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump({"stages": [{"kind": "prune", "pruning_ratio": 1.5}]}))
     r = run_cli("compress", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "x"))
     assert r.code == 2 and "pruning_ratio" in r.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_run_written_before_a_recipe_field_existed_is_the_same_recipe(tmp_path):
+    """A run directory's recipe.yaml is read as this version reads it: a field added since (its default filled in)
+    does not make it another recipe, so an older run resumes; a real difference is still refused."""
+    from edgekit.compress import check_run_dir
+    from edgekit.recipe import Recipe, dump_recipe
+
+    text = dump_recipe(Recipe())
+    older = text.replace("  max_metric_drop: null\n", "")
+    assert older != text
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text(older)
+    assert check_run_dir(run, text, overwrite=False) is False  # the same recipe: nothing to replace
+    with pytest.raises(UsageError, match="holds a different run"):
+        check_run_dir(run, dump_recipe(Recipe(seed=1)), overwrite=False)
