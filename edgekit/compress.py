@@ -158,8 +158,8 @@ def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) ->
         if not cached:
             barrier()  # rank 0 has saved the stage
             row = row if is_main() else stage.reuse(ctx, where)
-        m = row["metric"]
-        row.update({"cached": cached, f"{m}_drop": start.gate.worsening(start.base_acc, row[m])})
+        m = start.gate.metric  # the key of its value (a stage cached before rows named their metric has none)
+        row.update({"metric": m, "cached": cached, f"{m}_drop": start.gate.worsening(start.base_acc, row[m])})
         yield row, where
 
 
