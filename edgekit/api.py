@@ -188,7 +188,7 @@ def export(
     m = explicit.metric
     source_score = source[m]
     parent = model_hash(loaded.model)
-    meta = {"source": str(model), "profile": profile.name, "shapes": o.shapes}
+    meta = {"source": str(model), "profile": profile.name, "shapes": o.shapes, "task": loaded.task.name}
     if run:
         calibrate = lambda: calibration_set(io, load_split(run.data, run.split), run.samples, run.seed)  # noqa: E731
         # A format the run did not search gets its own search, within the budget given, else the profile's points.

@@ -34,7 +34,7 @@ class Scores:
 
     @property
     def accuracy(self) -> float:
-        """Classification's accuracy (`edgekit search` gates it; tasks.require_gated refuses other tasks there)."""
+        """Classification's accuracy (`edgekit train` and the Wilson interval read it)."""
         return self.values["accuracy"]
 
     def __getitem__(self, metric: str) -> float:

@@ -164,9 +164,10 @@ def render(run_dir: Path) -> Path:
 
 
 def search_svg(result: dict[str, Any]) -> str:
-    """Accuracy drop on val vs p95 latency for every trial with a result (marker area: size), the Pareto front of
-    the feasible ones in colour (not joined: with size as a third objective a point can be on the front though
-    another beats it on these two), the chosen point and the recipe's own point marked."""
+    """How much worse the gated metric is on val (accuracy: in points) vs p95 latency for every trial with a result
+    (marker area: size), the Pareto front of the feasible ones in colour (not joined: with size as a third objective
+    a point can be on the front though another beats it on these two), the chosen point and the recipe's own point
+    marked."""
     fig, ax = pyplot().subplots(figsize=(7.5, 4.2))
     done = [t for t in result["trials"] if t.get("values")]
     on_front = {p["number"] for p in result["front"]}
@@ -183,7 +184,8 @@ def search_svg(result: dict[str, Any]) -> str:
             ax.annotate(f"#{t['number']} {mark}", xy, fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.axhline(result["budgets"]["max_drop"], color="#b3261e", ls="--", lw=1, label="max_drop")
     ax.set_xlabel(f"p95 latency at batch 1, ms ({result['latency_source']})")
-    ax.set_ylabel("accuracy drop on val, points")
+    metric, unit = result.get("metric", "accuracy"), result.get("unit", "points")
+    ax.set_ylabel(f"{metric} drop on val, {unit}" if unit == "points" else f"{metric} worse on val, {metric}'s unit")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     return svg(fig)

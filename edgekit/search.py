@@ -1,11 +1,12 @@
 """`edgekit search`: the best deployable configurations for a hardware profile under its budgets.
 
 A trial is a recipe: per-branch prune ratios, a head ratio, distillation epochs and an INT8 format, chosen by
-Optuna's multi-objective TPE sampler (accuracy drop on `val`, p95 latency at batch 1, size), with the budgets as
-constraints. Its stages run in one shared stage cache (`compress.run_stages`: a pruned model per ratio vector, a
-student per architecture and schedule, an INT8 artifact per exclusion set), and latencies are cached per artifact
-hash and device, so no two trials repeat work. The study lives in SQLite in the run directory (a killed search
-resumes), or in any storage Optuna reaches (`--storage`), which lets several workers share it.
+Optuna's multi-objective TPE sampler (how much worse the task's gated metric gets on `val`: accuracy, mAP, MAE or
+a package's own; p95 latency at batch 1; size), with the budgets as constraints. Its stages run in one shared stage
+cache (`compress.run_stages`: a pruned model per ratio vector, a student per architecture and schedule, an INT8
+artifact per exclusion set), and latencies are cached per artifact hash and device, so no two trials repeat work.
+The study lives in SQLite in the run directory (a killed search resumes), or in any storage Optuna reaches
+(`--storage`), which lets several workers share it.
 
 Optuna's pruners are single-objective (`Trial.report` raises in a multi-objective study), so the early stop is
 a budget rule: a trial whose `val` drop after `probe_epochs` is further over the budget than any finished trial
@@ -34,7 +35,7 @@ from .profiling.remote import Remote, profile_remote
 from .recipe import Recipe, SearchSpace, dump_recipe
 from .stages.heads import has_heads
 from .stages.prune import parts_of
-from .tasks import require_gated
+from .tasks import Gate, Task, gate_for
 from .validate import subset_names
 
 Log = Callable[[str], None]
@@ -55,17 +56,34 @@ def optuna() -> Any:
 @dataclass(frozen=True)
 class Limits:
     """The budgets a trial must meet (constraints, not objectives): the flags', else the recipe's, else the
-    profile's."""
+    profile's. The drop is the gate's: points of accuracy (mAP, recall@1), or `max_metric_drop` in its metric's
+    unit."""
 
-    max_drop: float
+    gate: Gate
     latency_p95_ms: float | None
     size_mb: float | None
 
     @classmethod
-    def of(cls, recipe: Recipe, profile: HardwareProfile) -> Limits:
+    def of(cls, recipe: Recipe, profile: HardwareProfile, task: Task) -> Limits:
         b, p = recipe.budgets, profile.budgets
-        drop = next(d for d in (b.max_drop, p.max_accuracy_drop, 1.0) if d is not None)
-        return cls(drop, b.latency_p95_ms or p.latency_p95_ms, b.size_mb or p.max_size_mb)
+        points = next(d for d in (p.max_accuracy_drop, 1.0) if d is not None)
+        gate = gate_for(task, b.max_drop, b.max_metric_drop or p.max_metric_drop, default_points=points)
+        if gate.limit is None:
+            raise UsageError(f"search constrains how much worse {gate.metric} gets, and task {task.name} has no "
+                             "budget on it", f"set budgets.max_metric_drop: {{{gate.metric}: LIMIT}}, or "
+                             f"--max-metric-drop {gate.metric}=LIMIT")  # fmt: skip
+        return cls(gate, b.latency_p95_ms or p.latency_p95_ms, b.size_mb or p.max_size_mb)
+
+    @property
+    def max_drop(self) -> float:
+        assert self.gate.limit is not None
+        return self.gate.limit
+
+    def as_dict(self) -> dict[str, Any]:
+        """As search.json records them: `max_drop` in `unit` of `metric`."""
+        g = self.gate
+        return {"max_drop": g.limit, "metric": g.metric, "unit": g.unit, "latency_p95_ms": self.latency_p95_ms,
+                "size_mb": self.size_mb}  # fmt: skip
 
     def violated(self, values: dict[str, float]) -> dict[str, float]:
         """Each budget's excess (<= 0: met), as Optuna's constraints."""
@@ -259,14 +277,14 @@ class Objective:
         ctx.log = self.log
         for stage in recipe.stages:
             stage.check(ctx)
-        ref, row = self.start.reference_val, {}
+        ref, row, g = self.start.reference_val, {}, self.limits.gate
         for row, _ in run_stages(recipe, self.start, ctx, self.out / "stages"):
             if row["name"] == "distill":
-                drop = round(100 * (ref - row["best_val_accuracy"]), 2)
+                drop = g.worsening(ref, row[f"best_val_{g.metric}"])
                 trial.set_user_attr("float_val_drop", drop)
                 if drop > self.limits.max_drop:
-                    raise Stop(f"the distilled float model is {drop:.2f} points below the teacher on val, over the "
-                               f"{self.limits.max_drop} budget before INT8")  # fmt: skip
+                    raise Stop(f"the distilled float model is {drop:.4g} {g.unit} worse than the teacher on val, "
+                               f"over the {self.limits.max_drop} budget before INT8")  # fmt: skip
         art, found = row["artifact"], row["search"]
         lat = self.latency(Path(art["path"]).parent, art["sha256"])
         values = {"val_drop": found["drop"], "latency_p95_ms": lat["p95_ms"], "size_mb": art["size_mb"]}
@@ -276,7 +294,8 @@ class Objective:
         over = [k for k, v in excess.items() if v > 0]
         attrs = {
             "status": "infeasible" if over else "feasible", "violated": over,
-            "val_accuracy": found["accuracy"], "test_accuracy": row["accuracy"], "test_drop": row["accuracy_drop"],
+            f"val_{g.metric}": found[g.metric], f"test_{g.metric}": row[g.metric],
+            "test_drop": row[f"{g.metric}_drop"],
             "latency": lat, "macs": row["macs"], "n_params": row["params"], "artifact": art,
             "seconds": round(time.perf_counter() - begin, 1),
         }  # fmt: skip
@@ -288,19 +307,20 @@ class Objective:
 
     def watch(self, trial: Any) -> Callable[[int, int, float, float], None]:
         """Distillation's per-epoch callback: the probe-epoch stop."""
-        ref, budget = self.start.reference_val, self.limits.max_drop
+        ref, budget, g = self.start.reference_val, self.limits.max_drop, self.limits.gate
 
         def progress(epoch: int, epochs: int, loss: float, val: float) -> None:
             if epoch != min(self.probe, epochs):
                 return
-            drop = round(100 * (ref - val), 2)
+            drop = g.worsening(ref, val)
             trial.set_user_attr("probe_val_drop", drop)
             both = [t.user_attrs for t in finished(trial.study)]
             recovered = [a["probe_val_drop"] - a["float_val_drop"] for a in both if "float_val_drop" in a and
                          "probe_val_drop" in a]  # fmt: skip
             if len(recovered) >= 2 and drop - max(recovered) > budget:
-                raise Stop(f"{drop:.2f} points below the teacher on val after {epoch} epochs; the most any trial "
-                           f"recovered after that is {max(recovered):.2f}, short of the {budget} budget")  # fmt: skip
+                raise Stop(f"{drop:.4g} {g.unit} worse than the teacher on val after {epoch} epochs; the most "
+                           f"any trial recovered after that is {max(recovered):.4g}, short of the {budget} "
+                           "budget")  # fmt: skip
 
         return progress
 
@@ -308,7 +328,7 @@ class Objective:
 def study_name(recipe: Recipe, profile: HardwareProfile, choices: dict[str, list[Any]], limits: Limits) -> str:
     """Workers share a study only when they search the same thing."""
     what = {"model": recipe.model, "data": recipe.data.model_dump(), "seed": recipe.seed, "profile": profile.name,
-            "space": choices, "limits": limits.__dict__}  # fmt: skip
+            "space": choices, "limits": limits.as_dict()}  # fmt: skip
     return f"edgekit-{content_hash(what)[:12]}"
 
 
@@ -328,9 +348,8 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
     o = optuna()
     profile, note = resolve_profile(recipe.targets[0])
     start = Start.load(recipe)
-    require_gated(start.task, "search")
     subset_names(recipe.budgets.max_subset_drop, start.io)
-    choices, limits = space(recipe, start, profile), Limits.of(recipe, profile)
+    choices, limits = space(recipe, start, profile), Limits.of(recipe, profile, start.task)
     trials = options.trials if options.trials is not None or options.time_budget_s else 20
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -401,7 +420,8 @@ def summary(study: Any, recipe: Recipe, profile: HardwareProfile, choices: dict[
     return {
         "model": recipe.model, "data": recipe.data.name, "profile": profile.name,
         "latency_source": latency.source, **({"latency_note": latency.why} if latency.source != "measured" else {}),
-        "objectives": list(OBJECTIVES), "space": choices, "budgets": limits.__dict__,
+        "objectives": list(OBJECTIVES), "metric": limits.gate.metric, "unit": limits.gate.unit,
+        "space": choices, "budgets": limits.as_dict(),
         "trials": rows, "front": front, "chosen": fastest,
     }  # fmt: skip
 

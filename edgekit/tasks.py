@@ -8,11 +8,12 @@ Classification is argmax accuracy and macro-F1, as EdgeKit always scored. A pack
 
 A `Gate` is one metric with a limit on how much worse it may get, in that metric's direction: `max_drop` counts
 points of a fraction (accuracy, mAP), `max_metric_drop: {mae: 0.05}` the metric's own unit. compress and
-validate gate every task, and so does export; search gates classification only so far (`require_gated`)."""
+validate gate every task, and so do export and search."""
 
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,7 +32,7 @@ METRICS: dict[str, tuple[bool, bool]] = {
     "mae": (False, False), "rmse": (False, False), "pearson_r": (True, False), "ccc": (True, False),
     # agreement with the float model's outputs (no labels, or --against-teacher)
     "top1_agreement": (True, True), "decision_agreement": (True, True), "rel_error": (False, False),
-    "cosine": (True, False),
+    "cosine": (True, False), "recall_at_1": (True, True), "recall_at_5": (True, True),
 }  # fmt: skip
 
 
@@ -197,6 +198,48 @@ def multilabel_scores(outputs: np.ndarray, labels: np.ndarray) -> dict[str, floa
     return {"map": float(ap), "micro_f1": float(f1_score(y, (out > 0).astype(int), average="micro", zero_division=0))}
 
 
+def pair_ids(labels: np.ndarray, split: str) -> np.ndarray:
+    integral = labels.dtype.kind in "iu" or (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0))
+    fix = "write one integer id per sample, shared by the samples that match, or leave 'label' out to gate by "
+    if labels.ndim != 1 or not integral:
+        raise bad_labels(split, labels, "embedding", "one pair id (an integer) per sample", fix + "agreement")
+    ids = labels.astype(np.int64)
+    if len(ids) > 1 and np.unique(ids).size == len(ids):
+        raise UsageError(f"no two samples of {split} share a pair id, so recall@k has no queries",
+                         fix + "agreement with the float model")  # fmt: skip
+    return ids
+
+
+RECALL_AT = (1, 5)
+
+
+def recall_hits(outputs: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """For each query (a sample whose id another sample shares), whether a sample of its id is among its k nearest
+    others by cosine distance (scikit-learn's neighbours, the whole split as the gallery). recall@k is their mean;
+    a paired interval resamples these queries with the gallery kept whole (a resampled gallery would hold copies
+    of the query itself)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    x = outputs.reshape(len(outputs), -1).astype(np.float64)
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    queries = counts[inverse] > 1
+    k = min(k, len(x) - 1)
+    if k < 1 or not queries.any():
+        return np.zeros(0, bool)
+    near = NearestNeighbors(n_neighbors=k, metric="cosine").fit(x).kneighbors(return_distance=False)  # not itself
+    return (ids[near] == ids[:, None]).any(1)[queries]
+
+
+# metrics that are a mean over queries ranked against the whole split: what their paired intervals resample
+PER_QUERY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    f"recall_at_{k}": functools.partial(recall_hits, k=k) for k in RECALL_AT
+}
+
+
+def embedding_scores(outputs: np.ndarray, ids: np.ndarray) -> dict[str, float]:
+    return {name: float(hits.mean()) if (hits := fn(outputs, ids)).size else 0.0 for name, fn in PER_QUERY.items()}
+
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -206,6 +249,9 @@ TASKS: dict[str, Task] = {
              "any number of labels per sample (multi-hot, one logit each): mAP and micro-F1 at probability 0.5"),
         Task("regression", ("mae", "rmse", "pearson_r", "ccc"), target_labels, regression_scores,
              "one or more float targets: MAE, RMSE, Pearson's r and the concordance correlation"),
+        Task("embedding", ("recall_at_1", "recall_at_5"), pair_ids, embedding_scores,
+             "a vector per sample: recall@1 and recall@5 by cosine where samples share pair ids; without ids, "
+             "cosine agreement with the float model's vectors"),
     )
 }  # fmt: skip
 
@@ -230,7 +276,12 @@ def agreement_scores(task: str) -> Scorer:
         if task == "multilabel":
             return {"decision_agreement": float(np.mean((out > 0) == (ref > 0))), "cosine": cosine(out, ref)}
         scale = float(np.mean(np.abs(ref))) or 1.0
-        return {"rel_error": float(np.mean(np.abs(out - ref))) / scale, "cosine": cosine(out, ref)}
+        rel_error = float(np.mean(np.abs(out - ref))) / scale
+        return (
+            {"cosine": cosine(out, ref), "rel_error": rel_error}
+            if task == "embedding"
+            else {"rel_error": rel_error, "cosine": cosine(out, ref)}
+        )
 
     return score
 
@@ -238,20 +289,22 @@ def agreement_scores(task: str) -> Scorer:
 def agreement(task: Task) -> Task:
     """`task` gated against the float model instead of labels (unlabelled data, or --against-teacher): each
     sample's label is the float model's output on it, with every modality present. Classification scores top-1
-    agreement, multilabel the agreement of the decisions at probability 0.5, regression (and anything else) the
-    mean absolute difference relative to the mean absolute output; cosine similarity of the outputs besides."""
-    primary = {"classification": "top1_agreement", "multilabel": "decision_agreement"}.get(task.name, "rel_error")
+    agreement, multilabel the agreement of the decisions at probability 0.5, an embedding the mean cosine
+    similarity of its vectors, regression (and anything else) the mean absolute difference relative to the mean
+    absolute output; cosine similarity (relative error, for an embedding) besides."""
+    primary = {"classification": "top1_agreement", "multilabel": "decision_agreement",
+               "embedding": "cosine"}.get(task.name, "rel_error")  # fmt: skip
+    second = "rel_error" if primary == "cosine" else "cosine"
     return Task(
         f"{task.name} against the float model",
-        (primary, "cosine"),
+        (primary, second),
         reference_outputs,
         agreement_scores(task.name),
-        f"agreement with the float model ({primary}, cosine)",
+        f"agreement with the float model ({primary}, {second})",
     )
 
 
 CLASSIFICATION = TASKS["classification"]
-GATED = ("classification",)  # what search gates so far
 
 
 def get_task(name: str) -> Task:
@@ -260,16 +313,6 @@ def get_task(name: str) -> Task:
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise UsageError(f"unknown task '{name}'", f"{hint}use one of {', '.join(TASKS)}")
     return TASKS[name]
-
-
-def require_gated(task: Task, verb: str) -> None:
-    """Refuse to gate a task by a metric that means nothing for it (an argmax of regression outputs)."""
-    if task.name not in GATED or task.user:
-        what = f"task {task.name}" + (f" with metric {task.user.name}" if task.user else "")
-        raise UsageError(
-            f"{verb} gates classification by accuracy only so far; this model's is {what}",
-            "compress, export and validate gate every task and metric; see docs/bring-your-own-model.md#tasks",
-        )
 
 
 @dataclass(frozen=True)

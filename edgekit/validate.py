@@ -44,7 +44,7 @@ from .provenance import data_hashes
 from .runtimes import predict_fn
 from .stages.prune import FACTORY as PRUNED_FACTORY
 from .stats import budget_note, paired_drop, paired_interval, wilson
-from .tasks import CLASSIFICATION, Gate, Task, agreement, gate_for
+from .tasks import CLASSIFICATION, PER_QUERY, Gate, Task, agreement, gate_for, get_task
 
 Log = Callable[[str], None]
 
@@ -172,9 +172,8 @@ def accuracy_fields(art_eval: EvalReport, base: EvalReport | None, io: IOSpec, g
             if gate.scale == 100 and metric == "accuracy":
                 out["drop_ci"] = paired_drop(base.correct[name], art_eval.correct[name])
             else:
-                assert art_eval.labels is not None
-                out["drop_ci"] = paired_interval(base.outputs[name], art_eval.outputs[name], art_eval.labels,
-                                                 task.metric(metric), gate.worsening)  # fmt: skip
+                out["drop_ci"] = metric_interval(base.outputs[name], art_eval.outputs[name], art_eval.labels, gate,
+                                                 task)  # fmt: skip
         return {**out, "nonfinite": True} if name in art_eval.nonfinite else out
 
     main = one(full)
@@ -184,6 +183,17 @@ def accuracy_fields(art_eval: EvalReport, base: EvalReport | None, io: IOSpec, g
         row["accuracy_ci"] = main["accuracy_ci"]
     row["subsets"] = {name: one(name) for name in art_eval.subsets if name != full}
     return row
+
+
+def metric_interval(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, gate: Gate,
+                    task: Task) -> tuple[float, float]:  # fmt: skip
+    """The paired bootstrap interval of how much worse `candidate` is on the gate's metric: over the samples, or
+    over the queries for a retrieval metric (recall@k), each ranked against the whole split."""
+    assert labels is not None
+    if per_query := PER_QUERY.get(gate.metric):
+        ref, cand = per_query(reference, labels).astype(float), per_query(candidate, labels).astype(float)
+        return paired_interval(ref, cand, np.zeros(len(ref)), lambda hits, _: float(hits.mean()), gate.worsening)
+    return paired_interval(reference, candidate, labels, task.metric(gate.metric), gate.worsening)
 
 
 def validation_gate(task: Task, budgets: Budgets) -> Gate:
@@ -350,6 +360,22 @@ def recorded_source(artifacts: Sequence[Path], log: Log = lambda _: None) -> Pat
     return Path(source)
 
 
+def recorded_task(artifacts: Sequence[Path]) -> Task:
+    """The task the artifacts' manifests record (export and compress write it; classification for artifacts from
+    before they did): an embedding's vectors are then scored by recall@k, never by an argmax. A package's own
+    metric is not recorded (a manifest never names code to run): pass --baseline to gate by it."""
+    names = set()
+    for path in artifacts:
+        try:
+            names.add(str(load_artifact(Path(path), verify=False).meta.get("task", "classification")))
+        except EdgeKitError:
+            continue  # reported on the artifact's own row
+    if len(names) > 1:
+        raise UsageError(f"the artifacts record different tasks ({', '.join(sorted(names))})",
+                         "validate one task's artifacts at a time")  # fmt: skip
+    return get_task(names.pop()) if names else CLASSIFICATION
+
+
 @dataclass(frozen=True)
 class Options:
     data: str = "avdigits"
@@ -386,7 +412,7 @@ def validate(
         subset_names(limits.max_subset_drop, io)
     test = load_split(options.data, options.split)
     base: EvalReport | None = None
-    task = CLASSIFICATION  # an artifact alone does not say its task: its baseline package does
+    task = recorded_task(artifacts)  # the baseline package's, when there is one
     baseline = baseline or recorded_source(artifacts, log)
     if (options.against_teacher or not test.labelled) and baseline is None:
         raise UsageError(f"gating {options.data}/{options.split} against the float model needs that model",

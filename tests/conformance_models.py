@@ -16,12 +16,16 @@ mask. The conformance tests copy this file into model packages as `model.py` and
   (`task: regression`).
 - `build_traits`: a multi-label model: image (`look`, a small CNN pooled to a vector) and audio (`listen`, a 1-D
   CNN over log-mel frames, mean-pooled over time), their features concatenated into an MLP with two logits ("the
-  digit is even", "the digit is above 4"). No modality_mask (`task: multilabel`)."""
+  digit is even", "the digit is above 4"). No modality_mask (`task: multilabel`).
+- `build_pair`: an embedding model: two towers, image (`image_tower`, a small CNN) and audio (`audio_tower`, a
+  1-D CNN over log-mel frames), each projected to a unit vector; the embedding is their mean, so either tower alone
+  lands in the shared space. No modality_mask. Returns a 32-d vector per sample (`task: embedding`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 def _dw_block(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -255,3 +259,23 @@ class Traits(nn.Module):
 
 def build_traits() -> Traits:
     return Traits()
+
+
+class Pair(nn.Module):
+    """Two towers meeting in one space: the mean of their unit vectors."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.image_tower = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, dim))  # fmt: skip
+        self.audio_tower = nn.Sequential(nn.Conv1d(40, 32, 5, 2, 2), nn.ReLU(), nn.Conv1d(32, 32, 5, 2, 2), nn.ReLU(),
+                                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, dim))  # fmt: skip
+
+    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        seen = F.normalize(self.image_tower(image), dim=-1)
+        heard = F.normalize(self.audio_tower(audio.flatten(1, 2)), dim=-1)
+        return (seen + heard) / 2
+
+
+def build_pair() -> Pair:
+    return Pair()

@@ -173,7 +173,8 @@ def subsets_table(title: str, subsets: dict[str, dict[str, float]]) -> Table:
 
 
 METRIC_NAMES = {"macro_f1": "macro-F1", "map": "mAP", "micro_f1": "micro-F1", "mae": "MAE", "rmse": "RMSE",
-                "pearson_r": "Pearson r", "ccc": "CCC"}  # fmt: skip
+                "pearson_r": "Pearson r", "ccc": "CCC", "recall_at_1": "recall@1",
+                "recall_at_5": "recall@5"}  # fmt: skip
 
 
 def fleet_table(run: dict[str, Any], title: str) -> Table:

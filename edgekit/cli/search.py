@@ -20,7 +20,19 @@ from ..recipe import dump_recipe, load_recipe, recipe_from_flags
 from ..report import render_search
 from ..search import Limits, Options, recipe_point, space
 from ..search import search as run_search
-from .common import AmpOpt, DeviceOpt, JsonOpt, MlflowOpt, RemoteOpt, SshConfigOpt, emit, err, out
+from .common import (
+    AmpOpt,
+    DeviceOpt,
+    JsonOpt,
+    MetricDropOpt,
+    MlflowOpt,
+    RemoteOpt,
+    SshConfigOpt,
+    emit,
+    err,
+    metric_drop,
+    out,
+)
 
 
 def seconds_of(text: str) -> float:
@@ -39,6 +51,7 @@ def search(
     data: Annotated[str | None, typer.Option(help="Dataset name or directory.")] = None,
     target: Annotated[str | None, typer.Option(help="Hardware profile the search is for.")] = None,
     max_drop: Annotated[float | None, typer.Option(min=0.0, help="Accuracy budget in points (on val).")] = None,
+    max_metric_drop: MetricDropOpt = None,
     latency: Annotated[
         float | None, typer.Option("--latency-p95-ms", min=0.0, help="p95 latency budget at batch 1, ms.")
     ] = None,
@@ -66,7 +79,8 @@ def search(
     budget_s = seconds_of(time_budget) if time_budget else None
     where = placement(device, amp).device  # an unusable device or precision fails before any work
     base = load_recipe(recipe_file) if recipe_file else None
-    recipe = recipe_from_flags(base, model=model, data=data, targets=target, max_drop=max_drop, seed=seed, amp=amp)
+    recipe = recipe_from_flags(base, model=model, data=data, targets=target, max_drop=max_drop, seed=seed, amp=amp,
+                               max_metric_drop=metric_drop(max_metric_drop))  # fmt: skip
     budgets = {k: v for k, v in (("latency_p95_ms", latency), ("size_mb", size)) if v is not None}
     recipe = recipe.model_copy(update={"budgets": recipe.budgets.model_copy(update=budgets)})
     profile, _ = resolve_profile(recipe.targets[0])
@@ -74,8 +88,8 @@ def search(
     choices = space(recipe, start, profile)
     point = recipe_point(recipe, choices, profile) if base else None
     if dry_run:
-        limits = Limits.of(recipe, profile)
-        emit({"profile": profile.name, "space": choices, "budgets": limits.__dict__, "recipe_point": point}, as_json,
+        limits = Limits.of(recipe, profile, start.task)
+        emit({"profile": profile.name, "space": choices, "budgets": limits.as_dict(), "recipe_point": point}, as_json,
              lambda: _print_space(profile.name, choices, limits, point))  # fmt: skip
         return
     remote_device = None
@@ -106,13 +120,14 @@ def _print_space(name: str, choices: dict[str, list[Any]], limits: Limits, point
     for k, v in choices.items():
         table.add_row(k, ", ".join(map(str, v)))
     out.print(table)
-    out.print(f"budgets: {limits.__dict__}")
+    out.print(f"budgets: {limits.as_dict()}")
     if point:
         out.print(f"the recipe's own point is tried first: {point}")
 
 
 def _print_result(result: dict[str, Any], run_dir: Path) -> None:
-    table = Table(title=f"search -> {run_dir} (latency {result['latency_source']})")
+    unit = "pts" if result["unit"] == "points" else result["unit"]
+    table = Table(title=f"search -> {run_dir} (drop: {result['metric']}, {unit}; latency {result['latency_source']})")
     for col in ("trial", "status", "val drop", "test drop", "p95 ms", "MB", "MACs", "config"):
         table.add_column(col, justify="left" if col in ("status", "config") else "right")
     on_front = {p["number"] for p in result["front"]}
@@ -120,8 +135,8 @@ def _print_result(result: dict[str, Any], run_dir: Path) -> None:
         v = t.get("values") or {}
         config = " ".join(f"{k.removeprefix('prune.')}={p}" for k, p in t["params"].items())
         status = t["status"] + (" *front*" if t["number"] in on_front else "")
-        table.add_row(str(t["number"]), status, f"{v['val_drop']:+.2f}" if v else "-",
-                      f"{t['test_drop']:+.2f}" if t["number"] in on_front else "",
+        table.add_row(str(t["number"]), status, f"{v['val_drop']:+.4g}" if v else "-",
+                      f"{t['test_drop']:+.4g}" if t["number"] in on_front else "",
                       f"{v['latency_p95_ms']:.3f}" if v else "-", f"{v['size_mb']:.2f}" if v else "-",
                       f"{t['macs']:,}" if "macs" in t else "-", config)  # fmt: skip
     out.print(table)

@@ -127,7 +127,9 @@ def _kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, labels: torch.Tenso
     """Per task. Classification: (1 - alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T); T^2 keeps the
     soft-target gradients on the scale of the hard ones whatever T is (Hinton et al., 2015). Multilabel: BCE with
     logits against the labels and the teacher's probabilities. Regression: MSE to the targets and to the teacher's
-    outputs."""
+    outputs. Embedding: MSE to the teacher's vectors (pair ids say which samples match, not where a vector lies)."""
+    if task == "embedding":
+        return F.mse_loss(s_logits, t_logits)
     if task == "regression":  # MSE to the targets and to the teacher's outputs
         y = labels.to(s_logits.dtype).reshape(s_logits.shape)
         return (1 - cfg.alpha) * F.mse_loss(s_logits, y) + cfg.alpha * F.mse_loss(s_logits, t_logits)

@@ -266,7 +266,8 @@ class DistillStage(ModelStage):
     alpha: Share = _DISTILL.alpha
     """Weight of the distillation loss; 1 - alpha weighs the loss on the labels. Per task: KL on softened logits
     and cross-entropy (classification), BCE with logits against the teacher's probabilities and the labels
-    (multilabel), MSE to the teacher's outputs and the targets (regression)."""
+    (multilabel), MSE to the teacher's outputs and the targets (regression), MSE to the teacher's vectors alone
+    (embedding)."""
     feature_weight: pydantic.NonNegativeFloat = _DISTILL.feature_weight
     """Weight of the MSE between teacher and student fused features; 0 turns it off."""
     label_smoothing: Ratio = _DISTILL.label_smoothing
@@ -371,7 +372,7 @@ class QuantizeStage(Stage):
             search = Search(val, gate, ctx.task, ctx.reference_val) if self.accuracy_aware else None
             calib = functools.partial(calibration_set, c.io, load_split(ctx.data, ctx.calibration), self.samples,
                                       ctx.seed)  # fmt: skip
-            meta = {"max_drop": gate.limit, "gate": gate.metric, "costs": graph_costs(hub, c.io)}
+            meta = {"max_drop": gate.limit, "gate": gate.metric, "task": ctx.task.name, "costs": graph_costs(hub, c.io)}
             ex = ExportContext(c.model, c.io, hub, ctx.profile, parent, calib, work, meta, c.branches, None, search)
             ctx.log(f"branches ({ex.job.branches.method}): {', '.join(ex.job.branches.labels.values())}")
             within = f", searching what stays float for {gate.describe()}" if search else ""
