@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from edgekit.hardware import resolve_profile
 from edgekit.hardware.identity import host_facts
 from edgekit.recipe import Recipe, dump_recipe, load_recipe
 from edgekit.search import Latency, Limits, recipe_point, space, storage_for, trial_recipe, trial_row
+from edgekit.tasks import CLASSIFICATION, TASKS, Gate
 
 from .conftest import ROOT, free_port, run_cli
 
@@ -96,11 +98,21 @@ def test_latency_is_measured_on_the_device_else_a_proxy_else_estimated(tmp_path)
 
 def test_budgets_come_from_the_recipe_then_the_profile():
     profile, _ = resolve_profile("x86-avx512-vnni")
-    assert Limits.of(Recipe(), profile) == Limits(1.0, profile.budgets.latency_p95_ms, profile.budgets.max_size_mb)
+    b = profile.budgets
+    points = Gate("accuracy", True, 1.0)
+    assert Limits.of(Recipe(), profile, CLASSIFICATION) == Limits(points, b.latency_p95_ms, b.max_size_mb)
     mine = Recipe.model_validate({"budgets": {"max_drop": 0.3, "latency_p95_ms": 2.0}})
-    assert Limits.of(mine, profile) == Limits(0.3, 2.0, profile.budgets.max_size_mb)
-    assert Limits(1.0, 2.0, None).violated({"val_drop": 0.5, "latency_p95_ms": 3.0, "size_mb": 9.0}) == {
+    assert Limits.of(mine, profile, CLASSIFICATION) == Limits(replace(points, limit=0.3), 2.0, b.max_size_mb)
+    assert Limits(points, 2.0, None).violated({"val_drop": 0.5, "latency_p95_ms": 3.0, "size_mb": 9.0}) == {
         "val_drop": -0.5, "latency_p95_ms": 1.0}  # fmt: skip
+    # any task: the drop is the gate's, in its unit; a regression has no default
+    mae = Recipe.model_validate({"budgets": {"max_metric_drop": {"mae": 0.01}}})
+    limits = Limits.of(mae, profile, TASKS["regression"])
+    assert limits.as_dict() == {"max_drop": 0.01, "metric": "mae", "unit": "mae", "latency_p95_ms": b.latency_p95_ms,
+                                "size_mb": b.max_size_mb}  # fmt: skip
+    with pytest.raises(UsageError, match="search constrains how much worse mae gets"):
+        Limits.of(Recipe(), profile, TASKS["regression"])
+    assert Limits.of(Recipe(), profile, TASKS["embedding"]).gate.metric == "recall_at_1"
 
 
 def test_bad_search_input_is_one_line(tmp_path):
