@@ -309,7 +309,7 @@ class Objective:
         """Distillation's per-epoch callback: the probe-epoch stop."""
         ref, budget, g = self.start.reference_val, self.limits.max_drop, self.limits.gate
 
-        def progress(epoch: int, epochs: int, loss: float, val: float) -> None:
+        def progress(epoch: int, epochs: int, loss: float, val: float, metric: str) -> None:
             if epoch != min(self.probe, epochs):
                 return
             drop = g.worsening(ref, val)

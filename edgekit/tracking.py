@@ -34,7 +34,7 @@ ENV_EXPERIMENT = "EDGEKIT_MLFLOW_EXPERIMENT"
 EXPERIMENT = "edgekit"
 ERROR_TAG = "edgekit.error"
 EXTRA_HINT = "pip install 'edgekit[mlflow]'"
-Progress = Callable[[int, int, float, float], None]  # (epoch, epochs, train loss, val accuracy), as training's
+Progress = Callable[[int, int, float, float, str], None]  # (epoch, epochs, loss, val score, its metric): training's
 Warn = Callable[[str], None]
 
 
@@ -98,7 +98,8 @@ class Run:
         """The command failed without raising (it exits 1 after printing its result): the run ends FAILED."""
 
     def epochs(self, progress: Progress) -> Progress:
-        """`progress` that also logs `loss` and `val_accuracy` with step=epoch to this run."""
+        """`progress` that also logs `loss` and the val score (`val_accuracy`, `val_mae`, ...) with step=epoch to
+        this run."""
         return progress
 
 
@@ -184,9 +185,9 @@ class MlflowRun(Run):
         self.root.error = message
 
     def epochs(self, progress: Progress) -> Progress:
-        def update(epoch: int, epochs: int, loss: float, val_accuracy: float) -> None:
-            progress(epoch, epochs, loss, val_accuracy)
-            self.metrics({"loss": loss, "val_accuracy": val_accuracy}, step=epoch)
+        def update(epoch: int, epochs: int, loss: float, val: float, metric: str) -> None:
+            progress(epoch, epochs, loss, val, metric)
+            self.metrics({"loss": loss, f"val_{metric}": val}, step=epoch)
 
         return update
 
@@ -320,13 +321,14 @@ class Compress:
         return self.current
 
     def epochs(self, progress: Progress) -> Progress:
-        """Per-epoch loss and val accuracy into the nested run of the stage that trains."""
+        """Per-epoch loss and val score (`val_accuracy`, `val_mae`, ...) into the nested run of the stage that
+        trains."""
         if not self.run.enabled:
             return progress
 
-        def update(epoch: int, epochs: int, loss: float, val_accuracy: float) -> None:
-            progress(epoch, epochs, loss, val_accuracy)
-            self._stage().metrics({"loss": loss, "val_accuracy": val_accuracy}, step=epoch)
+        def update(epoch: int, epochs: int, loss: float, val: float, metric: str) -> None:
+            progress(epoch, epochs, loss, val, metric)
+            self._stage().metrics({"loss": loss, f"val_{metric}": val}, step=epoch)
 
         return update
 

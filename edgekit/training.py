@@ -16,8 +16,8 @@ from .devices import Amp, Placement, placement
 from .evaluation import evaluate, first_output, torch_predict
 from .io import MODALITY_MASK, IOSpec
 
-# (epoch, epochs, train loss, val accuracy)
-ProgressFn = Callable[[int, int, float, float], None]
+# (epoch, epochs, train loss, the val score early stopping follows, that score's metric: "accuracy", "mae", ...)
+ProgressFn = Callable[[int, int, float, float, str], None]
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def train_classifier(
             total, count = total + loss.item() * len(y), count + len(y)
         val_acc = evaluate(torch_predict(model), io, val, per_modality=False).overall.accuracy
         if progress:
-            progress(epoch, cfg.epochs, total / count, val_acc)
+            progress(epoch, cfg.epochs, total / count, val_acc, "accuracy")
         if val_acc > best[0]:
             best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
         elif epoch - best[1] >= cfg.patience:

@@ -776,6 +776,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     teacher = args.model or api.reference_teacher()
     loaded = load_model(teacher)
+    if loaded.task.name != "classification" or loaded.task.user:  # its rows, targets and peers compare accuracy
+        raise SystemExit(f"bench: {teacher} is task {loaded.task.name}; the benchmark compares classification accuracy "
+                         "only so far (compress, export, validate and search gate any task)")  # fmt: skip
     io = loaded.io
     test = load_split(args.data, "test")
     test = test.head(args.test_samples) if args.test_samples else test

@@ -137,6 +137,15 @@ def test_search_gates_a_regression_by_mae(intensity_package, intensity_data, tmp
     assert "mae worse on val" in (tmp_path / "s" / "search.html").read_text()
 
 
+def test_the_benchmark_refuses_a_task_it_cannot_compare_yet(intensity_package, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE.parent / "scripts"))
+    import bench
+
+    with pytest.raises(SystemExit, match="is task regression; the benchmark compares classification accuracy only"):
+        bench.main(["--model", str(intensity_package), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "w").exists()
+
+
 def package_with(src: Path, dst: Path, **manifest: object) -> Path:
     import yaml
 

@@ -17,6 +17,7 @@ import yaml
 
 from edgekit import tracking
 from edgekit.cli import main
+from edgekit.recipe import Recipe
 
 from .conftest import ROOT, CliResult, free_port
 
@@ -193,6 +194,24 @@ def test_env_var_and_a_command_that_fails_inside_the_run(server, client, tmp_pat
     assert run.info.status == "FAILED" and not nested
     assert line == f"edgekit: error: {run.data.tags['edgekit.error']}" and "model not found" in line
     assert run.data.params["stages.0.kind"] == "quantize" and "recipe.yaml" in artifact_names(client, run.info.run_id)
+
+
+def test_a_stage_logs_its_epochs_under_the_metric_it_follows(server, client, tmp_path, monkeypatch):
+    """A regression's distillation follows MAE on val: its epochs are `val_mae`, not `val_accuracy`."""
+    monkeypatch.setenv(tracking.ENV_EXPERIMENT, "epochs")
+    seen = []
+    recipe = Recipe.model_validate({"stages": [{"kind": "distill"}]})
+    with tracking.start("compress", server, str(tmp_path)) as run:
+        update = tracking.Compress(run, recipe, tmp_path).epochs(lambda *a: seen.append(a))
+        update(1, 2, 0.5, 0.21, "mae")
+        update(2, 2, 0.4, 0.17, "mae")
+    assert seen == [(1, 2, 0.5, 0.21, "mae"), (2, 2, 0.4, 0.17, "mae")]  # the progress bar still gets each epoch
+    _, (stage,) = runs(client, "epochs")
+    assert [(m.step, m.value) for m in client.get_metric_history(stage.info.run_id, "val_mae")] == [
+        (1, 0.21),
+        (2, 0.17),
+    ]
+    assert client.get_metric_history(stage.info.run_id, "val_accuracy") == []
 
 
 def test_only_rank_0_logs(server, client, tmp_path):

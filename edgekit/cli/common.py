@@ -139,19 +139,20 @@ def emit(result: dict[str, Any], as_json: bool, render: Callable[[], None]) -> N
 
 
 @contextmanager
-def epoch_progress(description: str) -> Iterator[Callable[[int, int, float, float], None]]:
+def epoch_progress(description: str) -> Iterator[Callable[[int, int, float, float, str], None]]:
     """A progress bar on stderr for training loops: loss and the validation score per epoch (accuracy, or the
     metric the run gates)."""
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("epoch {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]:.4g}"), TimeElapsedColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[metric]} {task.fields[val]:.4g}"),
+        TimeElapsedColumn(),
         console=err, transient=False,
     )  # fmt: skip
-    task = bar.add_task(description, total=None, loss=float("nan"), val=float("nan"))
+    task = bar.add_task(description, total=None, loss=float("nan"), val=float("nan"), metric="")
 
-    def update(epoch: int, total: int, loss: float, val: float) -> None:
+    def update(epoch: int, total: int, loss: float, val: float, metric: str) -> None:
         bar.start()  # only once the first epoch ends, so input errors stay a single line
-        bar.update(task, completed=epoch, total=total, loss=loss, val=val)
+        bar.update(task, completed=epoch, total=total, loss=loss, val=val, metric=metric)
 
     try:
         yield update

@@ -290,7 +290,7 @@ def distill(
                 gen=gen.get_state(),
             )
         if progress:
-            progress(epoch, cfg.epochs, total / count, val_acc)
+            progress(epoch, cfg.epochs, total / count, val_acc, metric)
 
     student.load_state_dict(best_state)
     student.to(homes[1]).eval()
