@@ -18,7 +18,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +350,7 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
     start = Start.load(recipe)
     subset_names(recipe.budgets.max_subset_drop, start.io)
     choices, limits = space(recipe, start, profile), Limits.of(recipe, profile, start.task)
+    start = replace(start, gate=limits.gate)  # each trial's INT8 search keeps within what the search constrains
     trials = options.trials if options.trials is not None or options.time_budget_s else 20
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)

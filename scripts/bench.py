@@ -26,10 +26,11 @@ import numpy as np
 
 from edgekit import api
 from edgekit.artifact import Artifact, load_artifact
+from edgekit.cli.common import metric_drop
 from edgekit.compress import Start, compress
 from edgekit.data import FeedDataset, load_split, with_modalities
 from edgekit.data.calibration import calibration_set
-from edgekit.errors import EdgeKitError
+from edgekit.errors import EdgeKitError, UsageError
 from edgekit.evaluation import evaluate
 from edgekit.formats import load_runner, op_breakdown
 from edgekit.fsutil import write_json, write_text
@@ -45,6 +46,7 @@ from edgekit.runtimes import Runner, predict_fn
 from edgekit.runtimes.torch import TorchRunner
 from edgekit.search import Options as SearchOptions
 from edgekit.search import recipe_point, search, space
+from edgekit.tasks import Gate, Task, gate_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCHES = (1, 16)
@@ -64,7 +66,7 @@ class Row:
     model: str = "teacher"  # the network it runs (teacher or the compressed student), for its roofline time
     roofline_ms: float | None = None  # roofline time at batch 1 on the --profile device (not a lower bound)
     estimate_ms: float | None = None  # the estimator's point estimate there: what calibrate_estimator.py compares
-    accuracy: float | None = None
+    score: float | None = None  # of the bench's gated metric (accuracy, mAP, MAE, ...) on the test samples
     latency: dict[int, list[np.ndarray]] = field(default_factory=dict)  # batch -> one array per repeat
 
 
@@ -188,7 +190,7 @@ def export_rows(args: argparse.Namespace, teacher: Path, work: Path) -> list[Row
     return rows
 
 
-def peer_rows(args: argparse.Namespace, io: IOSpec, fp32_onnx: Path, work: Path) -> list[Row]:
+def peer_rows(args: argparse.Namespace, io: IOSpec, fp32_onnx: Path, work: Path, task: Task, gate: Gate) -> list[Row]:
     """What a user would do without EdgeKit, each library with its documented defaults, from the same FP32
     ONNX file and the same calibration samples."""
     import nncf
@@ -211,20 +213,26 @@ def peer_rows(args: argparse.Namespace, io: IOSpec, fp32_onnx: Path, work: Path)
     batches = [(with_modalities(io, f, io.modalities), y) for f, y in val.batches(64)]
 
     def validate(compiled: Any, items: Any) -> float:
-        request, hits, n = compiled.create_infer_request(), 0, 0
-        for feeds, labels in items:
-            logits = next(iter(request.infer(feeds).values()))
-            hits, n = hits + int((np.asarray(logits).argmax(-1) == labels).sum()), n + len(labels)
-        return hits / n
+        """The gated metric as nncf takes it: higher is better (so MAE is negated), in the metric's own scale."""
+        request, outs, labels = compiled.create_infer_request(), [], []
+        for feeds, y in items:
+            outs.append(np.asarray(next(iter(request.infer(feeds).values()))))
+            labels.append(y)
+        value = task.score(np.concatenate(outs), task.labels(np.concatenate(labels), "val"))[gate.metric]
+        return value if gate.higher_is_better else -value
+
+    assert gate.limit is not None
+    max_drop = gate.limit / gate.scale  # 1 point of accuracy: 0.01
 
     model, dataset = ov.convert_model(str(fp32_onnx)), nncf.Dataset(list(calib.feeds))
     for name, key, quantize, note in (
         ("OpenVINO + nncf.quantize", "nncf-default", lambda: nncf.quantize(model, dataset, subset_size=len(calib)),
          "compiled with defaults ({} for the ops left in float)"),
         ("OpenVINO + nncf.quantize_with_accuracy_control", "nncf-ac",
-         lambda: nncf.quantize_with_accuracy_control(model, dataset, nncf.Dataset(batches), validate, max_drop=0.01,
-                                                     subset_size=len(calib)),
-         "max_drop 0.01 (1 point) on the val split; compiled with defaults ({} for the ops left in float)"),
+         lambda: nncf.quantize_with_accuracy_control(model, dataset, nncf.Dataset(batches), validate,
+                                                     max_drop=max_drop, subset_size=len(calib)),
+         f"max_drop {max_drop:g} ({gate.limit} {gate.unit} of {gate.metric}) on the val split; compiled with defaults "
+         "({} for the ops left in float)"),
     ):  # fmt: skip
         quantized, s = timed(quantize)
         ov.save_model(quantized, work / key / "model.xml")
@@ -344,11 +352,28 @@ def rooflines(rows: list[Row], args: argparse.Namespace, io: IOSpec) -> None:
             row.roofline_ms, row.estimate_ms = e["roofline_ms"], e["estimate_ms"]
 
 
-def measure_accuracy(rows: list[Row], io: IOSpec, test: FeedDataset) -> None:
+def bench_gate(task: Task, max_metric_drop: str | None) -> Gate:
+    """The metric every row is scored by and the drop the targets allow: 1.0 point of the task's fraction metric
+    (accuracy, mAP, recall@1), or `--max-metric-drop` in its metric's unit. A package's own metric is not
+    benchmarked (its direction is learned from a first score, which the gate needs before)."""
+    if task.user:
+        raise SystemExit(f"bench: the package's own metric {task.user.name} is not benchmarked; gate a built-in "
+                         f"metric with --max-metric-drop (one of {', '.join(task.builtin)})")  # fmt: skip
+    try:
+        gate = gate_for(task, None, metric_drop(max_metric_drop), default_points=1.0)
+    except UsageError as e:
+        raise SystemExit(f"bench: {e}") from e
+    if gate.limit is None:
+        raise SystemExit(f"bench: task {task.name} has no default budget on {gate.metric}; pass --max-metric-drop "
+                         f"{gate.metric}=LIMIT")  # fmt: skip
+    return gate
+
+
+def measure_scores(rows: list[Row], io: IOSpec, test: FeedDataset, task: Task, metric: str) -> None:
     for row in rows:
-        report = evaluate(predict_fn(row.runner), io, test, batch_size=16, per_modality=False)
-        row.accuracy = report.overall.accuracy
-        print(f"bench: {row.name}: accuracy {row.accuracy:.4f}", file=sys.stderr)
+        report = evaluate(predict_fn(row.runner), io, test, batch_size=16, per_modality=False, task=task)
+        row.score = report.overall[metric]
+        print(f"bench: {row.name}: {metric} {row.score:.4f}", file=sys.stderr)
 
 
 def measure_latency(rows: list[Row], io: IOSpec, test: FeedDataset, rounds: int, block: float, repeats: int) -> None:
@@ -375,16 +400,18 @@ def p95(row: Row, batch: int) -> float:
     return float(np.percentile(np.concatenate(row.latency[batch]), 95)) * 1e3
 
 
-def row_dict(row: Row, base: Row) -> dict[str, Any]:
-    drop = None if row.accuracy is None or base.accuracy is None else round(100 * (base.accuracy - row.accuracy), 2)
+def row_dict(row: Row, base: Row, gate: Gate) -> dict[str, Any]:
+    """A row as OUT.json keeps it; its score and drop are named after the metric (`accuracy`, `accuracy_drop`)."""
+    m = gate.metric
+    drop = None if row.score is None or base.score is None else gate.worsening(base.score, row.score)
     return {
         "name": row.name,
         "group": row.group,
         "runtime": row.runtime,
         "precision": row.precision,
         "runtime_version": row.runner.name,
-        "accuracy": row.accuracy,
-        "accuracy_drop": drop,
+        m: row.score,
+        f"{m}_drop": drop,
         "p50_ms_b1": round(p50(row, 1), 4),
         "p95_ms_b1": round(p95(row, 1), 4),
         "p50_ms_b16": round(p50(row, 16), 4),
@@ -417,18 +444,21 @@ def headline(rows: list[Row], repeat: int | None) -> dict[str, float]:
     return out
 
 
-def targets(rows: list[dict[str, Any]], reports: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """(target, what was measured, met) for every target issues 3 and 6 set."""
-    by = {r["name"]: r for r in rows}
-    ek = [r for r in rows if r["group"] == "edgekit" and r["accuracy_drop"] is not None]
+def targets(rows: list[dict[str, Any]], reports: dict[str, Any], gate: Gate) -> list[tuple[str, str, bool | None]]:
+    """(target, what was measured, met) for every target issues 3 and 6 set, their drops in the gate's unit: 1.0
+    and 0.5 points of accuracy, or the gate's limit and half of it for another metric."""
+    by, d, show = {r["name"]: r for r in rows}, f"{gate.metric}_drop", drop_format(gate)
+    assert gate.limit is not None
+    limit, half = gate.limit, gate.limit / 2
+    ek = [r for r in rows if r["group"] == "edgekit" and r[d] is not None]
     out: list[tuple[str, str, bool | None]] = []
-    fit = [r for r in ek if r["accuracy_drop"] <= 1.0 and r["runtime"] != "executorch"]
+    fit = [r for r in ek if r[d] <= limit and r["runtime"] != "executorch"]
     if fit:
         best = max(fit, key=lambda r: r["ratio_vs_eager_b1"])
         out.append(
             (
-                "best x86 artifact: >= 10x lower p50 than torch eager at batch 1, drop <= 1.0",
-                f"{best['name']}: {best['ratio_vs_eager_b1']:.2f}x, drop {best['accuracy_drop']:+.2f}",
+                f"best x86 artifact: >= 10x lower p50 than torch eager at batch 1, drop <= {limit}",
+                f"{best['name']}: {best['ratio_vs_eager_b1']:.2f}x, drop {show(best[d])}",
                 best["ratio_vs_eager_b1"] >= 10,
             )
         )
@@ -438,17 +468,17 @@ def targets(rows: list[dict[str, Any]], reports: dict[str, Any]) -> list[tuple[s
     ):
         if fp32 in by and int8 in by:
             ratio = by[fp32]["p50_ms_b16"] / by[int8]["p50_ms_b16"]
-            drop = by[int8]["accuracy_drop"]
+            drop = by[int8][d]
             out.append(
                 (
-                    f"{int8}: >= 2.0x over {fp32} at batch 16, drop <= 0.5",
-                    f"{ratio:.2f}x, drop {drop:+.2f}",
-                    ratio >= 2.0 and drop <= 0.5,
+                    f"{int8}: >= 2.0x over {fp32} at batch 16, drop <= {half}",
+                    f"{ratio:.2f}x, drop {show(drop)}",
+                    ratio >= 2.0 and drop <= half,
                 )
             )
     x86 = [r for r in ek if r["runtime"] != "executorch"]  # the phone artifact is not an x86 deployment
     for peer in (r for r in rows if r["group"] == "peer"):
-        out.append(versus(peer, x86))
+        out.append(versus(peer, x86, d, show))
     full_rows = [r for r in ek if r["name"].startswith("EdgeKit distill + prune + INT8")]
     if full_rows:
         full = min(full_rows, key=lambda r: r["size_mb"])
@@ -460,9 +490,9 @@ def targets(rows: list[dict[str, Any]], reports: dict[str, Any]) -> list[tuple[s
         student = [s for s in f["stages"] if s["name"] != "quantize"][-1]
         out.append(
             (
-                "distill + prune: >= 3x fewer MACs, drop <= 1.0",
-                f"{base_macs / student['macs']:.2f}x fewer MACs, drop {student['accuracy_drop']:+.2f}",
-                base_macs / student["macs"] >= 3 and student["accuracy_drop"] <= 1.0,
+                f"distill + prune: >= 3x fewer MACs, drop <= {limit}",
+                f"{base_macs / student['macs']:.2f}x fewer MACs, drop {show(student[d])}",
+                base_macs / student["macs"] >= 3 and student[d] <= limit,
             )
         )
         seconds = sum(s["seconds"] for s in f["stages"])
@@ -476,31 +506,37 @@ def targets(rows: list[dict[str, Any]], reports: dict[str, Any]) -> list[tuple[s
     return out
 
 
-def versus(peer: dict[str, Any], ours: list[dict[str, Any]]) -> tuple[str, str, bool]:
+def versus(peer: dict[str, Any], ours: list[dict[str, Any]], d: str, show: Callable[[float], str]
+           ) -> tuple[str, str, bool]:  # fmt: skip
     """EdgeKit's best answer to a peer: its fastest artifact at an equal or lower drop must be >= 1.3x faster
     at batch 1, or else one at least as fast must be more accurate."""
     target = f"vs {peer['name']}: >= 1.3x faster (b1) at equal or lower drop, or more accurate at equal speed"
-    drop = peer["accuracy_drop"]
-    as_good = [r for r in ours if r["accuracy_drop"] <= drop]
+    drop = peer[d]
+    as_good = [r for r in ours if r[d] <= drop]
     if as_good:
         best = min(as_good, key=lambda r: r["p50_ms_b1"])
         speed = peer["p50_ms_b1"] / best["p50_ms_b1"]
         if speed >= 1.3:
             return (
                 target,
-                f"{best['name']}: {speed:.2f}x faster, drop {best['accuracy_drop']:+.2f} vs {drop:+.2f}",
+                f"{best['name']}: {speed:.2f}x faster, drop {show(best[d])} vs {show(drop)}",
                 True,
             )
-    as_fast = [r for r in ours if r["p50_ms_b1"] <= peer["p50_ms_b1"] and r["accuracy_drop"] < drop]
+    as_fast = [r for r in ours if r["p50_ms_b1"] <= peer["p50_ms_b1"] and r[d] < drop]
     if as_fast:
-        best = min(as_fast, key=lambda r: r["accuracy_drop"])
+        best = min(as_fast, key=lambda r: r[d])
         speed = peer["p50_ms_b1"] / best["p50_ms_b1"]
-        return target, f"{best['name']}: drop {best['accuracy_drop']:+.2f} vs {drop:+.2f}, {speed:.2f}x faster", True
+        return target, f"{best['name']}: drop {show(best[d])} vs {show(drop)}, {speed:.2f}x faster", True
     fast = min(ours, key=lambda r: r["p50_ms_b1"])
-    least = min(r["accuracy_drop"] for r in ours)
-    return target, (f"no EdgeKit artifact is as accurate (best drop {least:+.2f} vs {drop:+.2f}); the fastest, "
+    least = min(r[d] for r in ours)
+    return target, (f"no EdgeKit artifact is as accurate (best drop {show(least)} vs {show(drop)}); the fastest, "
                     f"{fast['name']}, is {peer['p50_ms_b1'] / fast['p50_ms_b1']:.2f}x faster at drop "
-                    f"{fast['accuracy_drop']:+.2f}"), False  # fmt: skip
+                    f"{show(fast[d])}"), False  # fmt: skip
+
+
+def drop_format(gate: Gate) -> Callable[[float], str]:
+    """A drop as the tables print it: points to 2 decimals, another metric's unit to 4 significant digits."""
+    return (lambda x: f"{x:+.2f}") if gate.unit == "points" else (lambda x: f"{x:+.4g}")
 
 
 def fmt(x: float | None, spec: str) -> str:
@@ -509,6 +545,8 @@ def fmt(x: float | None, spec: str) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     host, rows = result["host"], result["rows"]
+    m = result.get("metric", "accuracy")  # results from before the bench took any task gate accuracy
+    unit = "pts" if result.get("unit", "points") == "points" else m
     lines = [
         f"### Host: {host_key(host)}",
         "",
@@ -519,14 +557,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"(A B A B ...), {result['settings']['repeats']} repeats of {result['settings']['rounds']} rounds each. "
         f"Roofline times (last column) of profile `{result['settings'].get('profile', 'x86')}`.",
         "",
-        "| | artifact | runtime | precision | accuracy | drop (pts) | p50 b1 ms | p95 b1 ms | vs eager b1 "
+        f"| | artifact | runtime | precision | {m} | drop ({unit}) | p50 b1 ms | p95 b1 ms | vs eager b1 "
         "| p50 b16 ms | vs eager b16 | samples/s b16 | size MB | size ratio | produce s | ÷ roofline b1 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows, 1):
         lines.append(
-            f"| {i} | {r['name']} | {r['runtime_version']} | {r['precision']} | {fmt(r['accuracy'], '.4f')} "
-            f"| {fmt(r['accuracy_drop'], '+.2f')} | {r['p50_ms_b1']:.3f} | {r['p95_ms_b1']:.3f} "
+            f"| {i} | {r['name']} | {r['runtime_version']} | {r['precision']} | {fmt(r[m], '.4f')} "
+            f"| {fmt(r[f'{m}_drop'], '+.2f' if unit == 'pts' else '+.4g')} "
+            f"| {r['p50_ms_b1']:.3f} | {r['p95_ms_b1']:.3f} "
             f"| {r['ratio_vs_eager_b1']:.2f}x | {r['p50_ms_b16']:.3f} | {r['ratio_vs_eager_b16']:.2f}x "
             f"| {r['throughput_b16']:.0f} | {r['size_mb']:.2f} | {r['size_ratio']:.1f}x "
             f"| {fmt(r['produce_s'], '.1f')} | {fmt(r['vs_roofline_b1'], '.1f')} |"
@@ -752,6 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-samples", type=int, default=300)
     p.add_argument("--test-samples", type=int, default=0, help="0: the whole test split")
     p.add_argument("--val-samples", type=int, default=0, help="for nncf's accuracy control; 0: the whole split")
+    p.add_argument("--max-metric-drop", metavar="METRIC=LIMIT",
+                   help="gate this metric of the model's task in its own unit (default: 1.0 point of accuracy, mAP or "
+                   "recall@1); the recipes' budgets gate compress")  # fmt: skip
     p.add_argument("--rounds", type=int, default=10, help="interleaved blocks per row and repeat")
     p.add_argument("--block", type=float, default=0.25, help="seconds per block")
     p.add_argument("--repeats", type=int, default=2)
@@ -776,9 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     teacher = args.model or api.reference_teacher()
     loaded = load_model(teacher)
-    if loaded.task.name != "classification" or loaded.task.user:  # its rows, targets and peers compare accuracy
-        raise SystemExit(f"bench: {teacher} is task {loaded.task.name}; the benchmark compares classification accuracy "
-                         "only so far (compress, export, validate and search gate any task)")  # fmt: skip
+    task, gate = loaded.task, bench_gate(loaded.task, args.max_metric_drop)
     io = loaded.io
     test = load_split(args.data, "test")
     test = test.head(args.test_samples) if args.test_samples else test
@@ -796,14 +836,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     ]
     rows += export_rows(args, teacher, args.work)
-    rows += peer_rows(args, io, load_artifact(args.work / "export-onnx-int8" / "onnx-fp32").path, args.work / "peers")
+    fp32_onnx = load_artifact(args.work / "export-onnx-int8" / "onnx-fp32").path
+    rows += peer_rows(args, io, fp32_onnx, args.work / "peers", task, gate)
     ek_rows, reports = compress_rows(args, teacher, args.work)
     rows += ek_rows
     rooflines(rows, args, io)
-    measure_accuracy(rows, io, test)
+    measure_scores(rows, io, test, task, gate.metric)
     measure_latency(rows, io, test, args.rounds, args.block, args.repeats)
     base = rows[0]
-    table = [row_dict(r, base) for r in rows]
+    table = [row_dict(r, base, gate) for r in rows]
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "host": host,
@@ -820,8 +861,11 @@ def main(argv: list[str] | None = None) -> int:
             "recipe": str(args.recipe),
             "ptq_recipe": str(args.ptq_recipe),
         },
+        "task": task.name,
+        "metric": gate.metric,
+        "unit": gate.unit,
         "rows": table,
-        "targets": targets(table, reports),
+        "targets": targets(table, reports, gate),
         "stability": stability(rows, args.repeats),
         "compress": {k: {x: v.get(x) for x in ("baseline", "stages", "verdict", "error")} for k, v in reports.items()},
         "seconds": round(time.perf_counter() - start, 1),

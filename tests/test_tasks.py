@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,13 +139,42 @@ def test_search_gates_a_regression_by_mae(intensity_package, intensity_data, tmp
     assert "mae worse on val" in (tmp_path / "s" / "search.html").read_text()
 
 
-def test_the_benchmark_refuses_a_task_it_cannot_compare_yet(intensity_package, tmp_path, monkeypatch):
+def test_the_benchmark_needs_a_budget_in_the_tasks_unit(intensity_package, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(HERE.parent / "scripts"))
     import bench
 
-    with pytest.raises(SystemExit, match="is task regression; the benchmark compares classification accuracy only"):
+    with pytest.raises(SystemExit, match="task regression has no default budget on mae; pass --max-metric-drop mae="):
         bench.main(["--model", str(intensity_package), "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b")])
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.heavy  # the whole benchmark on a small regression model: make test-all
+def test_the_benchmark_scores_and_gates_a_regression_by_mae(intensity_package, intensity_data, tmp_path, monkeypatch):
+    """Every row (the runtimes, the peers with nncf's accuracy control on negated MAE, EdgeKit's artifacts) is
+    scored by MAE and its drop in MAE; the targets allow the budget (and half of it), not points of accuracy."""
+    budgets = {"max_metric_drop": {"mae": 0.05}}
+    ptq = {"stages": [{"kind": "quantize", "backend": "openvino", "samples": 64}], "budgets": budgets}
+    full = {"stages": [{"kind": "prune", "pruning_ratio": 0.3}, {"kind": "distill", "student": "pruned", "epochs": 1},
+                       {"kind": "quantize", "backend": "openvino", "samples": 64}], "budgets": budgets}  # fmt: skip
+    for name, recipe in (("ptq", ptq), ("full", full)):
+        (tmp_path / f"{name}.yaml").write_text(json.dumps(recipe))
+    out = tmp_path / "out" / "bench"
+    out.parent.mkdir()
+    cmd = [sys.executable, str(HERE.parent / "scripts" / "bench.py"), "--model", str(intensity_package), "--data",
+           str(intensity_data), "--recipe", str(tmp_path / "full.yaml"), "--ptq-recipe", str(tmp_path / "ptq.yaml"),
+           "--work", str(tmp_path / "work"), "--out", str(out), "--max-metric-drop", "mae=0.05",
+           "--calib-samples", "64", "--test-samples", "128", "--val-samples", "128", "--rounds", "1",
+           "--block", "0.02", "--fidelity-seconds", "1"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (result,) = json.loads(out.with_suffix(".json").read_text())["hosts"].values()
+    assert (result["task"], result["metric"], result["unit"]) == ("regression", "mae", "mae")
+    rows = {r["name"]: r for r in result["rows"]}
+    assert all(0 < r["mae"] < 1 and "accuracy" not in r for r in rows.values()), rows
+    assert rows["onnxruntime FP32"]["mae_drop"] == pytest.approx(0.0, abs=1e-4)  # the same FP32 graph
+    assert "max_drop 0.05 (0.05 mae of mae)" in rows["OpenVINO + nncf.quantize_with_accuracy_control"]["note"]
+    assert any("drop <= 0.05" in t[0] for t in result["targets"]), result["targets"]
+    assert "| mae | drop (mae) |" in out.with_suffix(".md").read_text()
 
 
 def package_with(src: Path, dst: Path, **manifest: object) -> Path:
