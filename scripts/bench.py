@@ -223,6 +223,7 @@ def peer_rows(args: argparse.Namespace, io: IOSpec, fp32_onnx: Path, work: Path,
 
     assert gate.limit is not None
     max_drop = gate.limit / gate.scale  # 1 point of accuracy: 0.01
+    budget = f"{gate.limit} points of {gate.metric}" if gate.unit == "points" else f"{gate.metric} {gate.limit}"
 
     model, dataset = ov.convert_model(str(fp32_onnx)), nncf.Dataset(list(calib.feeds))
     for name, key, quantize, note in (
@@ -231,7 +232,7 @@ def peer_rows(args: argparse.Namespace, io: IOSpec, fp32_onnx: Path, work: Path,
         ("OpenVINO + nncf.quantize_with_accuracy_control", "nncf-ac",
          lambda: nncf.quantize_with_accuracy_control(model, dataset, nncf.Dataset(batches), validate,
                                                      max_drop=max_drop, subset_size=len(calib)),
-         f"max_drop {max_drop:g} ({gate.limit} {gate.unit} of {gate.metric}) on the val split; compiled with defaults "
+         f"max_drop {max_drop:g} ({budget}) on the val split; compiled with defaults "
          "({} for the ops left in float)"),
     ):  # fmt: skip
         quantized, s = timed(quantize)

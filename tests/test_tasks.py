@@ -172,7 +172,7 @@ def test_the_benchmark_scores_and_gates_a_regression_by_mae(intensity_package, i
     rows = {r["name"]: r for r in result["rows"]}
     assert all(0 < r["mae"] < 1 and "accuracy" not in r for r in rows.values()), rows
     assert rows["onnxruntime FP32"]["mae_drop"] == pytest.approx(0.0, abs=1e-4)  # the same FP32 graph
-    assert "max_drop 0.05 (0.05 mae of mae)" in rows["OpenVINO + nncf.quantize_with_accuracy_control"]["note"]
+    assert "max_drop 0.05 (mae 0.05)" in rows["OpenVINO + nncf.quantize_with_accuracy_control"]["note"]
     assert any("drop <= 0.05" in t[0] for t in result["targets"]), result["targets"]
     assert "| mae | drop (mae) |" in out.with_suffix(".md").read_text()
 
