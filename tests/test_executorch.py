@@ -207,3 +207,35 @@ def test_integer_index_arithmetic_survives_pt2e(avdigits_io, test_feeds, tmp_pat
     with pytest.raises(EdgeKitError, match=r"IndexError: tensors used as indices .* in pad \(PaddingMask\), node "):
         export_pte(model, io, tmp_path / "broken", "int8", calib, "parent", {}, branch_roots=lambda: {"text": ["pad"]})
     assert not (tmp_path / "broken").exists()
+
+
+def test_a_gru_that_lowering_fixes_at_the_traced_batch_runs_every_batch(avdigits_io, test_feeds, tmp_path):
+    """ExecuTorch's lowering decomposes a GRU and specialises the batch to the size export traced (2): the
+    program's tensors are then static. The manifest says the batch is static, and the runner pads a batch of 1 (or
+    the odd sample of 3) to it, so every batch size runs and matches torch (it failed at batch 1 with 0x12)."""
+    from edgekit.io import IOSpec
+
+    spec = avdigits_io.to_dict()
+    io = IOSpec.from_dict({**spec, "inputs": [t for t in spec["inputs"] if t["name"] == "audio"]})
+    torch.manual_seed(0)
+    wrapped = Listener().eval()
+    art = export_pte(wrapped, io, tmp_path / "fp32", "fp32", None, "parent", {})
+    assert "batch" not in art.meta["dynamic_dims"], art.meta["dynamic_dims"]
+    runner = load_runner(load_artifact(art.directory), threads=2)
+    for n in (1, 3, 16):
+        audio = test_feeds["audio"][:n]
+        want = wrapped(audio=torch.from_numpy(audio)).detach().numpy()
+        np.testing.assert_allclose(runner.run({"audio": audio})["logits"], want, atol=1e-4)
+
+
+class Listener(torch.nn.Module):
+    """The conformance models' GRU audio encoder (`Ear`) with a classifier head."""
+
+    def __init__(self) -> None:
+        from .conformance_models import Ear
+
+        super().__init__()
+        self.ear, self.head = Ear(), torch.nn.Linear(64, 10)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ear(audio))

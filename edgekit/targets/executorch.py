@@ -201,15 +201,30 @@ def _input_order(program: torch.export.ExportedProgram) -> list[str]:
 def _dynamic_bounds(io: IOSpec, program: torch.export.ExportedProgram, order: list[str]) -> dict[str, list[int]]:
     """[min, max] of each dim the .pte leaves dynamic. The max is the size its memory is planned for, which
     lowering can set below the IOSpec's; the min is the IOSpec's, as sizes below the 2 that export traces
-    with run correctly (the runtime checks only the planned capacity)."""
+    with run correctly (the runtime checks only the planned capacity). A dim that lowering specialised to the
+    traced size (a GRU's decomposition does so to the batch) is left out: the program runs at that size only, so
+    the runner pads a smaller batch to it."""
     nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
     bounds: dict[str, list[int]] = {}
+    fixed: dict[str, int] = {}
     for name, placeholder in zip(order, program.graph_signature.user_inputs, strict=True):
         node = nodes[placeholder]
         for d, size, planned in zip(io.input(name).shape, node.meta["val"].shape, node.meta["spec"].shape, strict=True):
-            if isinstance(d, str) and isinstance(size, torch.SymInt):
-                upper = min(planned, bounds[d][1]) if d in bounds else planned
-                bounds[d] = [io.dims[d].min, upper]
+            if not (isinstance(d, str) and isinstance(size, torch.SymInt)):
+                continue
+            if not _varies(size, program):
+                fixed[d] = planned
+                continue
+            upper = min(planned, bounds[d][1]) if d in bounds else planned
+            bounds[d] = [io.dims[d].min, upper]
+    for d, size in fixed.items():
+        if d != "batch" and io.dims[d].min < io.dims[d].max:  # the runner pads batches, not other dims
+            raise EdgeKitError(
+                f"ExecuTorch lowering fixed dim '{d}' at {size} (the IO spec lets it range over "
+                f"{io.dims[d].min}..{io.dims[d].max})",
+                f"set the spec's {d} to {size} or export with static shapes",
+            )
+        bounds.pop(d, None)
     for d, (_, upper) in bounds.items():
         if d != "batch" and upper < io.dims[d].max:  # the runner can split batches, not other dims
             raise EdgeKitError(
@@ -217,6 +232,13 @@ def _dynamic_bounds(io: IOSpec, program: torch.export.ExportedProgram, order: li
                 f"lower the spec's {d} max to {upper} or export with static shapes",
             )
     return bounds
+
+
+def _varies(size: torch.SymInt, program: torch.export.ExportedProgram) -> bool:
+    """Whether a symbolic input size still ranges after lowering, or was replaced by the size it was traced at."""
+    expr = size.node.expr
+    bound = program.range_constraints.get(expr)
+    return not expr.is_number and (bound is None or bound.lower < bound.upper)
 
 
 def _delegation(gm: torch.fx.GraphModule) -> dict[str, Any]:
