@@ -248,7 +248,9 @@ def compress_rows(args: argparse.Namespace, teacher: Path, work: Path) -> tuple[
     per-op overhead wins at batch 1 where OpenVINO wins at batch 16."""
     rows, reports, t = [], {}, args.threads
     for key, path in (("ptq", args.ptq_recipe), ("full", args.recipe)):
-        recipe = load_recipe(path).model_copy(update={"model": str(teacher), "out": None})
+        recipe = load_recipe(path)  # on the bench's model and data, as every other row
+        data = recipe.data.model_copy(update={"name": args.data})
+        recipe = recipe.model_copy(update={"model": str(teacher), "data": data, "out": None})
         try:
             reports[key] = compress(recipe, work / f"compress-{key}")
         except EdgeKitError as e:
