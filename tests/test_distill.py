@@ -66,7 +66,9 @@ def test_student_learns_with_labels_soft_targets_and_projected_features(avdigits
     student = _student(avdigits_io)
     cfg = replace(FAST, alpha=0.5, feature_weight=1.0)
     losses: list[float] = []
-    result = distill(teacher, student, avdigits_io, *data, cfg, tmp_path, lambda e, n, loss, acc: losses.append(loss))
+    result = distill(
+        teacher, student, avdigits_io, *data, cfg, tmp_path, lambda e, n, loss, val, metric: losses.append(loss)
+    )
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert result.best_val_accuracy > 0.3  # chance is 0.1
     assert (result.epochs_run, result.resumed_from) == (4, 0)
