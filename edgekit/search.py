@@ -36,6 +36,7 @@ from .recipe import Recipe, SearchSpace, dump_recipe
 from .stages.heads import has_heads
 from .stages.prune import parts_of
 from .tasks import Gate, Task, gate_for
+from .training import ProgressFn
 from .validate import subset_names
 
 Log = Callable[[str], None]
@@ -67,7 +68,8 @@ class Limits:
     def of(cls, recipe: Recipe, profile: HardwareProfile, task: Task) -> Limits:
         b, p = recipe.budgets, profile.budgets
         points = next(d for d in (p.max_accuracy_drop, 1.0) if d is not None)
-        gate = gate_for(task, b.max_drop, b.max_metric_drop or p.max_metric_drop, default_points=points)
+        # the recipe's metric, as compress gates it (and as Start scored the teacher by); the profile's points
+        gate = gate_for(task, b.max_drop, b.max_metric_drop, default_points=points)
         if gate.limit is None:
             raise UsageError(f"search constrains how much worse {gate.metric} gets, and task {task.name} has no "
                              "budget on it", f"set budgets.max_metric_drop: {{{gate.metric}: LIMIT}}, or "
@@ -305,7 +307,7 @@ class Objective:
                  f"{values['latency_p95_ms']:.3f} ms ({lat['source']}), {values['size_mb']:.2f} MB")  # fmt: skip
         return values["val_drop"], values["latency_p95_ms"], values["size_mb"]
 
-    def watch(self, trial: Any) -> Callable[[int, int, float, float], None]:
+    def watch(self, trial: Any) -> ProgressFn:
         """Distillation's per-epoch callback: the probe-epoch stop."""
         ref, budget, g = self.start.reference_val, self.limits.max_drop, self.limits.gate
 

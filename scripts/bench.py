@@ -450,7 +450,11 @@ def headline(rows: list[Row], repeat: int | None) -> dict[str, float]:
 def targets(rows: list[dict[str, Any]], reports: dict[str, Any], gate: Gate) -> list[tuple[str, str, bool | None]]:
     """(target, what was measured, met) for every target issues 3 and 6 set, their drops in the gate's unit: 1.0
     and 0.5 points of accuracy, or the gate's limit and half of it for another metric."""
-    by, d, show = {r["name"]: r for r in rows}, f"{gate.metric}_drop", drop_format(gate)
+    by, d, spec = {r["name"]: r for r in rows}, f"{gate.metric}_drop", drop_spec(gate.unit)
+
+    def show(drop: float) -> str:
+        return format(drop, spec)
+
     assert gate.limit is not None
     limit, half = gate.limit, gate.limit / 2
     ek = [r for r in rows if r["group"] == "edgekit" and r[d] is not None]
@@ -537,9 +541,9 @@ def versus(peer: dict[str, Any], ours: list[dict[str, Any]], d: str, show: Calla
                     f"{show(fast[d])}"), False  # fmt: skip
 
 
-def drop_format(gate: Gate) -> Callable[[float], str]:
-    """A drop as the tables print it: points to 2 decimals, another metric's unit to 4 significant digits."""
-    return (lambda x: f"{x:+.2f}") if gate.unit == "points" else (lambda x: f"{x:+.4g}")
+def drop_spec(unit: str) -> str:
+    """How the tables print a drop: points to 2 decimals, another metric's unit to 4 significant digits."""
+    return "+.2f" if unit == "points" else "+.4g"
 
 
 def fmt(x: float | None, spec: str) -> str:
@@ -549,7 +553,7 @@ def fmt(x: float | None, spec: str) -> str:
 def markdown(result: dict[str, Any]) -> str:
     host, rows = result["host"], result["rows"]
     m = result.get("metric", "accuracy")  # results from before the bench took any task gate accuracy
-    unit = "pts" if result.get("unit", "points") == "points" else m
+    unit = result.get("unit", "points")
     lines = [
         f"### Host: {host_key(host)}",
         "",
@@ -560,14 +564,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"(A B A B ...), {result['settings']['repeats']} repeats of {result['settings']['rounds']} rounds each. "
         f"Roofline times (last column) of profile `{result['settings'].get('profile', 'x86')}`.",
         "",
-        f"| | artifact | runtime | precision | {m} | drop ({unit}) | p50 b1 ms | p95 b1 ms | vs eager b1 "
+        f"| | artifact | runtime | precision | {m} | drop ({'pts' if unit == 'points' else unit}) | p50 b1 ms "
+        "| p95 b1 ms | vs eager b1 "
         "| p50 b16 ms | vs eager b16 | samples/s b16 | size MB | size ratio | produce s | ÷ roofline b1 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows, 1):
         lines.append(
             f"| {i} | {r['name']} | {r['runtime_version']} | {r['precision']} | {fmt(r[m], '.4f')} "
-            f"| {fmt(r[f'{m}_drop'], '+.2f' if unit == 'pts' else '+.4g')} "
+            f"| {fmt(r[f'{m}_drop'], drop_spec(unit))} "
             f"| {r['p50_ms_b1']:.3f} | {r['p95_ms_b1']:.3f} "
             f"| {r['ratio_vs_eager_b1']:.2f}x | {r['p50_ms_b16']:.3f} | {r['ratio_vs_eager_b16']:.2f}x "
             f"| {r['throughput_b16']:.0f} | {r['size_mb']:.2f} | {r['size_ratio']:.1f}x "

@@ -8,12 +8,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from ..tracking import Progress as EpochProgress
 
 # Where output goes to a log or a pipe, rich would cut every table to 80 columns ("│ ope… │ in… │"): there it prints
 # at full width instead, unless COLUMNS sets one.
@@ -139,7 +142,7 @@ def emit(result: dict[str, Any], as_json: bool, render: Callable[[], None]) -> N
 
 
 @contextmanager
-def epoch_progress(description: str) -> Iterator[Callable[[int, int, float, float, str], None]]:
+def epoch_progress(description: str) -> Iterator[EpochProgress]:
     """A progress bar on stderr for training loops: loss and the validation score per epoch (accuracy, or the
     metric the run gates)."""
     bar = Progress(
