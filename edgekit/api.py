@@ -10,24 +10,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifact import Artifact, accuracy_record, load_artifact, model_hash, sha256_file
+from .artifact import load_artifact, model_hash, sha256_file
 from .data import BUILTIN, AVDigitsConfig, FeedDataset, build_avdigits, dataset_meta, load_split
 from .data.avdigits import SPLITS
 from .data.calibration import DEFAULT_SAMPLES, calibration_set
 from .errors import UsageError
 from .evaluation import EvalReport, against, evaluate, torch_outputs, torch_predict
-from .formats import FORMATS, ExportContext, Search, ShapeMode, accuracy_runner, check_request
+from .formats import FORMATS, ExportContext, Search, ShapeMode, check_request
 from .fsutil import atomic_dir, check_out_dir, check_writable, write_json
 from .hardware import HardwareProfile, resolve_profile
 from .hardware.estimator import graph_costs
 from .loading import load_model, run_model
 from .models import count_params
+from .pipeline import Scoring, build_artifact
 from .recipe import load_recipe
-from .runtimes import onnx_runner, predict_fn
+from .runtimes import onnx_runner
 from .targets.onnx import export_onnx
 from .targets.parity import check_parity, require_parity
 from .targets.parity import summary as parity_summary
-from .tasks import Task, agreement, gate_for
+from .tasks import agreement, gate_for
 from .validate import Options as ValidateOptions
 from .validate import validate
 from .zoo import reference_teacher, reference_teacher_path, train
@@ -101,18 +102,6 @@ def plan_exports(
     for f, p in plan:
         check_request(f, p, profile, shapes)
     return plan
-
-
-def measured_score(
-    art: Artifact, test: FeedDataset, task: Task, metric: str, threads: int | None = None
-) -> tuple[float, str] | None:
-    """`task`'s `metric` (top-1 accuracy, MAE, ...) of the artifact in its own runtime (or its labelled proxy), and
-    which; None where neither runs here."""
-    measures = accuracy_runner(art, threads)
-    if measures is None:
-        return None
-    report = evaluate(predict_fn(measures[0]), art.io, test, per_modality=False, task=task)
-    return report.overall[metric], measures[1]
 
 
 @dataclass(frozen=True)
@@ -206,27 +195,22 @@ def export(
         export_onnx(loaded.model, io, hub, slim=True)
         cases = check_parity(io, torch_outputs(loaded.model, io), onnx_runner(hub, io).run, test)
         require_parity(cases, "the exported ONNX")
-        meta["parity"] = parity_summary(cases)
+        meta["parity"] = parity_summary(cases)  # the hub's, before any format is built from it
         meta["costs"] = graph_costs(hub, io)  # per-kernel MACs and elements: the roofline estimate of any format
         branches = dict(loaded.manifest.branches) if loaded.manifest else {}
         ctx = ExportContext(loaded.model, io, hub, profile, parent, calibrate, Path(work), meta, branches,
                             run.float_nodes if run else None, search, FORMATS[run.fmt] if run else None)  # fmt: skip
+        scoring = Scoring(test, task, m, o.data, "test", o.threads)
         for f, p in [("onnx", "fp32"), *[x for x in plan if x != ("onnx", "fp32")]]:
             log(f"building {f}/{p}")
             if p == "int8" and (run or search):
                 log(f"{f}/int8: {ctx.int8_plan(FORMATS[f])}")
-            start = time.perf_counter()
-            art = FORMATS[f].build(ctx, p, tmp / f"{f}-{p}")
-            art.write_manifest()
-            seconds = time.perf_counter() - start
+            built = build_artifact(ctx, FORMATS[f], p, tmp / f"{f}-{p}", scoring)
+            art = built.artifact
             if fallback := art.meta.get("quantization", {}).get("fallback"):
                 log(f"{f}/{p}: INT8 failed inside {fallback['branch']} ({', '.join(fallback['modules'])}): "
                     f"{fallback['error']}; that branch stays float")  # fmt: skip
-            measured = measured_score(art, test, task, m, o.threads)
-            here = measured is not None and measured[1] == "its runtime"
-            if here and m == "accuracy":  # validate compares it with the accuracy where the artifact runs
-                art.with_meta(accuracy=accuracy_record(measured[0], o.data, "test")).write_manifest()
-            value = measured[0] if here else None
+            value = built.score if built.here else None
             row = {
                 "format": f,
                 "precision": p,
@@ -237,10 +221,11 @@ def export(
                 "metric": m,
                 m: value,
                 f"{m}_drop": None if value is None else explicit.worsening(source_score, value),
-                "seconds": round(seconds, 1),  # to build it (calibration included), not to measure it
+                "parity": art.meta["parity"],
+                "seconds": round(built.seconds, 1),  # to build it (calibration included), not to measure it
             }
-            if measured and not here:  # e.g. TensorRT: its graph runs here
-                row["reference"] = {"runtime": measured[1], m: measured[0]}
+            if built.score is not None and not built.here:  # e.g. TensorRT: its graph runs here
+                row["reference"] = {"runtime": built.runtime, m: built.score}
             rows.append(row)
         result = {
             "model": str(model),

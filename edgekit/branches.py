@@ -20,13 +20,12 @@ import onnx
 import torch
 from torch import nn
 
+from .graphs import COMPUTE_OPS, SIZE_OPS, Node, reach
 from .io import MODALITY_MASK, IOSpec
 from .targets.onnx import export_onnx, module_scope
 
 FUSION = "fusion"
 _MASK = "\0mask"  # the modality mask: whatever reads it fuses modalities
-SHAPE_OPS = ("Shape", "Size")  # their outputs are sizes, not data of the input they read
-COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "LSTM", "GRU", "RNN")
 
 
 @dataclass(frozen=True)
@@ -41,28 +40,34 @@ class Branches:
         return list(self.labels)
 
 
+def input_seeds(io: IOSpec) -> dict[str, frozenset[str]]:
+    """What each input carries: its modality, or the mask. An "other" input (lengths, ids of a sample) carries
+    nothing and joins whatever reads it."""
+    seeds = {t.name: frozenset({t.modality}) for t in io.inputs if t.modality != "other"}
+    if MODALITY_MASK in io.input_names:
+        seeds[MODALITY_MASK] = frozenset({_MASK})
+    return seeds
+
+
+def branch_of(reached: frozenset[str]) -> str | None:
+    """The one rule: a node only one branch reaches is that branch's; one that several branches, the fusion or the
+    modality mask reach is fusion's; None when no input reaches it."""
+    if not reached:
+        return None
+    return next(iter(reached)) if len(reached) == 1 and _MASK not in reached else FUSION
+
+
 def _reachability(model: onnx.ModelProto, io: IOSpec) -> dict[str, str]:
-    deps: dict[str, frozenset[str]] = {}
-    for t in io.inputs:
-        if t.name == MODALITY_MASK:
-            deps[t.name] = frozenset({_MASK})
-        elif t.modality != "other":  # an "other" input (lengths, ids of a sample) joins whatever reads it
-            deps[t.name] = frozenset({t.modality})
     nodes = list(model.graph.node)  # ONNX graphs are topologically sorted
-    of_node, consumers, free = {}, {}, []
+    graph = [Node(n.name, () if n.op_type in SIZE_OPS else tuple(n.input), tuple(n.output)) for n in nodes]
+    reached = reach(graph, input_seeds(io))
+    of_node = {n: b for n, d in reached.items() if (b := branch_of(d))}
+    consumers: dict[str, list[str]] = {}
     for node in nodes:
-        reads = () if node.op_type in SHAPE_OPS else node.input
-        d = frozenset().union(*(deps.get(i, frozenset()) for i in reads))
-        for o in node.output:
-            deps[o] = d
         for i in node.input:
             consumers.setdefault(i, []).append(node.name)
-        if d:
-            of_node[node.name] = next(iter(d)) if len(d) == 1 and _MASK not in d else FUSION
-        else:
-            free.append(node)
     # Nodes that read no input data (positions, sizes, constants) go with the nodes that use them.
-    for node in reversed(free):
+    for node in reversed([n for n in nodes if n.name not in of_node]):
         used_by = {of_node.get(c) for o in node.output for c in consumers.get(o, [])} - {None}
         of_node[node.name] = used_by.pop() if len(used_by) == 1 else FUSION
     return {n.name: of_node[n.name] for n in nodes}
@@ -70,23 +75,16 @@ def _reachability(model: onnx.ModelProto, io: IOSpec) -> dict[str, str]:
 
 def fx_branches(graph: torch.fx.Graph, io: IOSpec) -> dict[str, str]:
     """The branch of each compute node of a traced torch graph (torch.export's, whose placeholders are the IOSpec's
-    inputs), by the rule `_reachability` applies to the ONNX graph: a node only one modality's inputs reach is that
-    modality's; one the modality mask or several modalities reach is fusion. Nodes no input reaches (weights,
-    constants) are left out. A backend that quantizes the torch graph (PT2E) floats a branch with it: every op of
-    the branch, not only its layers, since the adds, softmaxes and masks between them are quantized too."""
-    deps: dict[str, frozenset[str]] = {}
-    for t in io.inputs:
-        deps[t.name] = frozenset({_MASK}) if t.name == MODALITY_MASK else frozenset({t.modality} - {"other"})
-    out = {}
-    for node in graph.nodes:
-        if node.op == "placeholder":
-            continue
-        sizes = node.op == "call_function" and "sym_size" in str(node.target)  # a size, not the input's data
-        d = frozenset() if sizes else frozenset().union(*(deps.get(i.name, frozenset()) for i in node.all_input_nodes))
-        deps[node.name] = d
-        if d and node.op == "call_function":
-            out[node.name] = next(iter(d)) if len(d) == 1 and _MASK not in d else FUSION
-    return out
+    inputs), by `branch_of`. Nodes no input reaches (weights, constants) are left out. A backend that quantizes
+    the torch graph (PT2E) floats a branch with it: every op of the branch, not only its layers, since the adds,
+    softmaxes and masks between them are quantized too."""
+    nodes = [
+        Node(n.name, () if "sym_size" in str(n.target) else tuple(i.name for i in n.all_input_nodes), (n.name,))
+        for n in graph.nodes
+        if n.op != "placeholder"
+    ]
+    calls = {n.name for n in graph.nodes if n.op == "call_function"}
+    return {n: b for n, d in reach(nodes, input_seeds(io)).items() if n in calls and (b := branch_of(d))}
 
 
 def _by_prefix(model: onnx.ModelProto, prefixes: Mapping[str, Sequence[str]]) -> dict[str, str]:

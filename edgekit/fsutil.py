@@ -86,6 +86,17 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold the lock of a shared cache entry while building it: a second process that wants the same entry waits,
+    then finds it built (check again inside the lock) instead of building it beside the first."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        yield
+
+
 def cache_root() -> Path:
     """Where built datasets and the reference teacher are cached (EDGEKIT_CACHE overrides)."""
     env = os.environ.get("EDGEKIT_CACHE")

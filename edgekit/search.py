@@ -345,11 +345,13 @@ def trial_row(t: Any) -> dict[str, Any]:
 
 
 def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = lambda _: None,
-           on_trial: OnTrial | None = None) -> dict[str, Any]:  # fmt: skip
-    """Run (or resume) the study, then write search.json and a recipe for every point of the Pareto front."""
+           on_trial: OnTrial | None = None, start: Start | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) the study, then write search.json and a recipe for every point of the Pareto front. `start`:
+    the recipe's teacher, loaded and scored already (`Start.load(recipe)`), so that a caller that needed it for
+    the space does not load, evaluate and export it a second time."""
     o = optuna()
     profile, note = resolve_profile(recipe.targets[0])
-    start = Start.load(recipe)
+    start = start or Start.load(recipe)
     subset_names(recipe.budgets.max_subset_drop, start.io)
     choices, limits = space(recipe, start, profile), Limits.of(recipe, profile, start.task)
     start = replace(start, gate=limits.gate)  # each trial's INT8 search keeps within what the search constrains
@@ -378,7 +380,8 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
         for origin, point in [*origins, *(("the recipe's own", p) for p in options.seed_points)]:
             study.enqueue_trial(point, user_attrs={"origin": origin}, skip_if_exists=True)
     sampler_seed += len(study.trials)  # a resumed search or a second worker does not replay the same draws
-    study.sampler = o.samplers.TPESampler(seed=sampler_seed, multivariate=True, n_startup_trials=8)
+    # constant_liar: a worker sharing the study counts the others' running trials as bad, so none repeats their point
+    study.sampler = o.samplers.TPESampler(seed=sampler_seed, multivariate=True, n_startup_trials=8, constant_liar=True)
     objective = Objective(recipe, start, profile, limits, choices, latency, out, log, options.device)
     done = len(finished(study))
     begin = time.perf_counter()
@@ -395,7 +398,7 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
     result = summary(study, recipe, profile, choices, limits, latency, out)
     result["seconds"] = round(time.perf_counter() - begin, 1)
     result["study"] = {"name": name, "storage": "search.db" if options.storage is None else "given",
-                       "sampler": f"TPESampler(multivariate, seed={sampler_seed})"}  # fmt: skip
+                       "sampler": f"TPESampler(multivariate, constant_liar, seed={sampler_seed})"}  # fmt: skip
     write_json(out / SEARCH, result)
     return result
 

@@ -13,7 +13,7 @@ import torch
 from .data import BUILTIN, dataset_meta, load_split, resolve_data
 from .errors import UsageError
 from .evaluation import evaluate, torch_predict
-from .fsutil import cache_root, content_hash
+from .fsutil import cache_lock, cache_root, content_hash
 from .io import IOSpec
 from .loading import save_model_package
 from .models import FACTORY, build_fusion_model, count_params
@@ -91,6 +91,9 @@ def reference_teacher_path() -> Path:
 def reference_teacher(progress: ProgressFn | None = None) -> Path:
     """The trained reference teacher's package, trained once and cached."""
     path = reference_teacher_path()
-    if not (path / "edgekit-model.yaml").is_file():
-        train(REFERENCE["arch"], REFERENCE["preset"], REFERENCE["data"], path, TrainConfig(), progress)
+    built = (path / "edgekit-model.yaml").is_file
+    if not built():
+        with cache_lock(path):
+            if not built():  # another process may have trained it while this one waited
+                train(REFERENCE["arch"], REFERENCE["preset"], REFERENCE["data"], path, TrainConfig(), progress)
     return path

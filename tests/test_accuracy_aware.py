@@ -195,3 +195,31 @@ def test_a_container_of_several_branches_is_no_branch_root():
                  "fusion": "fusion", "fusion.proj.1": "text"}  # fmt: skip
     mb = ModuleBranches(Branches({}, "graph reachability", {}), of_module, frozenset())
     assert mb.roots() == {"text": ["branches.text", "fusion.proj.1"], "image": ["branches.image"]}
+
+
+@pytest.mark.openvino
+def test_openvino_floats_an_overridden_branch_whole(reference_teacher, teacher_onnx, tmp_path):
+    """A package's `branches:` override renames the branches; OpenVINO labels its ops by the ONNX nodes they keep
+    and the rest by reachability, so floating the renamed audio branch leaves none of its ops quantized: its
+    normalisations and the ops OpenVINO named itself included, not only the search's units."""
+    import openvino as ov
+
+    from edgekit.quant.backends import OpenVINOBackend, ov_branches
+    from edgekit.runtimes.openvino import convert_onnx
+
+    path, io = teacher_onnx
+    override = {"vision": ["branches.image"], "speech": ["branches.audio"], "words": ["branches.text"]}
+    calib = calibration_set(io, load_split("avdigits", "train"), 16)
+    job = Int8Job(load_model(reference_teacher).model, io, path, calib, resolve_profile("x86")[0], override)
+    ops = ov_branches(convert_onnx(path), io, job.branches)
+    assert set(ops.values()) == {"vision", "speech", "words", "fusion"}
+    speech = {op for op, b in ops.items() if b == "speech"}
+    assert any(not op.startswith("node_") for op in speech)  # ops OpenVINO named itself are labelled too
+    OpenVINOBackend(job).quantize(frozenset(u.node for u in job.units if u.branch == "speech"), tmp_path / "q")
+    quantized = ov.Core().read_model(str(tmp_path / "q" / "model.xml")).get_ordered_ops()
+
+    def reads_fake_quantize(op) -> bool:
+        return any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in op.inputs())
+
+    read = {op.get_friendly_name() for op in quantized if reads_fake_quantize(op)}
+    assert read and not read & speech  # the other branches are INT8; nothing of speech reads an INT8 tensor

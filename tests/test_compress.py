@@ -1,10 +1,12 @@
 """edgekit compress on the reference teacher: the run directory, report.json, resume, and refusals."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
+from edgekit.artifact import load_artifact
 from edgekit.errors import UsageError
 
 from .conftest import run_cli
@@ -53,6 +55,11 @@ def test_report_has_baseline_stages_artifacts_and_verdict(short_run):
     search = report["stages"][-1]["search"]
     assert search["reference_accuracy"] == report["reference"]["search"]["accuracy"] and search["drop"] <= 3.0
     assert (tmp / "run" / "recipe.yaml").is_file() and (tmp / "run" / "compress.log").is_file()
+    # the INT8 artifact was checked against the float model it came from, in its runtime, at INT8's tolerance
+    parity = report["stages"][-1]["parity"]
+    assert parity["passed"] and (parity["precision"], parity["runtime"]) == ("int8", "its runtime")
+    assert parity["top1_agreement"] >= parity["tolerance"]["min_top1"] == 0.8 and parity["cases"] >= 3
+    assert load_artifact(Path(art["path"]).parent).meta["parity"] == parity
 
 
 def test_rerun_resumes_from_the_cache(short_run):
@@ -76,6 +83,7 @@ def test_export_of_the_run_rebuilds_its_int8_artifact(short_run):
     result = json.loads(r.stdout)
     row = next(a for a in result["artifacts"] if a["precision"] == "int8")
     assert result["int8"]["onnx"].startswith("INT8 reuses the run's exclusions") and row["sha256"] == made["sha256"]
+    assert row["parity"]["passed"] and row["parity"]["precision"] == "int8"  # export checks it too
 
 
 def test_export_of_the_run_for_another_format_searches_that_formats_own(short_run):

@@ -311,3 +311,20 @@ def test_a_layer_tensorrt_cannot_parse_is_named_before_any_work(video, tmp_path)
     line = r.stderr.strip().splitlines()[-1]
     assert "AveragePool" in line and "1D pooling" in line and "Traceback" not in r.stderr
     assert not (tmp_path / "j").exists()
+
+
+@pytest.mark.heavy
+def test_macs_counted_in_torch_equal_the_exported_graphs(tmp_path):
+    """The pruning stage's torch-side MACs (FlopCounterMode, a GRU by its formula) and the estimator's ONNX-side
+    count agree on a model EdgeKit did not write: a CNN, a transformer encoder that reads the attention mask (its
+    attention products are functional calls) and a GRU."""
+    from edgekit.hardware.estimator import graph_costs
+    from edgekit.stages.prune import measure
+
+    io = dict(dataset_meta(resolve_data("avdigits"))["io"])
+    io["inputs"] = [t for t in io["inputs"] if t["name"] != "modality_mask"]
+    spec, model = IOSpec.from_dict(io), conformance_models.build_tri().eval()
+    with_torch = measure(model, spec)
+    assert all(with_torch[b][1] > 0 for b in ("image", "text", "audio"))
+    path = export_onnx(model, spec, tmp_path / "tri.onnx")
+    assert with_torch["total"][1] == sum(c[2] for c in graph_costs(path, spec))

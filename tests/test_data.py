@@ -48,6 +48,28 @@ def test_build_is_deterministic_and_cached(tmp_path):
     assert other.key() != SMALL.key()
 
 
+def test_a_build_another_process_holds_is_waited_for_not_repeated(tmp_path):
+    """Two processes that want the same cache entry at once: the second waits on the first's lock, then finds the
+    build done and returns it without building again (the split files are the first's, untouched)."""
+    import subprocess
+    import sys
+    import time
+
+    from edgekit.fsutil import cache_lock
+
+    out, ready = tmp_path / "shared", build_avdigits(SMALL, tmp_path / "built")  # what the first process builds
+    config = f"AVDigitsConfig(n_samples={SMALL.n_samples}, seed={SMALL.seed})"
+    script = f"import sys; from edgekit.data import *; print(build_avdigits({config}, sys.argv[1]))"
+    with cache_lock(out):  # the first process, building
+        second = subprocess.Popen([sys.executable, "-c", script, str(out)], stdout=subprocess.PIPE, text=True)
+        time.sleep(3)  # long enough to import EdgeKit and reach the lock
+        assert second.poll() is None and not out.exists()  # it waits instead of building beside the first
+        ready.rename(out)  # the first one's build lands
+        mtime = (out / "train.npz").stat().st_mtime_ns
+    assert second.communicate(timeout=120)[0].strip() == str(out) and second.returncode == 0
+    assert (out / "train.npz").stat().st_mtime_ns == mtime
+
+
 def test_video_clips_reveal_the_digit(tmp_path):
     d = build_avdigits(AVDigitsConfig(n_samples=100, video_frames=6), tmp_path)
     z = np.load(d / "train.npz")

@@ -22,7 +22,7 @@ from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
 from edgekit.runtimes import onnx_runner
 from edgekit.targets.onnx import export_onnx
-from edgekit.targets.parity import check_parity, parity_points, require_parity
+from edgekit.targets.parity import TOLERANCES, check_parity, parity_points, require_parity, summary, top1_agreement
 
 from .conftest import run_cli
 
@@ -231,6 +231,21 @@ def test_parity_gate_on_real_samples(tmp_path, small_model, io, test_split):
     bad = check_parity(io, torch_outputs(small_model, io), perturbed, test_split)
     with pytest.raises(EdgeKitError, match="output 'logits'"):
         require_parity(bad, "the model")
+    # INT8's tolerance takes rounding of that size; an artifact whose decisions no longer follow the model fails
+    int8 = TOLERANCES["int8"]
+    rounded = check_parity(io, torch_outputs(small_model, io), perturbed, test_split, int8)
+    require_parity(rounded, "an INT8 model", int8)
+    assert summary(rounded, int8)["passed"] and summary(rounded, int8)["tolerance"] == int8.as_dict()
+
+    def lost(feeds):
+        return {k: -v for k, v in ort_run(feeds).items()}
+
+    gone = check_parity(io, torch_outputs(small_model, io), lost, test_split, int8)
+    assert top1_agreement(gone) < 0.8 and not summary(gone, int8)["passed"]
+    with pytest.raises(EdgeKitError, match=r"top-1 agreement 0\.\d+ \(at least 0\.8\)"):
+        require_parity(gone, "an INT8 model", int8)
+    # a regression's or an embedding's outputs are held to their error alone: no argmax decisions to agree on
+    assert top1_agreement(check_parity(io, torch_outputs(small_model, io), lost, test_split, int8, classes=False)) == 1
 
 
 def test_parity_feeds_are_real_data_at_other_lengths(io, test_split):

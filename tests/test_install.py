@@ -1,7 +1,7 @@
 """A base install (no extras) into a fresh environment exports ONNX and quantizes it with onnxruntime.
 
 The venv gets torch first (as `make` does), then EdgeKit without extras at the versions of constraints.txt: no
-OpenVINO, NNCF, ExecuTorch, polygraphy. The export runs from another working directory through the installed
+OpenVINO, NNCF, ExecuTorch, Optuna. The export runs from another working directory through the installed
 console script."""
 
 import json
@@ -27,7 +27,7 @@ def test_a_base_install_exports_onnx_int8(tmp_path, avdigits):
     subprocess.run([*pip, "torch==2.13.0"], check=True)
     subprocess.run([*pip, "-c", str(ROOT / "constraints.txt"), str(ROOT)], check=True)
     probe = [str(venv / "bin" / "python"), "-c", "import importlib.util as u; print([m for m in "
-             "('openvino', 'nncf', 'executorch', 'polygraphy') if u.find_spec(m)])"]  # fmt: skip
+             "('openvino', 'nncf', 'executorch', 'optuna') if u.find_spec(m)])"]  # fmt: skip
     assert subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip() == "[]"
     io = io_spec(AVDigitsConfig(), 41)
     model = build_fusion_model("early", "small", modalities=list(io.modalities), vocab_size=41)

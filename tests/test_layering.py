@@ -21,13 +21,14 @@ from gen_docs import BEGIN, with_capability_table
 PACKAGE = ROOT / "edgekit"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = (
-    {"edgekit", "agent", "errors", "schema_errors", "fsutil", "noise", "io", "hardware", "artifact", "models",
+    {"edgekit", "agent", "errors", "schema_errors", "fsutil", "noise", "graphs", "io", "hardware", "artifact", "models",
      "loading", "data", "tasks", "evaluation", "stats", "devices", "training", "zoo"},  # types, data, torch models
     {"runtimes"},  # run a file: onnxruntime, OpenVINO, ExecuTorch, TensorRT, torch
     {"targets"},  # write a file: torch -> ONNX, lowering, ExecuTorch, TensorRT bundles
     {"branches"},  # the fusion model's branches, in the torch and the ONNX graph
     {"quant"},  # INT8 backends and the accuracy-aware search
     {"formats"},  # the registry: one Format per deployable format
+    {"pipeline"},  # build -> parity -> accuracy in its runtime -> manifest: the one way an artifact is made
     {"stages"},  # the recipe's stages
     {"recipe"},
     {"profiling", "provenance"},

@@ -29,6 +29,8 @@ from edgekit.targets.onnx import export_onnx
 from edgekit.targets.tensorrt import build_engine, gpu_visible, optimization_profile, write_bundle
 from edgekit.targets.tensorrt_ops import ROW_HEADER, TABLES, check_onnx, report_rows
 
+from .conftest import ROOT
+
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 BUNDLE_FILES = {"model.onnx", "build_engine.py", "build_engine.sh", "edgekit_agent.py", "profile.json",
                 "op_report.json", "manifest.json"}  # fmt: skip
@@ -146,6 +148,28 @@ def test_statically_checkable_restrictions():
     pool = helper.make_node("MaxPool", ["X"], ["Y", "I"], name="pool", kernel_shape=[2, 2])
     report = check_onnx(_model([pool], [_x()], [_x("Y"), _x("I", dtype=TensorProto.INT64)]), "10.3", dla=False)
     assert "`Indices`" in report.unsupported[0].reason
+
+
+def test_op_tables_are_data_that_the_script_checks_against_operators_md(tmp_path):
+    """The parser tables are data files with their source; scripts/trt_op_tables.py reads an onnx-tensorrt
+    docs/operators.md (its matrix rows, HTML line breaks and opset sentence) and finds any difference from the
+    shipped table. The document here is the shipped 8.5 table written back in operators.md's layout."""
+    from edgekit.targets.tensorrt_ops import TABLE_DIR
+
+    shipped = json.loads((TABLE_DIR / "onnx-tensorrt-8.5.json").read_text())
+    assert "6d0ab7be" in shipped["source"] and TABLES["8.5"].source == shipped["source"]
+    rows = [f"| {op} | Y | {cols[0]} | {' '.join(cols[1:]).replace('. Supported', '.<br />Supported')} |"
+            for op, cols in shipped["supported"].items()]  # fmt: skip
+    rows += [f"| {op} | N |" for op in shipped["not_supported"]]
+    doc = tmp_path / "operators.md"
+    head = ["TensorRT 8.5 supports operators up to Opset 17.", "", "| Operator | Supported | Types | Restrictions |"]
+    doc.write_text("\n".join([*head, "|---|---|---|---|", *rows]) + "\n")
+    script = [sys.executable, str(ROOT / "scripts" / "trt_op_tables.py"), str(doc), "--tensorrt", "8.5"]
+    ok = subprocess.run(script, check=False, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout
+    doc.write_text(doc.read_text().replace("| Mod | Y | FP32, FP16, INT32 |", "| Mod | N |"))
+    changed = subprocess.run(script, check=False, capture_output=True, text=True)
+    assert changed.returncode == 1 and "Mod: shipped ['FP32, FP16, INT32'], document None" in changed.stdout
 
 
 def test_unknown_version_names_the_known_ones(fusion_model):

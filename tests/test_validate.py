@@ -91,6 +91,40 @@ def test_costs_count_the_teachers_macs_exactly(reference_teacher, tmp_path):
     assert {c[1] for c in costs} >= {"Conv", "MatMul", "Softmax"}
 
 
+def test_costs_count_transposed_convolutions_and_einsums_as_torch_does(tmp_path):
+    """The layers the other op lists once disagreed on: a ConvTranspose and an attention-style Einsum are costed
+    with the MACs torch's own FlopCounterMode gives the same ops (FLOPs / 2)."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from edgekit.io import IOSpec, TensorSpec
+
+    x, q, k = torch.zeros(1, 8, 5, 5), torch.zeros(1, 2, 4, 6), torch.zeros(1, 2, 3, 6)
+    w = torch.zeros(8, 3, 3, 3)  # [C_in, C_out / groups, kH, kW]
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.conv_transpose2d(x, w, stride=2)
+        torch.einsum("bhqd,bhkd->bhqk", q, k)
+    graph = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], "up", strides=[2, 2]),
+         helper.make_node("Einsum", ["q", "k"], ["s"], "scores", equation="bhqd,bhkd->bhqk")],
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(t.shape)) for n, t in (("x", x), ("q", q), ("k", k))],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "s")],
+        [onnx.numpy_helper.from_array(w.numpy(), "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    io = IOSpec(
+        tuple(TensorSpec(n, "float32", tuple(t.shape), "image") for n, t in (("x", x), ("q", q), ("k", k))),
+        (TensorSpec("y", "float32", (1, 3, 11, 11), "other"), TensorSpec("s", "float32", (1, 2, 4, 3), "other")),
+    )
+    costs = {op: macs for _, op, macs, _ in graph_costs(tmp_path / "m.onnx", io)}
+    assert sum(costs.values()) == counter.get_total_flops() // 2
+    assert costs["Einsum"] == 1 * 2 * 4 * 3 * 6
+
+
 def test_calibration_table_in_the_docs_is_the_shipped_calibration():
     """docs/benchmarks.md's calibration table lists every point of edgekit/hardware/calibration.json, the file
     the estimate intervals come from (scripts/calibrate_estimator.py writes both)."""

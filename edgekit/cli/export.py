@@ -76,7 +76,7 @@ def export(
         out.print(table)
         out.print(f"artifacts in {result['out']} (one directory each, with manifest.json)")
         p = result["parity"]
-        top1 = f", min top-1 agreement {p['min_top1_agreement']:.3f}" if result["task"] == "classification" else ""
+        top1 = f", top-1 agreement {p['top1_agreement']:.3f}" if result["task"] == "classification" else ""
         out.print(f"ONNX parity: {p['cases']} cases, max abs error {p['max_abs']:.2e}{top1}")
         if "validation" in result:
             render_validation(result["validation"])

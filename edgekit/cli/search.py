@@ -104,7 +104,7 @@ def search(
         run.text(dump_recipe(recipe), "recipe.yaml")
         with trial_progress(trials or (None if budget_s else 20), budget_s) as on_trial:
             result = run_search(recipe, run_dir, options, lambda m: err.print(m, markup=False, highlight=False),
-                                on_trial)  # fmt: skip
+                                on_trial, start)  # fmt: skip
         result["html"] = str(render_search(run_dir))
         tracking.search(run, result, run_dir)
     emit(result, as_json, lambda: _print_result(result, run_dir))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from ..fsutil import atomic_dir, cache_root, content_hash, write_json
+from ..fsutil import atomic_dir, cache_lock, cache_root, content_hash, write_json
 from ..io import MODALITY_MASK, DimRange, IOSpec, TensorSpec
 from .audio import ESPEAK_ACCENTS, WORDS, Utterance, log_mel, place_and_mix, require_tts, speakers, synthesize
 from .text import WordTokenizer, hint
@@ -211,6 +211,8 @@ def build_avdigits(cfg: AVDigitsConfig = AVDigitsConfig(), out: Path | None = No
     out = Path(out) if out else cache_root() / "datasets" / f"avdigits-{cfg.key()}"
     if is_built(cfg, out):
         return out
-    with atomic_dir(out) as tmp:
-        _build(cfg, tmp)
+    with cache_lock(out):
+        if not is_built(cfg, out):  # another process may have built it while this one waited
+            with atomic_dir(out) as tmp:
+                _build(cfg, tmp)
     return out

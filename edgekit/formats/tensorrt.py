@@ -49,7 +49,6 @@ FORMAT = Format(
     runner="edgekit.runtimes.tensorrt:TensorRTRunner",
     runtime=("tensorrt", None),
     int8=int8,
-    needs=(("onnxslim", "tensorrt"),),
     op_profiler=tensorrt_ops,
     proxy=proxy,
     device_build=ENGINE,

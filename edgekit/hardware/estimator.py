@@ -28,18 +28,20 @@ from typing import Any
 
 import numpy as np
 
+from .. import graphs
+from ..graphs import RECURRENT
 from ..io import IOSpec
 from . import HardwareProfile
 
-MATMULS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"}
-CONVS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
+# The layers (edgekit/graphs.py), and the integer forms onnxruntime's quantizer writes of them.
+MATMULS = {*graphs.MATMULS, "MatMulInteger", "QLinearMatMul"}
+CONVS = {*graphs.CONVS, "ConvInteger", "QLinearConv"}
 # Kernels with no MACs worth counting that still read and write their tensors once.
 MEMORY_KERNELS = {
     "Softmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
     "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "Resize",
     "Gather", "TopK", "CumSum",
 }  # fmt: skip
-RECURRENT = {"LSTM": 4, "GRU": 3, "RNN": 1}  # gates per step
 # Elementwise and layout ops, assumed fused into their neighbours. Any other op is costed as a memory-bound kernel
 # and named in the estimate (`approximated`), so a model's unknown ops are never silently free.
 FUSED = {
@@ -79,6 +81,19 @@ def _shapes(model: Any, io: IOSpec, feeds: Mapping[str, np.ndarray]) -> dict[str
     return shapes
 
 
+def einsum_macs(equation: str, shapes: Sequence[Sequence[int]]) -> int:
+    """An Einsum's MACs: the product of every index's size, summed or kept ("bhqd,bhkd->bhqk": b*h*q*k*d). An
+    ellipsis counts the broadcast dims it stands for once."""
+    sizes: dict[str, int] = {}
+    for spec, shape in zip(equation.split("->")[0].split(","), shapes, strict=True):
+        head, _, tail = spec.strip().partition("...")
+        n = len(shape) - len(head) - len(tail)  # the dims an ellipsis stands for (0 without one)
+        for i, d in enumerate(shape[len(head) : len(head) + n]):
+            sizes[f"...{i - n}"] = max(sizes.get(f"...{i - n}", 1), d)  # aligned from the right, as broadcast
+        sizes.update(zip(head + tail, (*shape[: len(head)], *shape[len(head) + n :]), strict=True))
+    return math.prod(sizes.values())
+
+
 def graph_costs(onnx_path: Path, io: IOSpec, batch: int = 1) -> list[Cost]:
     """Per-kernel MACs and tensor elements of an ONNX model at the opt point of its IOSpec."""
     import onnx
@@ -95,9 +110,13 @@ def graph_costs(onnx_path: Path, io: IOSpec, batch: int = 1) -> list[Cost]:
         out = shapes.get(node.output[0], ())
         elements = sum(math.prod(s) for s in ins) + math.prod(out)
         macs = 0
-        if op in CONVS:
+        if op == "ConvTranspose":  # each input element meets W [C_in, C_out / groups, k...]'s C_out / groups x k...
+            macs = math.prod(ins[0]) * math.prod(ins[1][1:])
+        elif op in CONVS:
             weight = ins[3] if op == "QLinearConv" else ins[1]  # [C_out, C_in / groups, k...]
             macs = math.prod(out) * math.prod(weight[1:])
+        elif op == "Einsum":
+            macs = einsum_macs(next(a.s.decode() for a in node.attribute if a.name == "equation"), ins)
         elif op in MATMULS:
             a = ins[0]
             transposed = op == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute)

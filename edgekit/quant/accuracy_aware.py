@@ -23,6 +23,7 @@ import onnx
 from ..branches import Branches
 from ..data.calibration import CalibrationSet
 from ..errors import EdgeKitError
+from ..graphs import COMPUTE_OPS
 from ..runtimes import Runner, predict_fn
 from ..targets.onnx import module_scope
 from ..tasks import Gate
@@ -32,7 +33,7 @@ from .onnx_qdq import ort_reader
 # embedding tables; both the inputs of an Add or Mul that joins two activations (a residual, or a late fusion's sum
 # of branch scores, where 8 bits over the calibration's range cost a regression 0.08 MAE). The search can keep any of
 # them in float.
-QUANTIZED_OPS = ("Conv", "MatMul", "Gemm", "LSTM", "GRU", "RNN", "Gather")
+QUANTIZED_OPS = (*COMPUTE_OPS, "Gather")
 JOINS = ("Add", "Mul")
 Predict = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 

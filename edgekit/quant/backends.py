@@ -15,14 +15,15 @@ import onnx
 from torch import nn
 
 from ..artifact import Artifact
-from ..branches import Branches, discover, fx_branches, module_branches
+from ..branches import Branches, branch_of, discover, fx_branches, input_seeds, module_branches
 from ..data import FeedDataset
 from ..data.calibration import CalibrationSet
 from ..errors import EdgeKitError
 from ..evaluation import evaluate
+from ..graphs import SIZE_OPS, Node, reach
 from ..hardware import HardwareProfile
 from ..hardware.cpu import int8_saturates
-from ..io import MODALITY_MASK, IOSpec
+from ..io import IOSpec
 from ..runtimes import Runner, onnx_runner, predict_fn, qdq_emulator
 from ..runtimes.openvino import convert_onnx
 from ..tasks import Gate, Task
@@ -99,7 +100,8 @@ class OpenVINOBackend:
         floated = {b for b in {u.branch for u in units} if {u.node for u in units if u.branch == b} <= exclude}
         # Auto-generated op names ("MVN_5691") differ between conversions: the branch ops come from this one.
         model = convert_onnx(self.job.hub)
-        patterns += [f"^{re.escape(op)}$" for op, b in ov_branches(model, self.job.io).items() if b in floated]
+        ops = ov_branches(model, self.job.io, self.job.branches)
+        patterns += [f"^{re.escape(op)}$" for op, b in ops.items() if b in floated]
         model, info = quantize_openvino(model, self.job.calib, patterns, int8_saturates(self.job.profile.cpu_isa))
         dst.mkdir(parents=True, exist_ok=True)
         ov.save_model(model, str(dst / "model.xml"), compress_to_fp16=False)
@@ -111,27 +113,31 @@ class OpenVINOBackend:
         return OpenVINORunner(Artifact("openvino", "int8", dst, "model.xml", self.job.io, ""))
 
 
-def ov_branches(model: Any, io: IOSpec) -> dict[str, str]:
-    """Every op of an OpenVINO model, with its branch, found by reachability in the OpenVINO
-    graph as edgekit/branches.py finds it in the ONNX one. NNCF quantizes more than the loop's units (the inputs
-    of a transformer's residual Adds, a GRU that OpenVINO renamed "GRUSequence_217"): floating a branch means
-    ignoring all of its ops, or some of it stays quantized."""
-    mask = "modality mask"  # whatever reads it fuses modalities
-    modality = {t.name: mask if t.name == MODALITY_MASK else t.modality for t in io.inputs}
-    modality = {k: v for k, v in modality.items() if v != "other"}
-    deps: dict[str, frozenset[str]] = {}
-    out = {}
-    for op in model.get_ordered_ops():
-        name = op.get_friendly_name()
-        if op.get_type_name() == "Parameter":
-            deps[name] = frozenset({modality[name]}) if name in modality else frozenset()
-            continue
-        d = frozenset().union(*(deps.get(i.get_source_output().get_node().get_friendly_name(), frozenset())
-                                for i in op.inputs()))  # fmt: skip
-        deps[name] = frozenset() if op.get_type_name() == "ShapeOf" else d
-        if d:  # what reads one modality is its branch; what joins several (or reads the mask) is the fusion's
-            out[name] = next(iter(d)) if len(d) == 1 and mask not in d else "fusion"
-    return out
+def ov_branches(model: Any, io: IOSpec, branches: Branches) -> dict[str, str]:
+    """Every op of an OpenVINO model, with its branch. OpenVINO keeps the ONNX node's name on the ops it makes of it
+    ("node_Conv_9", "node_Conv_9/WithoutBiases"), and those take the node's branch from `branches`, a package's
+    `branches:` override included. The ops it names itself ("GRUSequence_217", "MVN_5691", the inputs of a residual
+    Add that NNCF quantizes) take theirs by the one reachability rule (edgekit/branches.py) from the ops around
+    them: floating a branch means ignoring all of its ops, or some of it stays quantized."""
+    ops = list(model.get_ordered_ops())
+
+    def onnx_node(name: str) -> str | None:
+        while name and name not in branches.of_node:
+            name = name.rpartition("/")[0]
+        return name or None
+
+    seeds = input_seeds(io)
+    for op in ops:
+        # Constants are shared across branches after folding: they take no label of their own.
+        if op.get_type_name() not in ("Parameter", "Constant") and (n := onnx_node(op.get_friendly_name())):
+            seeds[op.get_friendly_name()] = frozenset({branches.of_node[n]})
+
+    def node(op: Any) -> Node:
+        reads = tuple(i.get_source_output().get_node().get_friendly_name() for i in op.inputs())
+        return Node(op.get_friendly_name(), () if op.get_type_name() in SIZE_OPS else reads, (op.get_friendly_name(),))
+
+    nodes = [node(op) for op in ops if op.get_type_name() != "Parameter"]
+    return {n: b for n, d in reach(nodes, seeds).items() if (b := branch_of(d))}
 
 
 @dataclass(frozen=True)

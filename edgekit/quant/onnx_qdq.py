@@ -28,10 +28,12 @@ import numpy as np
 
 from ..data.calibration import CalibrationSet
 from ..fsutil import atomic_path
+from ..graphs import CONVS
 from ..hardware import HardwareProfile
 from ..hardware.cpu import int8_saturates
 
-COMPUTE = ("Conv", "MatMul", "Gemm")
+# The layers onnxruntime's QDQ quantizer has a rule for: no Einsum, and the recurrent ops stay float.
+QDQ_LAYERS = (*CONVS, "MatMul", "Gemm")
 PASS_THROUGH = ("Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose",
                 "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather", "Resize")  # fmt: skip
 
@@ -49,9 +51,9 @@ class Scheme:
         return f"QDQ, {acts} activations, {bits} per-channel weights"
 
 
-TENSORRT = Scheme("tensorrt", True, COMPUTE)
-CPU = Scheme("cpu", False, COMPUTE + PASS_THROUGH)
-CPU_NO_VNNI = Scheme("cpu-no-vnni", False, COMPUTE + PASS_THROUGH, reduce_range=True)
+TENSORRT = Scheme("tensorrt", True, QDQ_LAYERS)
+CPU = Scheme("cpu", False, QDQ_LAYERS + PASS_THROUGH)
+CPU_NO_VNNI = Scheme("cpu-no-vnni", False, QDQ_LAYERS + PASS_THROUGH, reduce_range=True)
 
 
 def cpu_scheme(profile: HardwareProfile) -> Scheme:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 
 from ..branches import ModuleBranches, module_branches
 from ..errors import EdgeKitError, UsageError
@@ -321,32 +321,39 @@ def _cross_part_layers(model: nn.Module, pruner: Any, mb: ModuleBranches) -> lis
 
 
 # -- measuring ------------------------------------------------------------------------------------------
-# A forward-hook MAC counter rather than tp.utils.count_ops_and_params: tp's attention hook charges the q/k/v
-# projections as embed_dim**2 whatever the number of heads, so removed heads would not show, and it adds
-# element-wise FLOPs (BN, activations) to the matmul MACs that dominate edge inference. Here MACs come from the
-# weights' actual shapes: Conv and Linear layers, plus the attention products (QK^T and AV).
+# MACs are torch's own FlopCounterMode's FLOPs / 2: every matmul, convolution and attention product, whether a
+# module or a functional call computes it (a Hugging Face encoder's attention, a fusion's own einsum), from the
+# tensors' actual shapes, so removed channels and heads show. Element-wise ops are not counted, as the MACs that
+# dominate edge inference are. Two gaps are filled here: onnxruntime-style CPU flash attention has no formula in
+# torch, and an LSTM's fused kernel shows no matmuls at all, so recurrent layers use their own formula.
+
+_CPU_SDPA = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, out_shape=None, **__: (
+        flop_counter.sdpa_flop_count(q, k, v)
+    )
+}
 
 
-def _layer_macs(m: nn.Module, args: tuple[Any, ...], out: Any) -> int:
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-    if isinstance(m, nn.Linear):
-        return out.numel() * m.in_features
-    x = args[0] if m.batch_first else args[0].transpose(0, 1)
-    b, n = x.shape[0], x.shape[1]
-    if isinstance(m, nn.RNNBase):  # per step and direction: gates x (input + hidden) x hidden
-        gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
-        ins = [m.input_size] + [m.hidden_size * (2 if m.bidirectional else 1)] * (m.num_layers - 1)
-        return b * n * (2 if m.bidirectional else 1) * sum(gates * (i + m.hidden_size) * m.hidden_size for i in ins)
-    products = 2 * b * m.num_heads * n * n * m.head_dim  # QK^T and AV, self-attention over n tokens
-    if isinstance(m, PrunedAttention):  # its projections are Linears, counted as such
-        return products
-    return products + 4 * b * n * m.embed_dim * m.embed_dim  # q, k, v and out projections
+def _rnn_macs(m: nn.RNNBase, x: torch.Tensor | nn.utils.rnn.PackedSequence) -> int:
+    """Per step and direction: gates x (input + hidden) x hidden, over every layer."""
+    tokens = x.data.shape[0] if isinstance(x, nn.utils.rnn.PackedSequence) else x.shape[0] * x.shape[1]
+    gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
+    ins = [m.input_size] + [m.hidden_size * (2 if m.bidirectional else 1)] * (m.num_layers - 1)
+    return tokens * (2 if m.bidirectional else 1) * sum(gates * (i + m.hidden_size) * m.hidden_size for i in ins)
 
 
-# Other attention layers (a Hugging Face encoder's) are counted by their Linears; their QK^T and AV products are
-# not, which undercounts them by a few percent at short sequences.
-_COUNTED = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, PrunedAttention, nn.RNNBase)
+def _exclusive(inclusive: Mapping[str, int]) -> dict[str, int]:
+    """Each module's MACs without its submodules' (the counter charges an op to every module on the call stack,
+    and a container that is never called, a ModuleList, has no entry: its children's MACs are its caller's)."""
+    out = dict(inclusive)
+    for name, macs in inclusive.items():
+        parent = name
+        while parent:
+            parent = parent.rpartition(".")[0]
+            if parent in inclusive:
+                out[parent] -= macs
+                break
+    return out
 
 
 def measure(model: nn.Module, io: IOSpec, mb: ModuleBranches | None = None) -> dict[str, tuple[int, int]]:
@@ -357,27 +364,37 @@ def measure(model: nn.Module, io: IOSpec, mb: ModuleBranches | None = None) -> d
     params = dict.fromkeys(parts, 0)
     for name, p in model.named_parameters():
         params[mb.branch(name.rpartition(".")[0])] += p.numel()
-    macs = dict.fromkeys(parts, 0)
+    rnns = {n: m for n, m in model.named_modules() if isinstance(m, nn.RNNBase)}
+    rnn_macs = dict.fromkeys(rnns, 0)
 
-    def hook(name: str) -> Callable[..., None]:
-        def count(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-            macs[mb.branch(name)] += _layer_macs(m, args, out[0] if isinstance(out, tuple) else out)
+    def count(name: str) -> Callable[..., None]:
+        def hook(m: nn.RNNBase, args: tuple[Any, ...], _: Any) -> None:
+            rnn_macs[name] += _rnn_macs(m, args[0])
 
-        return count
+        return hook
 
-    # nn.MultiheadAttention uses its out_proj's weights directly, so that Linear's hook never fires.
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, _COUNTED)]
-    # The fused transformer kernel bypasses the submodules, and their hooks with them.
+    handles = [m.register_forward_hook(count(n)) for n, m in rnns.items()]
+    # The fused transformer kernel has no FLOP formula; the path through its submodules has.
     fast, training = torch.backends.mha.get_fastpath_enabled(), model.training
     torch.backends.mha.set_fastpath_enabled(False)
+    counter = flop_counter.FlopCounterMode(display=False, depth=None, custom_mapping=_CPU_SDPA)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             model.eval()(**io.example_torch(batch=1))
     finally:
         torch.backends.mha.set_fastpath_enabled(fast)
         model.train(training)
         for h in handles:
             h.remove()
+    root = type(model).__name__  # the counter names modules "<root class>.<path>"
+    inclusive = {("" if k == root else k.removeprefix(root + ".")): sum(v.values()) // 2
+                 for k, v in counter.get_flop_counts().items() if k == root or k.startswith(root + ".")}  # fmt: skip
+    macs = dict.fromkeys(parts, 0)
+    for name, n in _exclusive(inclusive).items():
+        if not any(name == r or name.startswith(r + ".") for r in rnns):  # a GRU's decomposed matmuls: its formula
+            macs[mb.branch(name)] += n
+    for name, n in rnn_macs.items():
+        macs[mb.branch(name)] += n
     report = {k: (params[k], macs[k]) for k in parts}
     report["total"] = (sum(params.values()), sum(macs.values()))
     return report

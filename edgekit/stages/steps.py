@@ -18,22 +18,22 @@ from typing import Annotated, Any, ClassVar, Literal
 import pydantic
 from torch import nn
 
-from ..artifact import accuracy_record, model_hash, sha256_file
+from ..artifact import model_hash, sha256_file
 from ..branches import ModuleBranches
 from ..data import load_split
 from ..data.calibration import DEFAULT_SAMPLES, calibration_set
 from ..devices import is_main, placement
 from ..errors import UsageError
 from ..evaluation import evaluate, torch_predict
-from ..formats import ExportContext, Int8Format, Search, accuracy_runner, get_format
+from ..formats import ExportContext, Int8Format, Search, get_format
 from ..fsutil import atomic_dir, write_json
 from ..hardware import HardwareProfile
 from ..hardware.estimator import graph_costs
 from ..io import IOSpec
 from ..loading import load_model, save_model_package
 from ..models import build_fusion_model, count_params
+from ..pipeline import Scoring, build_artifact
 from ..quant.accuracy_aware import BudgetError
-from ..runtimes import predict_fn
 from ..targets.onnx import export_onnx
 from ..tasks import Gate, Task
 from ..training import ProgressFn
@@ -377,40 +377,42 @@ class QuantizeStage(Stage):
             ctx.log(f"branches ({ex.job.branches.method}): {', '.join(ex.job.branches.labels.values())}")
             within = f", searching what stays float for {gate.describe()}" if search else ""
             ctx.log(f"quantizing ({fmt.name}, {self.samples} calibration samples{within})")
+            m = gate.metric
+            scoring = Scoring(load_split(ctx.data, ctx.test), ctx.task, m, ctx.data, ctx.test)
             try:
-                art = fmt.build(ex, "int8", tmp / f"{fmt.name}-int8")
+                built = build_artifact(ex, fmt, "int8", tmp / f"{fmt.name}-int8", scoring)
             except BudgetError as e:
                 write_json(where.parent.parent / "sensitivity.json", e.report.as_dict())
                 ctx.log(e.report.table())
                 raise
-            art = art.with_meta(calibration=ex.calib.describe())
+            art = built.artifact
+            if built.score is None:
+                raise UsageError(f"INT8 {fmt.name} cannot be measured here", "quantize for a format that runs here")
             searched = None
             if ex.sensitivity:
                 (report,) = ex.sensitivity.values()
                 ctx.log(report.table())
                 write_json(tmp / "sensitivity.json", report.as_dict())
                 art = art.with_meta(sensitivity="sensitivity.json")
+                art.write_manifest()
                 accepted = report.accepted()
-                searched = {"split": ctx.val, "reference": "teacher", "metric": gate.metric,
-                            f"reference_{gate.metric}": report.baseline, gate.metric: accepted.score,
+                searched = {"split": ctx.val, "reference": "teacher", "metric": m,
+                            f"reference_{m}": report.baseline, m: accepted.score,
                             "drop": accepted.drop, "max_drop": gate.limit}  # fmt: skip
             kept = art.meta["quantization"]["float_nodes"]
-            ctx.log(f"quantized ({fmt.name}, {len(ex.calib)} calibration samples, {len(kept)} node(s) kept in float)")
-            art.write_manifest()
+            parity = art.meta["parity"]
+            agree = f"top-1 agreement {parity['top1_agreement']:.3f}, " if ctx.task.name == "classification" else ""
+            ctx.log(
+                f"quantized ({fmt.name}, {len(ex.calib)} calibration samples, {len(kept)} node(s) kept in float; "
+                f"parity with the float model: {agree}max error {parity['max_rel']:.3g} of the largest output)"
+            )
             shutil.rmtree(work)
-            measured = accuracy_runner(art)
-            if measured is None:
-                raise UsageError(f"INT8 {fmt.name} cannot be measured here", "quantize for a format that runs here")
-            m = gate.metric
-            value = split_score(predict_fn(measured[0]), c.io, ctx.data, ctx.test, ctx.task, m)
-            if m == "accuracy":  # validate compares it with the accuracy where the artifact runs
-                art.with_meta(accuracy=accuracy_record(value, ctx.data, ctx.test)).write_manifest()
             final = where / art.directory.name / art.file
-            row = {"name": "quantize", "backend": fmt.name, "path": str(final), "metric": m, m: value,
-                   "accuracy_source": measured[1], "seconds": round(time.perf_counter() - start, 1),
-                   **({"search": searched} if searched else {}),
+            row = {"name": "quantize", "backend": fmt.name, "path": str(final), "metric": m, m: built.score,
+                   "accuracy_source": built.runtime, "seconds": round(time.perf_counter() - start, 1),
+                   "parity": parity, **({"search": searched} if searched else {}),
                    **model_stats(c.model, c.io, c.mb),
-                   "artifact": {"format": fmt.name, "precision": "int8", "path": str(final), m: value,
+                   "artifact": {"format": fmt.name, "precision": "int8", "path": str(final), m: built.score,
                                 "size_mb": round(art.size_mb(), 3), "sha256": sha256_file(art.path)}}  # fmt: skip
             write_json(tmp / "stage.json", row)
         return row

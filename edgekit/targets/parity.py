@@ -1,5 +1,6 @@
-"""The parity gate: an exported artifact, run in its own runtime on real samples at several batch sizes
-and symbolic-dim sizes, must match the source torch model before the export counts as done."""
+"""The parity gate: an artifact, run in its own runtime on real samples at several batch sizes and symbolic-dim
+sizes, must match the source torch model before it counts as built. Each precision has its tolerance: float
+artifacts must compute what torch does; an INT8 one may round, but not lose the model (edgekit/pipeline.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,21 @@ Outputs = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 class Tolerance:
     atol: float = 1e-4
     rtol: float = 1e-3  # relative to the output's largest magnitude
-    min_top1: float = 0.99
+    min_top1: float = 0.99  # over every sample of every point (a classifier's outputs only)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"atol": self.atol, "rtol": self.rtol, "min_top1": self.min_top1}
+
+
+TOLERANCES = {
+    "fp32": Tolerance(),
+    "fp16": Tolerance(atol=1e-3, rtol=2e-2, min_top1=0.98),
+    # INT8 rounds every layer. On the reference teacher plain PTQ errs by 3% (onnxruntime, TensorRT's Q/DQ) to 12%
+    # (OpenVINO) of the largest logit, and XNNPACK's by 52% with 8% of decisions flipped on a Sapphire Rapids host;
+    # whether that costs too much is the accuracy gate's call, on the whole split. This bound fails an artifact
+    # that no longer computes the model: errors as large as the outputs, or a fifth of the decisions flipped.
+    "int8": Tolerance(atol=1e-2, rtol=1.0, min_top1=0.8),
+}
 
 
 @dataclass(frozen=True)
@@ -67,8 +82,10 @@ def parity_points(io: IOSpec) -> list[tuple[int, dict[str, int]]]:
 
 def check_parity(
     io: IOSpec, reference: Outputs, candidate: Outputs, data: FeedDataset, tol: Tolerance = Tolerance(),
-    points: Sequence[tuple[int, dict[str, int]]] | None = None,
+    points: Sequence[tuple[int, dict[str, int]]] | None = None, classes: bool = True,
 ) -> list[ParityCase]:  # fmt: skip
+    """One case per point and output. `classes`: the outputs are class scores, whose top-1 decisions must agree
+    (regression values, embeddings and multi-label logits are held to their error alone)."""
     cases = []
     for batch, dims in points or parity_points(io):
         feeds, _ = next(data.batches(batch))
@@ -80,30 +97,38 @@ def check_parity(
             r, g = np.asarray(ref[name], np.float64), np.asarray(got[name], np.float64)
             err = float(np.abs(r - g).max())
             scale = float(np.abs(r).max())
-            agree = float(np.mean(r.argmax(-1) == g.argmax(-1))) if r.ndim >= 2 else 1.0
-            ok = err <= tol.atol + tol.rtol * scale and agree >= tol.min_top1
+            agree = float(np.mean(r.argmax(-1) == g.argmax(-1))) if classes and r.ndim >= 2 else 1.0
+            ok = err <= tol.atol + tol.rtol * scale
             cases.append(ParityCase(batch, dims, name, err, err / max(scale, 1e-12), agree, ok))
     return cases
 
 
-def require_parity(cases: Sequence[ParityCase], what: str) -> None:
+def top1_agreement(cases: Sequence[ParityCase]) -> float:
+    """The share of samples whose top-1 decision agrees, over every point: one flip at batch 1 is one sample."""
+    return sum(c.top1_agreement * c.batch for c in cases) / sum(c.batch for c in cases)
+
+
+def require_parity(cases: Sequence[ParityCase], what: str, tol: Tolerance = Tolerance()) -> None:
     bad = [c for c in cases if not c.passed]
-    if bad:
-        worst = max(bad, key=lambda c: c.max_rel)
+    agree = top1_agreement(cases)
+    if bad or agree < tol.min_top1:
+        worst = max(bad or cases, key=lambda c: c.max_rel)
         raise EdgeKitError(
             f"{what} does not match the source model: output '{worst.output}' at batch {worst.batch} "
-            f"{worst.dims} has max abs error {worst.max_abs:.3g} (rel {worst.max_rel:.3g}), "
-            f"top-1 agreement {worst.top1_agreement:.3f}",
+            f"{worst.dims} has max abs error {worst.max_abs:.3g} (rel {worst.max_rel:.3g}, tolerance "
+            f"{tol.atol:g} + {tol.rtol:g} x max), top-1 agreement {agree:.3f} (at least {tol.min_top1:g})",
             "rerun with --debug, or report the model to the exporter's maintainers",
         )
 
 
-def summary(cases: Sequence[ParityCase]) -> dict[str, object]:
+def summary(cases: Sequence[ParityCase], tol: Tolerance = Tolerance()) -> dict[str, object]:
+    agree = top1_agreement(cases)
     return {
         "cases": len(cases),
-        "passed": all(c.passed for c in cases),
+        "passed": all(c.passed for c in cases) and agree >= tol.min_top1,
         "max_abs": max(c.max_abs for c in cases),
         "max_rel": max(c.max_rel for c in cases),
-        "min_top1_agreement": min(c.top1_agreement for c in cases),
+        "top1_agreement": agree,
+        "tolerance": tol.as_dict(),
         "points": sorted({f"batch={c.batch} " + " ".join(f"{k}={v}" for k, v in c.dims.items()) for c in cases}),
     }

@@ -11,7 +11,9 @@ Sources:
   changelog, which adds Mod; the earlier one, 0f305925, still listed HardSwish, Mod and OneHot as N).
 - Parser, TensorRT 10.3: no 10.3 revision of operators.md was available, so the table is the 10.15 revision
   (docs/operators.md at commit fa5aa9f61e7781d2ca8f5351d42c1f19525a6124) minus what docs/Changelog.md says
-  came after 10.3 (see _TRT_10_3). The opset range is the 10.0 revision's ("opset 9 to opset 20").
+  came after 10.3 (trt_ops/tensorrt-10.3.json). The opset range is the 10.0 revision's ("opset 9 to opset 20").
+
+The tables are data (trt_ops/*.json, each with its source and version); this module keeps only the checks.
 - DLA, TensorRT 8.5: the TensorRT 8.x Developer Guide, "DLA Supported Layers and Restrictions".
 - DLA, TensorRT 10.3: the DLA notes of the TensorRT 10.x API (include/NvInfer.h of NVIDIA/TensorRT) and the
   general restrictions of the current guide ("DLA does not support dynamic dimensions ...")."""
@@ -19,9 +21,11 @@ Sources:
 from __future__ import annotations
 
 import copy
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +37,10 @@ from ..errors import UsageError
 Status = Literal["ok", "unsupported", "gpu-fallback"]
 
 
-# -- the parser tables, as operators.md states them: "Operator | supported types | restriction" ----------------
+# -- the parser tables: data files in trt_ops/, each naming its source and TensorRT version -----------------------
+# scripts/trt_op_tables.py writes a table from an onnx-tensorrt docs/operators.md, or checks the shipped one against it.
+
+TABLE_DIR = Path(__file__).with_name("trt_ops")
 
 
 @dataclass(frozen=True)
@@ -42,370 +49,41 @@ class OpSupport:
     restriction: str = ""  # the "Restrictions" column
 
 
-def _table(rows: str) -> dict[str, OpSupport]:
-    out = {}
-    for line in rows.strip().splitlines():
-        op, types, *rest = (c.strip() for c in line.split("|"))
-        out[op] = OpSupport(tuple(t.strip() for t in types.split(",") if t.strip()), rest[0] if rest else "")
-    return out
+@dataclass(frozen=True)
+class OpTable:
+    """One operators.md revision: the rows marked Y with their types and restriction, and the rows marked N."""
+
+    tensorrt: str
+    source: str
+    max_opset: int
+    int64_native: bool  # TensorRT < 9 casts INT64 down to INT32 (operators.md, 8.5 note)
+    supported: Mapping[str, OpSupport]
+    not_supported: frozenset[str]
 
 
-_RESIZE_85 = (
-    "Supported resize transformation modes: `half_pixel`, `pytorch_half_pixel`, `tf_half_pixel_for_nn`, "
-    "`asymmetric`, and `align_corners`. Supported resize modes: `nearest`, `linear`. Supported nearest modes: "
-    "`floor`, `ceil`, `round_prefer_floor`, `round_prefer_ceil`"
-)
-_SEED = "`seed` value is ignored by TensorRT"
+def _types(column: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in column.split(",") if t.strip())
 
-_Y_8_5 = _table(f"""
-Abs | FP32, FP16, INT32
-Acos | FP32, FP16
-Acosh | FP32, FP16
-Add | FP32, FP16, INT32
-And | BOOL
-ArgMax | FP32, FP16
-ArgMin | FP32, FP16
-Asin | FP32, FP16
-Asinh | FP32, FP16
-Atan | FP32, FP16
-Atanh | FP32, FP16
-AveragePool | FP32, FP16, INT8, INT32 | 2D or 3D Pooling only
-BatchNormalization | FP32, FP16
-Cast | FP32, FP16, INT32, INT8, BOOL
-Ceil | FP32, FP16
-Celu | FP32, FP16
-Clip | FP32, FP16, INT8
-Concat | FP32, FP16, INT32, INT8, BOOL
-Constant | FP32, FP16, INT32, INT8, BOOL
-ConstantOfShape | FP32
-Conv | FP32, FP16, INT8
-ConvTranspose | FP32, FP16, INT8
-Cos | FP32, FP16
-Cosh | FP32, FP16
-CumSum | FP32, FP16 | `axis` must be an initializer
-DepthToSpace | FP32, FP16, INT32
-DequantizeLinear | INT8 | `x_zero_point` must be zero
-Div | FP32, FP16, INT32
-Dropout | FP32, FP16
-Einsum | FP32, FP16 | Ellipsis and diagonal operations are not supported. Broadcasting between inputs is not supported
-Elu | FP32, FP16, INT8
-Equal | FP32, FP16, INT32
-Erf | FP32, FP16
-Exp | FP32, FP16
-Expand | FP32, FP16, INT32, BOOL
-EyeLike | FP32, FP16, INT32, BOOL
-Flatten | FP32, FP16, INT32, BOOL
-Floor | FP32, FP16
-Gather | FP32, FP16, INT8, INT32, BOOL
-GatherElements | FP32, FP16, INT8, INT32, BOOL
-GatherND | FP32, FP16, INT8, INT32, BOOL
-Gemm | FP32, FP16, INT8
-GlobalAveragePool | FP32, FP16, INT8
-GlobalLpPool | FP32, FP16, INT8
-GlobalMaxPool | FP32, FP16, INT8
-Greater | FP32, FP16, INT32
-GreaterOrEqual | FP32, FP16, INT32
-GridSample | FP32, FP16
-GRU | FP32, FP16 | For bidirectional GRUs, activation functions must be the same for both the forward and reverse pass
-HardSwish | FP32, FP16, INT8
-HardSigmoid | FP32, FP16, INT8
-Identity | FP32, FP16, INT32, INT8, BOOL
-If | FP32, FP16, INT32, BOOL | Output tensors of the two conditional branches must have broadcastable shapes, and must have different names
-ImageScaler | FP32, FP16
-InstanceNormalization | FP32, FP16 | Scales `scale` and biases `B` must be initializers. Input rank must be >=3 & <=5
-IsNaN | FP32, FP16, INT32
-LeakyRelu | FP32, FP16, INT8
-Less | FP32, FP16, INT32
-LessOrEqual | FP32, FP16, INT32
-Log | FP32, FP16
-LogSoftmax | FP32, FP16
-Loop | FP32, FP16, INT32, BOOL
-LRN | FP32, FP16
-LSTM | FP32, FP16 | For bidirectional LSTMs, activation functions must be the same for both the forward and reverse pass
-LpNormalization | FP32, FP16
-LpPool | FP32, FP16, INT8
-MatMul | FP32, FP16
-Max | FP32, FP16, INT32
-MaxPool | FP32, FP16, INT8 | 2D or 3D pooling only. `Indices` output tensor unsupported
-Mean | FP32, FP16, INT32
-MeanVarianceNormalization | FP32, FP16
-Min | FP32, FP16, INT32
-Mod | FP32, FP16, INT32
-Mul | FP32, FP16, INT32
-Neg | FP32, FP16, INT32
-NonMaxSuppression | FP32, FP16
-NonZero | FP32, FP16
-Not | BOOL
-OneHot | FP32, FP16, INT32, BOOL
-Or | BOOL
-Pad | FP32, FP16, INT8, INT32
-ParametricSoftplus | FP32, FP16, INT8
-Pow | FP32, FP16
-PRelu | FP32, FP16, INT8
-QuantizeLinear | FP32, FP16 | `y_zero_point` must be 0
-RandomNormal | FP32, FP16 | {_SEED}
-RandomNormalLike | FP32, FP16 | {_SEED}
-RandomUniform | FP32, FP16 | {_SEED}
-RandomUniformLike | FP32, FP16 | {_SEED}
-Range | FP32, FP16, INT32
-Reciprocal | FP32, FP16
-ReduceL1 | FP32, FP16
-ReduceL2 | FP32, FP16
-ReduceLogSum | FP32, FP16
-ReduceLogSumExp | FP32, FP16
-ReduceMax | FP32, FP16
-ReduceMean | FP32, FP16
-ReduceMin | FP32, FP16
-ReduceProd | FP32, FP16
-ReduceSum | FP32, FP16
-ReduceSumSquare | FP32, FP16
-Relu | FP32, FP16, INT8
-Reshape | FP32, FP16, INT32, INT8, BOOL
-Resize | FP32, FP16 | {_RESIZE_85}
-ReverseSequence | FP32, FP16 | Dynamic input shapes are unsupported
-RNN | FP32, FP16 | For bidirectional RNNs, activation functions must be the same for both the forward and reverse pass
-RoiAlign | FP32, FP16
-Round | FP32, FP16, INT8
-ScaledTanh | FP32, FP16, INT8
-Scan | FP32, FP16
-Scatter | FP32, FP16, INT8, INT32
-ScatterElements | FP32, FP16, INT8, INT32
-ScatterND | FP32, FP16, INT8, INT32
-Selu | FP32, FP16, INT8
-Shape | FP32, FP16, INT32, INT8, BOOL
-Shrink | FP32, FP16, INT32
-Sigmoid | FP32, FP16, INT8
-Sign | FP32, FP16, INT8, INT32
-Sin | FP32, FP16
-Sinh | FP32, FP16
-Size | FP32, FP16, INT32, INT8, BOOL
-Slice | FP32, FP16, INT32, INT8, BOOL | `axes` must be an initializer
-Softmax | FP32, FP16
-Softplus | FP32, FP16, INT8
-Softsign | FP32, FP16, INT8
-SpaceToDepth | FP32, FP16, INT32
-Split | FP32, FP16, INT32, BOOL
-Sqrt | FP32, FP16
-Squeeze | FP32, FP16, INT32, INT8, BOOL | `axes` must be an initializer
-Sub | FP32, FP16, INT32
-Sum | FP32, FP16, INT32
-Tan | FP32, FP16
-Tanh | FP32, FP16, INT8
-ThresholdedRelu | FP32, FP16, INT8
-Tile | FP32, FP16, INT32, BOOL
-TopK | FP32, FP16 | `K` input must be an initializer
-Transpose | FP32, FP16, INT32, INT8, BOOL
-Trilu | FP32, FP16, INT32, INT8, BOOL
-Unsqueeze | FP32, FP16, INT32, INT8, BOOL | `axes` must be a constant tensor
-Upsample | FP32, FP16
-Where | FP32, FP16, INT32, BOOL
-Xor | BOOL
-""")  # noqa: E501 (the documents' own words)
 
-_N_8_5 = frozenset(
-    """
-Bernoulli BitShift BlackmanWindow Compress ConcatFromSequence ConvInteger DFT Det DynamicQuantizeLinear
-HammingWindow HannWindow Hardmax IsInf LayerNormalization MatMulInteger MaxRoiPool MaxUnpool MelWeightMatrix
-Multinomial NegativeLogLikelihoodLoss Optional OptionalGetElement OptionalHasElement QLinearConv QLinearMatMul
-STFT SequenceAt SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength SequenceMap
-SoftmaxCrossEntropyLoss SplitToSequence StringNormalizer TfIdfVectorizer Unique
-""".split()
-)
+def load_table(name: str) -> OpTable:
+    d = json.loads((TABLE_DIR / name).read_text())
+    rows = {op: OpSupport(_types(cols[0]), cols[1] if len(cols) > 1 else "") for op, cols in d["supported"].items()}
+    return OpTable(d["tensorrt"], d["source"], d["max_opset"], d["int64_native"], rows, frozenset(d["not_supported"]))
 
-_F = "FP32, FP16, BF16"
-_FI = "FP32, FP16, BF16, INT32, INT64"
-_FIB = "FP32, FP16, BF16, INT32, INT64, BOOL"
-_AXES = "`axes` must be an initializer"
 
-_Y_10_15 = _table(f"""
-Abs | {_FI}
-Acos | {_F}
-Acosh | {_F}
-Add | {_FI}
-And | BOOL
-ArgMax | {_FI}
-ArgMin | {_FI}
-Asin | {_F}
-Asinh | {_F}
-Atan | {_F}
-Atanh | {_F}
-Attention | FP32, FP16, BF16, INT8, FP8 | `Q`, `K`, `V` and `attn_mask` must be 4D
-AveragePool | {_F} | 2D or 3D Pooling only. `dilations` must be empty or all ones
-BatchNormalization | {_F}
-BlackmanWindow | FP32, FP16
-Cast | FP32, FP16, BF16, INT32, INT64, UINT8, BOOL
-CastLike | FP32, FP16, BF16, INT32, INT64, UINT8, BOOL
-Ceil | {_F}
-Celu | {_F}
-Clip | {_F}
-Concat | {_FIB}
-Constant | FP32, FP16, BF16, FP8, FP4, INT4, INT32, INT64, BOOL | `sparse_value`, `value_string`, and `value_strings` attributes are unsupported.
-ConstantOfShape | FP32, FP16, BF16, FP8, FP4, INT4, INT32, INT64, BOOL
-Conv | {_F}
-ConvTranspose | {_F}
-Cos | {_F}
-Cosh | {_F}
-CumSum | {_F} | `axis` must be a build-time constant
-DeformConv | FP32, FP16 | `input` must have 1D or 2D spatial dimensions. `pads` for the beginning and end along each spatial axis must be the same
-DepthToSpace | {_FI}
-DequantizeLinear | INT8, FP8, FP4, INT4 | `x_zero_point` must be zero
-Div | {_FI}
-Dropout | {_F} | `is_training` must be an initializer and evaluate to False.
-Einsum | {_F}
-Elu | {_F}
-Equal | {_FI}
-Erf | {_F}
-Exp | {_F}
-Expand | {_FIB}
-EyeLike | {_FIB} | `input` must have static dimensions
-Flatten | {_FIB}
-Floor | {_F}
-Gather | {_FIB}
-GatherElements | {_FIB}
-GatherND | {_FIB}
-Gelu | FP32, FP16, BF16, INT8, INT32, INT64
-Gemm | {_F}
-GlobalAveragePool | {_F}
-GlobalLpPool | {_F}
-GlobalMaxPool | {_F}
-Greater | {_FI}
-GreaterOrEqual | {_FI}
-GridSample | FP32, FP16 | Input must be 4D input.
-GroupNormalization | {_F}
-GRU | {_F} | For bidirectional GRUs, activation functions must be the same for both the forward and reverse pass
-HammingWindow | FP32, FP16
-HannWindow | FP32, FP16
-HardSigmoid | {_F}
-HardSwish | {_F}
-Hardmax | {_F} | `axis` dimension of input must be a build-time constant
-Identity | {_FIB}
-If | {_FIB} | Output tensors of the two conditional branches must have the same rank and must have different names
-ImageScaler | {_F}
-InstanceNormalization | {_F}
-IsInf | {_F}
-IsNaN | {_FI}
-LayerNormalization | {_F} | Only the first output `Y` is supported.
-LeakyRelu | {_F}
-Less | {_FI}
-LessOrEqual | {_FI}
-Log | {_F}
-LogSoftmax | {_F}
-Loop | {_FIB} | Scan output length cannot be dynamic. The shape of Loop carried dependencies must be the same across all loop iterations.
-LRN | {_F}
-LSTM | {_F} | For bidirectional LSTMs, activation functions must be the same for both the forward and reverse pass. `input_forget` attribute must be 0. `layout` attribute must be 0.
-LpNormalization | {_F}
-LpPool | {_F} | `dilations` must be empty or all ones
-MatMul | {_F}
-Max | {_FI}
-MaxPool | {_F} | 2D or 3D pooling only. `Indices` output tensor unsupported. `dilations` must be empty or all ones
-Mean | FP32, FP16, BF16, FP8, INT32, INT64
-MeanVarianceNormalization | {_F}
-Min | {_FI}
-Mish | FP32, FP16
-Mod | {_FI}
-Mul | {_FI}
-Neg | {_FI}
-NonMaxSuppression | FP32, FP16
-NonZero | FP32, FP16
-Not | BOOL
-OneHot | {_FIB} | `depth` must be a build-time constant
-Or | BOOL
-Pad | {_FI}
-ParametricSoftplus | {_F}
-Pow | {_FI}
-PRelu | {_F}
-QuantizeLinear | {_F} | `y_zero_point` must be 0
-RandomNormal | {_F} | {_SEED}
-RandomNormalLike | {_F} | {_SEED}
-RandomUniform | {_F} | {_SEED}
-RandomUniformLike | {_F} | {_SEED}
-Range | {_FI}
-Reciprocal | {_F}
-ReduceL1 | {_FI} | {_AXES}
-ReduceL2 | {_FI} | {_AXES}
-ReduceLogSum | {_FI} | {_AXES}
-ReduceLogSumExp | {_FI} | {_AXES}
-ReduceMax | {_FI} | {_AXES}
-ReduceMean | {_FI} | {_AXES}
-ReduceMin | {_FI} | {_AXES}
-ReduceProd | {_FI} | {_AXES}
-ReduceSum | {_FI} | {_AXES}
-ReduceSumSquare | {_FI} | {_AXES}
-Relu | {_FI}
-Reshape | {_FIB}
-Resize | {_F} | {_RESIZE_85}. Supported aspect ratio policy: `stretch`. Antialiasing is not supported.
-ReverseSequence | {_FIB}
-RMSNormalization | {_F}
-RNN | {_F} | For bidirectional RNNs, activation functions must be the same for both the forward and reverse pass
-RoiAlign | FP32, FP16
-RotaryEmbedding | {_F} | `position_ids` must be INT64
-Round | {_F}
-STFT | FP32 | `frame_step` and `window` must be an initializer. Input must be real-valued.
-ScaledTanh | {_F}
-Scan | {_F}
-Scatter | {_FI}
-ScatterElements | {_FI}
-ScatterND | {_FI} | `reduction` other than `none` is not supported
-Selu | {_F}
-Shape | {_FIB}
-Shrink | {_FI}
-Sigmoid | {_F}
-Sign | {_FI}
-Sin | {_F}
-Sinh | {_F}
-Size | {_FIB}
-Slice | {_FIB}
-Softmax | {_F}
-Softplus | {_F}
-Softsign | {_F}
-SpaceToDepth | {_FI}
-Split | {_FIB}
-Sqrt | {_F}
-Squeeze | {_FIB} | `axes` must be resolvable to a constant.
-Sub | {_FI}
-Sum | {_FI}
-Tan | {_F}
-Tanh | {_F}
-TensorScatter | FP32, FP16, BF16, INT32 | `past_cache` and `update` must be 4D. `axis` must be -2.
-ThresholdedRelu | {_F}
-Tile | {_FIB}
-TopK | {_FI} | `sorted` must be 1. `K` input must be less than 3840.
-Transpose | {_FIB}
-Trilu | {_FIB}
-Unsqueeze | {_FIB} | `axes` must be resolvable to a constant.
-Upsample | {_F}
-Where | {_FIB}
-Xor | BOOL
-""")  # noqa: E501 (the documents' own words)
+def read_back(base: OpTable, changes: Mapping[str, Any]) -> OpTable:
+    """A later revision's table as of an earlier TensorRT: less the ops its Changelog says came after, with the
+    restrictions that held then, and the types that differed (tensorrt-10.3.json)."""
+    rows = {op: s for op, s in base.supported.items() if op not in changes["added_after"]}
+    rows |= {op: OpSupport(base.supported[op].types, r) for op, r in changes["restrictions_lifted_after"].items()}
+    rows |= {op: OpSupport(_types(t["types"]), base.supported[op].restriction) for op, t in changes["types"].items()}
+    return OpTable(changes["tensorrt"], f"{base.source}, less {changes['source']}", changes["max_opset"],
+                   base.int64_native, rows, base.not_supported | frozenset(changes["added_after"]))  # fmt: skip
 
-_N_10_15 = frozenset(
-    """
-AffineGrid Bernoulli BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor Col2Im CenterCropPad Compress
-ConcatFromSequence ConvInteger DFT Det DynamicQuantizeLinear ImageDecoder MatMulInteger MaxRoiPool MaxUnpool
-MelWeightMatrix Multinomial NegativeLogLikelihoodLoss Optional OptionalGetElement OptionalHasElement QLinearConv
-QLinearMatMul RegexFullMatch SequenceAt SequenceConstruct SequenceEmpty SequenceErase SequenceInsert SequenceLength
-SequenceMap SoftmaxCrossEntropyLoss SplitToSequence StringConcat StringNormalizer StringSplit TfIdfVectorizer Unique
-""".split()
-)
 
-# 10.15 -> 10.3, from docs/Changelog.md: ops added after 10.3 ...
-_AFTER_10_3 = {
-    "BlackmanWindow": "10.4", "HammingWindow": "10.4", "HannWindow": "10.4", "STFT": "10.5", "Attention": "10.14",
-    "RMSNormalization": "10.15", "RotaryEmbedding": "10.15", "TensorScatter": "10.15",
-}  # fmt: skip
-# ... and restrictions lifted after 10.3 (they still hold on 10.3).
-_LIFTED_AFTER_10_3 = {
-    "Squeeze": "`axes` must be an initializer (dynamic axes came in 10.7)",
-    "Unsqueeze": "`axes` must be an initializer (dynamic axes came in 10.7)",
-    "CumSum": "`axis` must be an initializer (dynamic axes came in 10.8)",
-    "Pad": "`axes` must be an initializer (tensor axes came in 10.4)",
-    "Einsum": "Ellipsis, diagonal and broadcasting came in 10.12: ellipsis and diagonal operations are not supported",
-}
-_TRT_10_3 = {
-    **{op: s for op, s in _Y_10_15.items() if op not in _AFTER_10_3},
-    **{op: OpSupport(_Y_10_15[op].types, r) for op, r in _LIFTED_AFTER_10_3.items()},
-    "Pow": OpSupport(("FP32", "FP16", "BF16")),  # integer Pow came in 10.8 and 10.12
-}
+_TRT_8_5 = load_table("onnx-tensorrt-8.5.json")
+_TRT_10_15 = load_table("onnx-tensorrt-10.15.json")
+_TRT_10_3 = read_back(_TRT_10_15, json.loads((TABLE_DIR / "tensorrt-10.3.json").read_text()))
 
 
 # -- statically checkable restrictions: each returns why the node breaks it, or None -------------------------
@@ -537,31 +215,40 @@ _CHECKS_10_3: dict[str, Check] = {
     "Squeeze": _const_input(1, "axes"),
     "TopK": _topk_10,
     "Unsqueeze": _const_input(1, "axes"),
-    **{op: _const_input(1, "axes") for op in _Y_10_15 if op.startswith("Reduce")},
+    **{op: _const_input(1, "axes") for op in _TRT_10_15.supported if op.startswith("Reduce")},
 }
 
 
 @dataclass(frozen=True)
 class ParserTable:
+    """A TensorRT version's parser: its operators.md table and the restrictions checkable statically."""
+
     version: str  # major.minor
-    max_opset: int
-    int64_native: bool  # TensorRT < 9 casts INT64 down to INT32 (operators.md, 8.5 note)
-    ops: Mapping[str, OpSupport]
-    not_supported: frozenset[str]  # the rows marked N
+    table: OpTable
     checks: Mapping[str, Check]
-    source: str
+
+    @property
+    def ops(self) -> Mapping[str, OpSupport]:
+        return self.table.supported
+
+    @property
+    def not_supported(self) -> frozenset[str]:
+        return self.table.not_supported
+
+    @property
+    def max_opset(self) -> int:
+        return self.table.max_opset
+
+    @property
+    def int64_native(self) -> bool:
+        return self.table.int64_native
+
+    @property
+    def source(self) -> str:
+        return self.table.source
 
 
-TABLES: dict[str, ParserTable] = {
-    "8.5": ParserTable(
-        "8.5", 17, False, _Y_8_5, _N_8_5, _CHECKS_8_5,
-        "onnx/onnx-tensorrt docs/operators.md @6d0ab7be (TensorRT 8.5)",
-    ),
-    "10.3": ParserTable(
-        "10.3", 20, True, _TRT_10_3, _N_10_15 | frozenset(_AFTER_10_3), _CHECKS_10_3,
-        "onnx/onnx-tensorrt docs/operators.md @fa5aa9f6 (10.15) less the post-10.3 changes in docs/Changelog.md",
-    ),
-}  # fmt: skip
+TABLES = {"8.5": ParserTable("8.5", _TRT_8_5, _CHECKS_8_5), "10.3": ParserTable("10.3", _TRT_10_3, _CHECKS_10_3)}
 
 
 def table_for(trt_version: str) -> ParserTable:
