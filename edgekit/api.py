@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from .loading import load_model, run_model
 from .models import count_params
 from .pipeline import Scoring, build_artifact
 from .recipe import load_recipe
+from .records import KEY, VERSION, read_record
 from .runtimes import onnx_runner
 from .targets.onnx import export_onnx
 from .targets.parity import check_parity, require_parity
@@ -83,7 +83,8 @@ class ExportOptions:
     calib_samples: int = DEFAULT_SAMPLES
     shapes: ShapeMode = "dynamic"
     threads: int | None = None  # runtime threads for the accuracy runs
-    max_drop: float | None = None  # INT8: search what stays float until the drop on val fits (points)
+    max_drop: float | None = None  # INT8: search what stays float until the drop on val fits (points; default:
+    # the profile's max_accuracy_drop, or its max_metric_drop)
     validate: bool = False  # validate the profile's artifacts against its budgets at the end
     max_metric_drop: dict[str, float] | None = None  # instead of max_drop: one metric of the task, in its unit
     against_teacher: bool = False  # gate agreement with the model's own outputs, not labels (unlabelled data too)
@@ -123,7 +124,8 @@ def recorded_int8(model: Path) -> RunInt8 | None:
     report, recipe_file = model / "report.json", model / "recipe.yaml"
     if not (report.is_file() and recipe_file.is_file()):
         return None
-    artifacts = json.loads(report.read_text()).get("artifacts") or []
+    record = read_record(report, "compress report")
+    artifacts = record.get("artifacts") or []
     if not artifacts:
         return None
     recorded = Path(artifacts[-1]["path"]).parent  # stages/<stage>/<format>-int8, written relative to compress's cwd
@@ -133,7 +135,6 @@ def recorded_int8(model: Path) -> RunInt8 | None:
     kept = (art.meta.get("quantization") or {}).get("float_nodes", art.meta.get("float_nodes"))
     if kept is None or "samples" not in calib:
         raise UsageError(f"{art.directory} does not record its INT8 exclusions", "rerun edgekit compress")
-    record = json.loads(report.read_text())
     reference = (record.get("reference") or {}).get("search") or {}
     return RunInt8(tuple(kept), art.format, recipe.data.name, recipe.data.calibration, int(calib["samples"]),
                    int(calib.get("seed", recipe.seed)), recipe.data.val,
@@ -187,7 +188,11 @@ def export(
         search = None if gate.limit is None else Search(split(run.data, run.val), gate, task, reference)
     else:
         calibrate = lambda: calibration_set(io, load_split(o.data, "train"), o.calib_samples)  # noqa: E731
-        search = Search(split(o.data, "val"), explicit, task) if explicit.limit is not None else None
+        # The profile's accuracy budget, unless --max-drop / --max-metric-drop give one: INT8 keeps in float what
+        # that budget needs, as compress's quantize stage does. Plain PTQ is only for a profile without one.
+        gate = explicit if explicit.limit is not None else gate_for(task, None, o.max_metric_drop,
+                                                                    profile.budgets.max_accuracy_drop)  # fmt: skip
+        search = Search(split(o.data, "val"), gate, task) if gate.limit is not None else None
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as work, atomic_dir(out) as tmp:
         hub = Path(work) / "model.onnx"
@@ -207,6 +212,10 @@ def export(
                 log(f"{f}/int8: {ctx.int8_plan(FORMATS[f])}")
             built = build_artifact(ctx, FORMATS[f], p, tmp / f"{f}-{p}", scoring)
             art = built.artifact
+            if p == "int8" and (searched := ctx.searched(FORMATS[f])):
+                kept = searched.accepted()
+                log(f"{f}/int8: kept in float: {', '.join(kept.float_parts) or 'nothing'} "
+                    f"({kept.drop:.4g} {searched.gate.unit} worse on val than the reference)")  # fmt: skip
             if fallback := art.meta.get("quantization", {}).get("fallback"):
                 log(f"{f}/{p}: INT8 failed inside {fallback['branch']} ({', '.join(fallback['modules'])}): "
                     f"{fallback['error']}; that branch stays float")  # fmt: skip
@@ -228,6 +237,7 @@ def export(
                 row["reference"] = {"runtime": built.runtime, m: built.score}
             rows.append(row)
         result = {
+            KEY: VERSION,
             "model": str(model),
             "profile": profile.name,
             "resolution": resolution,

@@ -30,6 +30,7 @@ from .io import IOSpec
 from .loading import load_model, portable_factory
 from .provenance import data_hashes, provenance, tree_hashes
 from .recipe import Recipe, dump_recipe, load_recipe
+from .records import KEY, VERSION
 from .stages.steps import Current, Log, ModelStage, StageContext, model_stats, split_score
 from .tasks import Gate, Task, gate_for
 from .training import ProgressFn
@@ -191,6 +192,7 @@ def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lamb
             log(note)
     splits = {data.train, data.val, data.test, data.calibration}
     report: dict[str, Any] = {
+        KEY: VERSION,
         "recipe": recipe.model_dump(mode="json", exclude={"search"}), "model": str(start.source),
         "task": start.task.name, "metric": gate.metric, "unit": gate.unit, "higher_is_better": gate.higher_is_better,
         "baseline": {gate.metric: start.base_acc, **model_stats(start.teacher, io, start.mb)},

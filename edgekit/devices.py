@@ -161,9 +161,12 @@ def launch(nproc: int, argv: Sequence[str], stdout: int | None = None) -> int:
     descriptor; None: this process's), and return its exit status."""
     if under_torchrun():
         raise UsageError("--nproc inside torchrun", "pass --nproc or run under torchrun, not both")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+    command = [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "edgekit", *argv]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cpu_share(nproc))))}
+    # PYTHONSAFEPATH: torchrun starts each worker as `python -m edgekit`, which would import an ./edgekit folder of
+    # the working directory before the installed package; -P covers only the launcher itself.
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, cpu_share(nproc))))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONSAFEPATH": "1"}
     return subprocess.run(command, env=env, stdout=stdout, check=False).returncode
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import pickle
 import sys
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from torch import nn
 from .errors import UsageError
 from .fsutil import atomic_dir, atomic_path
 from .io import IOSpec
+from .records import read_record
 from .schema_errors import load_yaml
 from .tasks import CLASSIFICATION, Task, UserMetric, get_task
 
@@ -188,7 +188,7 @@ def run_model(path: Path) -> Path:
     if not report.is_file() or (path / MANIFEST).is_file():
         return path
     try:
-        recorded = json.loads(report.read_text())
+        recorded = read_record(report, "compress report")
         stages = [Path(s["path"]) for s in recorded["stages"] if "path" in s]
         source = Path(str(recorded.get("model", "")))
     except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: JSON syntax, ints past 4300 digits

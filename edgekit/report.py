@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from .errors import UsageError
 from .fsutil import write_json, write_text
+from .records import read_record
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#1d2330;padding:0 1em}
@@ -126,7 +127,7 @@ def render(run_dir: Path) -> Path:
     if not path.is_file():
         raise UsageError(f"{run_dir} has no report.json", "pass a run directory `edgekit compress` wrote")
     try:
-        report = json.loads(path.read_text())
+        report = read_record(path, "compress report")
         metric = report.get("metric", "accuracy")
         baseline = report["baseline"][metric]
         higher = report.get("higher_is_better", True)
@@ -196,7 +197,7 @@ def render_search(search_dir: Path) -> Path:
     path = Path(search_dir) / "search.json"
     if not path.is_file():
         raise UsageError(f"{search_dir} has no search.json", "pass a directory `edgekit search` wrote")
-    result = json.loads(path.read_text())
+    result = read_record(path, "search result")
     charts = importlib.util.find_spec("matplotlib") is not None
     env = jinja2.Environment(loader=jinja2.PackageLoader("edgekit", "templates"), autoescape=True)
     page = env.get_template("search.html.j2").render(

@@ -29,10 +29,11 @@ from .formats import FORMATS
 from .fsutil import check_writable, content_hash, write_json, write_text
 from .hardware import HardwareProfile, resolve_profile
 from .hardware.estimator import estimate
-from .hardware.identity import host_facts
 from .profiling.local import Settings, profile
 from .profiling.remote import Remote, profile_remote
+from .profiling.source import latency_source
 from .recipe import Recipe, SearchSpace, dump_recipe
+from .records import versioned
 from .stages.heads import has_heads
 from .stages.prune import parts_of
 from .tasks import Gate, Task, gate_for
@@ -153,18 +154,10 @@ class Latency:
 
     def __init__(self, profile: HardwareProfile, formats: list[str], remote: Remote | None, cache: Path) -> None:
         self.profile, self.remote, self.cache = profile, remote, cache
-        why = profile.not_the_device(host_facts())
-        if remote is not None:
-            self.source, self.device = "measured", f"remote:{remote.name}"
-        elif why is None:
-            self.source, self.device = "measured", f"{profile.name}:{host_facts()['cpu_model']}"
-        elif all(FORMATS[f].runs_here for f in formats):
-            self.source, self.device = "proxy", f"proxy:{host_facts()['cpu_model']}"
-        else:
-            self.source, self.device = "estimated", f"estimate:{profile.name}"
-        # A proxy host runs the profile's thread count only as far as its own CPUs go.
-        self.threads = min(profile.threads, host_facts()["cpus"]) if self.source == "proxy" else profile.threads
-        self.why = why
+        # One policy with validate's (profiling/source.py); a proxy only where every format's runtime runs here.
+        self.where = latency_source(profile, all(FORMATS[f].runs_here for f in formats), remote)
+        self.source, self.device, self.threads = self.where.source, self.where.device, self.where.threads
+        self.why = self.where.not_the_device
 
     def __call__(self, art_dir: Path, sha: str) -> dict[str, Any]:
         cached = json.loads(self.cache.read_text()) if self.cache.is_file() else {}
@@ -178,7 +171,7 @@ class Latency:
             result = {"source": "estimated", "p50_ms": None, "p95_ms": hi, "estimate_ms": est["estimate_ms"],
                       "interval_ms": est["interval_ms"]}  # fmt: skip
         else:
-            settings = Settings(batches=(1,), duration=1.5, threads=self.threads, ops=False)
+            settings = Settings(batches=(1,), duration=self.where.duration, threads=self.threads, ops=False)
             run = profile_remote(art_dir, self.remote, settings) if self.remote else profile(art_dir, settings)
             stats = run["results"][0]["latency_ms"]
             result = {"source": self.source, "p50_ms": stats["p50"], "p95_ms": stats["p95"]}
@@ -399,6 +392,7 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
     result["seconds"] = round(time.perf_counter() - begin, 1)
     result["study"] = {"name": name, "storage": "search.db" if options.storage is None else "given",
                        "sampler": f"TPESampler(multivariate, constant_liar, seed={sampler_seed})"}  # fmt: skip
+    result = versioned(result)
     write_json(out / SEARCH, result)
     return result
 

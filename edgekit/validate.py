@@ -39,8 +39,11 @@ from .profiling.fleet import Fleet, profile_fleet
 from .profiling.host import host_info
 from .profiling.local import Settings
 from .profiling.remote import Remote, build_in, device_outputs, device_session, measure
+from .profiling.source import latency_source
+from .profiling.timing import DURATION_S
 from .profiling.trtexec import TRTEXEC_HINT, from_trtexec, is_trtexec
 from .provenance import data_hashes
+from .records import KEY, VERSION, read_record
 from .runtimes import predict_fn
 from .stages.prune import FACTORY as PRUNED_FACTORY
 from .stats import budget_note, paired_drop, paired_interval, wilson
@@ -381,7 +384,7 @@ class Options:
     data: str = "avdigits"
     split: str = "test"
     threads: int | None = None  # default: the profile's
-    duration: float = 2.0  # seconds of timed calls per measured artifact
+    duration: float = DURATION_S  # seconds of timed calls per measured artifact
     estimate_only: bool = False
     remote: Remote | None = None  # measure latency, energy and accuracy on this device over ssh
     device_facts: Mapping[str, Any] | None = None  # the device trtexec measurement files came from
@@ -441,7 +444,9 @@ def validate(
             sha = sha256_file(art.path)
             row.update(format=art.format, precision=art.precision, size_mb=round(art.size_mb(), 3), sha256=sha)
             row.update({"metric": gate.metric, gate.metric: None})
-            threads = options.threads or profile.threads
+            where = latency_source(profile, bool(get_format(art.format).runs_here), options.remote, options.threads,
+                                   options.duration)  # fmt: skip
+            threads = where.threads
             m = measured.get(sha)
             if options.remote is not None:
                 log(f"{path}: latency, energy and accuracy on {options.remote.name} ({options.data}/{options.split})")
@@ -456,10 +461,10 @@ def validate(
             row.update(cpu_shift(art, row.get("accuracy"), options, host["isa"]))
             if "cpu_note" in row:
                 log(f"{path}: {row['cpu_note']}")
-            if m is None and not options.estimate_only and get_format(art.format).runs_here:
-                what = "" if not_here is None else f", a proxy: this host is not the device ({not_here})"
-                log(f"{path}: measuring latency here ({host['cpu']}{what})")
-                m = measure_here(art, threads, options.duration)
+            if m is None and options.remote is None and not options.estimate_only and where.runs:
+                what = "" if where.source == "measured" else f", a proxy: this host is not the device ({not_here})"
+                log(f"{path}: measuring latency here ({host['cpu']}, {threads} thread(s){what})")
+                m = measure_here(art, threads, where.duration)
             row.update(latency(art, profile, m))
             row["checks"] = checks(row, limits, len(art.io.modalities) > 1, gate)
             row["status"] = row_status(row["checks"])
@@ -470,6 +475,7 @@ def validate(
     gated = any(v is not None for v in limits.model_dump().values())
     statuses = {r["status"] for r in rows}
     return {
+        KEY: VERSION,
         "profile": profile.name,
         "resolution": resolution,
         "baseline": None if base is None else {
@@ -528,7 +534,7 @@ def attach(result: dict[str, Any], run_dir: Path) -> Path:
     path = Path(run_dir) / "report.json"
     if not path.is_file():
         raise UsageError(f"{run_dir} has no report.json", "pass a run directory `edgekit compress` wrote")
-    report = json.loads(path.read_text())
+    report = read_record(path, "compress report")
     report["validation"] = [v for v in report.get("validation", []) if v["profile"] != result["profile"]] + [result]
     write_json(path, report)
     return path

@@ -72,6 +72,23 @@ def test_rerun_resumes_from_the_cache(short_run):
     assert again["artifacts"][0]["sha256"] == before["artifacts"][0]["sha256"]
 
 
+def test_a_report_of_a_newer_edgekit_is_refused_and_an_older_one_read(short_run, tmp_path):
+    """report.json carries its record version: one written before versions reads as version 1; one from a newer
+    EdgeKit is refused in one line rather than misread."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(short_run[0] / "run", run)
+    record = json.loads((run / "report.json").read_text())
+    assert record.pop("schema_version") == 1
+    (run / "report.json").write_text(json.dumps(record))
+    assert run_cli("report", str(run)).code == 0
+    (run / "report.json").write_text(json.dumps({"schema_version": 99, **record}))
+    r = run_cli("report", str(run))
+    assert r.code == 2 and "Traceback" not in r.stderr
+    assert "report.json is a compress report of record version 99; this EdgeKit reads up to 1" in r.stderr
+
+
 def test_export_of_the_run_rebuilds_its_int8_artifact(short_run):
     """One INT8 path: exporting the run directory reuses the float exclusions and calibration its quantize stage
     recorded, so the INT8 model is the same file, byte for byte."""

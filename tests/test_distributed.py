@@ -149,6 +149,20 @@ def test_mixed_precision_distillation_on_the_cpu(runs):
     assert report["stages"][1]["accuracy"] >= min(r["stages"][1]["accuracy"] for r in single.values()) - 0.05
 
 
+def test_the_launcher_runs_the_installed_edgekit_from_a_folder_holding_an_edgekit_folder(tmp_path, monkeypatch):
+    """A user's project may hold an `edgekit/` folder (a checkout, their own module): torchrun's workers must still
+    import the installed package, not the folder in their working directory."""
+    from edgekit import __version__
+    from edgekit.devices import launch
+
+    (tmp_path / "edgekit").mkdir()  # a namespace package: `import edgekit` from here finds no __version__
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "out.txt", "w") as f:
+        code = launch(2, ["--version"], f.fileno())
+    printed = (tmp_path / "out.txt").read_text().split()
+    assert code == 0 and printed.count(__version__) == 2, printed
+
+
 def test_unusable_device_or_precision_is_one_line(capsys, tmp_path):
     cases = [(["--amp", "fp16", "--device", "cpu"], "--amp fp16 is not supported on cpu"),
              (["--device", "tpu"], "is not a torch device"), (["--amp", "int4"], "not a mixed precision")]  # fmt: skip

@@ -21,8 +21,9 @@ from gen_docs import BEGIN, with_capability_table
 PACKAGE = ROOT / "edgekit"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = (
-    {"edgekit", "agent", "errors", "schema_errors", "fsutil", "noise", "graphs", "io", "hardware", "artifact", "models",
-     "loading", "data", "tasks", "evaluation", "stats", "devices", "training", "zoo"},  # types, data, torch models
+    {"edgekit", "agent", "errors", "schema_errors", "fsutil", "noise", "graphs", "records", "io", "hardware",
+     "artifact", "models", "loading", "data", "tasks", "evaluation", "stats", "devices", "training",
+     "zoo"},  # types, data, torch models
     {"runtimes"},  # run a file: onnxruntime, OpenVINO, ExecuTorch, TensorRT, torch
     {"targets"},  # write a file: torch -> ONNX, lowering, ExecuTorch, TensorRT bundles
     {"branches"},  # the fusion model's branches, in the torch and the ONNX graph

@@ -20,6 +20,8 @@ from edgekit.compress import Start
 from edgekit.errors import UsageError
 from edgekit.hardware import resolve_profile
 from edgekit.hardware.identity import host_facts
+from edgekit.profiling.source import latency_source
+from edgekit.profiling.timing import DURATION_S
 from edgekit.recipe import Recipe, dump_recipe, load_recipe
 from edgekit.search import Latency, Limits, recipe_point, space, storage_for, trial_recipe, trial_row
 from edgekit.tasks import CLASSIFICATION, TASKS, Gate
@@ -94,6 +96,11 @@ def test_latency_is_measured_on_the_device_else_a_proxy_else_estimated(tmp_path)
     assert proxy.source == "proxy" and proxy.why and proxy.threads <= host_facts()["cpus"]
     jetson, _ = resolve_profile("jetson-orin-nano-8gb")
     assert Latency(jetson, ["tensorrt"], None, tmp_path / "l.json").source == "estimated"
+    # validate asks the same policy per artifact (profiling/source.py); a user's --threads stands, even on a proxy
+    assert latency_source(android, runs_here=True) == proxy.where and proxy.where.duration == DURATION_S
+    assert latency_source(android, runs_here=True, threads=3).threads == 3
+    assert latency_source(jetson, runs_here=False).source == "estimated"
+    assert latency_source(here, runs_here=True).source == "measured"
 
 
 def test_budgets_come_from_the_recipe_then_the_profile():

@@ -181,6 +181,7 @@ def test_validate_json_rows_carry_intervals_subsets_and_exit_codes(run, referenc
     assert gate["status"] == "pass" and gate["value"] == max(s["drop"] for s in row["subsets"].values())
     r = run_cli(*args, "--max-size-mb", "0.1")
     assert r.code == 1 and "max_size_mb" in r.stdout and "fail" in r.stdout and "95% CI" in r.stdout
+    assert "edgekit: error: budget missed: " in r.stderr and "max_size_mb" in r.stderr  # one line, as compress says
     assert "modalities missing: image only" in r.stdout
 
 
@@ -233,6 +234,7 @@ def test_jetson_latency_is_an_estimate_interval_and_unverified_in_between(run, r
     r = run_cli(*args, "--latency-p95-ms", f"{(low + high) / 2:.6f}", "--json")
     result = json.loads(r.stdout)
     assert r.code == 3 and result["verdict"] == "unverified"
+    assert "edgekit: unverified: only the device decides " in r.stderr and "latency_p95_ms" in r.stderr
     assert "unverified, only the device decides" in rendered(result) and "estimated" in rendered(result)
 
 

@@ -13,7 +13,7 @@ from .. import api
 from ..data.calibration import DEFAULT_SAMPLES
 from ..formats import FormatName
 from .common import AgainstTeacherOpt, JsonOpt, MetricDropOpt, OverwriteOpt, emit, err, metric_drop, out
-from .validate import UNVERIFIED
+from .validate import exit_on_verdict
 from .validate import render as render_validation
 
 
@@ -42,7 +42,11 @@ def export(
     calib_samples: Annotated[int, typer.Option(min=1, help="Paired calibration samples for INT8.")] = DEFAULT_SAMPLES,
     max_drop: Annotated[
         float | None,
-        typer.Option(min=0.0, help="INT8: keep the costliest layers in float until the drop on val fits (points)."),
+        typer.Option(
+            min=0.0,
+            help="INT8: keep the costliest layers in float until the drop on val fits (points; "
+            "default: the profile's max_accuracy_drop).",
+        ),
     ] = None,
     max_metric_drop: MetricDropOpt = None,
     against_teacher: AgainstTeacherOpt = False,
@@ -82,6 +86,5 @@ def export(
             render_validation(result["validation"])
 
     emit(result, as_json, render)
-    verdict = result.get("validation", {}).get("verdict")
-    if verdict in ("fail", "unverified"):
-        raise typer.Exit(1 if verdict == "fail" else UNVERIFIED)
+    if "validation" in result:
+        exit_on_verdict(result["validation"], Path(result["out"]) / "export.json")

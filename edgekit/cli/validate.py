@@ -143,8 +143,30 @@ def validate(
             attach(result, report)
         tracking.validation(tracked, result, budgets)
     emit(result, as_json, lambda: render(result))
-    if result["verdict"] != "pass":
-        raise typer.Exit(UNVERIFIED if result["verdict"] == "unverified" else 1)
+    exit_on_verdict(result)
+
+
+def exit_on_verdict(result: dict[str, Any], where: Path | None = None) -> None:
+    """After the result is printed: a failed or unverified validation says why on stderr in one line, as compress
+    says its verdict (with --json, stdout stays one JSON object), and exits 1 or 3."""
+    verdict = result["verdict"]
+    if verdict == "pass":
+        return
+    parts = []
+    for row in result["rows"]:
+        name = Path(row["artifact"]).name
+        if row["status"] == "error" and verdict == "fail":
+            parts.append(f"{name}: {row['error']}")
+        for c in row.get("checks", []):
+            if c["status"] == verdict:
+                value = "" if c["value"] is None else f" {c['value']:.4g} > {c['limit']}"
+                parts.append(f"{name}: {c['budget']}{value}")
+    see = f" (see {where})" if where else ""
+    if verdict == "fail":
+        err.print(f"edgekit: error: budget missed: {'; '.join(parts)}{see}", markup=False)
+        raise typer.Exit(1)
+    err.print(f"edgekit: unverified: only the device decides {'; '.join(parts)}{see}", markup=False)
+    raise typer.Exit(UNVERIFIED)
 
 
 def read_facts(path: Path | None, pairs: list[str]) -> dict[str, Any] | None:

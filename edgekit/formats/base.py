@@ -120,6 +120,10 @@ class ExportContext:
             self.built[backend.key] = (dst, info)
         return self.built[backend.key]
 
+    def searched(self, fmt: Format) -> SensitivityReport | None:
+        """The accuracy-aware search that decided what `fmt`'s INT8 keeps in float, where one ran."""
+        return self.sensitivity.get(fmt.int8(self.job).key) if fmt.int8 else None
+
     def reuses_run(self, fmt: Format) -> bool:
         """Whether `fmt`'s INT8 is the backend the run searched (the Q/DQ formats of one scheme share one). Exclusions
         found for one backend say nothing about another's numerics: its own search decides there."""

@@ -19,7 +19,7 @@ from ..formats import load_runner, op_breakdown
 from ..io import IOSpec
 from ..runtimes import Runner, bound_call
 from .host import host_info
-from .timing import LatencyStats, time_calls
+from .timing import DURATION_S, LatencyStats, time_calls
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Settings:
     batches: tuple[int, ...] = (1,)
     warmup: int = 10
     runs: int | None = None  # a fixed number of timed calls, or
-    duration: float = 2.0  # seconds of timed calls per batch size (at least 10 calls)
+    duration: float = DURATION_S  # seconds of timed calls per batch size (at least 10 calls)
     threads: int | None = None
     dims: Mapping[str, int] | None = None  # symbolic dims other than batch, e.g. {"seq": 16}
     ops: bool = True

@@ -14,6 +14,8 @@ import numpy as np
 
 from ..errors import UsageError
 
+DURATION_S = 2.0  # seconds of timed calls per measurement, after warm-up: profile's, validate's and search's
+
 
 @dataclass(frozen=True)
 class LatencyStats:

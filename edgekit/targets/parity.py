@@ -5,7 +5,7 @@ artifacts must compute what torch does; an INT8 one may round, but not lose the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,7 +45,8 @@ class ParityCase:
     max_abs: float
     max_rel: float
     top1_agreement: float
-    passed: bool
+    passed: bool  # its error within the tolerance
+    decides: bool = True  # its top-1 decisions are the model's (class scores): agreement counts them
 
 
 def resize(io: IOSpec, feeds: Mapping[str, np.ndarray], dim: str, size: int) -> dict[str, np.ndarray]:
@@ -84,8 +85,9 @@ def check_parity(
     io: IOSpec, reference: Outputs, candidate: Outputs, data: FeedDataset, tol: Tolerance = Tolerance(),
     points: Sequence[tuple[int, dict[str, int]]] | None = None, classes: bool = True,
 ) -> list[ParityCase]:  # fmt: skip
-    """One case per point and output. `classes`: the outputs are class scores, whose top-1 decisions must agree
-    (regression values, embeddings and multi-label logits are held to their error alone)."""
+    """One case per point and output. `classes`: the model's first output (the one its task scores) is class scores,
+    whose top-1 decisions must agree; every other output (a fused embedding, a gate), and a regression's values, an
+    embedding or multi-label logits, is held to its error alone."""
     cases = []
     for batch, dims in points or parity_points(io):
         feeds, _ = next(data.batches(batch))
@@ -97,15 +99,18 @@ def check_parity(
             r, g = np.asarray(ref[name], np.float64), np.asarray(got[name], np.float64)
             err = float(np.abs(r - g).max())
             scale = float(np.abs(r).max())
-            agree = float(np.mean(r.argmax(-1) == g.argmax(-1))) if classes and r.ndim >= 2 else 1.0
+            decides = classes and name == io.output_names[0] and r.ndim >= 2
+            agree = float(np.mean(r.argmax(-1) == g.argmax(-1))) if decides else 1.0
             ok = err <= tol.atol + tol.rtol * scale
-            cases.append(ParityCase(batch, dims, name, err, err / max(scale, 1e-12), agree, ok))
+            cases.append(ParityCase(batch, dims, name, err, err / max(scale, 1e-12), agree, ok, decides))
     return cases
 
 
 def top1_agreement(cases: Sequence[ParityCase]) -> float:
-    """The share of samples whose top-1 decision agrees, over every point: one flip at batch 1 is one sample."""
-    return sum(c.top1_agreement * c.batch for c in cases) / sum(c.batch for c in cases)
+    """The share of samples whose top-1 decision agrees, over every point: one flip at batch 1 is one sample. 1.0
+    where no output makes decisions."""
+    deciding = [c for c in cases if c.decides] or [replace(c, top1_agreement=1.0) for c in cases]
+    return sum(c.top1_agreement * c.batch for c in deciding) / sum(c.batch for c in deciding)
 
 
 def require_parity(cases: Sequence[ParityCase], what: str, tol: Tolerance = Tolerance()) -> None:
