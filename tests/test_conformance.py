@@ -331,3 +331,22 @@ def test_macs_counted_in_torch_equal_the_exported_graphs(tmp_path):
     assert all(with_torch[b][1] > 0 for b in ("image", "text", "audio"))
     path = export_onnx(model, spec, tmp_path / "tri.onnx")
     assert with_torch["total"][1] == sum(c[2] for c in graph_costs(path, spec))
+
+
+def test_pruning_says_which_ratio_did_not_happen_and_why():
+    """A GRU branch asked for 0.3 of its channels removes none of its MACs: the GRU stays whole (recurrent layers
+    are out of scope) and the conv before it feeds that fixed width. The report holds asked against achieved, and
+    a line that names the layer and the reason; a CNN branch that reached its ratio has no line."""
+    from edgekit.stages.prune import PruneConfig, prune
+
+    io = dict(dataset_meta(resolve_data("avdigits"))["io"])
+    io["inputs"] = [t for t in io["inputs"] if t["name"] != "modality_mask"]
+    result = prune(conformance_models.build_tri().eval(), IOSpec.from_dict(io),
+                   PruneConfig(ratios={"image": 0.3, "audio": 0.3}))  # fmt: skip
+    parts = result.as_dict()["parts"]
+    audio, image = parts["audio"], parts["image"]
+    assert (audio["requested"], audio["achieved_macs"]) == (0.3, 0.0) and audio["whole_macs"] > audio["macs_before"] / 2
+    assert image["achieved_macs"] >= 0.3 and parts["text"]["requested"] == 0.0
+    (line,) = result.shortfalls()
+    assert line.startswith("audio: asked 0.30 of its channels, removed 0.0% of its MACs")
+    assert "ear.rnn: recurrent (GRU): not pruned" in line

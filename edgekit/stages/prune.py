@@ -76,9 +76,27 @@ class PartReport:
     params_after: int
     macs_before: int
     macs_after: int
+    requested: float = 0.0  # the share of channels asked of the part
+    whole_macs: int = 0  # MACs (before) in layers of the part left whole: recurrent, attention, output layers
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    @property
+    def achieved(self) -> float:
+        """The share of the part's MACs removed."""
+        return 1 - self.macs_after / self.macs_before if self.macs_before else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "achieved_macs": round(self.achieved, 4)}
+
+    def shortfall(self, name: str, whole: Mapping[str, str]) -> str | None:
+        """Why the part removed a smaller share of its MACs than of its channels, in one line; None if it did not."""
+        if not self.requested or self.achieved >= self.requested:
+            return None
+        share = self.whole_macs / self.macs_before if self.macs_before else 0.0
+        layers = "; ".join(f"{n}: {why}" for n, why in whole.items()) or "none"
+        return (f"{name}: asked {self.requested:.2f} of its channels, removed {self.achieved:.1%} of its MACs; "
+                f"{share:.0%} of them are in layers left whole ({layers}); the rest are cut only as far as the "
+                f"groups torch-pruning couples allow (a layer that feeds a whole one keeps its width, a residual "
+                f"sum's channels go together)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,7 @@ class PruneResult:
     heads: dict[str, tuple[int, int]]  # attention layer -> (heads before, heads after)
     intact: dict[str, str]  # layer -> why it was left whole
     branches: dict[str, str]  # branch -> its label, and how they were found under "method"
+    part_of: dict[str, str] = field(default_factory=dict)  # each intact layer's part
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -95,7 +114,17 @@ class PruneResult:
             "heads": {k: list(v) for k, v in self.heads.items()},
             "intact": self.intact,
             "branches": self.branches,
+            "shortfalls": self.shortfalls(),
         }
+
+    def shortfalls(self) -> list[str]:
+        """The parts that removed a smaller share of their MACs than of their channels, and why."""
+        out = []
+        for name, part in self.parts.items():
+            whole = {n: why for n, why in self.intact.items() if self.part_of.get(n) == name}
+            if line := part.shortfall(name, whole):
+                out.append(line)
+        return out
 
 
 def _check_ratio(what: str, r: float) -> None:
@@ -144,6 +173,7 @@ def prune(
     mb = mb or module_branches(pruned, io, override)
     check_config(parts_of(mb), config)
     before = measure(pruned, io, mb)
+    own = module_macs(pruned, io)
     make_importance, p = IMPORTANCES[config.importance]
     heads = prune_heads(pruned, config.head_ratio, p)
     leaves = (nn.modules.conv._ConvNd, nn.Linear)
@@ -156,9 +186,16 @@ def prune(
         after = measure(pruned, io, mb)
     except RuntimeError as e:
         raise EdgeKitError(f"the pruned model no longer runs: {str(e).splitlines()[0]}") from e
-    parts = {k: PartReport(before[k][0], after[k][0], before[k][1], after[k][1]) for k in before}
+    # The MACs of the layers left whole, each counted once (an attention block and its output projection nest).
+    tops = [n for n in keep if not any(n.startswith(k + ".") for k in keep)]
+    whole = {n: sum(m for k, m in own.items() if k == n or k.startswith(n + ".")) for n in tops}
+    part_of = {n: mb.branch(n) for n in keep}
+    requested = dict.fromkeys(before, config.global_ratio or 0.0) | dict(config.ratios)
+    parts = {k: PartReport(before[k][0], after[k][0], before[k][1], after[k][1], requested.get(k, 0.0) if k != "total"
+                           else 0.0, sum(m for n, m in whole.items() if part_of[n] == k or k == "total"))
+             for k in before}  # fmt: skip
     labels = {**dict(mb.branches.labels), "method": mb.branches.method}
-    return PruneResult(pruned, parts, heads, keep, labels)
+    return PruneResult(pruned, parts, heads, keep, labels, part_of)
 
 
 def _protected(model: nn.Module, mb: ModuleBranches) -> dict[str, str]:
@@ -356,14 +393,9 @@ def _exclusive(inclusive: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-def measure(model: nn.Module, io: IOSpec, mb: ModuleBranches | None = None) -> dict[str, tuple[int, int]]:
-    """(params, MACs per sample at the IOSpec's opt shapes) for each branch, the fusion and in total. `mb`: the
-    model's module branches, found from its graph when not given."""
-    mb = mb or module_branches(model, io)
-    parts = parts_of(mb)
-    params = dict.fromkeys(parts, 0)
-    for name, p in model.named_parameters():
-        params[mb.branch(name.rpartition(".")[0])] += p.numel()
+def module_macs(model: nn.Module, io: IOSpec) -> dict[str, int]:
+    """MACs per sample at the IOSpec's opt shapes of each module's own ops (not its submodules'), by module name
+    ("" is the model's own forward); a recurrent layer's by its formula."""
     rnns = {n: m for n, m in model.named_modules() if isinstance(m, nn.RNNBase)}
     rnn_macs = dict.fromkeys(rnns, 0)
 
@@ -389,11 +421,21 @@ def measure(model: nn.Module, io: IOSpec, mb: ModuleBranches | None = None) -> d
     root = type(model).__name__  # the counter names modules "<root class>.<path>"
     inclusive = {("" if k == root else k.removeprefix(root + ".")): sum(v.values()) // 2
                  for k, v in counter.get_flop_counts().items() if k == root or k.startswith(root + ".")}  # fmt: skip
+    # A GRU's decomposed matmuls are replaced by its formula.
+    own = {n: m for n, m in _exclusive(inclusive).items() if not any(n == r or n.startswith(r + ".") for r in rnns)}
+    return {**own, **rnn_macs}
+
+
+def measure(model: nn.Module, io: IOSpec, mb: ModuleBranches | None = None) -> dict[str, tuple[int, int]]:
+    """(params, MACs per sample at the IOSpec's opt shapes) for each branch, the fusion and in total. `mb`: the
+    model's module branches, found from its graph when not given."""
+    mb = mb or module_branches(model, io)
+    parts = parts_of(mb)
+    params = dict.fromkeys(parts, 0)
+    for name, p in model.named_parameters():
+        params[mb.branch(name.rpartition(".")[0])] += p.numel()
     macs = dict.fromkeys(parts, 0)
-    for name, n in _exclusive(inclusive).items():
-        if not any(name == r or name.startswith(r + ".") for r in rnns):  # a GRU's decomposed matmuls: its formula
-            macs[mb.branch(name)] += n
-    for name, n in rnn_macs.items():
+    for name, n in module_macs(model, io).items():
         macs[mb.branch(name)] += n
     report = {k: (params[k], macs[k]) for k in parts}
     report["total"] = (sum(params.values()), sum(macs.values()))

@@ -236,6 +236,8 @@ class PruneStage(ModelStage):
         c = ctx.current
         result = prune(c.model, c.io, self.to_config(), c.branches, c.mb)
         c.model, c.pruned = result.model, True
+        for line in result.shortfalls():  # a ratio that did not happen is said, not left to the numbers
+            ctx.log(line)
         return {"parts": result.as_dict()}
 
 
