@@ -84,7 +84,7 @@ def test_export_json_and_jetson_bundle_via_cli(reference_teacher, tmp_path):
     assert manifest["meta"]["profile"] == "jetson-orin-nano-8gb" and manifest["sha256"] == trt["sha256"]
 
 
-def test_a_pruned_student_exports_for_x86(reference_teacher, tmp_path):
+def test_a_pruned_student_exports_for_x86(reference_teacher, tmp_path, x86_here):
     """A compressed student (the teacher with half its attention heads and text FFN removed) is a package
     like any other: export measures it in OpenVINO and onnxruntime."""
     from edgekit.stages.prune import PruneConfig, prune, save_pruned
@@ -94,7 +94,8 @@ def test_a_pruned_student_exports_for_x86(reference_teacher, tmp_path):
     assert result.parts["total"].params_after < result.parts["total"].params_before
     base = {"factory": teacher.manifest.factory, "kwargs": teacher.manifest.kwargs}
     student = save_pruned(result.model, teacher.io, tmp_path / "student", base, labels=teacher.labels)
-    r = run_cli("export", "--model", str(student), "--target", "x86", "--out", str(tmp_path / "x86"), "--json")
+    # this host's profile with a latency budget no load trips: the exit code is the accuracy's
+    r = run_cli("export", "--model", str(student), "--target", str(x86_here), "--out", str(tmp_path / "x86"), "--json")
     assert r.code == 0, r.stderr
     rows = {(a["format"], a["precision"]): a for a in json.loads(r.stdout)["artifacts"]}
     assert rows[("openvino", "int8")]["accuracy"] >= 0.9 and rows[("onnx", "int8")]["accuracy_drop"] <= 1.5
