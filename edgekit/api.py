@@ -179,20 +179,17 @@ def export(
     source_score = source[m]
     parent = model_hash(loaded.model)
     meta = {"source": str(model), "profile": profile.name, "shapes": o.shapes, "task": loaded.task.name}
-    if run:
+    # INT8 keeps in float what the budget needs, as compress's quantize stage does: --max-drop / --max-metric-drop,
+    # else the profile's accuracy budget. Plain PTQ is only for a profile without one.
+    gate = explicit if explicit.limit is not None else gate_for(task, None, o.max_metric_drop,
+                                                                profile.budgets.max_accuracy_drop)  # fmt: skip
+    if run:  # a format the run did not search gets its own search, against the run's reference
         calibrate = lambda: calibration_set(io, load_split(run.data, run.split), run.samples, run.seed)  # noqa: E731
-        # A format the run did not search gets its own search, within the budget given, else the profile's points.
-        gate = explicit if explicit.limit is not None else gate_for(task, None, o.max_metric_drop,
-                                                                    profile.budgets.max_accuracy_drop)  # fmt: skip
         reference = None if agree else run.reference  # agreement: against the model exported, not the run's teacher
         search = None if gate.limit is None else Search(split(run.data, run.val), gate, task, reference)
     else:
         calibrate = lambda: calibration_set(io, load_split(o.data, "train"), o.calib_samples)  # noqa: E731
-        # The profile's accuracy budget, unless --max-drop / --max-metric-drop give one: INT8 keeps in float what
-        # that budget needs, as compress's quantize stage does. Plain PTQ is only for a profile without one.
-        gate = explicit if explicit.limit is not None else gate_for(task, None, o.max_metric_drop,
-                                                                    profile.budgets.max_accuracy_drop)  # fmt: skip
-        search = Search(split(o.data, "val"), gate, task) if gate.limit is not None else None
+        search = None if gate.limit is None else Search(split(o.data, "val"), gate, task)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgekit-export-") as work, atomic_dir(out) as tmp:
         hub = Path(work) / "model.onnx"

@@ -14,11 +14,6 @@ VERSION = 1  # bump when a record's fields change meaning; readers accept every 
 KEY = "schema_version"
 
 
-def versioned(record: dict[str, Any]) -> dict[str, Any]:
-    """`record` with this EdgeKit's version first."""
-    return {KEY: VERSION, **{k: v for k, v in record.items() if k != KEY}}
-
-
 def read_record(path: Path, what: str) -> dict[str, Any]:
     """A record EdgeKit wrote. One without a version predates versions and has version 1's fields."""
     try:

@@ -33,7 +33,7 @@ from .profiling.local import Settings, profile
 from .profiling.remote import Remote, profile_remote
 from .profiling.source import latency_source
 from .recipe import Recipe, SearchSpace, dump_recipe
-from .records import versioned
+from .records import KEY, VERSION
 from .stages.heads import has_heads
 from .stages.prune import parts_of
 from .tasks import Gate, Task, gate_for
@@ -392,7 +392,7 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
     result["seconds"] = round(time.perf_counter() - begin, 1)
     result["study"] = {"name": name, "storage": "search.db" if options.storage is None else "given",
                        "sampler": f"TPESampler(multivariate, constant_liar, seed={sampler_seed})"}  # fmt: skip
-    result = versioned(result)
+    result = {KEY: VERSION, **result}
     write_json(out / SEARCH, result)
     return result
 

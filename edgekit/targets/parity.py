@@ -5,7 +5,7 @@ artifacts must compute what torch does; an INT8 one may round, but not lose the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -109,7 +109,9 @@ def check_parity(
 def top1_agreement(cases: Sequence[ParityCase]) -> float:
     """The share of samples whose top-1 decision agrees, over every point: one flip at batch 1 is one sample. 1.0
     where no output makes decisions."""
-    deciding = [c for c in cases if c.decides] or [replace(c, top1_agreement=1.0) for c in cases]
+    deciding = [c for c in cases if c.decides]
+    if not deciding:
+        return 1.0
     return sum(c.top1_agreement * c.batch for c in deciding) / sum(c.batch for c in deciding)
 
 
