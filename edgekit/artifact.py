@@ -16,20 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .fsutil import write_json
+from .fsutil import sha256_file, write_json
 from .hardware.cpu import this_cpu
 from .io import IOSpec
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "edgekit-artifact/1"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def model_hash(model: Any) -> str:

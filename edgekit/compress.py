@@ -12,7 +12,7 @@ import functools
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,24 +20,26 @@ from torch import nn
 
 from .artifact import model_hash, versions
 from .branches import ModuleBranches, module_branches
-from .data import load_split
+from .data import DataLike, Splits
+from .data.adapter import subset_names
 from .devices import barrier, broadcast, is_main
 from .errors import EdgeKitError, UsageError
 from .evaluation import torch_predict
-from .fsutil import check_writable, content_hash, write_json, write_text
+from .fsutil import check_writable, content_hash, write_text
 from .hardware import HardwareProfile, resolve_profile
 from .io import IOSpec
-from .loading import load_model, portable_factory
-from .provenance import data_hashes, provenance, tree_hashes
+from .loading import LoadedModel, load_model, portable_factory
+from .provenance import provenance, tree_hashes
 from .recipe import Recipe, dump_recipe, load_recipe
-from .records import KEY, VERSION
+from .records import CompressReport, StageRow, Validation, Verdict, write_record
 from .stages.steps import Current, Log, ModelStage, StageContext, model_stats, split_score
 from .tasks import Gate, Task, gate_for
 from .training import ProgressFn
-from .validate import Options, subset_names, validate
+from .validate import Options, validate
 from .zoo import reference_teacher
 
 REPORT = "report.json"
+IN_MEMORY = "in-memory"  # how records name a model or data given as Python objects
 
 
 def check_run_dir(out: Path, recipe_text: str, overwrite: bool) -> bool:
@@ -82,11 +84,41 @@ def run_log(path: Path, echo: Log) -> Log:
     return log
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A recipe resolved once, before any work: its data as `Splits`, its target profiles, its typed stages and
+    budgets, and the model given in memory, if any. The layers below take the plan and never resolve a spec."""
+
+    recipe: Recipe
+    data: Splits
+    profiles: tuple[HardwareProfile, ...]
+    notes: tuple[str, ...]  # how an alias or this host's class resolved to a profile
+    model: LoadedModel | None = None  # in memory (it needs its manifest's factory); else the recipe's package
+
+    @classmethod
+    def of(cls, recipe: Recipe, data: DataLike | None = None, model: LoadedModel | None = None) -> Plan:
+        splits = Splits.of(recipe.data.name if data is None else data)
+        update: dict[str, Any] = {"data": recipe.data.model_copy(update={"name": splits.name})}
+        if model is not None:
+            update["model"] = IN_MEMORY
+        resolved = [resolve_profile(t) for t in recipe.targets]
+        return cls(recipe.model_copy(update=update), splits, tuple(p for p, _ in resolved),
+                   tuple(n for _, n in resolved if n), model)  # fmt: skip
+
+    def splits(self) -> set[str]:
+        d = self.recipe.data
+        return {d.train, d.val, d.test, d.calibration}
+
+    def trial(self, recipe: Recipe) -> Plan:
+        """The same data, profiles and model under another recipe (a search trial's)."""
+        return replace(self, recipe=recipe)
+
+
 @dataclass
 class Start:
     """What every run of one model on one dataset starts from, loaded once (a search runs many)."""
 
-    source: Path
+    source: Path | LoadedModel  # the teacher's package, or the model given in memory
     teacher: nn.Module
     io: IOSpec
     labels: tuple[str, ...]
@@ -101,37 +133,50 @@ class Start:
     base_acc: float  # the teacher's gated metric on test: the verdict's
 
     @classmethod
-    def load(cls, recipe: Recipe) -> Start:
-        source = reference_teacher() if recipe.model == "reference-teacher" else Path(recipe.model)
-        loaded = load_model(source)
+    def load(cls, plan: Plan) -> Start:
+        recipe = plan.recipe
+        if plan.model is not None:
+            source: Path | LoadedModel = plan.model
+            loaded, base_dir = plan.model, Path.cwd()
+        else:
+            source = base_dir = reference_teacher() if recipe.model == "reference-teacher" else Path(recipe.model)
+            loaded = load_model(source)
         if loaded.manifest is None:
-            raise UsageError(f"{source} is not a model package", "pass a model package directory as the recipe's model")
+            raise UsageError(f"{recipe.model} is not a model package", "pass a model package directory as the "
+                             "recipe's model, or give an in-memory model its factory (edgekit.api.model)")  # fmt: skip
         data, task, b = recipe.data, loaded.task, recipe.budgets
-        for split in {data.train, data.val, data.test, data.calibration}:  # a missing split fails now, not mid-run
-            load_split(data.name, split)
+        for split in plan.splits():  # a missing split fails now, not mid-run
+            plan.data(split)
+        subset_names(b.max_subset_drop, loaded.io)
         teacher, io = loaded.model, loaded.io
-        score = functools.partial(split_score, torch_predict(teacher), io, data.name, task=task)
+        score = functools.partial(split_score, torch_predict(teacher), io, plan.data, task=task)
         if task.user:  # a package's metric learns its direction from its first score
             score(data.val, metric=task.user.name)
         gate = gate_for(task, b.max_drop, b.max_metric_drop)
-        return cls(source, teacher, io, loaded.labels, portable_factory(loaded.manifest.factory, source),
+        return cls(source, teacher, io, loaded.labels, portable_factory(loaded.manifest.factory, base_dir),
                    dict(loaded.manifest.kwargs), dict(loaded.manifest.branches),
                    module_branches(teacher, io, loaded.manifest.branches), model_hash(teacher), task, gate,
                    score(data.val, metric=gate.metric), score(data.test, metric=gate.metric))  # fmt: skip
 
-    def context(self, recipe: Recipe, profile: HardwareProfile, checkpoints: Path,
-                progress: ProgressFn | None = None, device: str | None = "cpu") -> StageContext:  # fmt: skip
+    @property
+    def name(self) -> str:
+        """The teacher as records name it: its package, or `in-memory`."""
+        return IN_MEMORY if isinstance(self.source, LoadedModel) else str(self.source)
+
+    def context(self, plan: Plan, checkpoints: Path, progress: ProgressFn | None = None,
+                device: str | None = "cpu") -> StageContext:  # fmt: skip
         """A stage context whose current model is a fresh copy of the teacher."""
-        metric = self.task.user and portable_factory(self.task.user.spec, self.source)
+        base_dir = self.source if isinstance(self.source, Path) else Path.cwd()
+        metric = self.task.user and portable_factory(self.task.user.spec, base_dir)
         current = Current(copy.deepcopy(self.teacher), self.io, self.labels, self.factory, dict(self.kwargs),
                           dict(self.branches), self.mb, task=self.task.name, metric=metric)  # fmt: skip
-        d = recipe.data
-        return StageContext(d.name, d.train, d.val, d.test, d.calibration, recipe.seed, self.task, self.gate,
-                            self.reference_val, profile, self.teacher, current, checkpoints,
+        d = plan.recipe.data
+        return StageContext(plan.data, d.train, d.val, d.test, d.calibration, plan.recipe.seed, self.task,
+                            self.gate, self.reference_val, plan.profiles[0], self.teacher, current, checkpoints,
                             progress=progress, device=device)  # fmt: skip
 
 
-def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) -> Iterator[tuple[dict[str, Any], Path]]:
+def run_stages(plan: Plan, start: Start, ctx: StageContext, stages: Path) -> Iterator[tuple[StageRow, Path]]:
     """Run (or reuse) the recipe's stages in `stages/NN-kind-KEY`, yielding each one's report row and directory.
     KEY chains every stage's settings onto the teacher's weights, the data and the seed, so two runs that share a
     prefix of stages share its directories."""
@@ -142,7 +187,9 @@ def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) ->
         if (start.task.name, start.gate.metric) == ("classification", "accuracy")
         else {"task": start.task.name, "metric": start.gate.metric, "spec": start.task.user and start.task.user.spec}
     )
-    key = content_hash({"model": start.sha, "data": recipe.data.model_dump(), "seed": recipe.seed, **scoring})
+    recipe = plan.recipe
+    data = recipe.data.model_dump() | ({"sha256": plan.data.hashes(plan.splits())} if plan.data.in_memory else {})
+    key = content_hash({"model": start.sha, "data": data, "seed": recipe.seed, **scoring})
     for i, stage in enumerate(recipe.stages, 1):
         if not (is_main() or any(s.distributed for s in recipe.stages[i - 1 :])):
             return  # under torchrun the other ranks' part ends with the last data-parallel stage
@@ -161,108 +208,105 @@ def run_stages(recipe: Recipe, start: Start, ctx: StageContext, stages: Path) ->
             row = row if is_main() else stage.reuse(ctx, where)
         m = start.gate.metric  # the key of its value (a stage cached before rows named their metric has none)
         row.update({"metric": m, "cached": cached, f"{m}_drop": start.gate.worsening(start.base_acc, row[m])})
-        yield row, where
+        yield StageRow.model_validate(row), where
 
 
-def compress(recipe: Recipe, out: Path, overwrite: bool = False, log: Log = lambda _: None,
-             progress: ProgressFn | None = None, on_stage: Callable[[dict[str, Any], Path], None] | None = None,
-             device: str | None = "cpu") -> dict[str, Any]:  # fmt: skip
-    """Run `recipe` into `out` and return its report: training stages on `device`, `on_stage(row, directory)` as
-    each stage ends (tracking). Under torchrun every rank calls this, rank 0 alone writes, and the other ranks
-    return an empty dict after their last data-parallel stage."""
+def compress(plan: Plan, out: Path, overwrite: bool = False, log: Log = lambda _: None,
+             progress: ProgressFn | None = None, on_stage: Callable[[StageRow, Path], None] | None = None,
+             device: str | None = "cpu") -> CompressReport | None:  # fmt: skip
+    """Run the plan's recipe into `out` and return its report: training stages on `device`, `on_stage(row,
+    directory)` as each stage ends (tracking). Under torchrun every rank calls this, rank 0 alone writes, and the
+    other ranks return None after their last data-parallel stage."""
+    recipe = plan.recipe
     text = dump_recipe(recipe)
     if is_main():  # a refused --out fails before the teacher is loaded and scored
         check_run_dir(out, text, overwrite)
-    resolved = [resolve_profile(t) for t in recipe.targets]
-    profiles = [p for p, _ in resolved]
-    start = Start.load(recipe)
+    start = Start.load(plan)
     data, io, gate = recipe.data, start.io, start.gate
-    ctx = start.context(recipe, profiles[0], out / "checkpoints", progress, device)
+    ctx = start.context(plan, out / "checkpoints", progress, device)
     for stage in recipe.stages:  # bad data or branch names fail before the run directory exists
         stage.check(ctx)
-    subset_names(recipe.budgets.max_subset_drop, io)
     if not is_main():
-        for _ in run_stages(recipe, start, ctx, out / "stages"):
+        for _ in run_stages(plan, start, ctx, out / "stages"):
             pass
-        return {}
+        return None
     prepare_run_dir(out, text, overwrite)
     ctx.log = log = run_log(out / "compress.log", log)
-    for _, note in resolved:
-        if note:
-            log(note)
-    splits = {data.train, data.val, data.test, data.calibration}
-    report: dict[str, Any] = {
-        KEY: VERSION,
-        "recipe": recipe.model_dump(mode="json", exclude={"search"}), "model": str(start.source),
-        "task": start.task.name, "metric": gate.metric, "unit": gate.unit, "higher_is_better": gate.higher_is_better,
-        "baseline": {gate.metric: start.base_acc, **model_stats(start.teacher, io, start.mb)},
+    for note in plan.notes:
+        log(note)
+    report = CompressReport(
+        recipe=recipe.model_dump(mode="json", exclude={"search"}), model=start.name,
+        task=start.task.name, metric=gate.metric, unit=gate.unit, higher_is_better=gate.higher_is_better,
+        baseline={gate.metric: start.base_acc, **model_stats(start.teacher, io, start.mb)},
         # One reference for every drop: the teacher as given; the INT8 search spends the budget on val, the
         # verdict and validation on test.
-        "reference": {"model": "the teacher as given", "search": {"split": data.val, gate.metric: start.reference_val},
-                      "verdict": {"split": data.test, gate.metric: start.base_acc}},
-        "stages": [], "artifacts": [],
-        "versions": versions("torch", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "torch-pruning"),
-        "provenance": provenance(recipe.seed, start.sha, data_hashes(data.name, splits)),
-    }  # fmt: skip
+        reference={"model": "the teacher as given", "search": {"split": data.val, gate.metric: start.reference_val},
+                   "verdict": {"split": data.test, gate.metric: start.base_acc}},
+        stages=[], artifacts=[],
+        versions=versions("torch", "onnx", "onnxruntime", "openvino", "nncf", "executorch", "torch-pruning"),
+        provenance=provenance(recipe.seed, start.sha, plan.data.hashes(plan.splits())),
+    )  # fmt: skip
     outputs: dict[str, str] = {}
-    report["provenance"]["outputs"] = outputs
+    report.provenance["outputs"] = outputs
     try:
-        for row, where in run_stages(recipe, start, ctx, out / "stages"):
-            report["stages"].append(row)
-            report["artifacts"] += [row["artifact"]] if "artifact" in row else []
+        for row, where in run_stages(plan, start, ctx, out / "stages"):
+            report.stages.append(row)
+            report.artifacts += [row.artifact] if row.artifact else []
             outputs.update({f"stages/{where.name}/{k}": v for k, v in tree_hashes(where).items()})
             if on_stage:
                 on_stage(row, where)
     except EdgeKitError as e:  # a failed run still says what it measured, and why it stopped
-        report["verdict"] = {"status": "fail", "error": str(e), **(e.details or {})}
-        write_json(out / REPORT, report)
+        report.verdict = Verdict(status="fail", error=str(e), **(e.details or {}))
+        write_record(out / REPORT, report)
         raise
-    report["verdict"] = verdict(report, recipe, profiles)
-    if report["artifacts"]:  # the artifact, proven against the first target the way `edgekit validate` does
-        arts = [Path(a["path"]).parent for a in report["artifacts"]]
+    report.verdict = verdict(report, plan)
+    if report.artifacts:  # the artifact, proven against the first target the way `edgekit validate` does
+        arts = [Path(a.path).parent for a in report.artifacts]
         b = recipe.budgets
         limits = {"max_accuracy_drop": b.max_drop, "max_metric_drop": b.max_metric_drop,
                   "latency_p95_ms": b.latency_p95_ms, "max_size_mb": b.size_mb,
                   "max_subset_drop": b.max_subset_drop}  # fmt: skip
-        log(f"validating against {profiles[0].name}")
-        report["validation"] = [validate(arts, recipe.targets[0], start.source, budgets=limits,
-                                         options=Options(data.name))]  # fmt: skip
-        rows = report["validation"][0]["rows"]
-        check = next((c for c in rows[0].get("checks", []) if c.get("metric") == gate.metric), {})
-        report["verdict"].update(
-            {k: v for k, v in (("drop_ci", rows[0].get("drop_ci")), ("note", check.get("note"))) if v is not None}
-        )  # the verdict's drop, with its interval on the same samples
-        failed = checks_of(rows, "fail") + [f"{Path(r['artifact']).name}: {r['error']}" for r in rows if "error" in r]
+        log(f"validating against {plan.profiles[0].name}")
+        report.validation = [validate(arts, recipe.targets[0], start.source, budgets=limits,
+                                      options=Options(plan.data))]  # fmt: skip
+        v, rows = report.verdict, report.validation[0].rows
+        check = next((c for c in rows[0].checks if c.metric == gate.metric), None)
+        if rows[0].score("drop_ci") is not None:  # the verdict's drop, with its interval on the same samples
+            v.drop_ci = rows[0].score("drop_ci")
+        if check is not None and check.note is not None:
+            v.note = check.note
+        failed = checks_of(report.validation[0], "fail")
+        failed += [f"{Path(r.artifact).name}: {r.error}" for r in rows if r.error]
         if failed:
-            report["verdict"].update(status="fail", failed=failed)
-        elif unverified := checks_of(rows, "unverified", "open"):  # decided nowhere here: never a silent pass
-            report["verdict"].update(status="unverified", unverified=unverified)
-    write_json(out / REPORT, report)
+            v.status, v.failed = "fail", failed
+        elif unverified := checks_of(report.validation[0], "unverified", "open"):  # decided nowhere here: never a
+            v.status, v.unverified = "unverified", unverified  # silent pass
+    write_record(out / REPORT, report)
     return report
 
 
-def checks_of(rows: list[dict[str, Any]], *statuses: str) -> list[str]:
+def checks_of(validation: Validation, *statuses: str) -> list[str]:
     """The validation checks with these statuses, one line each."""
-    return [f"{Path(r['artifact']).name}: {c['budget']} {'-' if c['value'] is None else c['value']} vs {c['limit']}"
-            for r in rows for c in r.get("checks", []) if c["status"] in statuses]  # fmt: skip
+    return [f"{Path(r.artifact).name}: {c.budget} {'-' if c.value is None else c.value} vs {c.limit}"
+            for r in validation.rows for c in r.checks if c.status in statuses]  # fmt: skip
 
 
-def verdict(report: dict[str, Any], recipe: Recipe, profiles: list) -> dict[str, Any]:
+def verdict(report: CompressReport, plan: Plan) -> Verdict:
     """Pass when the final model's gated metric on test is within budget of the teacher's: the recipe's
     `max_metric_drop` or `max_drop`, else the profile's accuracy budget (points of accuracy or mAP). A metric in
     its own unit (MAE) with no budget on it is unverified, never a silent pass."""
-    final = report["stages"][-1] if report["stages"] else None
-    b, metric = recipe.budgets, report["metric"]
+    final = report.stages[-1] if report.stages else None
+    b, metric = plan.recipe.budgets, report.metric
     limit = (b.max_metric_drop or {}).get(metric, b.max_drop)
-    if limit is None and report["unit"] == "points":
-        limit = profiles[0].budgets.max_accuracy_drop
+    if limit is None and report.unit == "points":
+        limit = plan.profiles[0].budgets.max_accuracy_drop
     if final is None or limit is None:
-        if final is None or report["unit"] == "points":
-            return {"status": "pass", "gated": [], "note": "nothing was gated"}
-        return {"status": "unverified", "gated": [], "note": f"no budget on {metric}: set budgets.max_metric_drop"}
-    drop = final[f"{metric}_drop"]
-    if final.get("artifact"):
-        final["artifact"][f"{metric}_drop"] = drop
+        if final is None or report.unit == "points":
+            return Verdict(status="pass", gated=[], note="nothing was gated")
+        return Verdict(status="unverified", gated=[], note=f"no budget on {metric}: set budgets.max_metric_drop")
+    drop = final.score(f"{metric}_drop")
+    if final.artifact:
+        setattr(final.artifact, f"{metric}_drop", drop)
     gated = "max_metric_drop" if b.max_metric_drop else "max_drop"
-    return {"status": "pass" if drop <= limit else "fail", "gated": [gated], "metric": metric,
-            f"{metric}_drop": drop, "max_drop": limit, "unit": report["unit"]}  # fmt: skip
+    return Verdict.model_validate({"status": "pass" if drop <= limit else "fail", "gated": [gated], "metric": metric,
+                                   f"{metric}_drop": drop, "max_drop": limit, "unit": report.unit})  # fmt: skip

@@ -23,7 +23,7 @@ from torch import nn
 from .errors import UsageError
 from .fsutil import atomic_dir, atomic_path
 from .io import IOSpec
-from .records import read_record
+from .records import CompressReport, load_record
 from .schema_errors import load_yaml
 from .tasks import CLASSIFICATION, Task, UserMetric, get_task
 
@@ -187,12 +187,8 @@ def run_model(path: Path) -> Path:
     report = path / "report.json"
     if not report.is_file() or (path / MANIFEST).is_file():
         return path
-    try:
-        recorded = read_record(report, "compress report")
-        stages = [Path(s["path"]) for s in recorded["stages"] if "path" in s]
-        source = Path(str(recorded.get("model", "")))
-    except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: JSON syntax, ints past 4300 digits
-        raise UsageError(f"{report} is malformed ({type(e).__name__})", "rerun edgekit compress") from e
+    recorded = load_record(report, CompressReport, "compress report")
+    stages, source = [Path(s.path) for s in recorded.stages if s.path], Path(recorded.model)
     packages = [p for p in stages if (p / MANIFEST).is_file()] or [source]  # a quantize-only run: its source
     if not (packages[-1] / MANIFEST).is_file():
         raise UsageError(f"compress run {path} has no model stage", "export its artifacts directly, or the teacher")

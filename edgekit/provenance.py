@@ -11,7 +11,6 @@ import torch
 
 from . import __version__
 from .artifact import sha256_file
-from .data import resolve_data
 from .profiling.host import host_info
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -34,15 +33,6 @@ def git_commit() -> str | None:
         return None
     status = _git("status", "--porcelain", "--untracked-files=no")
     return head.stdout.strip() + ("-dirty" if status is not None and status.stdout.strip() else "")
-
-
-def data_hashes(spec: str, splits: set[str]) -> dict[str, str]:
-    """sha256 of each split file a run reads; a `module:function` dataset has no files to hash."""
-    where = resolve_data(spec)
-    if not isinstance(where, Path):
-        return {}
-    files = {split: where / f"{split}.npz" for split in sorted(splits)}
-    return {split: sha256_file(f) for split, f in files.items() if f.is_file()}
 
 
 def tree_hashes(root: Path, skip: frozenset[str] = frozenset({"stage.json"})) -> dict[str, str]:

@@ -18,7 +18,7 @@ from markupsafe import Markup
 
 from .errors import UsageError
 from .fsutil import write_json, write_text
-from .records import read_record
+from .records import CompressReport, SearchRecord, Validation, ValidationRow, load_record
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#1d2330;padding:0 1em}
@@ -41,18 +41,17 @@ def ci(interval: Any, spec: str) -> str:
         *(format(x, spec) for x in interval))  # fmt: skip
 
 
-def where(row: dict[str, Any], profile: str) -> str:
+def where(row: ValidationRow, profile: str) -> str:
     """Where a row's latency was measured: the profile's device, or another host (a proxy)."""
-    return profile if row.get("latency_source") == "measured" else f"{row.get('measured_on')} (a proxy for {profile})"
+    return profile if row.latency_source == "measured" else f"{row.measured_on} (a proxy for {profile})"
 
 
-def notes(row: dict[str, Any]) -> list[str]:
+def notes(row: ValidationRow) -> list[str]:
     """A validation row's unverified and open checks, and what its intervals say of the budgets."""
-    checks = row.get("checks", [])
-    out = [f"{c['budget']} unverified: {c.get('why', '')}" for c in checks if c.get("status") == "unverified"]
-    out += [f"{c['budget']}: {c['note']}" for c in checks if "note" in c]
-    out += [f"not checked here: {b}" for b in row.get("unchecked", [])]
-    subsets = row.get("subsets") or {}
+    out = [f"{c.budget} unverified: {c.why or ''}" for c in row.checks if c.status == "unverified"]
+    out += [f"{c.budget}: {c.note}" for c in row.checks if c.note is not None]
+    out += [f"not checked here: {b}" for b in row.unchecked]
+    subsets = row.subsets or {}
     out += [f"{k} only {num(v.get('drop'), '+.2f')} pts {ci(v.get('drop_ci'), '+.2f')}" for k, v in subsets.items()]
     return out
 
@@ -76,7 +75,7 @@ def svg(fig: Any) -> str:
     return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: inline SVG needs neither
 
 
-def pareto_svg(validations: list[dict[str, Any]], baseline: float | None, metric: str = "accuracy",
+def pareto_svg(validations: list[Validation], baseline: float | None, metric: str = "accuracy",
                higher_is_better: bool = True) -> str:  # fmt: skip
     """The gated metric (accuracy, MAE, ...) vs p50 latency for every validated artifact; the frontier joins the
     points not beaten on both (faster, and better in the metric's direction)."""
@@ -84,14 +83,14 @@ def pareto_svg(validations: list[dict[str, Any]], baseline: float | None, metric
     scale = 100 if metric == "accuracy" else 1
     points = []
     for v in validations:
-        for row in v["rows"]:
-            if row.get(metric) is None or row.get("p50_ms") is None:
+        for row in v.rows:
+            if row.score(metric) is None or row.p50_ms is None:
                 continue
-            source = row.get("latency_source")
+            source = row.latency_source
             est = source != "measured"  # estimated, or measured on another host (a proxy)
-            xy = (row["p50_ms"], scale * row[metric])
+            xy = (row.p50_ms, scale * row.score(metric))
             ax.scatter(*xy, marker="o" if not est else "^", facecolors="none" if est else None, label=None)
-            label = f"{row['format']}/{row['precision']} ({v['profile']}{f', {source}' if est else ''})"
+            label = f"{row.format}/{row.precision} ({v.profile}{f', {source}' if est else ''})"
             ax.annotate(label, xy, fontsize=7, xytext=(4, 3), textcoords="offset points")
             points.append(xy)
     sign = 1 if higher_is_better else -1
@@ -126,17 +125,12 @@ def render(run_dir: Path) -> Path:
     path = run_dir / "report.json"
     if not path.is_file():
         raise UsageError(f"{run_dir} has no report.json", "pass a run directory `edgekit compress` wrote")
-    try:
-        report = read_record(path, "compress report")
-        metric = report.get("metric", "accuracy")
-        baseline = report["baseline"][metric]
-        higher = report.get("higher_is_better", True)
-    except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: JSON syntax, ints past 4300 digits
-        raise UsageError(f"{path} is malformed ({type(e).__name__}: {e})", "rerun edgekit compress") from e
-    validations = report.get("validation", [])
-    measured = [(r, v["profile"]) for v in validations for r in v["rows"] if r.get("ops")]
-    slowest = sorted(measured, key=lambda x: -(x[0].get("p50_ms") or 0))[:3]
-    host = next((v["host"] for v in validations), None)
+    report = load_record(path, CompressReport, "compress report")
+    metric, baseline, higher = report.metric, report.baseline.get(report.metric), report.higher_is_better
+    validations = report.validation
+    measured = [(r, v.profile) for v in validations for r in v.rows if r.ops]
+    slowest = sorted(measured, key=lambda x: -(x[0].p50_ms or 0))[:3]
+    host = next((v.host for v in validations), None)
     tables = [*sorted(run_dir.glob("stages/*/sensitivity.json")), *run_dir.glob("sensitivity.json")]
     sensitivities = [(p.relative_to(run_dir), json.loads(p.read_text())) for p in tables]
     env = jinja2.Environment(
@@ -155,37 +149,35 @@ def render(run_dir: Path) -> Path:
         sensitivities=sensitivities,
         # Charts are SVG that matplotlib drew, its text as paths: the only markup not escaped.
         pareto=Markup(pareto_svg(validations, baseline, metric, higher)) if validations else None,
-        op_charts=[Markup(ops_svg(f"{Path(r['artifact']).name} on {where(r, p)}", r["ops"])) for r, p in slowest],
-        recipe_yaml=yaml.safe_dump(report["recipe"], sort_keys=False),
-        host_yaml=yaml.safe_dump({"host": host, "versions": report.get("versions")}, sort_keys=False),
+        op_charts=[Markup(ops_svg(f"{Path(r.artifact).name} on {where(r, p)}", r.ops or {})) for r, p in slowest],
+        recipe_yaml=yaml.safe_dump(report.recipe, sort_keys=False),
+        host_yaml=yaml.safe_dump({"host": host, "versions": report.versions}, sort_keys=False),
     )
     out = run_dir / "report.html"
     write_text(out, page)
     return out
 
 
-def search_svg(result: dict[str, Any]) -> str:
+def search_svg(result: SearchRecord) -> str:
     """How much worse the gated metric is on val (accuracy: in points) vs p95 latency for every trial with a result
     (marker area: size), the Pareto front of the feasible ones in colour (not joined: with size as a third objective
     a point can be on the front though another beats it on these two), the chosen point and the recipe's own point
     marked."""
     fig, ax = pyplot().subplots(figsize=(7.5, 4.2))
-    done = [t for t in result["trials"] if t.get("values")]
-    on_front = {p["number"] for p in result["front"]}
+    done = [(t, t.values) for t in result.trials if t.values]
+    on_front = {p.number for p in result.front}
     for group, color, label in ((False, "#9aa3b5", "trial"), (True, "#4f6bd8", "Pareto front (feasible)")):
-        pts = [t for t in done if (t["number"] in on_front) == group]
+        pts = [v for t, v in done if (t.number in on_front) == group]
         if pts:
-            xs, ys = [t["values"]["latency_p95_ms"] for t in pts], [t["values"]["val_drop"] for t in pts]
-            sizes = [20 + 30 * t["values"]["size_mb"] for t in pts]
-            ax.scatter(xs, ys, s=sizes, color=color, alpha=0.7, label=label)
-    for t in done:
-        mark = "chosen" if t["number"] == result.get("chosen") else t.get("origin")
-        if mark:
-            xy = (t["values"]["latency_p95_ms"], t["values"]["val_drop"])
-            ax.annotate(f"#{t['number']} {mark}", xy, fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.axhline(result["budgets"]["max_drop"], color="#b3261e", ls="--", lw=1, label="max_drop")
-    ax.set_xlabel(f"p95 latency at batch 1, ms ({result['latency_source']})")
-    metric, unit = result.get("metric", "accuracy"), result.get("unit", "points")
+            xs, ys = [v["latency_p95_ms"] for v in pts], [v["val_drop"] for v in pts]
+            ax.scatter(xs, ys, s=[20 + 30 * v["size_mb"] for v in pts], color=color, alpha=0.7, label=label)
+    for t, v in done:
+        if mark := "chosen" if t.number == result.chosen else t.origin:
+            xy = (v["latency_p95_ms"], v["val_drop"])
+            ax.annotate(f"#{t.number} {mark}", xy, fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.axhline(result.budgets["max_drop"], color="#b3261e", ls="--", lw=1, label="max_drop")
+    ax.set_xlabel(f"p95 latency at batch 1, ms ({result.latency_source})")
+    metric, unit = result.metric, result.unit
     ax.set_ylabel(f"{metric} drop on val, {unit}" if unit == "points" else f"{metric} worse on val, {metric}'s unit")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
@@ -197,13 +189,13 @@ def render_search(search_dir: Path) -> Path:
     path = Path(search_dir) / "search.json"
     if not path.is_file():
         raise UsageError(f"{search_dir} has no search.json", "pass a directory `edgekit search` wrote")
-    result = read_record(path, "search result")
+    result = load_record(path, SearchRecord, "search result")
     charts = importlib.util.find_spec("matplotlib") is not None
     env = jinja2.Environment(loader=jinja2.PackageLoader("edgekit", "templates"), autoescape=True)
     page = env.get_template("search.html.j2").render(
-        css=CSS, result=result, num=num, front={p["number"]: p for p in result["front"]},
+        css=CSS, result=result, num=num, front={p.number: p for p in result.front},
         # The chart needs the report extra (matplotlib); the tables do not.
-        plot=Markup(search_svg(result)) if charts and any(t.get("values") for t in result["trials"]) else None,
+        plot=Markup(search_svg(result)) if charts and any(t.values for t in result.trials) else None,
     )  # fmt: skip
     out = Path(search_dir) / "search.html"
     write_text(out, page)

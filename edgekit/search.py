@@ -23,22 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import load_artifact
-from .compress import Start, run_log, run_stages
+from .compress import Plan, Start, run_log, run_stages
 from .errors import EdgeKitError, UsageError
 from .formats import FORMATS
 from .fsutil import check_writable, content_hash, write_json, write_text
-from .hardware import HardwareProfile, resolve_profile
+from .hardware import HardwareProfile
 from .hardware.estimator import estimate
 from .profiling.local import Settings, profile
 from .profiling.remote import Remote, profile_remote
 from .profiling.source import latency_source
 from .recipe import Recipe, SearchSpace, dump_recipe
-from .records import KEY, VERSION
+from .records import SearchRecord, write_record
 from .stages.heads import has_heads
 from .stages.prune import parts_of
 from .tasks import Gate, Task, gate_for
 from .training import ProgressFn
-from .validate import subset_names
 
 Log = Callable[[str], None]
 OnTrial = Callable[[int, int | None, dict[str, Any] | None], None]  # (finished, target, best feasible so far)
@@ -225,12 +224,11 @@ def finished(study: Any) -> list[Any]:
 class Objective:
     """One trial: its recipe's stages in the shared cache, then its artifact's latency."""
 
-    def __init__(self, recipe: Recipe, start: Start, profile: HardwareProfile, limits: Limits,
-                 choices: dict[str, list[Any]], latency: Latency, out: Path, log: Log,
-                 device: str | None = "cpu") -> None:  # fmt: skip
-        self.recipe, self.start, self.profile, self.limits = recipe, start, profile, limits
+    def __init__(self, plan: Plan, start: Start, limits: Limits, choices: dict[str, list[Any]], latency: Latency,
+                 out: Path, log: Log, device: str | None = "cpu") -> None:  # fmt: skip
+        self.plan, self.recipe, self.start, self.limits = plan, plan.recipe, start, limits
         self.choices, self.latency, self.out, self.log, self.device = choices, latency, out, log, device
-        self.probe = (recipe.search or SearchSpace()).probe_epochs
+        self.probe = (self.recipe.search or SearchSpace()).probe_epochs
 
     def __call__(self, trial: Any) -> tuple[float, float, float]:
         o = optuna()
@@ -267,31 +265,33 @@ class Objective:
 
     def run(self, trial: Any, params: dict[str, Any]) -> tuple[float, float, float]:
         begin = time.perf_counter()
-        recipe = trial_recipe(self.recipe, params)
-        ctx = self.start.context(recipe, self.profile, self.out / "checkpoints", self.watch(trial), self.device)
+        plan = self.plan.trial(trial_recipe(self.recipe, params))
+        recipe = plan.recipe
+        ctx = self.start.context(plan, self.out / "checkpoints", self.watch(trial), self.device)
         ctx.log = self.log
         for stage in recipe.stages:
             stage.check(ctx)
-        ref, row, g = self.start.reference_val, {}, self.limits.gate
-        for row, _ in run_stages(recipe, self.start, ctx, self.out / "stages"):
-            if row["name"] == "distill":
-                drop = g.worsening(ref, row[f"best_val_{g.metric}"])
+        ref, row, g = self.start.reference_val, None, self.limits.gate
+        for row, _ in run_stages(plan, self.start, ctx, self.out / "stages"):
+            if row.name == "distill":
+                drop = g.worsening(ref, row.score(f"best_val_{g.metric}"))
                 trial.set_user_attr("float_val_drop", drop)
                 if drop > self.limits.max_drop:
                     raise Stop(f"the distilled float model is {drop:.4g} {g.unit} worse than the teacher on val, "
                                f"over the {self.limits.max_drop} budget before INT8")  # fmt: skip
-        art, found = row["artifact"], row["search"]
-        lat = self.latency(Path(art["path"]).parent, art["sha256"])
-        values = {"val_drop": found["drop"], "latency_p95_ms": lat["p95_ms"], "size_mb": art["size_mb"]}
+        assert row is not None and row.artifact is not None and row.search is not None  # a trial ends in INT8
+        art, found = row.artifact, row.search
+        lat = self.latency(Path(art.path).parent, art.sha256)
+        values = {"val_drop": found["drop"], "latency_p95_ms": lat["p95_ms"], "size_mb": art.size_mb}
         excess = self.limits.violated(values)
         for k, v in excess.items():
             trial.set_constraint(k, v)
         over = [k for k, v in excess.items() if v > 0]
         attrs = {
             "status": "infeasible" if over else "feasible", "violated": over,
-            f"val_{g.metric}": found[g.metric], f"test_{g.metric}": row[g.metric],
-            "test_drop": row[f"{g.metric}_drop"],
-            "latency": lat, "macs": row["macs"], "n_params": row["params"], "artifact": art,
+            f"val_{g.metric}": found[g.metric], f"test_{g.metric}": row.score(g.metric),
+            "test_drop": row.score(f"{g.metric}_drop"),
+            "latency": lat, "macs": row.macs, "n_params": row.params, "artifact": art.dump(),
             "seconds": round(time.perf_counter() - begin, 1),
         }  # fmt: skip
         for k, v in attrs.items():
@@ -320,10 +320,13 @@ class Objective:
         return progress
 
 
-def study_name(recipe: Recipe, profile: HardwareProfile, choices: dict[str, list[Any]], limits: Limits) -> str:
+def study_name(plan: Plan, start: Start, choices: dict[str, list[Any]], limits: Limits) -> str:
     """Workers share a study only when they search the same thing."""
-    what = {"model": recipe.model, "data": recipe.data.model_dump(), "seed": recipe.seed, "profile": profile.name,
-            "space": choices, "limits": limits.as_dict()}  # fmt: skip
+    recipe = plan.recipe
+    data = recipe.data.model_dump() | ({"sha256": plan.data.hashes(plan.splits())} if plan.data.in_memory else {})
+    model = {"model": start.sha} if plan.model is not None else {"model": recipe.model}  # a path, as always keyed
+    what = {**model, "data": data, "seed": recipe.seed, "profile": plan.profiles[0].name, "space": choices,
+            "limits": limits.as_dict()}  # fmt: skip
     return f"edgekit-{content_hash(what)[:12]}"
 
 
@@ -337,27 +340,26 @@ def trial_row(t: Any) -> dict[str, Any]:
     return row
 
 
-def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = lambda _: None,
-           on_trial: OnTrial | None = None, start: Start | None = None) -> dict[str, Any]:  # fmt: skip
+def search(plan: Plan, out: Path, options: Options = Options(), log: Log = lambda _: None,
+           on_trial: OnTrial | None = None, start: Start | None = None) -> SearchRecord:  # fmt: skip
     """Run (or resume) the study, then write search.json and a recipe for every point of the Pareto front. `start`:
-    the recipe's teacher, loaded and scored already (`Start.load(recipe)`), so that a caller that needed it for
+    the plan's teacher, loaded and scored already (`Start.load(plan)`), so that a caller that needed it for
     the space does not load, evaluate and export it a second time."""
     o = optuna()
-    profile, note = resolve_profile(recipe.targets[0])
-    start = start or Start.load(recipe)
-    subset_names(recipe.budgets.max_subset_drop, start.io)
+    recipe, profile = plan.recipe, plan.profiles[0]
+    start = start or Start.load(plan)
     choices, limits = space(recipe, start, profile), Limits.of(recipe, profile, start.task)
     start = replace(start, gate=limits.gate)  # each trial's INT8 search keeps within what the search constrains
     trials = options.trials if options.trials is not None or options.time_budget_s else 20
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     log = run_log(out / "search.log", log)
-    if note:
+    for note in plan.notes:
         log(note)
     latency = Latency(profile, choices["format"], options.remote, out / "latency.json")
     if latency.source != "measured":
         log(f"latency is {latency.source} ({latency.why}): the front is labelled so")
-    name = study_name(recipe, profile, choices, limits)
+    name = study_name(plan, start, choices, limits)
     storage = storage_for(options.storage, out)
     sampler_seed = recipe.seed
     study = o.create_study(storage=storage, study_name=name, load_if_exists=True, directions=["minimize"] * 3)
@@ -375,7 +377,7 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
     sampler_seed += len(study.trials)  # a resumed search or a second worker does not replay the same draws
     # constant_liar: a worker sharing the study counts the others' running trials as bad, so none repeats their point
     study.sampler = o.samplers.TPESampler(seed=sampler_seed, multivariate=True, n_startup_trials=8, constant_liar=True)
-    objective = Objective(recipe, start, profile, limits, choices, latency, out, log, options.device)
+    objective = Objective(plan, start, limits, choices, latency, out, log, options.device)
     done = len(finished(study))
     begin = time.perf_counter()
 
@@ -389,11 +391,10 @@ def search(recipe: Recipe, out: Path, options: Options = Options(), log: Log = l
     if trials is None or done < trials:
         study.optimize(objective, timeout=options.time_budget_s, callbacks=[after], catch=(EdgeKitError,))
     result = summary(study, recipe, profile, choices, limits, latency, out)
-    result["seconds"] = round(time.perf_counter() - begin, 1)
-    result["study"] = {"name": name, "storage": "search.db" if options.storage is None else "given",
-                       "sampler": f"TPESampler(multivariate, constant_liar, seed={sampler_seed})"}  # fmt: skip
-    result = {KEY: VERSION, **result}
-    write_json(out / SEARCH, result)
+    result.seconds = round(time.perf_counter() - begin, 1)
+    result.study = {"name": name, "storage": "search.db" if options.storage is None else "given",
+                    "sampler": f"TPESampler(multivariate, constant_liar, seed={sampler_seed})"}  # fmt: skip
+    write_record(out / SEARCH, result)
     return result
 
 
@@ -404,7 +405,7 @@ def best(study: Any) -> dict[str, Any] | None:
 
 
 def summary(study: Any, recipe: Recipe, profile: HardwareProfile, choices: dict[str, list[Any]], limits: Limits,
-            latency: Latency, out: Path) -> dict[str, Any]:  # fmt: skip
+            latency: Latency, out: Path) -> SearchRecord:  # fmt: skip
     """Every trial, and the Pareto front of the feasible ones, each point with the recipe that reproduces it."""
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
     front, seen = [], set()
@@ -417,13 +418,13 @@ def summary(study: Any, recipe: Recipe, profile: HardwareProfile, choices: dict[
         write_text(path, dump_recipe(trial_recipe(recipe, t.params)))
         front.append({**trial_row(t), "recipe": str(path.relative_to(out))})
     fastest = front[0]["number"] if front else None
-    return {
+    return SearchRecord.model_validate({
         "model": recipe.model, "data": recipe.data.name, "profile": profile.name,
         "latency_source": latency.source, **({"latency_note": latency.why} if latency.source != "measured" else {}),
         "objectives": list(OBJECTIVES), "metric": limits.gate.metric, "unit": limits.gate.unit,
         "space": choices, "budgets": limits.as_dict(),
         "trials": rows, "front": front, "chosen": fastest,
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 def recipe_point(recipe: Recipe, choices: dict[str, list[Any]], profile: HardwareProfile) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from . import __version__
 from .errors import EdgeKitError, UsageError
 from .hardware.identity import host_facts
 from .provenance import git_commit
+from .records import CompressReport, SearchRecord, StageRow, Validation, Verdict
 
 ENV_URI = "EDGEKIT_MLFLOW_URI"
 ENV_EXPERIMENT = "EDGEKIT_MLFLOW_EXPERIMENT"
@@ -332,53 +333,51 @@ class Compress:
 
         return update
 
-    def stage(self, row: dict[str, Any], where: Path) -> None:
+    def stage(self, row: StageRow, where: Path) -> None:
         """A stage ended (or was reused): its row's metrics into its nested run, which ends."""
         if not self.run.enabled:
             return
-        run = self._stage(row.get("seconds"))
-        art = row.get("artifact") or {}
-        run.metrics({**numbers(row), "size_mb": art.get("size_mb")})  # accuracy, drop, params, MACs, seconds
-        run.tags({"edgekit.cached": row.get("cached"), "edgekit.stage_dir": where.name})
+        run = self._stage(row.seconds)
+        art = row.artifact
+        run.metrics({**numbers(row.dump()), "size_mb": art and art.size_mb})  # accuracy, drop, params, MACs, seconds
+        run.tags({"edgekit.cached": row.cached, "edgekit.stage_dir": where.name})
         run.end()
-        if art.get("path"):
-            self.by_dir[Path(art["path"]).parent.name] = run
+        if art:
+            self.by_dir[Path(art.path).parent.name] = run
         self.current, self.done = None, self.done + 1
 
-    def report(self, report: dict[str, Any], run_dir: Path) -> None:
+    def report(self, report: CompressReport | None, run_dir: Path) -> None:
         """The finished run: final and baseline metrics, validation latency per artifact (into the stage that made
         it), provenance, the verdict, report.json and report.html; a failed verdict fails the run."""
-        run, v = self.run, report["verdict"]
-        if not run.enabled:
+        if not self.run.enabled or report is None or report.verdict is None:
             return
-        final = report["stages"][-1] if report["stages"] else report["baseline"]
-        base, m = report["baseline"], report.get("metric", "accuracy")  # the gated metric names its keys
+        run, v, m = self.run, report.verdict, report.metric  # the gated metric names its keys
+        final = report.stages[-1].dump() if report.stages else report.baseline
+        base = report.baseline
         run.metrics({f"baseline.{m}": base.get(m), "baseline.params": base.get("params"),
-                     "baseline.macs": base.get("macs"), m: final.get(m), f"{m}_drop": v.get(f"{m}_drop"),
+                     "baseline.macs": base.get("macs"), m: final.get(m), f"{m}_drop": v.score(f"{m}_drop"),
                      "params": final.get("params"), "macs": final.get("macs")})  # fmt: skip
-        for validation in report.get("validation", []):
-            for i, row in enumerate(validation["rows"]):
+        for validation in report.validation:
+            for i, row in enumerate(validation.dump()["rows"]):
                 values = latency_metrics(row)
                 run.metrics(values if i == 0 else {f"{Path(row['artifact']).name}.{k}": x for k, x in values.items()})
                 self.by_dir.get(Path(row["artifact"]).name, Run()).metrics(values)
-        run.tags({**provenance_tags(report.get("provenance")), "edgekit.verdict": v["status"]})
+        run.tags({**provenance_tags(report.provenance), "edgekit.verdict": v.status})
         artifacts(run, run_dir, "report.json")
-        if v["status"] == "fail":
+        if v.status == "fail":
             run.fail(budget_missed(v))
 
 
-def budget_missed(verdict: dict[str, Any]) -> str:
+def budget_missed(verdict: Verdict) -> str:
     """A failed compress verdict in one line, as the CLI prints it."""
-    m = verdict.get("metric", "accuracy")
-    missed = verdict.get("failed") or [
-        f"{m} drop {verdict[f'{m}_drop']:.4g} > {verdict['gated'][0]} {verdict['max_drop']}"
-    ]
+    m = verdict.metric or "accuracy"
+    missed = verdict.failed or [f"{m} drop {verdict.score(f'{m}_drop'):.4g} > {verdict.gated[0]} {verdict.max_drop}"]
     return f"budget missed: {'; '.join(missed)}"
 
 
-def latency_metrics(row: dict[str, Any]) -> dict[str, Any]:
-    """A validation row's numbers: accuracy, drop, latency p50/p95, size, peak RAM."""
-    m = row.get("metric", "accuracy")
+def latency_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A validation row's numbers (as recorded): accuracy, drop, latency p50/p95, size, peak RAM."""
+    m = row.get("metric") or "accuracy"
     keys = {m: f"artifact_{m}", f"{m}_drop": f"artifact_{m}_drop", "p50_ms": "latency_p50_ms",
             "p95_ms": "latency_p95_ms", "size_mb": "size_mb", "peak_ram_mb": "peak_ram_mb"}  # fmt: skip
     return {name: row.get(k) for k, name in keys.items()}
@@ -404,43 +403,36 @@ def artifacts(run: Run, run_dir: Path, report: str) -> None:
         run.artifact(run_dir / log)
 
 
-def search(run: Run, result: dict[str, Any], run_dir: Path) -> None:
+def search(run: Run, result: SearchRecord, run_dir: Path) -> None:
     """A search: one nested run per trial (its choices as params, its objectives and test drop as metrics), the
     front and the chosen point as metrics and tags, search.json and search.html; no feasible trial fails the run."""
     if not run.enabled:
         return
-    front = {p["number"] for p in result["front"]}
-    for t in result["trials"]:
-        trial = run.child(f"trial-{t['number']:03d}")
-        trial.params({**t["params"], **({"origin": t["origin"]} if "origin" in t else {})})
-        trial.metrics({**(t.get("values") or {}), "test_drop": t.get("test_drop"), "macs": t.get("macs")})
-        trial.tags({"edgekit.trial_status": t["status"], "edgekit.front": t["number"] in front,
-                    "edgekit.reason": t.get("reason")})  # fmt: skip
-        trial.end(None if t["status"] != "failed" else str(t.get("error") or "trial failed"))
-    chosen = next((p for p in result["front"] if p["number"] == result.get("chosen")), None)
-    run.metrics({"trials": len(result["trials"]), "front_size": len(result["front"]), "seconds": result.get("seconds"),
-                 **{f"chosen.{k}": v for k, v in ((chosen or {}).get("values") or {}).items()}})  # fmt: skip
-    run.tags(
-        {
-            **provenance_tags(
-                profile=result.get("profile"),
-                data=result.get("data"),
-                model=result.get("model"),
-                latency_source=result.get("latency_source"),
-                chosen_trial=result.get("chosen"),
-            )
-        }
-    )
+    front = {p.number for p in result.front}
+    for t in result.trials:
+        trial = run.child(f"trial-{t.number:03d}")
+        trial.params({**t.params, **({"origin": t.origin} if t.origin else {})})
+        trial.metrics({**(t.values or {}), "test_drop": t.score("test_drop"), "macs": t.macs})
+        trial.tags({"edgekit.trial_status": t.status, "edgekit.front": t.number in front,
+                    "edgekit.reason": t.reason})  # fmt: skip
+        trial.end(None if t.status != "failed" else str(t.error or "trial failed"))
+    chosen = next((p for p in result.front if p.number == result.chosen), None)
+    run.metrics({"trials": len(result.trials), "front_size": len(result.front), "seconds": result.seconds,
+                 **{f"chosen.{k}": v for k, v in ((chosen and chosen.values) or {}).items()}})  # fmt: skip
+    run.tags(provenance_tags(profile=result.profile, data=result.data, model=result.model,
+                             latency_source=result.latency_source, chosen_trial=result.chosen))  # fmt: skip
     artifacts(run, run_dir, "search.json")
-    if not result["front"]:
+    if not result.front:
         run.fail(f"no trial met the budgets (see {run_dir / 'search.json'})")
 
 
-def validation(run: Run, result: dict[str, Any], budgets: Mapping[str, Any]) -> None:
-    """A validation: the budgets as params, one nested run per artifact with its numbers, validation.json; a
-    verdict of fail (a budget missed, an artifact that did not run) fails the run."""
+def validation(run: Run, validated: Validation | Mapping[str, Any], budgets: Mapping[str, Any]) -> None:
+    """A validation (or a fleet's, whose rows are per device): the budgets as params, one nested run per artifact
+    with its numbers as recorded, validation.json; a verdict of fail (a budget missed, an artifact that did not
+    run) fails the run."""
     if not run.enabled:
         return
+    result = validated.dump() if isinstance(validated, Validation) else validated
     run.params({"profile": result.get("profile"), "split": result.get("split"), **budgets})
     for row in result["rows"]:
         art = run.child(Path(row["artifact"]).name)

@@ -23,17 +23,16 @@ from typing import Any
 import numpy as np
 
 from .artifact import Artifact, load_artifact, sha256_file
-from .data import load_split
-from .data.adapter import modality_subsets
+from .data import DataLike, Splits
+from .data.adapter import subset_names
 from .errors import EdgeKitError, UsageError
 from .evaluation import EvalReport, against, cached_evaluate, evaluate, evaluate_elsewhere, torch_predict
 from .formats import accuracy_runner, get_format
-from .fsutil import write_json
 from .hardware import Budgets, HardwareProfile, resolve_profile
 from .hardware.cpu import int8_saturates, missing_vnni
 from .hardware.estimator import estimate, graph_costs
 from .io import IOSpec
-from .loading import MANIFEST, load_model, read_manifest
+from .loading import MANIFEST, LoadedModel, load_model, read_manifest
 from .models import FACTORY as ZOO_FACTORY
 from .profiling.fleet import Fleet, profile_fleet
 from .profiling.host import host_info
@@ -42,8 +41,7 @@ from .profiling.remote import Remote, build_in, device_outputs, device_session, 
 from .profiling.source import latency_source
 from .profiling.timing import DURATION_S
 from .profiling.trtexec import TRTEXEC_HINT, from_trtexec, is_trtexec
-from .provenance import data_hashes
-from .records import KEY, VERSION, read_record
+from .records import CompressReport, Validation, ValidationRow, load_record, write_record
 from .runtimes import predict_fn
 from .stages.prune import FACTORY as PRUNED_FACTORY
 from .stats import budget_note, paired_drop, paired_interval, wilson
@@ -67,14 +65,10 @@ def check_int8_fit(art: Artifact, profile: HardwareProfile) -> None:
                          f"export for it: edgekit export --target {profile.name}")  # fmt: skip
 
 
-def cpu_shift(art: Artifact, accuracy: float | None, options: Options, isa: Sequence[str]) -> dict[str, Any]:
+def cpu_shift(art: Artifact, accuracy: float | None, data: str, split: str, isa: Sequence[str]) -> dict[str, Any]:
     """The accuracy here against the accuracy recorded where the artifact was built, and why they may differ."""
     rec = art.meta.get("accuracy")
-    if (
-        accuracy is None
-        or not isinstance(rec, dict)
-        or (rec.get("data"), rec.get("split")) != (options.data, options.split)
-    ):
+    if accuracy is None or not isinstance(rec, dict) or (rec.get("data"), rec.get("split")) != (data, split):
         return {}
     out: dict[str, Any] = {"build_accuracy": rec["value"], "built_on": rec.get("cpu"),
                            "accuracy_shift": round(100 * (rec["value"] - accuracy), 2)}  # fmt: skip
@@ -232,15 +226,6 @@ def latency_check(row: dict[str, Any], limit: float) -> dict[str, Any]:
     return _check("latency_p95_ms", limit, high, status, why)
 
 
-def subset_names(limit: float | dict[str, float] | None, io: IOSpec) -> None:
-    """Refuse a per-subset `max_subset_drop` that names a subset the model does not have, before any work."""
-    names = ["+".join(s) for s in modality_subsets(io.modalities)[1:]]
-    unknown = sorted(set(limit) - set(names)) if isinstance(limit, dict) else []
-    if unknown:
-        raise UsageError(f"max_subset_drop names subset(s) {', '.join(unknown)} this model has not",
-                         f"use one of: {', '.join(names) or 'none (the model has one modality)'}")  # fmt: skip
-
-
 def subset_check(row: dict[str, Any], limit: float | dict[str, float]) -> dict[str, Any]:
     """The worst modality-subset drop against `max_subset_drop` (one limit for all, or per subset); open without
     per-subset drops (no baseline or no runtime here)."""
@@ -381,7 +366,7 @@ def recorded_task(artifacts: Sequence[Path]) -> Task:
 
 @dataclass(frozen=True)
 class Options:
-    data: str = "avdigits"
+    data: DataLike = "avdigits"  # a spec, or splits in memory
     split: str = "test"
     threads: int | None = None  # default: the profile's
     duration: float = DURATION_S  # seconds of timed calls per measured artifact
@@ -394,12 +379,14 @@ class Options:
 def validate(
     artifacts: Sequence[Path],
     target: str,
-    baseline: Path | None = None,
+    baseline: Path | LoadedModel | None = None,
     measurements: Sequence[Path | Mapping[str, Any]] = (),
     budgets: dict[str, Any] | None = None,
     options: Options = Options(),
     log: Log = lambda _: None,
-) -> dict[str, Any]:
+) -> Validation:
+    """Prove artifacts against a profile's budgets on `options.data`'s split. `baseline`: the float model the
+    drops are against (a package, or a model in memory); default: the package the artifacts were exported from."""
     if not artifacts:
         raise UsageError("no artifacts to validate", "pass one or more artifact directories")
     profile, resolution = resolve_profile(target)
@@ -413,21 +400,24 @@ def validate(
         except EdgeKitError:
             continue  # reported on the artifact's own row
         subset_names(limits.max_subset_drop, io)
-    test = load_split(options.data, options.split)
+    data = Splits.of(options.data)
+    where_data = f"{data.name}/{options.split}"
+    test = data(options.split)
     base: EvalReport | None = None
     task = recorded_task(artifacts)  # the baseline package's, when there is one
     baseline = baseline or recorded_source(artifacts, log)
     if (options.against_teacher or not test.labelled) and baseline is None:
-        raise UsageError(f"gating {options.data}/{options.split} against the float model needs that model",
+        raise UsageError(f"gating {where_data} against the float model needs that model",
                          "pass --baseline PACKAGE (the package the artifacts were exported from)")  # fmt: skip
     if baseline is not None:
-        loaded = load_model(baseline)
+        loaded = baseline if isinstance(baseline, LoadedModel) else load_model(baseline)
+        baseline_name = "in-memory" if isinstance(baseline, LoadedModel) else str(baseline)
         task = loaded.task
         if options.against_teacher or not test.labelled:
-            log(f"gating agreement with {baseline} on {options.data}/{options.split}, not labels")
+            log(f"gating agreement with {baseline_name} on {where_data}, not labels")
             test, task = against(torch_predict(loaded.model), loaded.io, test), agreement(task)
         gates_accuracy = task is CLASSIFICATION and not limits.max_metric_drop  # what the cache holds
-        split_sha = data_hashes(options.data, {options.split}).get(options.split) if gates_accuracy else None
+        split_sha = data.hashes({options.split}).get(options.split) if gates_accuracy else None
         base = cached_evaluate(torch_predict(loaded.model), loaded.io, test, split_sha, task)
     gate = validation_gate(task, limits)
     check_measurements(measured, artifacts)
@@ -449,16 +439,16 @@ def validate(
             threads = where.threads
             m = measured.get(sha)
             if options.remote is not None:
-                log(f"{path}: latency, energy and accuracy on {options.remote.name} ({options.data}/{options.split})")
+                log(f"{path}: latency, energy and accuracy on {options.remote.name} ({where_data})")
                 m, art_eval, row["accuracy_source"] = on_device(art, profile, options, threads, test, task)
                 row.update(accuracy_fields(art_eval, base, art.io, gate, task))
             elif measures := accuracy_runner(art, threads):
                 runner, row["accuracy_source"] = measures[0], accuracy_source(measures[1], not_here, host["cpu"])
-                log(f"{path}: accuracy on {options.data}/{options.split}, per modality subset "
+                log(f"{path}: accuracy on {where_data}, per modality subset "
                     f"({row['accuracy_source']})")  # fmt: skip
                 art_eval = evaluate(predict_fn(runner), art.io, test, task=task)
                 row.update(accuracy_fields(art_eval, base, art.io, gate, task))
-            row.update(cpu_shift(art, row.get("accuracy"), options, host["isa"]))
+            row.update(cpu_shift(art, row.get("accuracy"), data.name, options.split, host["isa"]))
             if "cpu_note" in row:
                 log(f"{path}: {row['cpu_note']}")
             if m is None and options.remote is None and not options.estimate_only and where.runs:
@@ -471,21 +461,20 @@ def validate(
             row["unchecked"] = [c["budget"] for c in row["checks"] if c["status"] == "open"]
         except EdgeKitError as e:
             row.update(status="error", error=str(e))
-        rows.append(row)
+        rows.append(ValidationRow.model_validate(row))
     gated = any(v is not None for v in limits.model_dump().values())
-    statuses = {r["status"] for r in rows}
-    return {
-        KEY: VERSION,
+    statuses = {r.status for r in rows}
+    return Validation.model_validate({
         "profile": profile.name,
         "resolution": resolution,
         "baseline": None if base is None else {
-            "model": str(baseline), "task": task.name, "metric": gate.metric, gate.metric: base.overall[gate.metric],
+            "model": baseline_name, "task": task.name, "metric": gate.metric, gate.metric: base.overall[gate.metric],
             "samples": base.samples, "scores": base.overall.as_dict(),
             **({"accuracy_ci": wilson(round(base.overall.accuracy * base.samples), base.samples)}
                if gate.metric == "accuracy" else {}),
             "subsets": {k: v[gate.metric] for k, v in base.subsets.items()}},
         "gate": {"metric": gate.metric, "unit": gate.unit, "limit": gate.limit},
-        "split": f"{options.data}/{options.split}",
+        "split": where_data,
         "budgets": limits.model_dump(),
         "gated": gated,
         "host": host,
@@ -494,7 +483,7 @@ def validate(
         **({"device": options.remote.name} if options.remote else {}),
         "rows": rows,
         "verdict": "fail" if statuses & {"fail", "error"} else "unverified" if "unverified" in statuses else "pass",
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 def on_device(
@@ -529,14 +518,14 @@ def on_device(
     return m, report, f"device: {runtime} on {options.remote.name}"
 
 
-def attach(result: dict[str, Any], run_dir: Path) -> Path:
+def attach(result: Validation, run_dir: Path) -> Path:
     """Record a validation in a compress run's report.json (replacing an earlier one for the same profile)."""
     path = Path(run_dir) / "report.json"
     if not path.is_file():
         raise UsageError(f"{run_dir} has no report.json", "pass a run directory `edgekit compress` wrote")
-    report = read_record(path, "compress report")
-    report["validation"] = [v for v in report.get("validation", []) if v["profile"] != result["profile"]] + [result]
-    write_json(path, report)
+    report = load_record(path, CompressReport, "compress report")
+    report.validation = [v for v in report.validation if v.profile != result.profile] + [result]
+    write_record(path, report)
     return path
 
 
@@ -565,10 +554,12 @@ def validate_fleet(
             for r in rows:
                 r.update(status="error", error=str(e))
             continue
-        checked = {v["artifact"]: v for v in result.pop("rows")}
+        checked = {v.artifact: v.dump() for v in result.rows}
         for r in rows:
             r.update(checked[r["artifact"]])
-        next(x for x in run["devices"] if x["device"] == d.name)["validation"] = result
+        next(x for x in run["devices"] if x["device"] == d.name)["validation"] = result.model_dump(
+            mode="json", exclude_unset=True, exclude={"rows"}
+        )
     statuses = {r["status"] for r in run["rows"]}
     run["verdict"] = ("fail" if statuses & {"fail", "error", "no-device"} else
                       "unverified" if "unverified" in statuses else "pass")  # fmt: skip

@@ -27,7 +27,6 @@ import numpy as np
 from edgekit import api
 from edgekit.artifact import Artifact, load_artifact
 from edgekit.cli.common import metric_drop
-from edgekit.compress import Start, compress
 from edgekit.data import FeedDataset, load_split, with_modalities
 from edgekit.data.calibration import calibration_set
 from edgekit.errors import EdgeKitError, UsageError
@@ -44,8 +43,6 @@ from edgekit.quant.onnx_qdq import ort_reader
 from edgekit.recipe import load_recipe
 from edgekit.runtimes import Runner, predict_fn
 from edgekit.runtimes.torch import TorchRunner
-from edgekit.search import Options as SearchOptions
-from edgekit.search import recipe_point, search, space
 from edgekit.tasks import Gate, Task, gate_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,8 +167,8 @@ def export_rows(args: argparse.Namespace, teacher: Path, work: Path) -> list[Row
             overwrite=True,
             options=api.ExportOptions(fmt, precision, args.data, args.calib_samples, threads=args.threads),
         )
-        for a in r["artifacts"]:
-            built.setdefault((a["format"], a["precision"]), (load_artifact(Path(a["path"]).parent), a["seconds"]))
+        for a in r.artifacts:
+            built.setdefault((a.format, a.precision), (load_artifact(Path(a.path).parent), a.seconds))
     t = args.threads
     ov_fp32, ov_s = built["openvino", "fp32"]
     ov_default = OVDefaultRunner(str(ov_fp32.path), t)
@@ -252,7 +249,7 @@ def compress_rows(args: argparse.Namespace, teacher: Path, work: Path) -> tuple[
         data = recipe.data.model_copy(update={"name": args.data})
         recipe = recipe.model_copy(update={"model": str(teacher), "data": data, "out": None})
         try:
-            reports[key] = compress(recipe, work / f"compress-{key}")
+            reports[key] = api.compress(recipe, work / f"compress-{key}").dump()
         except EdgeKitError as e:
             reports[key] = {"error": str(e), "recipe": str(path)}
             print(f"bench: compress {path} failed: {e}", file=sys.stderr)
@@ -273,7 +270,7 @@ def compress_rows(args: argparse.Namespace, teacher: Path, work: Path) -> tuple[
             overwrite=True,
             options=api.ExportOptions("onnx", "int8", args.data, args.calib_samples, threads=t),
         )
-        onnx = {a["precision"]: (load_artifact(Path(a["path"]).parent), a["seconds"]) for a in exported["artifacts"]}
+        onnx = {a.precision: (load_artifact(Path(a.path).parent), a.seconds) for a in exported.artifacts}
         how = "+".join(s["name"] for s in float_stages) + f" stages of {args.recipe.name}"
         art = load_artifact(Path(r["artifacts"][0]["path"]).parent)
         (fp32, fp32_s), (int8, int8_s) = onnx["fp32"], onnx["int8"]
@@ -665,19 +662,16 @@ def search_bench(args: argparse.Namespace, key: str) -> int:
     side (interleaved blocks, batch 1), and the answer: does a point the search found beat the recipe (lower p50
     at an equal or lower test drop)?"""
     recipe = load_recipe(args.recipe)
-    profile, _ = resolve_profile(recipe.targets[0])
-    start = Start.load(recipe)
-    point = recipe_point(recipe, space(recipe, start, profile), profile)
-    if point is None:
+    if api.search_space(recipe, own_point=True)["recipe_point"] is None:
         raise SystemExit(f"bench: {args.recipe} is not a point of the search space")
     out = args.work / f"search-{key}"
     budget = float(args.search.rstrip("m")) * 60
-    result = search(recipe, out, SearchOptions(time_budget_s=budget, seed_points=(point,)),
-                    lambda m: print(m, file=sys.stderr))  # fmt: skip
+    result = api.search(recipe, out, options=api.SearchOptions(time_budget_s=budget), own_point=True,
+                        log=lambda m: print(m, file=sys.stderr)).dump()  # fmt: skip
     trials = {t["number"]: t for t in result["trials"]}
     hand = next(t for t in result["trials"] if t.get("origin") == "the recipe's own" and "artifact" in t)
     timed = {f"#{t['number']}": t for t in [hand, *result["front"]]}
-    io = start.io
+    io = load_artifact(Path(hand["artifact"]["path"]).parent).io
     feeds = with_modalities(io, next(iter(load_split(recipe.data.name, "test").batches(1)))[0], io.modalities)
     calls = {}
     for name, t in timed.items():

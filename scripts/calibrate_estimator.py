@@ -172,7 +172,7 @@ def host_points(work: Path) -> list[dict[str, Any]]:
         for precision in ("fp32", "int8"):
             out = work / f"{package.name}-{precision}"
             result = api.export(package, CPU_PROFILE, out, api.ExportOptions("onnx", precision, calib_samples=100))
-            art = load_artifact(Path(result["artifacts"][0]["path"]).parent)
+            art = load_artifact(Path(result.artifacts[0].path).parent)
             runs.append((network, precision, art.meta["costs"], measure(art, sample, profile.threads)))
     path = export_onnx(MiniLM().eval(), MINILM_IO, work / "minilm.onnx")
     art = Artifact("onnx", "fp32", path.parent, path.name, MINILM_IO, "", {})

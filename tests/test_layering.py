@@ -36,8 +36,9 @@ LAYERS = (
     {"validate"},
     {"compress"},
     {"search"},
-    {"api"},
-    {"report", "tracking", "cli", "__main__"},
+    {"report", "tracking"},  # the records rendered as HTML, and sent to MLflow
+    {"api"},  # the verbs as Python functions: the only module the CLI calls
+    {"cli", "__main__"},
 )  # fmt: skip
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
@@ -79,6 +80,19 @@ def layer(module: str) -> int:
 def test_no_module_imports_a_higher_layer():
     upward = [f"{a} -> {b}" for a, deps in graph().items() for b in deps if layer(b) > layer(a)]
     assert not upward, "imports against the data flow:\n" + "\n".join(sorted(upward))
+
+
+def test_the_cli_calls_only_the_api():
+    """The CLI parses flags, calls edgekit.api and renders what it returns: no other edgekit module."""
+    cli = {m: deps for m, deps in graph().items() if m == "edgekit.cli" or m.startswith("edgekit.cli.")}
+    assert len(cli) > 10
+    outside = {f"{m} -> {d}" for m, deps in cli.items() for d in deps
+               if d != "edgekit.api" and not d.startswith("edgekit.cli") and d != "edgekit"}  # fmt: skip
+    assert not outside, "the CLI calls around edgekit.api:\n" + "\n".join(sorted(outside))
+    for path in (PACKAGE / "cli").glob("*.py"):  # `from .. import X` reaches edgekit.X: only X = api
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 2 and node.module is None:
+                assert [a.name for a in node.names] == ["api"], f"{path.name}: from .. import {node.names[0].name}"
 
 
 def test_the_import_graph_has_no_cycle():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgekit.compress import Start
+from edgekit.compress import Plan, Start
 from edgekit.errors import UsageError
 from edgekit.hardware import resolve_profile
 from edgekit.hardware.identity import host_facts
@@ -44,7 +44,7 @@ def write_recipe(tmp: Path, **space: object) -> Path:
 
 @pytest.fixture(scope="module")
 def start() -> Start:
-    return Start.load(Recipe())
+    return Start.load(Plan.of(Recipe()))
 
 
 def test_space_is_the_models_branches_and_the_profiles_int8_formats(start):

@@ -36,7 +36,7 @@ def everything_here(reference_teacher, tmp_path_factory):
     profile.update(name="everything-here", exports=[{"format": f, "precision": p} for f, p in HERE],
                    precisions=["fp32", "fp16", "int8"], peak_tops={**profile["peak_tops"], "fp16": 0.1664})  # fmt: skip
     (tmp / "profile.yaml").write_text(yaml.safe_dump(profile))
-    return api.export(reference_teacher, str(tmp / "profile.yaml"), tmp / "out")
+    return api.export(reference_teacher, str(tmp / "profile.yaml"), tmp / "out").dump()
 
 
 @pytest.mark.parametrize(("fmt", "precision"), HERE, ids=[f"{f}-{p}" for f, p in HERE])

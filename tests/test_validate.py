@@ -72,7 +72,7 @@ def fp32(tmp_path_factory, reference_teacher):
 
     out = tmp_path_factory.mktemp("fp32") / "x86"
     result = api.export(reference_teacher, "x86-avx2", out, api.ExportOptions("onnx", "fp32"))
-    return Path(result["artifacts"][0]["path"]).parent
+    return Path(result.artifacts[0].path).parent
 
 
 # -- the estimator ----------------------------------------------------------------------------------------
@@ -325,22 +325,22 @@ def test_accuracy_below_the_build_hosts_fails_and_says_why(run, reference_teache
 
 def test_a_cpu_without_vnni_is_named_as_the_cause():
     from edgekit.artifact import Artifact
-    from edgekit.validate import Options, cpu_shift
+    from edgekit.validate import cpu_shift
 
     io = io_spec(AVDigitsConfig(), 41)
     record = {"value": 0.97, "data": "avdigits", "split": "test", "cpu": "Zen 4", "isa": ["avx2", "avx512_vnni"]}
     art = Artifact(
         "onnx", "int8", Path("."), "model.onnx", io, "", {"accuracy": record, "quantization": {"weight_bits": 8}}
     )
-    shift = cpu_shift(art, 0.93, Options(), ("avx2", "fma"))
+    shift = cpu_shift(art, 0.93, "avdigits", "test", ("avx2", "fma"))
     assert shift["accuracy_shift"] == 4.0 and "lacks avx512_vnni or avx_vnni" in shift["cpu_note"]
     assert "x86-avx2" in shift["cpu_note"]
     seven = Artifact(
         "onnx", "int8", Path("."), "model.onnx", io, "", {"accuracy": record, "quantization": {"weight_bits": 7}}
     )
-    assert "cpu_note" not in cpu_shift(seven, 0.93, Options(), ("avx2", "fma"))
-    assert "cpu_note" not in cpu_shift(art, 0.93, Options(), ("avx2", "avx512_vnni"))
-    assert cpu_shift(art, 0.93, Options(split="val"), ("avx2",)) == {}  # recorded on another split
+    assert "cpu_note" not in cpu_shift(seven, 0.93, "avdigits", "test", ("avx2", "fma"))
+    assert "cpu_note" not in cpu_shift(art, 0.93, "avdigits", "test", ("avx2", "avx512_vnni"))
+    assert cpu_shift(art, 0.93, "avdigits", "val", ("avx2",)) == {}  # recorded on another split
 
 
 # -- report.html ------------------------------------------------------------------------------------------
@@ -408,6 +408,6 @@ def test_export_records_costs_for_every_format(tmp_path, avdigits):
     save_model_package(build_fusion_model(**kwargs).eval(), io_spec(AVDigitsConfig(), 41), tmp_path / "pkg",
                        factory="edgekit.models:build_fusion_model", kwargs=kwargs)  # fmt: skip
     result = api.export(tmp_path / "pkg", "x86", tmp_path / "x86", api.ExportOptions("openvino", "fp32"))
-    for a in result["artifacts"]:
-        costs = json.loads((Path(a["path"]).parent / "manifest.json").read_text())["meta"]["costs"]
+    for a in result.artifacts:
+        costs = json.loads((Path(a.path).parent / "manifest.json").read_text())["meta"]["costs"]
         assert costs and all(len(c) == 4 for c in costs)

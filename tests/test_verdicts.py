@@ -9,13 +9,14 @@ import pytest
 import yaml
 
 from edgekit.agent import l4t_release
+from edgekit.data.adapter import subset_names
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.errors import UsageError
 from edgekit.hardware import HardwareProfile, profile_names, resolve_profile
 from edgekit.hardware.estimator import CALIBRATION, calibration, estimate
 from edgekit.hardware.identity import host_facts
 from edgekit.stats import budget_note, paired_drop, samples_for, wilson
-from edgekit.validate import latency_check, row_status, subset_check, subset_names
+from edgekit.validate import latency_check, row_status, subset_check
 
 from .conftest import ROOT
 

@@ -12,10 +12,22 @@ from typing import Annotated
 import typer
 from typer._click.exceptions import UsageError as ClickUsageError  # typer 0.29 vendors click
 
-from .. import __version__
-from ..errors import EdgeKitError
-from ..noise import set_verbose
-from . import build, compress, data, evaluate, export, profile, profiles, recipe, report, search, train, validate
+from ..api import EdgeKitError, __version__, set_verbose
+from . import (
+    build,
+    compress,
+    data,
+    evaluate,
+    export,
+    profile,
+    profiles,
+    recipe,
+    report,
+    schema,
+    search,
+    train,
+    validate,
+)
 from .common import set_argv, stdout_for_json
 
 app = typer.Typer(
@@ -37,6 +49,7 @@ app.command("report")(report.report)
 app.add_typer(profiles.app, name="profiles")
 app.command("build")(build.build)
 app.add_typer(recipe.app, name="recipe")
+app.command("schema")(schema.schema)
 
 
 def _version(value: bool) -> None:

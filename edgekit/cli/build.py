@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from .. import api
 from .common import (
     JsonOpt,
     RemoteEdgekitOpt,
@@ -33,14 +34,9 @@ def build(
 
     Needs TensorRT and a GPU where it runs; --remote brings the engine back into the bundle (EdgeKit there, else
     EdgeKit's agent with the device's TensorRT Python bindings or trtexec)."""
+    device = None
     if remote:
-        from ..profiling.remote import Remote, build_remote
-
-        device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, python=remote_python,
-                               timeout=remote_timeout)  # fmt: skip
-        result = build_remote(bundle, device, dla_core)
-    else:
-        from ..targets.tensorrt import build_engine
-
-        result = {"bundle": str(bundle), "engine": str(build_engine(bundle, dla_core=dla_core))}
+        device = api.Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, python=remote_python,
+                                  timeout=remote_timeout)  # fmt: skip
+    result = api.build_engine(bundle, dla_core, device)
     emit(result, as_json, lambda: out.print(f"engine written to {result['engine']}"))

@@ -8,15 +8,16 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from ..tracking import Progress as EpochProgress
+from .. import api
+
+EpochProgress = Callable[[int, int, float, float, str], None]  # (epoch, epochs, loss, val score, its metric)
 
 # Where output goes to a log or a pipe, rich would cut every table to 80 columns ("│ ope… │ in… │"): there it prints
 # at full width instead, unless COLUMNS sets one.
@@ -130,9 +131,10 @@ def real_stdout() -> int | None:
     return _json_fd[-1] if _json_fd else None
 
 
-def emit(result: dict[str, Any], as_json: bool, render: Callable[[], None]) -> None:
+def emit(result: api.Record | dict[str, Any], as_json: bool, render: Callable[[], None]) -> None:
+    """One JSON object on stdout (a record as written), or the rendered tables."""
     if as_json:
-        text = json.dumps(result) + "\n"
+        text = json.dumps(result.dump() if isinstance(result, api.Record) else result) + "\n"
         if (fd := real_stdout()) is not None:
             os.write(fd, text.encode())
         else:
@@ -195,18 +197,15 @@ def fleet_table(run: dict[str, Any], title: str) -> Table:
 
 def fleet_checks(fleet: Path | None, remote: str | None, out_dir: Path | None) -> None:
     """--fleet excludes --remote; --out is where a fleet run is written, so it needs --fleet."""
-    from ..errors import UsageError
-
     if fleet and remote:
-        raise UsageError("--fleet and --remote cannot be combined", "a fleet file names each device's ssh destination")
+        raise api.UsageError("--fleet and --remote cannot be combined",
+                             "a fleet file names each device's ssh destination")  # fmt: skip
     if out_dir and not fleet:
-        raise UsageError("--out is for a fleet run", "pass --fleet fleet.yaml, or redirect --json output")
+        raise api.UsageError("--out is for a fleet run", "pass --fleet fleet.yaml, or redirect --json output")
 
 
 def metric_drop(flag: str | None) -> dict[str, float] | None:
     """`--max-metric-drop mae=0.05` as a budget: {metric: how much worse it may get}."""
-    from ..errors import UsageError
-
     if flag is None:
         return None
     name, sep, value = flag.partition("=")
@@ -215,5 +214,5 @@ def metric_drop(flag: str | None) -> dict[str, float] | None:
     except ValueError:
         limit = -1.0
     if not sep or not name or limit < 0:
-        raise UsageError(f"--max-metric-drop {flag} is not METRIC=LIMIT", "e.g. --max-metric-drop mae=0.05")
+        raise api.UsageError(f"--max-metric-drop {flag} is not METRIC=LIMIT", "e.g. --max-metric-drop mae=0.05")
     return {name: limit}

@@ -8,10 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import tracking
-from ..compress import compress as run_compress
-from ..devices import is_main, launch, placement, process_group
-from ..recipe import dump_recipe, load_recipe, recipe_from_flags
+from .. import api
 from .common import (
     AmpOpt,
     DeviceOpt,
@@ -57,55 +54,52 @@ def compress(
     """Compress a model: the recipe's stages in order; a rerun of the same recipe resumes.
 
     Distillation runs on --device (with --amp), and data-parallel under torchrun (or --nproc N); rank 0 writes."""
-    where = placement(device, amp).device  # an unusable device or precision fails before any work
-    base = load_recipe(recipe_file) if recipe_file else None
-    recipe = recipe_from_flags(base, model=model, data=data, stages=stages, targets=target, max_drop=max_drop,
-                               out=out_dir, seed=seed, amp=amp,
-                               max_metric_drop=metric_drop(max_metric_drop))  # fmt: skip
+    where = api.placement(device, amp).device  # an unusable device or precision fails before any work
+    base = api.load_recipe(recipe_file) if recipe_file else None
+    recipe = api.recipe_from_flags(base, model=model, data=data, stages=stages, targets=target, max_drop=max_drop,
+                                   out=out_dir, seed=seed, amp=amp,
+                                   max_metric_drop=metric_drop(max_metric_drop))  # fmt: skip
     if dry_run:
-        print(dump_recipe(recipe), end="")
+        print(api.dump_recipe(recipe), end="")
         return
     if nproc > 1:
-        raise typer.Exit(launch(nproc, without_option(argv(), "--nproc"), real_stdout()))
+        raise typer.Exit(api.launch(nproc, without_option(argv(), "--nproc"), real_stdout()))
     run_dir = Path(recipe.out or "runs/compress")
-    with process_group(where), epoch_progress(f"distill on {where}") as progress:
-        if not is_main():  # a torchrun rank other than 0 trains its share; rank 0 logs, writes and reports
-            run_compress(recipe, run_dir, overwrite, device=str(where))
-            return
-        with (
-            tracking.start("compress", mlflow, str(run_dir)) as run,
-            tracking.Compress(run, recipe, run_dir) as tracked,
-        ):
-            log = lambda m: err.print(m, markup=False, highlight=False)  # noqa: E731
-            report = run_compress(recipe, run_dir, overwrite, log, tracked.epochs(progress), tracked.stage, str(where))
-            tracked.report(report, run_dir)
+    log = lambda m: err.print(m, markup=False, highlight=False)  # noqa: E731
+    with epoch_progress(f"distill on {where}") as progress:
+        report = api.compress(recipe, run_dir, overwrite=overwrite, device=str(where), amp=amp, log=log,
+                              progress=progress, mlflow=mlflow)  # fmt: skip
+    if report is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+
+    v = report.verdict
+    assert v is not None  # a finished run has one
 
     def render() -> None:
         table = Table(title=f"compress -> {run_dir}")
-        b, m = report["baseline"], report.get("metric", "accuracy")
-        drop = "drop (pts)" if report.get("unit", "points") == "points" else f"{m} worse by"
+        b, m = report.baseline, report.metric
+        drop = "drop (pts)" if report.unit == "points" else f"{m} worse by"
         for col in ("stage", "params", "MACs", m, drop, "seconds", "cached"):
             table.add_column(col, justify="left" if col == "stage" else "right")
         table.add_row("baseline", f"{b['params']:,}", f"{b['macs'] or 0:,}", f"{b[m]:.4f}", "", "", "")
-        for s in report["stages"]:
-            cells = (f"{s['params']:,}", f"{s['macs'] or 0:,}", f"{s[m]:.4f}", f"{s[m + '_drop']:+.4g}")
-            table.add_row(s["name"], *cells, f"{s['seconds']:.1f}", "yes" if s["cached"] else "")
+        for s in report.stages:
+            cells = (f"{s.params or 0:,}", f"{s.macs or 0:,}", f"{s.score(m):.4f}", f"{s.score(m + '_drop'):+.4g}")
+            table.add_row(s.name, *cells, f"{s.seconds or 0:.1f}", "yes" if s.cached else "")
         out.print(table)
-        v = report["verdict"]
-        ci = f" [95% CI {v['drop_ci'][0]:+.4g}, {v['drop_ci'][1]:+.4g}]" if "drop_ci" in v else ""
-        what = "drop" if v.get("unit", "points") == "points" else f"{m} worse by"
-        gate = f" ({what} {v[m + '_drop']:.4g}{ci}, budget {v['max_drop']})" if v["gated"] else " (nothing gated)"
-        out.print(f"verdict: {v['status']}{gate}" + (f"; {v['note']}" if v.get("gated") and "note" in v else ""))
-        for validation in report.get("validation", []):
+        ci = v.score("drop_ci")
+        ci_text = f" [95% CI {ci[0]:+.4g}, {ci[1]:+.4g}]" if ci else ""
+        what = "drop" if (v.unit or "points") == "points" else f"{m} worse by"
+        gate = f" ({what} {v.score(m + '_drop'):.4g}{ci_text}, budget {v.max_drop})" if v.gated else " (nothing gated)"
+        out.print(f"verdict: {v.status}{gate}" + (f"; {v.note}" if v.gated and v.note else ""))
+        for validation in report.validation:
             render_validation(validation)
 
     emit(report, as_json, render)
-    if report["verdict"]["status"] == "fail":
+    if v.status == "fail":
         # Exit 1 after the report, which holds the verdict: with --json, stdout stays one JSON object.
-        err.print(f"edgekit: error: {tracking.budget_missed(report['verdict'])} (see {run_dir / 'report.json'})",
-                  markup=False)  # fmt: skip
+        err.print(f"edgekit: error: {api.budget_missed(v)} (see {run_dir / 'report.json'})", markup=False)
         raise typer.Exit(1)
-    if report["verdict"]["status"] == "unverified":
-        err.print(f"edgekit: unverified: only the device decides {'; '.join(report['verdict']['unverified'])} "
+    if v.status == "unverified":
+        err.print(f"edgekit: unverified: only the device decides {'; '.join(v.unverified or [])} "
                   f"(see {run_dir / 'report.json'})", markup=False)  # fmt: skip
         raise typer.Exit(UNVERIFIED)

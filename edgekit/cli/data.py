@@ -10,11 +10,10 @@ from typing import Annotated
 import typer
 
 from .. import api
-from ..data import BUILTIN
 from .common import JsonOpt, OverwriteOpt, emit, out
 
 app = typer.Typer(help="Build benchmark datasets.", no_args_is_help=True)
-Dataset = StrEnum("Dataset", {n: n for n in BUILTIN})
+Dataset = StrEnum("Dataset", {n: n for n in api.BUILTIN})
 
 
 @app.command("build")
@@ -31,7 +30,7 @@ def build(
     """Build a dataset (deterministic, cached by content hash) and print where it is."""
     name = dataset.value
     changes = {"n_samples": samples, "seed": seed, "occlude_fraction": occlude, "video_frames": video_frames}
-    cfg = dataclasses.replace(BUILTIN[name], **{k: v for k, v in changes.items() if v is not None})
+    cfg = dataclasses.replace(api.BUILTIN[name], **{k: v for k, v in changes.items() if v is not None})
     result = api.build_data(name, cfg, out_dir, overwrite)
 
     def render() -> None:

@@ -10,8 +10,6 @@ import typer
 from rich.table import Table
 
 from .. import api
-from ..data.calibration import DEFAULT_SAMPLES
-from ..formats import FormatName
 from .common import AgainstTeacherOpt, JsonOpt, MetricDropOpt, OverwriteOpt, emit, err, metric_drop, out
 from .validate import exit_on_verdict
 from .validate import render as render_validation
@@ -34,12 +32,14 @@ def export(
         str, typer.Option("--target", "--profile", help="Hardware profile name, alias (jetson, x86, android) or .yaml.")
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the artifacts to.")],
-    fmt: Annotated[FormatName | None, typer.Option("--format", help="Default: the profile's formats.")] = None,
+    fmt: Annotated[api.FormatName | None, typer.Option("--format", help="Default: the profile's formats.")] = None,
     precision: Annotated[Precision | None, typer.Option(help="Default: the profile's.")] = None,
     data: Annotated[
         str, typer.Option(help="Dataset for calibration (train), the INT8 search (val), parity and accuracy (test).")
     ] = "avdigits",
-    calib_samples: Annotated[int, typer.Option(min=1, help="Paired calibration samples for INT8.")] = DEFAULT_SAMPLES,
+    calib_samples: Annotated[
+        int, typer.Option(min=1, help="Paired calibration samples for INT8.")
+    ] = api.DEFAULT_SAMPLES,
     max_drop: Annotated[
         float | None,
         typer.Option(
@@ -65,26 +65,26 @@ def export(
     result = api.export(model, target, out_dir, options, overwrite, log=lambda m: err.print(f"[dim]{m}[/dim]"))
 
     def render() -> None:
-        src, m = result["source"], result["metric"]
-        table = Table(title=f"{Path(str(model)).name} for {result['profile']} (source {m} {src[m]:.4f})")
-        drop_col = "drop (pts)" if result["unit"] == "points" else f"{m} worse by"
+        m = result.metric
+        table = Table(title=f"{Path(str(model)).name} for {result.profile} (source {m} {result.source.score(m):.4f})")
+        drop_col = "drop (pts)" if result.unit == "points" else f"{m} worse by"
         for col in ("format", "precision", "runtime", "size MB", m, drop_col):
             table.add_column(col, justify="right" if col in ("size MB", m, drop_col) else "left")
-        for a in result["artifacts"]:
-            value = "builds on device" if a[m] is None else f"{a[m]:.4f}"
-            if a[m] is None and "reference" in a:
-                value = f"({a['reference'][m]:.4f} Q/DQ in ORT)"
-            drop = "" if a[f"{m}_drop"] is None else f"{a[f'{m}_drop']:+.4g}"
-            table.add_row(a["format"], a["precision"], ", ".join(a["runtime"]) or "-", f"{a['size_mb']:.2f}", value,
-                          drop)  # fmt: skip
+        for a in result.artifacts:
+            score, drop = a.score(m), a.score(f"{m}_drop")
+            value = "builds on device" if score is None else f"{score:.4f}"
+            if score is None and a.reference:
+                value = f"({a.reference[m]:.4f} Q/DQ in ORT)"
+            table.add_row(a.format, a.precision, ", ".join(a.runtime or []) or "-", f"{a.size_mb:.2f}", value,
+                          "" if drop is None else f"{drop:+.4g}")  # fmt: skip
         out.print(table)
-        out.print(f"artifacts in {result['out']} (one directory each, with manifest.json)")
-        p = result["parity"]
-        top1 = f", top-1 agreement {p['top1_agreement']:.3f}" if result["task"] == "classification" else ""
+        out.print(f"artifacts in {result.out} (one directory each, with manifest.json)")
+        p = result.parity
+        top1 = f", top-1 agreement {p['top1_agreement']:.3f}" if result.task == "classification" else ""
         out.print(f"ONNX parity: {p['cases']} cases, max abs error {p['max_abs']:.2e}{top1}")
-        if "validation" in result:
-            render_validation(result["validation"])
+        if result.validation:
+            render_validation(result.validation)
 
     emit(result, as_json, render)
-    if "validation" in result:
-        exit_on_verdict(result["validation"], Path(result["out"]) / "export.json")
+    if result.validation:
+        exit_on_verdict(result.validation, Path(result.out) / "export.json")

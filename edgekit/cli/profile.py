@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from .. import api
 from .common import (
     FleetOpt,
     FleetOutOpt,
@@ -70,36 +71,27 @@ def profile(
     runs it there where it is installed, else EdgeKit's agent with the device's own Python (3.8+), numpy and
     runtime, or trtexec. With --fleet, each device of the fleet file profiles the artifacts built for its
     profile, all devices at once; exit code 1 when any device or artifact has no result."""
-    from ..errors import UsageError
-    from ..profiling.local import Settings
-
     fleet_checks(fleet, remote, out_dir)
-    settings = Settings(parse_ints(batch, "--batch"), warmup, runs, duration, threads, parse_shapes(shape or []), ops)
+    settings = api.Settings(
+        parse_ints(batch, "--batch"), warmup, runs, duration, threads, parse_shapes(shape or []), ops
+    )
     if fleet:
-        from ..profiling.fleet import load_fleet, profile_fleet
-        from ..report import write_fleet
-
-        devices = load_fleet(fleet, remote_edgekit, ssh_config, remote_timeout)
-        run = profile_fleet(devices, artifacts, settings, log=lambda m: err.print(f"[dim]{m}[/dim]"))
-        if out_dir:
-            run["report"] = str(write_fleet(run, out_dir))
+        run = api.profile_on_fleet(fleet, artifacts, settings, edgekit=remote_edgekit, ssh_config=ssh_config,
+                                   timeout=remote_timeout, out=out_dir,
+                                   log=lambda m: err.print(f"[dim]{m}[/dim]"))  # fmt: skip
         emit(run, as_json, lambda: out.print(fleet_table(run, f"fleet {fleet.name}: {run['status']}")))
         if run["status"] != "ok":
             raise typer.Exit(1)
         return
     if len(artifacts) != 1:
-        raise UsageError(f"{len(artifacts)} artifacts given: profile takes one", "or several with --fleet fleet.yaml")
-    artifact = artifacts[0]
+        raise api.UsageError(
+            f"{len(artifacts)} artifacts given: profile takes one", "or several with --fleet fleet.yaml"
+        )
+    device = None
     if remote:
-        from ..profiling.remote import Remote, profile_remote
-
-        device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, python=remote_python,
-                               timeout=remote_timeout)  # fmt: skip
-        result = profile_remote(artifact, device, settings)
-    else:
-        from ..profiling.local import profile as profile_local
-
-        result = profile_local(artifact, settings)
+        device = api.Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, python=remote_python,
+                                  timeout=remote_timeout)  # fmt: skip
+    result = api.profile(artifacts[0], settings, device)
     emit(result, as_json, lambda: render(result))
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..hardware import profile_names, resolve_profile
+from .. import api
 from .common import JsonOpt, emit, out
 
 app = typer.Typer(help="List and show hardware profiles.", no_args_is_help=True)
@@ -16,7 +16,7 @@ app = typer.Typer(help="List and show hardware profiles.", no_args_is_help=True)
 @app.command("list")
 def list_cmd(as_json: JsonOpt = False) -> None:
     """The shipped profiles, one line each."""
-    profiles = [resolve_profile(n)[0] for n in profile_names()]
+    profiles = [api.resolve_profile(n)[0] for n in api.profile_names()]
     rows = [
         {
             "name": p.name,
@@ -44,7 +44,7 @@ def show_cmd(
     name: Annotated[str, typer.Argument(help="Profile name, alias or .yaml file.")], as_json: JsonOpt = False
 ) -> None:
     """Every field of one profile."""
-    profile, resolution = resolve_profile(name)
+    profile, resolution = api.resolve_profile(name)
     data = profile.model_dump(mode="json")
 
     def render() -> None:

@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..fsutil import write_text
-from ..recipe import dump_recipe, load_recipe, recipe_schema
+from .. import api
 from .common import JsonOpt, emit, out
 
 app = typer.Typer(help="Print the recipe schema and check recipe files.", no_args_is_help=True)
@@ -22,11 +21,11 @@ def schema_cmd(
     ] = None,
 ) -> None:
     """The recipe's JSON Schema, e.g. for an editor's YAML completion and checks."""
-    text = json.dumps(recipe_schema(), indent=2) + "\n"
+    text = json.dumps(api.recipe_schema(), indent=2) + "\n"
     if out_file is None:
         typer.echo(text, nl=False)  # plain text: rich would wrap and colour a document meant for tools
         return
-    write_text(out_file, text)
+    api.write_text(out_file, text)
     out.print(f"schema written to {out_file}")
 
 
@@ -36,6 +35,6 @@ def check_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a recipe and print it with every default filled in: exactly what a run would do."""
-    recipe = load_recipe(file)
+    recipe = api.load_recipe(file)
     result = {"path": str(file), "recipe": recipe.model_dump(mode="json")}
-    emit(result, as_json, lambda: typer.echo(dump_recipe(recipe), nl=False))
+    emit(result, as_json, lambda: typer.echo(api.dump_recipe(recipe), nl=False))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from .. import api
 from .common import JsonOpt, emit, out
 
 
@@ -18,8 +19,6 @@ def report(
 ) -> None:
     """Write RUN_DIR/report.html: recipe, lineage, validation, sensitivity, Pareto plot, op breakdowns; for a
     fleet run's directory (fleet.json, no report.json), its devices and rows."""
-    from ..report import render, render_fleet
-
     fleet = (run_dir / "fleet.json").is_file() and not (run_dir / "report.json").is_file()
-    page = render_fleet(run_dir) if fleet else render(run_dir)
+    page = api.render_fleet(run_dir) if fleet else api.render_report(run_dir)
     emit({"report": str(page)}, as_json, lambda: out.print(f"report written to {page}"))

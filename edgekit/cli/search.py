@@ -11,15 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .. import tracking
-from ..compress import Start
-from ..devices import placement
-from ..errors import UsageError
-from ..hardware import resolve_profile
-from ..recipe import dump_recipe, load_recipe, recipe_from_flags
-from ..report import render_search
-from ..search import Limits, Options, recipe_point, space
-from ..search import search as run_search
+from .. import api
 from .common import (
     AmpOpt,
     DeviceOpt,
@@ -39,7 +31,7 @@ def seconds_of(text: str) -> float:
     """`90`, `90s`, `30m`, `2h` -> seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
     if not m or float(m[1]) <= 0:
-        raise UsageError(f"--time-budget {text!r} is not a duration", "e.g. --time-budget 30m, 90s or 2h")
+        raise api.UsageError(f"--time-budget {text!r} is not a duration", "e.g. --time-budget 30m, 90s or 2h")
     return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[m[2]]
 
 
@@ -77,72 +69,59 @@ def search(
 ) -> None:
     """Search per-branch pruning, distillation and INT8 format for the best configurations under the budgets."""
     budget_s = seconds_of(time_budget) if time_budget else None
-    where = placement(device, amp).device  # an unusable device or precision fails before any work
-    base = load_recipe(recipe_file) if recipe_file else None
-    recipe = recipe_from_flags(base, model=model, data=data, targets=target, max_drop=max_drop, seed=seed, amp=amp,
-                               max_metric_drop=metric_drop(max_metric_drop))  # fmt: skip
+    where = api.placement(device, amp).device  # an unusable device or precision fails before any work
+    base = api.load_recipe(recipe_file) if recipe_file else None
+    recipe = api.recipe_from_flags(base, model=model, data=data, targets=target, max_drop=max_drop, seed=seed,
+                                   amp=amp, max_metric_drop=metric_drop(max_metric_drop))  # fmt: skip
     budgets = {k: v for k, v in (("latency_p95_ms", latency), ("size_mb", size)) if v is not None}
     recipe = recipe.model_copy(update={"budgets": recipe.budgets.model_copy(update=budgets)})
-    profile, _ = resolve_profile(recipe.targets[0])
-    start = Start.load(recipe)
-    choices = space(recipe, start, profile)
-    point = recipe_point(recipe, choices, profile) if base else None
-    if dry_run:
-        limits = Limits.of(recipe, profile, start.task)
-        emit({"profile": profile.name, "space": choices, "budgets": limits.as_dict(), "recipe_point": point}, as_json,
-             lambda: _print_space(profile.name, choices, limits, point))  # fmt: skip
+    if dry_run:  # the recipe's own point only when a recipe file wrote one
+        found = api.search_space(recipe, own_point=base is not None)
+        emit(found, as_json, lambda: _print_space(found))
         return
-    remote_device = None
-    if remote:
-        from ..profiling.remote import Remote
-
-        remote_device = Remote.parse(remote, config=ssh_config)
-    options = Options(trials, budget_s, storage, remote_device, (point,) if point else (), str(where))
+    remote_device = api.Remote.parse(remote, config=ssh_config) if remote else None
+    options = api.SearchOptions(trials, budget_s, storage, remote_device, device=str(where))
     run_dir = Path(recipe.out or out_dir or "runs/search")
-    with tracking.start("search", mlflow, str(run_dir)) as run:
-        run.params({**tracking.flatten(recipe.model_dump(mode="json")), "trials": trials, "time_budget": time_budget})
-        run.text(dump_recipe(recipe), "recipe.yaml")
-        with trial_progress(trials or (None if budget_s else 20), budget_s) as on_trial:
-            result = run_search(recipe, run_dir, options, lambda m: err.print(m, markup=False, highlight=False),
-                                on_trial, start)  # fmt: skip
-        result["html"] = str(render_search(run_dir))
-        tracking.search(run, result, run_dir)
+    with trial_progress(trials or (None if budget_s else 20), budget_s) as on_trial:
+        result = api.search(recipe, run_dir, options=options, own_point=base is not None,
+                            log=lambda m: err.print(m, markup=False, highlight=False), on_trial=on_trial,
+                            mlflow=mlflow)  # fmt: skip
     emit(result, as_json, lambda: _print_result(result, run_dir))
-    if not result["front"]:
+    if not result.front:
         err.print(f"edgekit: error: no trial met the budgets (see {run_dir / 'search.json'})", markup=False)
         raise typer.Exit(1)
 
 
-def _print_space(name: str, choices: dict[str, list[Any]], limits: Limits, point: dict[str, Any] | None) -> None:
-    table = Table(title=f"search space for {name}")
+def _print_space(found: dict[str, Any]) -> None:
+    table = Table(title=f"search space for {found['profile']}")
     table.add_column("parameter")
     table.add_column("choices")
-    for k, v in choices.items():
+    for k, v in found["space"].items():
         table.add_row(k, ", ".join(map(str, v)))
     out.print(table)
-    out.print(f"budgets: {limits.as_dict()}")
-    if point:
+    out.print(f"budgets: {found['budgets']}")
+    if point := found["recipe_point"]:
         out.print(f"the recipe's own point is tried first: {point}")
 
 
-def _print_result(result: dict[str, Any], run_dir: Path) -> None:
-    unit = "pts" if result["unit"] == "points" else result["unit"]
-    table = Table(title=f"search -> {run_dir} (drop: {result['metric']}, {unit}; latency {result['latency_source']})")
+def _print_result(result: api.SearchRecord, run_dir: Path) -> None:
+    unit = "pts" if result.unit == "points" else result.unit
+    table = Table(title=f"search -> {run_dir} (drop: {result.metric}, {unit}; latency {result.latency_source})")
     for col in ("trial", "status", "val drop", "test drop", "p95 ms", "MB", "MACs", "config"):
         table.add_column(col, justify="left" if col in ("status", "config") else "right")
-    on_front = {p["number"] for p in result["front"]}
-    for t in result["trials"]:
-        v = t.get("values") or {}
-        config = " ".join(f"{k.removeprefix('prune.')}={p}" for k, p in t["params"].items())
-        status = t["status"] + (" *front*" if t["number"] in on_front else "")
-        table.add_row(str(t["number"]), status, f"{v['val_drop']:+.4g}" if v else "-",
-                      f"{t['test_drop']:+.4g}" if t["number"] in on_front else "",
+    on_front = {p.number for p in result.front}
+    for t in result.trials:
+        v = t.values or {}
+        config = " ".join(f"{k.removeprefix('prune.')}={p}" for k, p in t.params.items())
+        status = t.status + (" *front*" if t.number in on_front else "")
+        table.add_row(str(t.number), status, f"{v['val_drop']:+.4g}" if v else "-",
+                      f"{t.score('test_drop'):+.4g}" if t.number in on_front else "",
                       f"{v['latency_p95_ms']:.3f}" if v else "-", f"{v['size_mb']:.2f}" if v else "-",
-                      f"{t['macs']:,}" if "macs" in t else "-", config)  # fmt: skip
+                      f"{t.macs:,}" if t.macs is not None else "-", config)  # fmt: skip
     out.print(table)
-    for p in result["front"]:
-        out.print(f"front: trial {p['number']} -> {run_dir / p['recipe']}")
-    out.print(f"report: {result['html']}")
+    for p in result.front:
+        out.print(f"front: trial {p.number} -> {run_dir / str(p.recipe)}")
+    out.print(f"report: {result.html}")
 
 
 class trial_progress:

@@ -9,15 +9,11 @@ from typing import Annotated
 
 import typer
 
-from .. import api, tracking
-from ..devices import placement
-from ..fsutil import check_out_dir
-from ..models import FUSIONS, PRESETS
-from ..training import TrainConfig
+from .. import api
 from .common import AmpOpt, DeviceOpt, JsonOpt, MlflowOpt, OverwriteOpt, emit, epoch_progress, out, subsets_table
 
-Fusion = StrEnum("Fusion", {f: f for f in FUSIONS})
-Preset = StrEnum("Preset", {p: p for p in PRESETS})
+Fusion = StrEnum("Fusion", {f: f for f in api.FUSIONS})
+Preset = StrEnum("Preset", {p: p for p in api.PRESETS})
 
 
 def train(
@@ -25,9 +21,9 @@ def train(
     arch: Annotated[Fusion, typer.Option(help="Fusion design.")] = Fusion.attention,
     preset: Annotated[Preset, typer.Option(help="Size.")] = Preset.teacher,
     data: Annotated[str, typer.Option(help="Dataset name or directory.")] = "avdigits",
-    epochs: Annotated[int, typer.Option(min=1)] = TrainConfig.epochs,
-    seed: Annotated[int, typer.Option()] = TrainConfig.seed,
-    modality_dropout: Annotated[float, typer.Option(min=0.0, max=0.9)] = TrainConfig.modality_dropout,
+    epochs: Annotated[int, typer.Option(min=1)] = api.TrainConfig.epochs,
+    seed: Annotated[int, typer.Option()] = api.TrainConfig.seed,
+    modality_dropout: Annotated[float, typer.Option(min=0.0, max=0.9)] = api.TrainConfig.modality_dropout,
     device: DeviceOpt = None,
     amp: AmpOpt = None,
     overwrite: OverwriteOpt = False,
@@ -35,17 +31,11 @@ def train(
     mlflow: MlflowOpt = None,
 ) -> None:
     """Train a zoo model; the package holds safetensors weights, its IO spec and its test scores."""
-    check_out_dir(out_dir, overwrite)
-    cfg = dataclasses.replace(TrainConfig(), epochs=epochs, seed=seed, modality_dropout=modality_dropout, amp=amp)
-    where = placement(device, amp)  # an unusable device or precision fails before any work
-    settings = {"arch": arch.value, "preset": preset.value, "data": data, **dataclasses.asdict(cfg)}
-    with (
-        tracking.start("train", mlflow, str(out_dir)) as run,
-        epoch_progress(f"train {arch.value}/{preset.value} on {where.device}") as progress,
-    ):
-        run.params({**settings, "device": str(where.device)})
-        result = api.train(arch.value, preset.value, data, out_dir, cfg, run.epochs(progress), str(where.device))
-        tracking.train(run, settings, result, out_dir)
+    cfg = dataclasses.replace(api.TrainConfig(), epochs=epochs, seed=seed, modality_dropout=modality_dropout, amp=amp)
+    where = api.placement(device, amp)  # an unusable device or precision fails before any work
+    with epoch_progress(f"train {arch.value}/{preset.value} on {where.device}") as progress:
+        result = api.train(arch.value, preset.value, data, out_dir, cfg, overwrite=overwrite,
+                           device=str(where.device), progress=progress, mlflow=mlflow)  # fmt: skip
 
     def render() -> None:
         out.print(subsets_table(f"{arch.value}/{preset.value} on {data} (test split)", result["test"]["subsets"]))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .. import tracking
+from .. import api
 from .common import (
     AgainstTeacherOpt,
     FleetOpt,
@@ -97,70 +97,55 @@ def validate(
 
     With --fleet, each device of the fleet file measures the artifacts built for its profile (all devices at once)
     and each is validated against its device's profile, accuracy measured here."""
-    from ..errors import UsageError
-    from ..validate import Options, attach, validate_fleet
-    from ..validate import validate as run
-
     fleet_checks(fleet, remote, out_dir)
     if remote and (measurements or estimate):
-        raise UsageError("--remote takes no --measurements or --estimate", "the device measures with --remote")
+        raise api.UsageError("--remote takes no --measurements or --estimate", "the device measures with --remote")
     if fleet and (profile or measurements or report or estimate):
-        raise UsageError("--fleet takes no --profile, --measurements, --report or --estimate",
+        raise api.UsageError("--fleet takes no --profile, --measurements, --report or --estimate",
                          "each device's profile and measurements come from the fleet")  # fmt: skip
     if not fleet and not profile:
-        raise UsageError("validate needs --profile", "e.g. --profile x86, or --fleet fleet.yaml")
+        raise api.UsageError("validate needs --profile", "e.g. --profile x86, or --fleet fleet.yaml")
     budgets = {"max_accuracy_drop": max_drop, "max_metric_drop": metric_drop(max_metric_drop),
                "latency_p95_ms": latency_p95_ms, "max_size_mb": max_size_mb,
                "max_peak_ram_mb": max_peak_ram_mb, "max_subset_drop": max_subset_drop}  # fmt: skip
     device = None
     if remote:
-        from ..profiling.remote import Remote
-
-        device = Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, python=remote_python,
-                              timeout=remote_timeout)  # fmt: skip
+        device = api.Remote.parse(remote, config=ssh_config, edgekit=remote_edgekit, python=remote_python,
+                                  timeout=remote_timeout)  # fmt: skip
     facts = read_facts(device_facts, device_fact or [])
-    options = Options(data=data, threads=threads, estimate_only=estimate, remote=device, device_facts=facts,
-                      against_teacher=against_teacher)  # fmt: skip
+    options = api.ValidateOptions(data=data, threads=threads, estimate_only=estimate, remote=device,
+                                  device_facts=facts, against_teacher=against_teacher)  # fmt: skip
     log = lambda m: err.print(f"[dim]{m}[/dim]")  # noqa: E731
-    with tracking.start("validate", mlflow, f"validate {profile or fleet}") as tracked:
-        tracked.params({"artifacts": ",".join(map(str, artifacts)), "data": data, "estimate": estimate})
-        if fleet:
-            from ..profiling.fleet import load_fleet
-            from ..report import write_fleet
-
-            fleet_run = validate_fleet(load_fleet(fleet), artifacts, baseline, budgets, options, log)
-            if out_dir:
-                fleet_run["report"] = str(write_fleet(fleet_run, out_dir))
-            tracking.validation(tracked, fleet_run, budgets)
-            title = f"fleet {fleet.name}: {fleet_run['verdict']}"
-            emit(fleet_run, as_json, lambda: out.print(fleet_table(fleet_run, title)))
-            if fleet_run["verdict"] != "pass":
-                raise typer.Exit(UNVERIFIED if fleet_run["verdict"] == "unverified" else 1)
-            return
-        assert profile is not None
-        result = run(artifacts, profile, baseline, measurements or [], budgets, options, log)
-        if report is not None:
-            attach(result, report)
-        tracking.validation(tracked, result, budgets)
+    if fleet:
+        fleet_run = api.validate_on_fleet(fleet, artifacts, baseline, budgets=budgets, options=options, out=out_dir,
+                                          log=log, mlflow=mlflow)  # fmt: skip
+        title = f"fleet {fleet.name}: {fleet_run['verdict']}"
+        emit(fleet_run, as_json, lambda: out.print(fleet_table(fleet_run, title)))
+        if fleet_run["verdict"] != "pass":
+            raise typer.Exit(UNVERIFIED if fleet_run["verdict"] == "unverified" else 1)
+        return
+    assert profile is not None
+    result = api.validate(artifacts, profile, baseline, measurements=measurements or [], budgets=budgets,
+                          options=options, report=report, log=log, mlflow=mlflow)  # fmt: skip
     emit(result, as_json, lambda: render(result))
     exit_on_verdict(result)
 
 
-def exit_on_verdict(result: dict[str, Any], where: Path | None = None) -> None:
+def exit_on_verdict(result: api.Validation, where: Path | None = None) -> None:
     """After the result is printed: a failed or unverified validation says why on stderr in one line, as compress
     says its verdict (with --json, stdout stays one JSON object), and exits 1 or 3."""
-    verdict = result["verdict"]
+    verdict = result.verdict
     if verdict == "pass":
         return
     parts = []
-    for row in result["rows"]:
-        name = Path(row["artifact"]).name
-        if row["status"] == "error" and verdict == "fail":
-            parts.append(f"{name}: {row['error']}")
-        for c in row.get("checks", []):
-            if c["status"] == verdict:
-                value = "" if c["value"] is None else f" {c['value']:.4g} > {c['limit']}"
-                parts.append(f"{name}: {c['budget']}{value}")
+    for row in result.rows:
+        name = Path(row.artifact).name
+        if row.status == "error" and verdict == "fail":
+            parts.append(f"{name}: {row.error}")
+        for c in row.checks:
+            if c.status == verdict:
+                value = "" if c.value is None else f" {c.value:.4g} > {c.limit}"
+                parts.append(f"{name}: {c.budget}{value}")
     see = f" (see {where})" if where else ""
     if verdict == "fail":
         err.print(f"edgekit: error: budget missed: {'; '.join(parts)}{see}", markup=False)
@@ -173,21 +158,19 @@ def read_facts(path: Path | None, pairs: list[str]) -> dict[str, Any] | None:
     """The device's facts for trtexec files: the agent's `facts` JSON, and name=value flags over it."""
     import json
 
-    from ..errors import UsageError
-
     facts: dict[str, Any] = {}
     if path is not None:
         try:
             facts = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise UsageError(f"--device-facts {path} is not readable JSON ({type(e).__name__})",
+            raise api.UsageError(f"--device-facts {path} is not readable JSON ({type(e).__name__})",
                              "write it on the device: python3 edgekit_agent.py facts > facts.json") from e  # fmt: skip
         if not isinstance(facts, dict):
-            raise UsageError(f"--device-facts {path} is not a JSON object", "pass the agent's `facts` output")
+            raise api.UsageError(f"--device-facts {path} is not a JSON object", "pass the agent's `facts` output")
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise UsageError(f"--device-fact '{pair}' is not name=value", "e.g. --device-fact l4t=36.4.3")
+            raise api.UsageError(f"--device-fact '{pair}' is not name=value", "e.g. --device-fact l4t=36.4.3")
         facts[name.strip()] = int(value) if name.strip() == "cpus" and value.isdigit() else value
     return facts or None
 
@@ -196,32 +179,31 @@ def cell(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def render(r: dict[str, Any]) -> None:
+def render(r: api.Validation) -> None:
     out.print(validation_table(r))
-    here = [x for x in r["rows"] if x.get("measurements") == "here" or x.get("accuracy_source", "").startswith("proxy")]
-    if not r["the_device"] and here:
-        why = r["not_the_device"]
-        out.print(f"this host is not {r['profile']}'s device ({why}): what was measured here is a proxy")
-    if not r["gated"]:
-        out.print(f"profile {r['profile']} sets no budgets: the numbers are reported, nothing was gated")
-    for row in r["rows"]:
-        if row["status"] == "error":
-            out.print(f"❌ {row['artifact']}: {row['error']}")
-        name = Path(row["artifact"]).name
-        if row.get("subsets"):
-            cells = "; ".join(subset_cell(k, v, row.get("metric", "accuracy")) for k, v in row["subsets"].items())
+    here = [x for x in r.rows if x.measurements == "here" or (x.accuracy_source or "").startswith("proxy")]
+    if not r.the_device and here:
+        out.print(f"this host is not {r.profile}'s device ({r.not_the_device}): what was measured here is a proxy")
+    if not r.gated:
+        out.print(f"profile {r.profile} sets no budgets: the numbers are reported, nothing was gated")
+    for row in r.rows:
+        if row.status == "error":
+            out.print(f"❌ {row.artifact}: {row.error}")
+        name = Path(row.artifact).name
+        if row.subsets:
+            cells = "; ".join(subset_cell(k, v, row.metric or "accuracy") for k, v in row.subsets.items())
             out.print(f"  {name}, modalities missing: {cells}")
-        for c in row.get("checks", []):
-            why = f" ({c['why']})" if "why" in c else ""
-            if c["status"] == "fail":
-                out.print(f"❎ {name}: {c['budget']} {c['value']:.3f} > {c['limit']}{why}")
-            elif c["status"] == "unverified":
-                out.print(f"❔ {name}: {c['budget']} unverified, only the device decides{why}")
-            if "note" in c:
-                out.print(f"⚠ {name}: {c['budget']} {c['note']}")
-        if row.get("unchecked"):
-            out.print(f"⚠ {name}: not checked here, no value: {', '.join(row['unchecked'])}")
-    out.print(f"verdict: {r['verdict']}")
+        for c in row.checks:
+            why = f" ({c.why})" if c.why else ""
+            if c.status == "fail":
+                out.print(f"❎ {name}: {c.budget} {c.value:.3f} > {c.limit}{why}")
+            elif c.status == "unverified":
+                out.print(f"❔ {name}: {c.budget} unverified, only the device decides{why}")
+            if c.note:
+                out.print(f"⚠ {name}: {c.budget} {c.note}")
+        if row.unchecked:
+            out.print(f"⚠ {name}: not checked here, no value: {', '.join(row.unchecked)}")
+    out.print(f"verdict: {r.verdict}")
 
 
 def subset_cell(name: str, s: dict[str, Any], metric: str = "accuracy") -> str:
@@ -233,10 +215,10 @@ def interval(ci: list[float] | None, spec: str) -> str:
     return "-" if not ci else f"[{ci[0]:{spec}}, {ci[1]:{spec}}]"
 
 
-def validation_table(r: dict[str, Any]) -> Table:
-    base, gate = r["baseline"], r.get("gate") or {"metric": "accuracy", "unit": "points"}
+def validation_table(r: api.Validation) -> Table:
+    base, gate = r.baseline, r.gate
     metric = gate["metric"]
-    title = f"validation against {r['profile']} on {r['split']}" + (
+    title = f"validation against {r.profile} on {r.split}" + (
         f" (baseline {metric} {base[metric]:.4f}, n={base['samples']})" if base else ""
     )
     table = Table(title=title)
@@ -245,15 +227,15 @@ def validation_table(r: dict[str, Any]) -> Table:
                 "p50 ms", "p95 ms", "latency", "mJ"):  # fmt: skip
         numeric = col in ("size MB", metric, drop, "p50 ms", "p95 ms", "mJ")
         table.add_column(col, justify="right" if numeric else "left")
-    for row in r["rows"]:
-        source = row.get("accuracy_source", "")
+    for row in r.rows:
+        source = row.accuracy_source or ""
         proxy = " (proxy)" if source.startswith("proxy") else " (device)" if source.startswith("device:") else ""
         table.add_row(
-            Path(row["artifact"]).name, row.get("format", "?"), row.get("precision", "?"), STATUS[row["status"]],
-            cell(row.get("size_mb"), ".2f"), cell(row.get(metric), ".4f") + proxy,
-            interval(row.get("accuracy_ci"), ".4f"), cell(row.get(f"{metric}_drop"), "+.4g"),
-            interval(row.get("drop_ci"), "+.4g"),
-            cell(row.get("p50_ms"), ".3f"), cell(row.get("p95_ms"), ".3f"), row.get("latency_source") or "-",
-            cell((row.get("energy") or {}).get("energy_mj"), ".2f"),
+            Path(row.artifact).name, row.format or "?", row.precision or "?", STATUS[row.status],
+            cell(row.size_mb, ".2f"), cell(row.score(metric), ".4f") + proxy,
+            interval(row.score("accuracy_ci"), ".4f"), cell(row.score(f"{metric}_drop"), "+.4g"),
+            interval(row.score("drop_ci"), "+.4g"),
+            cell(row.p50_ms, ".3f"), cell(row.p95_ms, ".3f"), row.latency_source or "-",
+            cell((row.energy or {}).get("energy_mj"), ".2f"),
         )  # fmt: skip
     return table

@@ -127,6 +127,15 @@ def modality_subsets(modalities: tuple[str, ...]) -> list[tuple[str, ...]]:
     return out if len(modalities) > 1 else [modalities]
 
 
+def subset_names(limit: float | dict[str, float] | None, io: IOSpec) -> None:
+    """Refuse a per-subset `max_subset_drop` that names a subset the model does not have, before any work."""
+    names = ["+".join(s) for s in modality_subsets(io.modalities)[1:]]
+    unknown = sorted(set(limit) - set(names)) if isinstance(limit, dict) else []
+    if unknown:
+        raise UsageError(f"max_subset_drop names subset(s) {', '.join(unknown)} this model has not",
+                         f"use one of: {', '.join(names) or 'none (the model has one modality)'}")  # fmt: skip
+
+
 def is_attention_mask(t: TensorSpec) -> bool:
     """An integer or bool input of 1s and 0s over tokens: a mask by its value range [1, 2) or its name."""
     return t.dtype in ("int64", "int32", "bool") and (t.value_range == (1.0, 2.0) or "mask" in t.name.lower())

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..artifact import model_hash, sha256_file
 from ..branches import ModuleBranches
-from ..data import load_split
+from ..data import Splits
 from ..data.calibration import DEFAULT_SAMPLES, calibration_set
 from ..devices import is_main, placement
 from ..errors import UsageError
@@ -73,7 +73,7 @@ class Current:
 class StageContext:
     """What every stage runs with: the recipe's data and seed, the first target, the teacher, the current model."""
 
-    data: str
+    data: Splits  # the recipe's dataset, resolved once
     train: str
     val: str
     test: str
@@ -140,9 +140,9 @@ def register(cls: type[Stage]) -> type[Stage]:
     return cls
 
 
-def split_score(predict: Callable, io: IOSpec, data: str, split: str, task: Task, metric: str) -> float:
+def split_score(predict: Callable, io: IOSpec, data: Splits, split: str, task: Task, metric: str) -> float:
     """`task`'s `metric` of `predict` on a split, with every modality present."""
-    return evaluate(predict, io, load_split(data, split), per_modality=False, task=task).overall[metric]
+    return evaluate(predict, io, data(split), per_modality=False, task=task).overall[metric]
 
 
 def model_stats(model: nn.Module, io: IOSpec, mb: ModuleBranches) -> dict[str, Any]:
@@ -298,7 +298,7 @@ class DistillStage(ModelStage):
             kwargs = {**c.kwargs, "preset": self.student}
             c.model, c.pruned, c.kwargs = build_fusion_model(**kwargs), False, kwargs
         checkpoints = ctx.checkpoints / where.name
-        result = distill(ctx.teacher, c.model, c.io, load_split(ctx.data, ctx.train), load_split(ctx.data, ctx.val),
+        result = distill(ctx.teacher, c.model, c.io, ctx.data(ctx.train), ctx.data(ctx.val),
                          self.to_config(ctx.seed), checkpoint_dir=checkpoints, progress=ctx.progress,
                          device=ctx.device, task=ctx.task, metric=ctx.gate.metric)  # fmt: skip
         if is_main():
@@ -355,7 +355,7 @@ class QuantizeStage(Stage):
                 f"the accuracy-aware INT8 search needs a budget on {g.metric} (task {ctx.task.name})",
                 f"set budgets.max_metric_drop: {{{g.metric}: LIMIT}}, or accuracy_aware: false",
             )
-        calibration_set(ctx.current.io, load_split(ctx.data, ctx.calibration), self.samples, ctx.seed)
+        calibration_set(ctx.current.io, ctx.data(ctx.calibration), self.samples, ctx.seed)
 
     def reuse(self, ctx: StageContext, where: Path) -> dict[str, Any]:
         return json.loads((where / "stage.json").read_text())
@@ -370,9 +370,9 @@ class QuantizeStage(Stage):
             ctx.log("exporting ONNX")
             hub = export_onnx(c.model, c.io, work / "model.onnx", slim=True)
             parent = model_hash(c.model)
-            val = load_split(ctx.data, ctx.val)
+            val = ctx.data(ctx.val)
             search = Search(val, gate, ctx.task, ctx.reference_val) if self.accuracy_aware else None
-            calib = functools.partial(calibration_set, c.io, load_split(ctx.data, ctx.calibration), self.samples,
+            calib = functools.partial(calibration_set, c.io, ctx.data(ctx.calibration), self.samples,
                                       ctx.seed)  # fmt: skip
             meta = {"max_drop": gate.limit, "gate": gate.metric, "task": ctx.task.name, "costs": graph_costs(hub, c.io)}
             ex = ExportContext(c.model, c.io, hub, ctx.profile, parent, calib, work, meta, c.branches, None, search)
@@ -380,7 +380,7 @@ class QuantizeStage(Stage):
             within = f", searching what stays float for {gate.describe()}" if search else ""
             ctx.log(f"quantizing ({fmt.name}, {self.samples} calibration samples{within})")
             m = gate.metric
-            scoring = Scoring(load_split(ctx.data, ctx.test), ctx.task, m, ctx.data, ctx.test)
+            scoring = Scoring(ctx.data(ctx.test), ctx.task, m, ctx.data.name, ctx.test)
             try:
                 built = build_artifact(ex, fmt, "int8", tmp / f"{fmt.name}-int8", scoring)
             except BudgetError as e:
