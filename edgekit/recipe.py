@@ -69,9 +69,11 @@ class Budgets(Frozen):
     size_mb: pydantic.PositiveFloat | None = None
     """Largest artifact size, in MB."""
     max_subset_drop: pydantic.NonNegativeFloat | dict[str, pydantic.NonNegativeFloat] | None = None
-    """Largest accuracy drop from the teacher with modalities missing, in points (in the metric's unit under
-    `max_metric_drop`), measured on `data.test` with the deployed artifact: one limit for every modality subset,
-    or per subset (`{audio: 5, image+audio: 2}`)."""
+    """Largest accuracy drop from the teacher's own score on each modality subset (`image` only, `image+text`,
+    ...), in points (in the metric's unit under `max_metric_drop`), measured on `data.test` with the deployed
+    artifact: one limit for every subset, or per subset (`{audio: 5, image+audio: 2}`). null: the first target's,
+    else 10 points for a metric in points (accuracy, mAP), so that a student that lost a modality fails by
+    default; a metric in its own unit (MAE) has no default."""
 
 
 Choices = Annotated[tuple[T, ...], pydantic.Field(min_length=1)]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import FeedDataset
+from .data import FeedDataset, with_modalities
 from .devices import Amp, Placement, placement
 from .evaluation import evaluate, first_output, torch_predict
 from .io import MODALITY_MASK, IOSpec
@@ -46,6 +46,27 @@ def modality_dropout_mask(batch: int, n_mod: int, p: float, gen: torch.Generator
     forced = torch.randint(0, n_mod, (batch,), generator=gen)
     keep[none_kept, forced[none_kept]] = 1.0
     return keep
+
+
+def hide_modalities(io: IOSpec, inputs: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """Modality dropout on any model, by `keep` (batch x modalities, 1 kept). A model with a modality_mask input
+    gets `keep` as that mask. In a model without one, each hidden modality's inputs are replaced, sample by
+    sample, by the feed a missing modality gets at validation (with_modalities: its `absent` value, or zeros, an
+    attention mask keeping its first position), so that no branch learns to be the only one that matters."""
+    if io.has_modality_mask():
+        return {**inputs, MODALITY_MASK: keep}
+    out = dict(inputs)
+    for j, modality in enumerate(io.modalities):
+        hidden = (keep[:, j] == 0).numpy()
+        if not hidden.any():
+            continue
+        rest = [m for m in io.modalities if m != modality]
+        neutral = with_modalities(io, {k: np.asarray(v)[hidden] for k, v in out.items()}, rest)
+        for t in io.inputs:
+            if t.modality == modality and t.name in out:
+                out[t.name] = np.array(out[t.name])  # a copy: the dataset's arrays stay as they are
+                out[t.name][hidden] = neutral[t.name]
+    return out
 
 
 class Stepper:

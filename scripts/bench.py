@@ -43,6 +43,7 @@ from edgekit.quant.onnx_qdq import ort_reader
 from edgekit.recipe import load_recipe
 from edgekit.runtimes import Runner, predict_fn
 from edgekit.runtimes.torch import TorchRunner
+from edgekit.stats import paired_drop
 from edgekit.tasks import Gate, Task, gate_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,7 @@ class Row:
     roofline_ms: float | None = None  # roofline time at batch 1 on the --profile device (not a lower bound)
     estimate_ms: float | None = None  # the estimator's point estimate there: what calibrate_estimator.py compares
     score: float | None = None  # of the bench's gated metric (accuracy, mAP, MAE, ...) on the test samples
+    correct: str | None = None  # per test sample, "1" where it is right (classification): for paired intervals
     latency: dict[int, list[np.ndarray]] = field(default_factory=dict)  # batch -> one array per repeat
 
 
@@ -373,6 +375,8 @@ def measure_scores(rows: list[Row], io: IOSpec, test: FeedDataset, task: Task, m
     for row in rows:
         report = evaluate(predict_fn(row.runner), io, test, batch_size=16, per_modality=False, task=task)
         row.score = report.overall[metric]
+        full = next(iter(report.correct.values()), None)  # per_modality=False: the one subset, every modality
+        row.correct = None if full is None else "".join("01"[int(c)] for c in full)
         print(f"bench: {row.name}: {metric} {row.score:.4f}", file=sys.stderr)
 
 
@@ -427,6 +431,7 @@ def row_dict(row: Row, base: Row, gate: Gate) -> dict[str, Any]:
         "estimate_ms_b1": row.estimate_ms,
         "vs_roofline_b1": None if row.roofline_ms is None else round(p50(row, 1) / row.roofline_ms, 2),
         "note": row.note,
+        "correct": row.correct,
     }
 
 
@@ -510,10 +515,19 @@ def targets(rows: list[dict[str, Any]], reports: dict[str, Any], gate: Gate) -> 
     return out
 
 
+def more_accurate(ours: dict[str, Any], peer: dict[str, Any], d: str) -> tuple[bool, str]:
+    """Whether `ours` is more accurate than `peer` on the same test samples: the paired 95% interval of the
+    difference (stats.paired_drop) lies above zero; a task without per-sample correctness compares the drops."""
+    if ours.get("correct") and peer.get("correct"):
+        lo, hi = paired_drop(*(np.frombuffer(r["correct"].encode(), np.uint8) == ord("1") for r in (ours, peer)))
+        return lo > 0, f"paired 95% interval of the difference {lo:.2f} to {hi:.2f} points"
+    return ours[d] < peer[d], "no per-sample interval for this metric"
+
+
 def versus(peer: dict[str, Any], ours: list[dict[str, Any]], d: str, show: Callable[[float], str]
            ) -> tuple[str, str, bool]:  # fmt: skip
     """EdgeKit's best answer to a peer: its fastest artifact at an equal or lower drop must be >= 1.3x faster
-    at batch 1, or else one at least as fast must be more accurate."""
+    at batch 1, or else one at least as fast must be more accurate, by a paired interval that excludes zero."""
     target = f"vs {peer['name']}: >= 1.3x faster (b1) at equal or lower drop, or more accurate at equal speed"
     drop = peer[d]
     as_good = [r for r in ours if r[d] <= drop]
@@ -530,7 +544,8 @@ def versus(peer: dict[str, Any], ours: list[dict[str, Any]], d: str, show: Calla
     if as_fast:
         best = min(as_fast, key=lambda r: r[d])
         speed = peer["p50_ms_b1"] / best["p50_ms_b1"]
-        return target, f"{best['name']}: drop {show(best[d])} vs {show(drop)}, {speed:.2f}x faster", True
+        better, why = more_accurate(best, peer, d)
+        return target, f"{best['name']}: drop {show(best[d])} vs {show(drop)} ({why}), {speed:.2f}x faster", better
     fast = min(ours, key=lambda r: r["p50_ms_b1"])
     least = min(r[d] for r in ours)
     return target, (f"no EdgeKit artifact is as accurate (best drop {show(least)} vs {show(drop)}); the fastest, "

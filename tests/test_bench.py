@@ -53,6 +53,21 @@ def test_host_key_names_the_cpu_and_its_isa_class(bench):
     assert bench.host_key({"cpu": "a -- b >", "isa": []}) == "a - b , no SIMD flags known"  # safe in a comment
 
 
+def test_a_peer_is_beaten_on_accuracy_only_by_a_paired_interval_above_zero(bench):
+    """One test sample in 450 is no measured win (the quantize_static row once said yes on it); forty are."""
+    right = "1" * 440 + "0" * 10
+
+    def row(name, drop, wrong_more=0):
+        correct = right[: 440 - wrong_more] + "0" * wrong_more + right[440:]
+        return {"name": name, "accuracy_drop": drop, "p50_ms_b1": 1.0, "correct": correct}
+
+    peer = row("peer", 0.22, wrong_more=1)
+    _, said, met = bench.versus(peer, [row("ours", 0.0)], "accuracy_drop", str)
+    assert not met and "paired 95% interval of the difference 0.00 to 0.67 points" in said
+    _, said, met = bench.versus(row("peer", 8.9, wrong_more=40), [row("ours", 0.0)], "accuracy_drop", str)
+    assert met
+
+
 def test_update_doc_keeps_one_block_per_host(bench, tmp_path):
     doc = tmp_path / "b.md"
     doc.write_text(

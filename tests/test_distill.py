@@ -165,3 +165,25 @@ def test_any_module_can_be_a_student_but_feature_loss_needs_forward_features(avd
     result = distill(teacher, student, avdigits_io, train, val, DistillConfig(epochs=1, batch_size=16))
     assert result.epochs_run == 1
     assert any(not torch.equal(p, q) for p, q in zip(before, student.parameters(), strict=True))
+
+
+def test_modality_dropout_hides_a_modality_from_a_model_without_a_modality_mask(avdigits_io):
+    """Without a modality_mask input, a hidden modality's inputs get the feed validation gives a missing one (zeros,
+    an attention mask keeping its first token), sample by sample; the dataset's own arrays are left as they were."""
+    from edgekit.training import hide_modalities, modality_dropout_mask
+
+    spec = avdigits_io.to_dict()
+    io = IOSpec.from_dict({**spec, "inputs": [t for t in spec["inputs"] if t["name"] != "modality_mask"]})
+    feeds, _ = next(load_split("avdigits", "train").batches(64))
+    before = {k: v.copy() for k, v in feeds.items()}
+    keep = modality_dropout_mask(64, 3, 0.5, torch.Generator().manual_seed(0))
+    hidden = hide_modalities(io, feeds, keep)
+    assert all(np.array_equal(feeds[k], before[k]) for k in feeds)
+    for j, modality in enumerate(io.modalities):
+        gone = (keep[:, j] == 0).numpy()
+        assert 0 < gone.sum() < 64
+        for t in (t for t in io.inputs if t.modality == modality):
+            missing = with_modalities(io, {k: v[gone] for k, v in feeds.items()}, [])[t.name]
+            assert np.array_equal(hidden[t.name][gone], missing) and np.array_equal(hidden[t.name][~gone],
+                                                                                    feeds[t.name][~gone])  # fmt: skip
+    assert (keep.sum(1) >= 1).all()  # one modality is always kept

@@ -142,7 +142,7 @@ def test_trust_checkpoint_is_only_a_flag_of_eval():
     users = sorted(
         str(p.relative_to(ROOT)) for p in (ROOT / "edgekit").rglob("*.py") if "trust_checkpoint" in p.read_text()
     )
-    assert users == ["edgekit/api.py", "edgekit/cli/evaluate.py", "edgekit/loading.py"]
+    assert users == ["edgekit/api/verbs.py", "edgekit/cli/evaluate.py", "edgekit/loading.py"]
 
 
 # -- artifacts, model packages, recipes, datasets -------------------------------------------------------------------
@@ -227,19 +227,24 @@ def test_report_html_escapes_every_value_of_report_json(tmp_path):
     row = {"artifact": f"/runs/{evil}/onnx-int8", "format": "onnx", "precision": "int8", "status": "error",
            "error": evil, "unchecked": [evil]}  # fmt: skip
     unverified = {"artifact": evil, "status": "unverified", "accuracy_ci": [0.8, 0.9], "drop_ci": [0.1, 0.2],
-                  "checks": [{"budget": evil, "status": "unverified", "why": evil, "note": evil}],
+                  "checks": [{"budget": evil, "limit": 1.0, "value": None, "status": "unverified", "ok": None,
+                              "why": evil, "note": evil}],
                   "subsets": {evil: {"accuracy": 0.5, "drop": 1.0, "drop_ci": [0.0, 2.0]}}}  # fmt: skip
     report = {
-        "recipe": {"model": evil}, "model": evil, "verdict": {"status": "fail", "accuracy_drop": None},
+        "recipe": {"model": evil}, "model": evil, "task": "classification", "metric": "accuracy", "unit": "points",
+        "higher_is_better": True, "verdict": {"status": "fail", "accuracy_drop": None, "note": evil},
         "baseline": {"accuracy": 0.9, "params": 10, "macs": None},
         "stages": [{"name": evil, "params": 5, "macs": None, "accuracy": 0.8, "accuracy_drop": 10.0, "seconds": 1,
                     "path": f"/runs/{evil}"}],
-        "artifacts": [{"format": evil, "precision": "int8", "size_mb": 1.0, "accuracy": 0.8, "sha256": evil}],
+        "artifacts": [{"format": evil, "precision": "int8", "size_mb": 1.0, "accuracy": 0.8, "sha256": evil,
+                       "path": f"/runs/{evil}/model.onnx"}],
         "validation": [{"profile": evil, "verdict": "fail", "budgets": {"max_size_mb": evil}, "rows": [row, unverified],
-                        "host": {"cpu": evil}, "not_the_device": evil}],
+                        "host": {"cpu": evil}, "not_the_device": evil, "resolution": evil, "baseline": None,
+                        "gate": {"metric": "accuracy", "unit": "points"}, "split": evil, "gated": True,
+                        "the_device": False}],
         "reference": {"model": evil, "search": {"split": evil, "accuracy": 0.9},
                       "verdict": {"split": evil, "accuracy": 0.9}},
-        "versions": {"torch": evil},
+        "versions": {"torch": evil}, "provenance": {"host": {"cpu": evil}},
     }  # fmt: skip
     (tmp_path / "report.json").write_text(json.dumps(report))
     page = render_report(tmp_path).read_text()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from edgekit import api
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
 from edgekit.hardware import host_profile
 from edgekit.hardware.estimator import graph_costs
@@ -41,12 +42,13 @@ RECIPE = {
 
 
 def rendered(result: dict) -> str:
-    """What `edgekit validate` prints for a result, without running it again (lines joined: rich wraps them)."""
+    """What `edgekit validate` prints for a result (its JSON), without running it again (lines joined: rich wraps
+    them)."""
     from edgekit.cli.common import out
     from edgekit.cli.validate import render
 
     with out.capture() as text:
-        render(result)
+        render(api.Validation.model_validate(result))
     return " ".join(text.get().split())
 
 
@@ -68,7 +70,6 @@ def run(tmp_path_factory, reference_teacher):
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory, reference_teacher):
     """The reference teacher as FP32 ONNX: an artifact any CPU profile's validation accepts."""
-    from edgekit import api
 
     out = tmp_path_factory.mktemp("fp32") / "x86"
     result = api.export(reference_teacher, "x86-avx2", out, api.ExportOptions("onnx", "fp32"))
@@ -400,7 +401,6 @@ def test_report_needs_a_run_directory(tmp_path):
 
 @pytest.mark.openvino
 def test_export_records_costs_for_every_format(tmp_path, avdigits):
-    from edgekit import api
     from edgekit.loading import save_model_package
     from edgekit.models import build_fusion_model
 

@@ -142,9 +142,10 @@ def validate(
     """Prove artifacts against a profile's budgets (`budgets` override them): accuracy in each artifact's runtime
     on `options.data`, latency measured or estimated, size, RAM, energy. `report`: a compress run directory whose
     report.json records this validation."""
-    budgets = budgets or {}
+    budgets, data = budgets or {}, Splits.of(options.data)
+    options = dataclasses.replace(options, data=data)  # resolved once, here
     with tracking.start("validate", mlflow, f"validate {target}") as tracked:
-        tracked.params({"artifacts": ",".join(map(str, artifacts)), "data": Splits.of(options.data).name,
+        tracked.params({"artifacts": ",".join(map(str, artifacts)), "data": data.name,
                         "estimate": options.estimate_only})  # fmt: skip
         result = run_validate(artifacts, target, baseline, measurements, budgets, options, log)
         if report is not None:
@@ -167,6 +168,7 @@ def validate_on_fleet(
     """Each device of the fleet file measures the artifacts built for its profile; each is validated against its
     device's profile, accuracy measured here. `out`: write fleet.json and its report.html there."""
     budgets = budgets or {}
+    options = dataclasses.replace(options, data=Splits.of(options.data))  # resolved once, for every device
     with tracking.start("validate", mlflow, f"validate {fleet}") as tracked:
         tracked.params({"artifacts": ",".join(map(str, artifacts)), "fleet": str(fleet)})
         run = validate_fleet(load_fleet(fleet), artifacts, baseline, budgets, options, log)

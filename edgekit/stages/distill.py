@@ -32,9 +32,9 @@ from ..devices import Amp, Placement, all_sum, broadcast, is_main, placement, ra
 from ..errors import UsageError
 from ..evaluation import evaluate, first_output, torch_predict
 from ..fsutil import atomic_path
-from ..io import MODALITY_MASK, IOSpec
+from ..io import IOSpec
 from ..tasks import CLASSIFICATION, Task
-from ..training import ProgressFn, Stepper, modality_dropout_mask
+from ..training import ProgressFn, Stepper, hide_modalities, modality_dropout_mask
 
 CHECKPOINT = "distill-checkpoint.pt"
 
@@ -224,8 +224,8 @@ def distill(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps, pct_start=0.15)
     step = Stepper(params, opt, sched, place)
     stateful = {"student": student, "projection": proj, "optimizer": opt, "scheduler": sched}
-    use_mask = io.has_modality_mask() and cfg.modality_dropout > 0
     n_mod = len(io.modalities)
+    hides = cfg.modality_dropout > 0 and (io.has_modality_mask() or n_mod > 1)  # any fusion model, mask or not
 
     # early stopping follows `task`'s `metric` on val, in its direction (a lower MAE is better)
     sign = 1.0 if task.higher_is_better(metric) else -1.0
@@ -255,8 +255,8 @@ def distill(
         total, count = 0.0, 0
         for feeds, y in train.batches(batch, torch.randperm(len(train), generator=gen).tolist()):
             inputs = {k: v for k, v in feeds.items() if k in io.input_names}
-            if use_mask:  # one mask for both models: the teacher shows how to cope with what is missing
-                inputs[MODALITY_MASK] = modality_dropout_mask(len(y), n_mod, cfg.modality_dropout, gen)
+            if hides:  # the same inputs for both models: the teacher shows how to cope with what is missing
+                inputs = hide_modalities(io, inputs, modality_dropout_mask(len(y), n_mod, cfg.modality_dropout, gen))
             mine = _share(len(y))
             inputs, labels = place.tensors({k: v[mine] for k, v in inputs.items()}), place.tensor(y[mine])
             with place.autocast():

@@ -276,7 +276,9 @@ class DistillStage(ModelStage):
     """Label smoothing of the cross-entropy term."""
     modality_dropout: Share = _DISTILL.modality_dropout
     """Chance that each modality is hidden from a training sample (one is always kept); both models see the same
-    masked inputs."""
+    inputs. A model with a `modality_mask` input is told by it; in one without, a hidden modality's inputs get
+    the feed a missing modality gets at validation (its IO spec's `absent` value, or zeros), so that no branch
+    goes unused."""
     patience: pydantic.PositiveInt = _DISTILL.patience
     """Epochs without a better `data.val` score (accuracy, or the metric the run gates) before training stops."""
     seed: int | None = None
@@ -288,6 +290,12 @@ class DistillStage(ModelStage):
     def to_config(self, recipe_seed: int) -> DistillConfig:
         fields = self.model_dump(exclude={"kind", "student", "seed"})
         return DistillConfig(**fields, seed=recipe_seed if self.seed is None else self.seed)
+
+    def key(self, ctx: StageContext) -> dict[str, Any]:
+        # Students distilled before modality dropout reached models without a modality_mask saw every modality.
+        io = ctx.current.io
+        blind = self.modality_dropout > 0 and not io.has_modality_mask() and len(io.modalities) > 1
+        return {"hidden_modalities": "neutral feeds"} if blind else {}
 
     def check(self, ctx: StageContext) -> None:
         placement(ctx.device, self.amp)  # a device or precision this machine lacks fails now
