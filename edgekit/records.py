@@ -201,6 +201,7 @@ class ExportRow(Scored):
     parity: Detail
     seconds: float
     reference: Detail | None = None  # a proxy's score where the format does not run here (TensorRT)
+    delegation: Detail | None = None  # ExecuTorch: nodes in the delegate, and each op left on portable kernels
 
 
 class ExportSource(Scored):

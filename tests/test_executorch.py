@@ -88,7 +88,10 @@ def test_manifest_records_hashes_delegation_and_dims(fp32, int8, avdigits_io):
         assert meta["delegate"] == "XnnpackBackend" and meta["versions"]["executorch"] == "1.5.1"
         d = meta["delegation"]
         assert d["subgraphs"] >= 1 and d["delegated_nodes"] > 2 * d["portable_nodes"] > 0
-        assert d["portable_nodes"] == sum(d["portable_ops"].values())
+        assert d["portable_nodes"] == sum(d["portable_ops"].values()) == sum(o["nodes"] for o in d["portable"])
+        # each op left out says whether XNNPACK has a kernel for it (its partitioner's own configs)
+        assert all(o["why"].startswith(("XNNPACK has this op", "XNNPACK has no kernel")) for o in d["portable"])
+        assert any(o["op"].startswith("mean") and o["why"].startswith("XNNPACK has this op") for o in d["portable"])
         # Convolutions, linears, matmuls and softmax all run in XNNPACK.
         assert not any(op.startswith(("convolution", "addmm", "mm", "bmm", "_softmax")) for op in d["portable_ops"])
         assert meta["input_order"] == avdigits_io.input_names

@@ -193,6 +193,14 @@ def export(
             }
             if built.score is not None and not built.here:  # e.g. TensorRT: its graph runs here
                 row["reference"] = {"runtime": built.runtime, m: built.score}
+            if delegation := art.meta.get("delegation"):  # what runs outside the delegate, and whether it could not
+                row["delegation"] = delegation
+                if left := delegation.get("portable"):
+                    log(
+                        f"{f}/{p}: {delegation['portable_nodes']} nodes on portable kernels, outside "
+                        f"{art.meta.get('delegate', 'the delegate')}: "
+                        + "; ".join(f"{o['op']} x{o['nodes']} ({o['why'].split(':')[0]})" for o in left)
+                    )
             rows.append(row)
         result = ExportRecord.model_validate(
             {

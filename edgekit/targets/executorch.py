@@ -254,9 +254,34 @@ def _delegation(gm: torch.fx.GraphModule) -> dict[str, Any]:
             name = str(getattr(node.target, "__name__", node.target))
             if not name.startswith(("sym_", "executorch_prim.")):
                 portable[name] += 1
+    kernels = xnnpack_ops()
+    by_count = sorted(portable.items(), key=lambda x: (-x[1], x[0]))
     return {
         "subgraphs": subgraphs,
         "delegated_nodes": delegated,
         "portable_nodes": sum(portable.values()),
         "portable_ops": dict(sorted(portable.items())),
+        # per op left out, most nodes first: whether XNNPACK has a kernel for it at all (from its partitioner's own
+        # configs), so that a user knows whether a rewrite could move it
+        "portable": [{"op": op, "nodes": n, "why": PORTABLE_WHY[_base(op) in kernels]} for op, n in by_count],
     }
+
+
+PORTABLE_WHY = {
+    True: "XNNPACK has this op, but its partitioner refused these nodes (their dtype, rank or shape is outside what "
+    "its kernel takes): an input layout it takes would move them",
+    False: "XNNPACK has no kernel for this op: only rewriting it into ops XNNPACK has would move it",
+}
+
+
+def _base(op: str) -> str:
+    """`mean.out` -> `mean`; `slice_copy.Tensor_out` -> `slice_copy`: an op without its overload."""
+    return op.split(".")[0]
+
+
+@functools.cache
+def xnnpack_ops() -> frozenset[str]:
+    """The ops the installed ExecuTorch's XNNPACK partitioner has a config (a kernel) for."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+
+    return frozenset(_base(str(c.target_name)) for c in ALL_PARTITIONER_CONFIGS)
