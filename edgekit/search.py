@@ -215,6 +215,19 @@ def requeue_interrupted(study: Any, storage: Any) -> int:
     return sum(1 for t in stale if t.params)
 
 
+TWIN_WAIT_S = 1800.0  # the longest a worker waits for another worker's trial of the same configuration
+
+
+def awaited(study: Any, number: int, poll_s: float = 2.0) -> Any:
+    """Trial `number` once it is no longer running, or as it is after TWIN_WAIT_S."""
+    o, deadline = optuna(), time.monotonic() + TWIN_WAIT_S
+    while True:
+        t = next(x for x in study.get_trials(deepcopy=False) if x.number == number)
+        if t.state != o.trial.TrialState.RUNNING or time.monotonic() > deadline:
+            return t
+        time.sleep(poll_s)
+
+
 def finished(study: Any) -> list[Any]:
     o = optuna()
     done = (o.trial.TrialState.COMPLETE, o.trial.TrialState.PRUNED, o.trial.TrialState.FAIL)
@@ -247,11 +260,17 @@ class Objective:
             raise
 
     def copy_of_twin(self, trial: Any, params: dict[str, Any]) -> tuple[float, float, float] | None:
-        """A configuration another trial already has: its result (finished), or a stop (still running)."""
+        """A configuration another trial already has: its result, once it has one (a worker waits for another's
+        run of the same configuration rather than end its share of trials without a result), or a stop when it is
+        still running after TWIN_WAIT_S."""
         o = optuna()
-        for t in trial.study.get_trials(deepcopy=False):
-            if t.number == trial.number or t.params != params:
+        for other in trial.study.get_trials(deepcopy=False):
+            if other.number == trial.number or other.params != params:
                 continue
+            t = other
+            if t.state == o.trial.TrialState.RUNNING:
+                self.log(f"trial {trial.number}: waiting for trial {t.number} (another worker): the same configuration")
+                t = awaited(trial.study, t.number)
             if t.state == o.trial.TrialState.COMPLETE:
                 for k, v in t.user_attrs.items():
                     trial.set_user_attr(k, v)
