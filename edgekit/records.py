@@ -153,6 +153,8 @@ class StageRow(Scored):
     epochs_run: int | None = None
     best_epoch: int | None = None
     resumed_from: int | None = None
+    predicted_train_s: float | None = None  # distill: its training time, predicted from its first steps
+    train_s: float | None = None  # distill: what its training steps took
 
 
 class Verdict(Scored):

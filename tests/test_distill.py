@@ -66,10 +66,21 @@ def test_student_learns_with_labels_soft_targets_and_projected_features(avdigits
     student = _student(avdigits_io)
     cfg = replace(FAST, alpha=0.5, feature_weight=1.0)
     losses: list[float] = []
+    said: list[str] = []
     result = distill(
-        teacher, student, avdigits_io, *data, cfg, tmp_path, lambda e, n, loss, val, metric: losses.append(loss)
+        teacher,
+        student,
+        avdigits_io,
+        *data,
+        cfg,
+        tmp_path,
+        lambda e, n, loss, val, metric: losses.append(loss),
+        log=said.append,
     )
     assert len(losses) == 4 and losses[-1] < losses[0]
+    # its own time, predicted from its first steps before the rest ran (the two are compared in a run, not here)
+    assert result.predicted_train_s and result.train_s > 0 and said[0].startswith("distill: ")
+    assert "s of training for 4 epoch(s)" in said[0]
     assert result.best_val_accuracy > 0.3  # chance is 0.1
     assert (result.epochs_run, result.resumed_from) == (4, 0)
     assert not student.training

@@ -33,6 +33,12 @@ def console(stderr: bool = False) -> Console:
 out = console()
 err = console(stderr=True)
 
+
+def say(line: str) -> None:
+    """A verdict's or an error's one line on stderr, never wrapped, however many artifacts it names."""
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty output directory.")]
 MlflowOpt = Annotated[

@@ -23,6 +23,7 @@ from .common import (
     metric_drop,
     out,
     real_stdout,
+    say,
     without_option,
 )
 from .validate import UNVERIFIED
@@ -97,9 +98,11 @@ def compress(
     emit(report, as_json, render)
     if v.status == "fail":
         # Exit 1 after the report, which holds the verdict: with --json, stdout stays one JSON object.
-        err.print(f"edgekit: error: {api.budget_missed(v)} (see {run_dir / 'report.json'})", markup=False)
+        say(f"edgekit: error: {api.budget_missed(v)} (see {run_dir / 'report.json'})")
         raise typer.Exit(1)
     if v.status == "unverified":
-        err.print(f"edgekit: unverified: only the device decides {'; '.join(v.unverified or [])} "
-                  f"(see {run_dir / 'report.json'})", markup=False)  # fmt: skip
+        say(
+            f"edgekit: unverified: only the device decides {'; '.join(v.unverified or [])} "
+            f"(see {run_dir / 'report.json'})"
+        )
         raise typer.Exit(UNVERIFIED)

@@ -24,6 +24,7 @@ from .common import (
     err,
     metric_drop,
     out,
+    say,
 )
 
 
@@ -88,7 +89,7 @@ def search(
                             mlflow=mlflow)  # fmt: skip
     emit(result, as_json, lambda: _print_result(result, run_dir))
     if not result.front:
-        err.print(f"edgekit: error: no trial met the budgets (see {run_dir / 'search.json'})", markup=False)
+        say(f"edgekit: error: no trial met the budgets (see {run_dir / 'search.json'})")
         raise typer.Exit(1)
 
 

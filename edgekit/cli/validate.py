@@ -27,6 +27,7 @@ from .common import (
     fleet_table,
     metric_drop,
     out,
+    say,
 )
 
 STATUS = {"pass": "✅ pass", "fail": "❎ fail", "unverified": "❔ unverified", "error": "❌ error"}
@@ -143,14 +144,14 @@ def exit_on_verdict(result: api.Validation, where: Path | None = None) -> None:
         if row.status == "error" and verdict == "fail":
             parts.append(f"{name}: {row.error}")
         for c in row.checks:
-            if c.status == verdict:
-                value = "" if c.value is None else f" {c.value:.4g} > {c.limit}"
+            if c.status == verdict:  # a failed value is over its limit; an unverified one was not decided here
+                value = "" if c.value is None else f" {c.value:.4g} {'>' if verdict == 'fail' else 'vs'} {c.limit}"
                 parts.append(f"{name}: {c.budget}{value}")
     see = f" (see {where})" if where else ""
     if verdict == "fail":
-        err.print(f"edgekit: error: budget missed: {'; '.join(parts)}{see}", markup=False)
+        say(f"edgekit: error: budget missed: {'; '.join(parts)}{see}")
         raise typer.Exit(1)
-    err.print(f"edgekit: unverified: only the device decides {'; '.join(parts)}{see}", markup=False)
+    say(f"edgekit: unverified: only the device decides {'; '.join(parts)}{see}")
     raise typer.Exit(UNVERIFIED)
 
 

@@ -17,6 +17,8 @@ import dataclasses
 import json
 import math
 import pickle
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from ..tasks import CLASSIFICATION, Task
 from ..training import ProgressFn, Stepper, hide_modalities, modality_dropout_mask
 
 CHECKPOINT = "distill-checkpoint.pt"
+PROBE_STEPS = 5  # training steps timed before the stage predicts its own training time
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class DistillResult:
     best_epoch: int
     epochs_run: int  # the last completed epoch, counting those run before a resume
     resumed_from: int  # the epoch the checkpoint held when this call started; 0 for a fresh run
+    predicted_train_s: float | None = None  # the training steps' time, predicted from the first PROBE_STEPS
+    train_s: float = 0.0  # what the training steps took (validation passes excluded)
 
 
 def _has_features(model: nn.Module) -> bool:
@@ -188,6 +193,7 @@ def distill(
     device: str | None = "cpu",
     task: Task = CLASSIFICATION,
     metric: str = "accuracy",
+    log: Callable[[str], None] = lambda _: None,
 ) -> DistillResult:
     """Train `student` in place from `teacher` (put in eval mode, never updated) on `device` (None: the best
     available); the student ends holding the weights of its best validation epoch, in eval mode, and both models
@@ -247,12 +253,15 @@ def distill(
         epoch, stopped = saved["epoch"], saved["stopped"]
         best_acc, best_epoch, best_state = saved["best_accuracy"], saved["best_epoch"], saved["best_student"]
     resumed_from = epoch
+    steps, train_s, predicted = 0, 0.0, None
+    per_epoch = -(-len(train) // batch)
 
     while not stopped and epoch < cfg.epochs:
         epoch += 1
         student.train()
         proj.train()
         total, count = 0.0, 0
+        began = time.perf_counter()
         for feeds, y in train.batches(batch, torch.randperm(len(train), generator=gen).tolist()):
             inputs = {k: v for k, v in feeds.items() if k in io.input_names}
             if hides:  # the same inputs for both models: the teacher shows how to cope with what is missing
@@ -268,6 +277,14 @@ def distill(
                     loss = loss + cfg.feature_weight * F.mse_loss(s_feats.float(), t_feats.float())
             step(loss)
             total, count = total + loss.item() * len(mine), count + len(mine)
+            steps += 1
+            if steps == PROBE_STEPS and predicted is None:  # the plan's time, from this model on this device
+                per_step = (time.perf_counter() - began) / steps
+                predicted = per_step * per_epoch * (cfg.epochs - resumed_from)
+                log(f"distill: {per_step:.3g} s per step over the first {steps}: about {predicted:.0f} s of training "
+                    f"for {cfg.epochs - resumed_from} epoch(s) of {per_epoch} steps, plus a val pass per epoch "
+                    "(early stopping may end sooner)")  # fmt: skip
+        train_s += time.perf_counter() - began
         total, count = all_sum([total, count])
         # Rank 0's weights and BatchNorm statistics are the ones it saves: its accuracy decides for every rank.
         val_acc = broadcast(evaluate(torch_predict(student), io, val, per_modality=False, task=task).overall[metric]
@@ -296,4 +313,5 @@ def distill(
     student.to(homes[1]).eval()
     teacher.to(homes[0])
     return DistillResult(best_val_accuracy=sign * best_acc, best_epoch=best_epoch, epochs_run=epoch,
-                         resumed_from=resumed_from)  # fmt: skip
+                         resumed_from=resumed_from, predicted_train_s=predicted and round(predicted, 1),
+                         train_s=round(train_s, 1))  # fmt: skip

@@ -308,11 +308,12 @@ class DistillStage(ModelStage):
         checkpoints = ctx.checkpoints / where.name
         result = distill(ctx.teacher, c.model, c.io, ctx.data(ctx.train), ctx.data(ctx.val),
                          self.to_config(ctx.seed), checkpoint_dir=checkpoints, progress=ctx.progress,
-                         device=ctx.device, task=ctx.task, metric=ctx.gate.metric)  # fmt: skip
+                         device=ctx.device, task=ctx.task, metric=ctx.gate.metric, log=ctx.log)  # fmt: skip
         if is_main():
             shutil.rmtree(checkpoints, ignore_errors=True)
         return {f"best_val_{ctx.gate.metric}": result.best_val_accuracy, "best_epoch": result.best_epoch,
-                "epochs_run": result.epochs_run, "resumed_from": result.resumed_from}  # fmt: skip
+                "epochs_run": result.epochs_run, "resumed_from": result.resumed_from,
+                "predicted_train_s": result.predicted_train_s, "train_s": result.train_s}  # fmt: skip
 
 
 @register
