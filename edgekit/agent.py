@@ -495,20 +495,35 @@ class OpenVINORuntime:
                        "PERFORMANCE_HINT": "LATENCY"}  # type: Dict[str, object]  # fmt: skip
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = threads
-        self.ov, self.path = ov, path
-        self.compiled = ov.Core().compile_model(str(path), "CPU", self.config)
+        self.ov, self.path, self.core = ov, path, ov.Core()
+        self.compiled = self.core.compile_model(str(path), "CPU", self.config)
         self.request = self.compiled.create_infer_request()
         self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+        self.dynamic = any(i.get_partial_shape().is_dynamic for i in self.compiled.inputs)
+        self.static = {}  # type: Dict[Tuple[Any, ...], Tuple[Any, Any]]
         self.name = "openvino " + str(ov.get_version()).split("-")[0]
+
+    def compiled_for(self, feeds: Dict[str, Any]) -> Tuple[Any, Any]:
+        """As EdgeKit's OpenVINO runner: compiled static per input-shape signature (up to 8), else dynamic."""
+        if not self.dynamic:
+            return self.compiled, self.request
+        key = tuple(sorted((k, tuple(v.shape)) for k, v in feeds.items()))
+        if key not in self.static and len(self.static) < 8:
+            model = self.core.read_model(str(self.path))
+            model.reshape({k: list(shape) for k, shape in key})
+            compiled = self.core.compile_model(model, "CPU", self.config)
+            self.static[key] = (compiled, compiled.create_infer_request())
+        return self.static.get(key, (self.compiled, self.request))
 
     def run(self, feeds: Dict[str, Any]) -> Dict[str, Any]:
         import numpy as np
 
-        result = self.request.infer(feeds)
-        return {name: np.array(result[out]) for name, out in zip(self.outputs, self.compiled.outputs)}
+        compiled, request = self.compiled_for(feeds)
+        result = request.infer(feeds)
+        return {name: np.array(result[out]) for name, out in zip(self.outputs, compiled.outputs)}
 
     def bind(self, feeds: Dict[str, Any]) -> Callable[[], object]:
-        request = self.compiled.create_infer_request()
+        request = self.compiled_for(feeds)[0].create_infer_request()
         for name, array in feeds.items():
             request.set_tensor(name, self.ov.Tensor(array, shared_memory=True))
         return request.infer

@@ -9,13 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .artifact import Artifact, accuracy_record
-from .data import FeedDataset
+from .data import FeedDataset, with_modalities
 from .evaluation import evaluate, torch_outputs
-from .formats import ExportContext, Format, accuracy_runner
-from .runtimes import predict_fn
+from .formats import ExportContext, Format, accuracy_runner, load_runner
+from .runtimes import bound_call, predict_fn
 from .targets.parity import TOLERANCES, check_parity, require_parity, summary
 from .tasks import Task
+from .timing import interleaved
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,42 @@ def build_artifact(ctx: ExportContext, fmt: Format, precision: str, dst: Path, s
     art = art.with_meta(**record)
     art.write_manifest()
     return Built(art, seconds, value, runtime)
+
+
+# -- INT8 only where it is faster ---------------------------------------------------------------------
+
+MARGIN = 0.05  # FP32 ships only when it is this much faster: closer than that is timing noise, and INT8 is smaller
+
+
+@dataclass(frozen=True)
+class Speed:
+    """An INT8 artifact against the FP32 one of the same format, timed side by side (interleaved blocks, batch 1)
+    on this host, which is the profile's device. INT8 is not always faster: without VNNI (AVX2-only CPUs) its
+    kernels sum pairs of products in more instructions, and Q/DQ boundaries cost time on small models."""
+
+    int8_p50_ms: float
+    fp32_p50_ms: float
+    threads: int
+
+    @property
+    def ships(self) -> str:
+        return "fp32" if self.fp32_p50_ms < self.int8_p50_ms * (1 - MARGIN) else "int8"
+
+    def why(self) -> str:
+        ratio = self.int8_p50_ms / self.fp32_p50_ms
+        how = f"takes {ratio:.2f}x the time of" if ratio > 1 else f"is {1 / ratio:.2f}x faster than"
+        line = f"INT8 {how} FP32 at batch 1 here ({self.int8_p50_ms:.3f} vs {self.fp32_p50_ms:.3f} ms p50)"
+        return f"{line}; FP32 ships" if self.ships == "fp32" else line
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"int8_p50_ms": self.int8_p50_ms, "fp32_p50_ms": self.fp32_p50_ms, "threads": self.threads,
+                "ships": self.ships, "why": self.why()}  # fmt: skip
+
+
+def int8_speed(int8: Artifact, fp32: Artifact, test: FeedDataset, threads: int, rounds: int = 8) -> Speed:
+    """Time both in their runtime on one real sample at batch 1, in alternating blocks of 0.2 s."""
+    feeds = with_modalities(int8.io, next(iter(test.batches(1)))[0], int8.io.modalities)
+    calls = {a.precision: bound_call(load_runner(a, threads), feeds) for a in (int8, fp32)}
+    seconds = interleaved(calls, rounds, 0.2)
+    p50 = {k: round(float(np.median(v)) * 1e3, 4) for k, v in seconds.items()}
+    return Speed(p50["int8"], p50["fp32"], threads)

@@ -147,6 +147,7 @@ class StageRow(Scored):
     accuracy_source: str | None = None
     parts: Detail | None = None  # pruning: requested against achieved per part
     search: Detail | None = None  # quantize: the accuracy-aware search
+    speed: Detail | None = None  # quantize: INT8 against FP32 timed here, and which one shipped
     backend: str | None = None
     parity: Detail | None = None
     artifact: Artifact | None = None
@@ -198,6 +199,7 @@ class ExportRow(Scored):
     path: str
     sha256: str
     size_mb: float
+    speed: Detail | None = None  # INT8: timed against FP32 of its format here, and which one the profile ships
     runtime: list[str] | str | None
     metric: str
     parity: Detail

@@ -132,16 +132,19 @@ def suggest(trial: Any, choices: dict[str, list[Any]]) -> dict[str, Any]:
     return params
 
 
-def trial_recipe(base: Recipe, params: dict[str, Any]) -> Recipe:
+def trial_recipe(base: Recipe, params: dict[str, Any], prefer_faster: bool = True) -> Recipe:
     """The recipe that `edgekit compress` reproduces this configuration with. Its distillation takes the settings
-    of the base recipe's distill stage, if it has one (learning rate, temperature, amp, ...)."""
+    of the base recipe's distill stage, if it has one (learning rate, temperature, amp, ...). A front point whose
+    INT8 model shipped is written with `prefer_faster` off, so that compress rebuilds that same file without
+    timing it against FP32 again."""
     ratios = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("prune.") and v > 0}
     stages: list[dict[str, Any]] = []
     if ratios or params.get("heads", 0) > 0:
         settings = next((s.model_dump() for s in base.stages if s.kind == "distill"), {"kind": "distill"})
         stages.append({"kind": "prune", "branch_ratios": ratios, "head_ratio": params.get("heads", 0.0)})
         stages.append({**settings, "student": "pruned", "epochs": params["distill_epochs"]})
-    stages.append({"kind": "quantize", "backend": params["format"], "accuracy_aware": True})
+    stages.append({"kind": "quantize", "backend": params["format"], "accuracy_aware": True,
+                   **({} if prefer_faster else {"prefer_faster": False})})  # fmt: skip
     fields = base.model_dump(exclude={"search", "out", "stages"})
     return Recipe.model_validate({**fields, "stages": stages})
 
@@ -434,7 +437,8 @@ def summary(study: Any, recipe: Recipe, profile: HardwareProfile, choices: dict[
             continue
         seen.add(key)
         path = out / "front" / f"trial-{t.number:03d}.yaml"
-        write_text(path, dump_recipe(trial_recipe(recipe, t.params)))
+        shipped = (t.user_attrs.get("artifact") or {}).get("precision")
+        write_text(path, dump_recipe(trial_recipe(recipe, t.params, prefer_faster=shipped != "int8")))
         front.append({**trial_row(t), "recipe": str(path.relative_to(out))})
     fastest = front[0]["number"] if front else None
     return SearchRecord.model_validate({

@@ -39,13 +39,13 @@ from .profiling.host import host_info
 from .profiling.local import Settings
 from .profiling.remote import Remote, build_in, device_outputs, device_session, measure
 from .profiling.source import latency_source
-from .profiling.timing import DURATION_S
 from .profiling.trtexec import TRTEXEC_HINT, from_trtexec, is_trtexec
 from .records import CompressReport, Validation, ValidationRow, load_record, write_record
 from .runtimes import predict_fn
 from .stages.prune import FACTORY as PRUNED_FACTORY
 from .stats import budget_note, paired_drop, paired_interval, wilson
 from .tasks import CLASSIFICATION, PER_QUERY, Gate, Task, agreement, gate_for, get_task
+from .timing import DURATION_S
 
 Log = Callable[[str], None]
 

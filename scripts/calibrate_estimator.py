@@ -41,9 +41,9 @@ from edgekit.hardware.identity import host_facts
 from edgekit.io import IOSpec
 from edgekit.loading import load_model, save_model_package
 from edgekit.models import FACTORY, build_fusion_model
-from edgekit.profiling.timing import LatencyStats, time_calls
 from edgekit.runtimes import bound_call
 from edgekit.targets.onnx import export_onnx
+from edgekit.timing import LatencyStats, time_calls
 from edgekit.validate import device_facts
 from edgekit.zoo import reference_teacher
 

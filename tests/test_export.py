@@ -9,6 +9,7 @@ import torch
 import yaml
 from torch import nn
 
+from edgekit.api.export import with_fp32
 from edgekit.artifact import Artifact, load_artifact
 from edgekit.data import with_modalities
 from edgekit.data.avdigits import AVDigitsConfig, io_spec
@@ -20,6 +21,7 @@ from edgekit.hardware.identity import host_facts
 from edgekit.io import DimRange, IOSpec, TensorSpec
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
+from edgekit.pipeline import Speed
 from edgekit.runtimes import onnx_runner
 from edgekit.targets.onnx import export_onnx
 from edgekit.targets.parity import TOLERANCES, check_parity, parity_points, require_parity, summary, top1_agreement
@@ -172,6 +174,22 @@ def test_export_max_drop_runs_the_accuracy_aware_search(tmp_path, small_package)
     assert result["int8"] == "searched" and table["fits"] and table["trials"][0]["float_parts"] == []
     row = next(a for a in result["artifacts"] if a["precision"] == "int8")
     assert load_artifact(row["path"].rsplit("/", 1)[0]).meta["quantization"]["float_nodes"] == []
+    speed = row["speed"]  # x86 is this host: INT8 was timed against the FP32 model side by side
+    assert speed["int8_p50_ms"] > 0 and speed["fp32_p50_ms"] > 0 and speed["threads"] >= 1
+    assert (speed["ships"] == "fp32") == (speed["fp32_p50_ms"] < 0.95 * speed["int8_p50_ms"])
+
+
+def test_int8_ships_only_where_it_is_faster_than_fp32():
+    """FP32 ships when it is at least 5% faster than INT8 in the same runtime (closer is timing noise, and INT8 is
+    the smaller); where INT8 is timed, each INT8 format's FP32 model is built before it."""
+    slower = Speed(int8_p50_ms=1.2, fp32_p50_ms=1.0, threads=2)
+    assert slower.ships == "fp32" and slower.why() == (
+        "INT8 takes 1.20x the time of FP32 at batch 1 here (1.200 vs 1.000 ms p50); FP32 ships"
+    )
+    assert Speed(1.0, 0.97, 2).ships == "int8" and Speed(0.5, 1.0, 2).why().startswith("INT8 is 2.00x faster")
+    ov = [("openvino", "int8")]
+    assert with_fp32(ov, timed=True) == [("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "int8")]
+    assert with_fp32(ov, timed=False) == [("onnx", "fp32"), ("openvino", "int8")]
 
 
 def test_export_refuses_an_unwritable_out_dir(small_package):

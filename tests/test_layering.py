@@ -22,7 +22,7 @@ PACKAGE = ROOT / "edgekit"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = (
     {"edgekit", "agent", "errors", "schema_errors", "fsutil", "noise", "graphs", "records", "io", "hardware",
-     "artifact", "models", "loading", "data", "tasks", "evaluation", "stats", "devices", "training",
+     "artifact", "models", "loading", "data", "tasks", "evaluation", "stats", "timing", "devices", "training",
      "zoo"},  # types, data, torch models
     {"runtimes"},  # run a file: onnxruntime, OpenVINO, ExecuTorch, TensorRT, torch
     {"targets"},  # write a file: torch -> ONNX, lowering, ExecuTorch, TensorRT bundles

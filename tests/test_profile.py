@@ -22,10 +22,10 @@ from edgekit.io import DimRange, IOSpec, TensorSpec
 from edgekit.loading import save_model_package
 from edgekit.models import build_fusion_model
 from edgekit.profiling import local
-from edgekit.profiling.timing import LatencyStats, interleaved, time_calls
 from edgekit.runtimes import bound_call
 from edgekit.runtimes.ops import summarize
 from edgekit.runtimes.ort import OrtRunner
+from edgekit.timing import LatencyStats, interleaved, time_calls
 
 from .conftest import free_port, run_cli
 from .sshd import sshd_server
@@ -126,6 +126,27 @@ def test_the_timed_call_computes_what_run_computes(exported, name):
     got = result.copy_outputs_to_cpu()[0] if name.startswith("onnx") else np.array(result[0])
     np.testing.assert_allclose(got, next(iter(runner.run(first).values())), rtol=1e-5, atol=1e-5)
     assert not np.allclose(got, next(iter(runner.run(second).values())))
+
+
+@pytest.mark.openvino
+def test_openvino_compiles_each_input_shape_static_and_computes_what_the_dynamic_model_does(exported, monkeypatch):
+    """A dynamic IR runs as a static copy per input-shape signature (compiled once, reused), with the dynamic
+    model's outputs; past STATIC_SHAPES signatures the dynamic model serves."""
+    from edgekit.runtimes import openvino as ovr
+
+    art = load_artifact(exported / "x86" / "openvino-fp32")
+    runner = load_runner(art, threads=1)
+    assert runner.dynamic
+    for batch in (1, 3, 1):
+        feeds = art.io.example_inputs(batch, seed=batch)
+        got = next(iter(runner.run(feeds).values()))
+        dynamic = np.array(runner.request.infer(feeds)[runner.compiled.outputs[0]])
+        np.testing.assert_allclose(got, dynamic, rtol=1e-4, atol=1e-5)
+    assert len(runner.static) == 2 and all(not c.inputs[0].get_partial_shape().is_dynamic for c, _ in
+                                           runner.static.values())  # fmt: skip
+    monkeypatch.setattr(ovr, "STATIC_SHAPES", 2)
+    runner.run(art.io.example_inputs(2, seed=0))
+    assert len(runner.static) == 2  # the third signature ran on the dynamic model
 
 
 class _RecordingRunner(OrtRunner):

@@ -21,10 +21,10 @@ from edgekit.errors import UsageError
 from edgekit.hardware import resolve_profile
 from edgekit.hardware.identity import host_facts
 from edgekit.profiling.source import latency_source
-from edgekit.profiling.timing import DURATION_S
 from edgekit.recipe import Recipe, dump_recipe, load_recipe
 from edgekit.search import Latency, Limits, recipe_point, space, storage_for, trial_recipe, trial_row
 from edgekit.tasks import CLASSIFICATION, TASKS, Gate
+from edgekit.timing import DURATION_S
 
 from .conftest import ROOT, free_port, run_cli
 

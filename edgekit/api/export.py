@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..agent import usable_cpus
 from ..artifact import load_artifact, model_hash, sha256_file
 from ..data import DataLike, FeedDataset, Splits
 from ..data.calibration import DEFAULT_SAMPLES, calibration_set
@@ -18,9 +19,10 @@ from ..formats import FORMATS, ExportContext, Search, ShapeMode, check_request
 from ..fsutil import atomic_dir, check_out_dir, check_writable
 from ..hardware import HardwareProfile, resolve_profile
 from ..hardware.estimator import graph_costs
+from ..hardware.identity import host_facts
 from ..loading import LoadedModel, run_model
 from ..models import count_params
-from ..pipeline import Scoring, build_artifact
+from ..pipeline import Built, Scoring, build_artifact, int8_speed
 from ..recipe import load_recipe
 from ..records import CompressReport, ExportRecord, load_record, write_record
 from ..runtimes import onnx_runner
@@ -88,8 +90,9 @@ def recorded_int8(model: Path) -> RunInt8 | None:
     record = load_record(report, CompressReport, "compress report")
     if not record.artifacts:
         return None
-    recorded = Path(record.artifacts[-1].path).parent  # stages/<stage>/<format>-int8, relative to compress's cwd
-    art = load_artifact(model / "stages" / recorded.parent.name / recorded.name, verify=False)
+    shipped = record.artifacts[-1]  # stages/<stage>/<format>-<precision>, relative to compress's cwd
+    stage = model / "stages" / Path(shipped.path).parent.parent.name
+    art = load_artifact(stage / f"{shipped.format}-int8", verify=False)  # kept where FP32 shipped as the faster
     calib, recipe = art.meta.get("calibration") or {}, load_recipe(recipe_file)
     # Runs written before the one INT8 path kept the exclusions beside the quantization record, not in it.
     kept = (art.meta.get("quantization") or {}).get("float_nodes", art.meta.get("float_nodes"))
@@ -99,6 +102,17 @@ def recorded_int8(model: Path) -> RunInt8 | None:
     return RunInt8(tuple(kept), art.format, recipe.data.name, recipe.data.calibration, int(calib["samples"]),
                    int(calib.get("seed", recipe.seed)), recipe.data.val,
                    reference.get(record.metric))  # fmt: skip
+
+
+def with_fp32(plan: list[tuple[str, str]], timed: bool) -> list[tuple[str, str]]:
+    """What to build, in order: the ONNX FP32 hub first, and, where INT8 is timed against FP32, each INT8 format's
+    FP32 model before it."""
+    todo = [("onnx", "fp32")]
+    for f, p in plan:
+        if p == "int8" and timed and "fp32" in FORMATS[f].precisions:
+            todo.append((f, "fp32"))
+        todo.append((f, p))
+    return list(dict.fromkeys(todo))
 
 
 def export(
@@ -164,11 +178,13 @@ def export(
         ctx = ExportContext(loaded.model, io, hub, profile, parent, calibrate, Path(work), meta, branches,
                             run.float_nodes if run else None, search, FORMATS[run.fmt] if run else None)  # fmt: skip
         scoring = Scoring(test, task, m, data.name, "test", o.threads)
-        for f, p in [("onnx", "fp32"), *[x for x in plan if x != ("onnx", "fp32")]]:
+        builds: dict[tuple[str, str], Built] = {}
+        timed = profile.not_the_device(host_facts()) is None  # this host is the device: INT8 is timed against FP32
+        for f, p in with_fp32(plan, timed):
             log(f"building {f}/{p}")
             if p == "int8" and (run or search):
                 log(f"{f}/int8: {ctx.int8_plan(FORMATS[f])}")
-            built = build_artifact(ctx, FORMATS[f], p, tmp / f"{f}-{p}", scoring)
+            built = builds[f, p] = build_artifact(ctx, FORMATS[f], p, tmp / f"{f}-{p}", scoring)
             art = built.artifact
             if p == "int8" and (searched := ctx.searched(FORMATS[f])):
                 kept = searched.accepted()
@@ -177,6 +193,10 @@ def export(
             if fallback := art.meta.get("quantization", {}).get("fallback"):
                 log(f"{f}/{p}: INT8 failed inside {fallback['branch']} ({', '.join(fallback['modules'])}): "
                     f"{fallback['error']}; that branch stays float")  # fmt: skip
+            speed = None
+            if (f, "fp32") in builds and p == "int8" and timed:
+                speed = int8_speed(art, builds[f, "fp32"].artifact, test, min(profile.threads, usable_cpus()))
+                log(f"{f}/int8: {speed.why()}")
             value = built.score if built.here else None
             row = {
                 "format": f,
@@ -184,6 +204,7 @@ def export(
                 "path": str(out / art.directory.name / art.file),
                 "sha256": sha256_file(art.path),
                 "size_mb": round(art.size_mb(), 3),
+                **({"speed": speed.as_dict()} if speed else {}),
                 "runtime": FORMATS[f].runs_here,
                 "metric": m,
                 m: value,
@@ -226,7 +247,8 @@ def export(
             }
         )
         write_record(tmp / "export.json", result)
-    deployed = {(e.format, e.precision) for e in profile.exports}
+    slower = {(r.format, "int8") for r in result.artifacts if r.speed and r.speed["ships"] == "fp32"}
+    deployed = {(f, "fp32" if (f, p) in slower else p) for f, p in ((e.format, e.precision) for e in profile.exports)}
     arts = [Path(r.path).parent for r in result.artifacts if (r.format, r.precision) in deployed]
     if o.validate and not arts:
         log(f"validating none: {profile.name} deploys {', '.join(sorted(f'{f}/{p}' for f, p in deployed))}")

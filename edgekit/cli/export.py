@@ -82,6 +82,9 @@ def export(
         p = result.parity
         top1 = f", top-1 agreement {p['top1_agreement']:.3f}" if result.task == "classification" else ""
         out.print(f"ONNX parity: {p['cases']} cases, max abs error {p['max_abs']:.2e}{top1}")
+        for a in result.artifacts:  # INT8 timed against FP32 where this host is the device
+            if a.speed:
+                out.print(f"{a.format}: {a.speed['why']}", soft_wrap=True)
         if result.validation:
             render_validation(result.validation)
 

@@ -18,8 +18,8 @@ from ..errors import UsageError
 from ..formats import load_runner, op_breakdown
 from ..io import IOSpec
 from ..runtimes import Runner, bound_call
+from ..timing import DURATION_S, LatencyStats, time_calls
 from .host import host_info
-from .timing import DURATION_S, LatencyStats, time_calls
 
 
 @dataclass(frozen=True)

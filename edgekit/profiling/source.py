@@ -10,8 +10,8 @@ from typing import Literal
 
 from ..hardware import HardwareProfile
 from ..hardware.identity import host_facts
+from ..timing import DURATION_S
 from .remote import Remote
-from .timing import DURATION_S
 
 Source = Literal["measured", "proxy", "estimated"]
 

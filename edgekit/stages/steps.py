@@ -18,22 +18,25 @@ from typing import Annotated, Any, ClassVar, Literal
 import pydantic
 from torch import nn
 
-from ..artifact import model_hash, sha256_file
+from ..agent import usable_cpus
+from ..artifact import Artifact, model_hash, sha256_file
 from ..branches import ModuleBranches
 from ..data import Splits
 from ..data.calibration import DEFAULT_SAMPLES, calibration_set
 from ..devices import is_main, placement
 from ..errors import UsageError
 from ..evaluation import evaluate, torch_predict
-from ..formats import ExportContext, Int8Format, Search, get_format
+from ..formats import ExportContext, Format, Int8Format, Search, get_format, load_runner
 from ..fsutil import atomic_dir, write_json
 from ..hardware import HardwareProfile
 from ..hardware.estimator import graph_costs
+from ..hardware.identity import host_facts
 from ..io import IOSpec
 from ..loading import load_model, save_model_package
 from ..models import build_fusion_model, count_params
-from ..pipeline import Scoring, build_artifact
+from ..pipeline import Built, Scoring, Speed, build_artifact, int8_speed
 from ..quant.accuracy_aware import BudgetError
+from ..runtimes import predict_fn
 from ..targets.onnx import export_onnx
 from ..tasks import Gate, Task
 from ..training import ProgressFn
@@ -336,6 +339,11 @@ class QuantizeStage(Stage):
     max_drop: pydantic.NonNegativeFloat | None = None
     """Largest accuracy drop allowed, in points; null: the recipe's `budgets.max_drop`, else its
     `budgets.max_metric_drop`, else 1 point."""
+    prefer_faster: bool = True
+    """Where this host is the first target's device, time the INT8 model against the FP32 one of the same format
+    (batch 1, side by side) and ship FP32 when it is at least 5% faster: INT8 can be the slower one on a CPU
+    without VNNI (AVX2 only), or where Q/DQ boundaries outweigh a small model's arithmetic. The INT8 model stays
+    in the stage's directory, and the row's `speed` says which shipped and why."""
     last: ClassVar[bool] = True  # the stages before it need a float model
 
     def key(self, ctx: StageContext) -> dict[str, Any]:
@@ -368,6 +376,20 @@ class QuantizeStage(Stage):
 
     def reuse(self, ctx: StageContext, where: Path) -> dict[str, Any]:
         return json.loads((where / "stage.json").read_text())
+
+    def timed_against_fp32(
+        self, ctx: StageContext, ex: ExportContext, fmt: Format, int8: Artifact, scoring: Scoring, tmp: Path
+    ) -> tuple[Speed | None, Built | None]:
+        """The FP32 model of the same format, built and timed against `int8` where this host is the device."""
+        why = ctx.profile.not_the_device(host_facts())
+        if not self.prefer_faster or why is not None:
+            if self.prefer_faster:
+                ctx.log(f"INT8 against FP32 not timed: this host is not {ctx.profile.name}'s device ({why})")
+            return None, None
+        fp32 = build_artifact(ex, fmt, "fp32", tmp / f"{fmt.name}-fp32", scoring)
+        speed = int8_speed(int8, fp32.artifact, scoring.test, min(ctx.profile.threads, usable_cpus()))
+        ctx.log(f"{fmt.name}: {speed.why()}")
+        return speed, fp32
 
     def run(self, ctx: StageContext, where: Path) -> dict[str, Any]:
         c, start = ctx.current, time.perf_counter()
@@ -417,13 +439,20 @@ class QuantizeStage(Stage):
                 f"quantized ({fmt.name}, {len(ex.calib)} calibration samples, {len(kept)} node(s) kept in float; "
                 f"parity with the float model: {agree}max error {parity['max_rel']:.3g} of the largest output)"
             )
+            speed, fp32 = self.timed_against_fp32(ctx, ex, fmt, art, scoring, tmp)
+            if speed and fp32 and speed.ships == "fp32":
+                built, art = fp32, fp32.artifact
+                if searched:  # the search's objective is the shipped model's drop on val
+                    score = split_score(predict_fn(load_runner(art)), c.io, ctx.data, ctx.val, ctx.task, m)
+                    searched = {**searched, m: score, "drop": gate.worsening(ctx.reference_val, score),
+                                "precision": "fp32"}  # fmt: skip
             shutil.rmtree(work)
             final = where / art.directory.name / art.file
             row = {"name": "quantize", "backend": fmt.name, "path": str(final), "metric": m, m: built.score,
                    "accuracy_source": built.runtime, "seconds": round(time.perf_counter() - start, 1),
-                   "parity": parity, **({"search": searched} if searched else {}),
-                   **model_stats(c.model, c.io, c.mb),
-                   "artifact": {"format": fmt.name, "precision": "int8", "path": str(final), m: built.score,
+                   "parity": art.meta["parity"], **({"search": searched} if searched else {}),
+                   **({"speed": speed.as_dict()} if speed else {}), **model_stats(c.model, c.io, c.mb),
+                   "artifact": {"format": fmt.name, "precision": art.precision, "path": str(final), m: built.score,
                                 "size_mb": round(art.size_mb(), 3), "sha256": sha256_file(art.path)}}  # fmt: skip
             write_json(tmp / "stage.json", row)
         return row

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import UsageError
+from .errors import UsageError
 
 DURATION_S = 2.0  # seconds of timed calls per measurement, after warm-up: profile's, validate's and search's
 
