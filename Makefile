@@ -48,8 +48,10 @@ test: setup
 test-all: setup
 	$(PY) -m pytest --durations=15
 
-# Side-by-side benchmark (not part of `make test`): writes docs/benchmarks.md and docs/benchmarks.json.
-# Compress runs are kept in runs/bench and resume on a rerun with the same recipes.
+# Side-by-side benchmark (not part of `make test`): writes docs/benchmarks.md and docs/benchmarks.json, this host's
+# block. It includes an 18-minute `edgekit search` (recipes/avdigits-x86-search.yaml) whose fastest front point is
+# timed beside the rest, its recipe written to docs/benchmarks-recipes/; about 30 minutes in all on 2 cores.
+# Compress runs and the search's study are kept in runs/bench and resume on a rerun with the same recipes.
 bench: setup
 	$(PY) scripts/bench.py
 

@@ -27,14 +27,14 @@ import numpy as np
 import torch
 
 from edgekit import api
-from edgekit.artifact import Artifact, load_artifact
+from edgekit.artifact import Artifact, load_artifact, sha256_file
 from edgekit.cli.common import metric_drop
 from edgekit.data import FeedDataset, load_split, with_modalities
 from edgekit.data.calibration import calibration_set
 from edgekit.errors import EdgeKitError, UsageError
 from edgekit.evaluation import evaluate
 from edgekit.formats import load_runner, op_breakdown
-from edgekit.fsutil import write_json, write_text
+from edgekit.fsutil import content_hash, write_json, write_text
 from edgekit.hardware import host_profile, resolve_profile
 from edgekit.hardware.estimator import graph_costs, point
 from edgekit.io import IOSpec
@@ -176,15 +176,19 @@ def artifact_row(name: str, art: Artifact, produce_s: float | None, threads: int
 def export_rows(args: argparse.Namespace, teacher: Path, work: Path) -> list[Row]:
     """The FP32 runtimes and EdgeKit's PTQ-only artifacts, each from `edgekit export` of the teacher."""
     built: dict[tuple[str, str], tuple[Artifact, float]] = {}
+    sources = content_hash({str(p): p.read_text() for p in sorted((ROOT / "edgekit").rglob("*.py"))})
     for target, fmt, precision in (("x86", "onnx", "int8"), ("x86", "openvino", "fp32"),
                                    ("x86", "openvino", "int8"), ("android", "executorch", "int8")):  # fmt: skip
-        r = api.export(
-            teacher,
-            target,
-            work / f"export-{fmt}-{precision}",
-            overwrite=True,
-            options=api.ExportOptions(fmt, precision, args.data, args.calib_samples, threads=args.threads),
-        )
+        out = work / f"export-{fmt}-{precision}"
+        options = api.ExportOptions(fmt, precision, args.data, args.calib_samples, threads=args.threads)
+        # An export of the same teacher, options, host and EdgeKit sources is reused, as the compress runs are.
+        key = {"teacher": sha256_file(teacher / "model.safetensors"), "options": repr(options),
+               "host": host_info()["cpu"], "edgekit": sources}  # fmt: skip
+        if (out / "bench-key.json").is_file() and json.loads((out / "bench-key.json").read_text()) == key:
+            r = api.load_record(out / "export.json", api.ExportRecord, "export record")
+        else:
+            r = api.export(teacher, target, out, overwrite=True, options=options)
+            write_json(out / "bench-key.json", key)
         for a in r.artifacts:
             built.setdefault((a.format, a.precision), (load_artifact(Path(a.path).parent), a.seconds))
     t = args.threads
@@ -315,7 +319,8 @@ def searched_rows(args: argparse.Namespace, work: Path, key: str) -> tuple[list[
     data = recipe.data.model_copy(update={"name": args.data})
     mine = {"model": str(args.model)} if args.model else {}  # else the recipe's reference-teacher: a portable recipe
     recipe = recipe.model_copy(update={**mine, "data": data, "out": None})
-    result = api.search(recipe, work / "search", options=api.SearchOptions(time_budget_s=args.search_minutes * 60),
+    where = work / f"search-{content_hash(recipe.model_dump(mode='json'))[:12]}"  # a study per recipe: it resumes
+    result = api.search(recipe, where, options=api.SearchOptions(time_budget_s=args.search_minutes * 60),
                         own_point=True, log=lambda m: print(f"bench: search: {m}", file=sys.stderr))  # fmt: skip
     fit = [t for t in result.front if t.status == "feasible" and t.artifact and t.latency]
     if not fit:
@@ -325,7 +330,7 @@ def searched_rows(args: argparse.Namespace, work: Path, key: str) -> tuple[list[
     assert best.artifact is not None and best.recipe is not None
     art = load_artifact(Path(best.artifact["path"]).parent)
     saved = args.out.parent / "benchmarks-recipes" / f"{slug(key)}.yaml"
-    write_text(saved, (work / "search" / best.recipe).read_text())
+    write_text(saved, (where / best.recipe).read_text())
     config = " ".join(f"{k.removeprefix('prune.')}={v}" for k, v in best.params.items())
     shown = saved.relative_to(ROOT) if saved.is_relative_to(ROOT) else saved
     note = (f"the fastest point within the budgets of a {args.search_minutes:g}-min `edgekit search` front "

@@ -5,6 +5,7 @@ model and ISA class): a run replaces only its own host's block and JSON entry.""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,12 +28,24 @@ FULL = {
     "budgets": {"max_drop": 100},
 }
 PTQ = {"stages": [{"kind": "quantize", "backend": "openvino", "samples": 32}], "budgets": {"max_drop": 100}}
+SEARCH = {  # one point: the recipe's own, which the search runs first
+    "stages": [
+        {"kind": "prune", "branch_ratios": {"text": 0.5}, "head_ratio": 0.5},
+        {"kind": "distill", "student": "pruned", "epochs": 1},
+        {"kind": "quantize", "backend": "onnx", "samples": 32},
+    ],
+    "budgets": {"max_drop": 100, "latency_p95_ms": 1000, "size_mb": 1000},
+    "search": {"prune_ratios": [0.5], "branches": ["text"], "head_ratios": [0.5], "distill_epochs": [1],
+               "formats": ["onnx"]},
+}  # fmt: skip
 ROWS = [
-    "torch eager FP32 (teacher)", "onnxruntime FP32", "OpenVINO FP32 (f32 hint)", "OpenVINO default precision",
+    "torch eager FP32 (teacher)", "torch eager FP32 (teacher), 1 thread", "onnxruntime FP32",
+    "OpenVINO FP32 (f32 hint)", "OpenVINO default precision",
     "EdgeKit PTQ ONNX Q/DQ INT8", "EdgeKit PTQ OpenVINO INT8", "EdgeKit PTQ ExecuTorch XNNPACK INT8",
     "onnxruntime quantize_dynamic", "onnxruntime quantize_static (Q/DQ)", "OpenVINO + nncf.quantize",
     "OpenVINO + nncf.quantize_with_accuracy_control", "EdgeKit accuracy-aware PTQ", "EdgeKit distill + prune (FP32)",
     "EdgeKit distill + prune + INT8 (recipe, openvino)", "EdgeKit distill + prune + INT8 (export, onnxruntime)",
+    "EdgeKit searched (trial #0, onnxruntime, 1 thread)", "EdgeKit searched (trial #0, onnxruntime, 2 threads)",
 ]  # fmt: skip
 
 
@@ -124,6 +137,7 @@ def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigi
                        factory="edgekit.models:build_fusion_model", kwargs=KWARGS)  # fmt: skip
     (tmp_path / "full.yaml").write_text(yaml.safe_dump(FULL))
     (tmp_path / "ptq.yaml").write_text(yaml.safe_dump(PTQ))
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(SEARCH))
     doc = tmp_path / "out" / "bench.md"
     doc.parent.mkdir()
     key, other = bench.host_key(host_info()), "Another CPU, avx2 only"
@@ -134,7 +148,8 @@ def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigi
            "--recipe", str(tmp_path / "full.yaml"), "--ptq-recipe", str(tmp_path / "ptq.yaml"),
            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out" / "bench"), "--calib-samples", "16",
            "--test-samples", "32", "--val-samples", "32", "--rounds", "1", "--block", "0.02",
-           "--fidelity-seconds", "1"]  # fmt: skip
+           "--fidelity-seconds", "1", "--search-recipe", str(tmp_path / "search.yaml"), "--search-minutes", "0.1",
+           "--threads", "2"]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
 
@@ -146,7 +161,11 @@ def test_bench_writes_every_row_and_keeps_the_hand_written_text(tmp_path, avdigi
     for r in rows.values():
         assert {"name", "accuracy", "accuracy_drop", "p50_ms_b1", "ratio_vs_eager_b1", "size_mb"} <= set(r)
         assert 0 <= r["accuracy"] <= 1 and r["p50_ms_b1"] > 0 and r["p50_ms_b16"] > 0 and r["size_mb"] > 0
-    assert rows["torch eager FP32 (teacher)"]["ratio_vs_eager_b1"] == 1.0
+    eager = min(rows[n]["p50_ms_b1"] for n in ROWS[:2])  # each ratio is against eager at its faster thread count
+    assert max(rows[n]["ratio_vs_eager_b1"] for n in ROWS[:2]) == 1.0 and eager > 0
+    found = result["search"]  # the searched row's recipe, next to the results
+    assert found["trial"] == 0 and Path(found["recipe"]).parent == tmp_path / "out" / "benchmarks-recipes"
+    assert yaml.safe_load(Path(found["recipe"]).read_text())["stages"][0]["kind"] == "prune"
     assert rows["onnxruntime FP32"]["accuracy_drop"] == 0.0  # the same FP32 graph
     assert rows["EdgeKit PTQ OpenVINO INT8"]["size_mb"] < rows["OpenVINO FP32 (f32 hint)"]["size_mb"]
     assert result["host"]["versions"]["openvino"] and result["host"]["isa"]

@@ -73,6 +73,8 @@ def test_every_fusion_prunes_and_runs(arch, preset):
     for part in ("image", "text", "audio"):
         assert result.parts[part].params_after < result.parts[part].params_before, part
     assert sum(r.params_after for k, r in result.parts.items() if k != "total") == result.parts["total"].params_after
+    # the MACs of layers left whole are a share of their own part's (a fusion block's projections are the branches')
+    assert all(0 <= r.whole_macs <= r.macs_before for r in result.parts.values()), result.parts
     heads = {n: m.num_heads for n, m in pruned.named_modules() if isinstance(m, PrunedAttention)}
     full = 8 if preset == "teacher" else 4
     assert heads and set(heads.values()) == {full // 2}

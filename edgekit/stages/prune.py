@@ -186,14 +186,18 @@ def prune(
         after = measure(pruned, io, mb)
     except RuntimeError as e:
         raise EdgeKitError(f"the pruned model no longer runs: {str(e).splitlines()[0]}") from e
-    # The MACs of the layers left whole, each counted once (an attention block and its output projection nest).
+    # The MACs of the layers left whole, each op counted once (an attention block and its output projection nest)
+    # and in the part its own module belongs to: a fusion block's per-modality projections are their branches'.
     tops = [n for n in keep if not any(n.startswith(k + ".") for k in keep)]
-    whole = {n: sum(m for k, m in own.items() if k == n or k.startswith(n + ".")) for n in tops}
+    whole = dict.fromkeys(before, 0)
+    for name, macs in own.items():
+        if any(name == n or name.startswith(n + ".") for n in tops):
+            whole[mb.branch(name)] += macs
+            whole["total"] += macs
     part_of = {n: mb.branch(n) for n in keep}
     requested = dict.fromkeys(before, config.global_ratio or 0.0) | dict(config.ratios)
-    parts = {k: PartReport(before[k][0], after[k][0], before[k][1], after[k][1], requested.get(k, 0.0) if k != "total"
-                           else 0.0, sum(m for n, m in whole.items() if part_of[n] == k or k == "total"))
-             for k in before}  # fmt: skip
+    parts = {k: PartReport(before[k][0], after[k][0], before[k][1], after[k][1],
+                           requested.get(k, 0.0) if k != "total" else 0.0, whole[k]) for k in before}  # fmt: skip
     labels = {**dict(mb.branches.labels), "method": mb.branches.method}
     return PruneResult(pruned, parts, heads, keep, labels, part_of)
 
