@@ -379,9 +379,10 @@ def fidelity(rows: list[Row], io: IOSpec, threads: int, seconds: float, rounds: 
     out = []
     for row in (r for r in rows if r.artifact is not None and r.artifact.format == "openvino"):
         art = row.artifact
-        # Latency mode: one stream and the synchronous API (benchmark_app sets threads only with -hint none).
+        # Latency mode: one stream and the synchronous API (benchmark_app sets threads only with -hint none), the
+        # model reshaped static at batch 1 (-shape), as EdgeKit's OpenVINO runner compiles it.
         theirs_cmd = [tool, "-m", str(art.path), "-d", "CPU", "-hint", "none", "-nstreams", "1", "-api", "sync",
-                      "-nthreads", str(threads), "-t", str(seconds), "-data_shape", shape,
+                      "-nthreads", str(threads), "-t", str(seconds), "-shape", shape,
                       "-infer_precision", HINTS[art.precision]]  # fmt: skip
         ours_cmd = [sys.executable, "-P", "-m", "edgekit", "profile", str(art.directory), "--threads", str(threads),
                     "--duration", str(seconds), "--no-ops", "--json"]  # fmt: skip
